@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from trainstack.config import load_yaml
+
 GIB = 1024**3
 
 
@@ -163,7 +165,7 @@ def load_profile(path) -> Profile:
         path = Path(path)
     name = Path(path.name).stem
     try:
-        data = yaml.safe_load(_read_yaml_text(path)) or {}
+        data = load_yaml(_read_yaml_text(path)) or {}
     except yaml.YAMLError as e:
         raise ProfileError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
