@@ -1,0 +1,141 @@
+"""The harness behind each package's ``bench`` command: our recipe vs a baseline, same process, same GPU.
+
+    ours = time_steps(step_ours, warmup_steps=5, timed_steps=20, real_tokens_per_step=tokens,
+                      samples_per_step=bs, flops_per_token=fpt, name="ours")
+    base = time_steps(step_base, ..., name="baseline")
+    print(device_banner()); print(compare([ours, base], baseline="baseline"))
+
+Warm-up steps absorb compilation, cuDNN autotuning and allocator growth. On a GPU the timed region
+is bracketed by CUDA events (device time, no per-step sync); on CPU a host timer is used and the
+output says the figures are CPU figures.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from trainstack.hardware import GIB, GPUInfo
+from trainstack.memory import gpu_peak_gib, reset_peak_memory, rss_gib
+from trainstack.metrics import peak_bf16_flops
+
+
+@dataclass
+class BenchResult:
+    name: str
+    steps: int
+    seconds: float
+    real_tokens: int
+    samples: int
+    tokens_per_s: float
+    samples_per_s: float
+    mfu: float | None
+    peak_memory_gib: float | None
+    extra: dict = field(default_factory=dict)
+
+
+def _current_gpu() -> GPUInfo | None:
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    return GPUInfo(props.name, (props.major, props.minor), props.total_memory / GIB)
+
+
+def _count(per_step, i: int) -> int:
+    return int(per_step(i)) if callable(per_step) else int(per_step)
+
+
+def time_steps(step_fn: Callable[[], object], *, warmup_steps: int, timed_steps: int, real_tokens_per_step,
+               samples_per_step, flops_per_token=None, name="ours") -> BenchResult:
+    """``real_tokens_per_step`` / ``samples_per_step``: a number, or a function of the timed step index
+    (for variable-length batches). Tokens are real (non-pad) tokens."""
+    if timed_steps < 1:
+        raise ValueError(f"timed_steps must be >= 1, got {timed_steps}")
+    for _ in range(warmup_steps):
+        step_fn()
+    # Only a GPU that the steps actually used gets device timing; otherwise host timing.
+    on_gpu = torch.cuda.is_available() and torch.cuda.is_initialized()
+    if on_gpu:
+        torch.cuda.synchronize()
+        reset_peak_memory()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(timed_steps):
+            step_fn()
+        end.record()
+        end.synchronize()
+        seconds = start.elapsed_time(end) / 1000.0
+    else:
+        t0 = time.perf_counter()
+        for _ in range(timed_steps):
+            step_fn()
+        seconds = time.perf_counter() - t0
+    tokens = sum(_count(real_tokens_per_step, i) for i in range(timed_steps))
+    samples = sum(_count(samples_per_step, i) for i in range(timed_steps))
+    tokens_per_s = tokens / seconds if seconds > 0 else 0.0
+    gpu = _current_gpu() if on_gpu else None
+    peak = peak_bf16_flops(gpu) if gpu is not None else None
+    mfu = tokens_per_s * flops_per_token / peak if (flops_per_token and peak) else None
+    return BenchResult(
+        name=name, steps=timed_steps, seconds=seconds, real_tokens=tokens, samples=samples,
+        tokens_per_s=tokens_per_s, samples_per_s=samples / seconds if seconds > 0 else 0.0, mfu=mfu,
+        peak_memory_gib=gpu_peak_gib() if on_gpu else None,
+        extra={"device": gpu.name if gpu else "cpu", "timer": "cuda_events" if on_gpu else "host",
+               "warmup_steps": warmup_steps, "ms_per_step": 1000.0 * seconds / timed_steps,
+               "rss_gib": round(rss_gib(), 3)},
+    )
+
+
+def device_banner() -> str:
+    torch_part = f"torch {torch.__version__}"
+    if torch.cuda.is_available():
+        gpu = _current_gpu()
+        cuda = f"CUDA {torch.version.cuda}"
+        return (f"GPU: {gpu.name} (sm_{gpu.capability[0]}{gpu.capability[1]}, {gpu.memory_gib:.0f} GiB) "
+                f"x{torch.cuda.device_count()} | {torch_part} | {cuda} | python {platform.python_version()}")
+    return (f"CPU figures (no GPU): {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads "
+            f"| {torch_part} | python {platform.python_version()}")
+
+
+def _fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _ratio(a, b) -> float | None:
+    return None if a is None or not b else a / b
+
+
+def compare(results: list[BenchResult], baseline: str) -> str:
+    """A table plus, as the last line, one JSON object with each result and its ratios to the baseline
+    (speedup = tokens/s ratio; memory_ratio = peak memory ratio, below 1 is better)."""
+    by_name = {r.name: r for r in results}
+    if baseline not in by_name:
+        raise ValueError(f"baseline {baseline!r} not among results: {', '.join(by_name)}")
+    base = by_name[baseline]
+    cpu = all(r.extra.get("timer") != "cuda_events" for r in results)
+    header = ["name", "steps", "ms/step", "tokens/s", "samples/s", "MFU", "peak GiB", "speedup", "memory"]
+    rows, records = [], []
+    for r in results:
+        speedup = _ratio(r.tokens_per_s, base.tokens_per_s) if base.tokens_per_s else _ratio(r.samples_per_s, base.samples_per_s)
+        mem_ratio = _ratio(r.peak_memory_gib, base.peak_memory_gib)
+        rows.append([r.name, str(r.steps), f"{1000 * r.seconds / r.steps:.2f}", f"{r.tokens_per_s:,.0f}",
+                     f"{r.samples_per_s:,.1f}", _fmt(r.mfu, ".1%"), _fmt(r.peak_memory_gib, ".2f"),
+                     _fmt(speedup, ".2f") + "x" if speedup is not None else "-",
+                     _fmt(mem_ratio, ".2f") + "x" if mem_ratio is not None else "-"])
+        record = asdict(r)
+        record.update(speedup=speedup, memory_ratio=mem_ratio)
+        records.append(record)
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    lines = []
+    if cpu:
+        lines.append("CPU figures (no GPU): they show the harness works, not how fast a GPU would be.")
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
+    lines.append(json.dumps({"baseline": baseline, "cpu_figures": cpu, "device": device_banner(), "results": records}))
+    return "\n".join(lines)

@@ -1,0 +1,135 @@
+"""`trainstack report RUN_DIR`: plots and a markdown summary from RUN_DIR/log.jsonl.
+
+Training rows carry step, loss, lr, tokens_per_s and memory (flat ``gpu_peak_gib`` / ``rss_gib`` keys,
+or nested under ``memory``); eval rows carry ``eval_*`` keys. A run killed mid-write can leave a
+partial last line, so unreadable lines are skipped with a warning instead of failing the report.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+MEMORY_KEYS = ("gpu_peak_gib", "gpu_reserved_gib", "gpu_allocated_gib", "rss_gib")
+
+
+def read_log(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                print(f"warning: {path}:{lineno}: not JSON, skipped", file=sys.stderr)
+                continue
+            if not isinstance(row, dict):
+                print(f"warning: {path}:{lineno}: not a JSON object, skipped", file=sys.stderr)
+                continue
+            if isinstance(row.get("memory"), dict):  # flatten {"memory": {"rss_gib": ...}}
+                for k, v in row.pop("memory").items():
+                    row.setdefault(k, v)
+            rows.append(row)
+    return rows
+
+
+def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for i, row in enumerate(rows):
+        v = row.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            xs.append(row.get("step", i))
+            ys.append(float(v))
+    return xs, ys
+
+
+def _plot(out: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], logy: bool = False) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on training machines
+    import matplotlib.pyplot as plt
+
+    series = {k: v for k, v in series.items() if v[0]}
+    if not series:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for label, (xs, ys) in series.items():
+        ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if logy and all(y > 0 for _, ys in series.values() for y in ys):
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    if len(series) > 1:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return True
+
+
+def write_report(run_dir, out_dir=None) -> Path:
+    """Write loss.png, lr.png, tokens_per_s.png, memory.png and report.md; return report.md's path."""
+    run_dir = Path(run_dir)
+    log = run_dir / "log.jsonl"
+    if not log.is_file():
+        raise FileNotFoundError(f"no log at {log}")
+    out_dir = Path(out_dir) if out_dir else run_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = read_log(log)
+    train = [r for r in rows if "loss" in r]
+    eval_keys = sorted({k for r in rows for k in r if k.startswith("eval_")})
+
+    plots = {
+        "loss.png": ("loss", "loss", {"train loss": _series(train, "loss"), "eval loss": _series(rows, "eval_loss")}, True),
+        "lr.png": ("learning rate", "lr", {"lr": _series(train, "lr")}, False),
+        "tokens_per_s.png": ("throughput (real tokens/s)", "tokens/s", {"tokens/s": _series(train, "tokens_per_s")}, False),
+        "memory.png": ("memory", "GiB", {k: _series(rows, k) for k in MEMORY_KEYS}, False),
+    }
+    written = [name for name, (title, ylabel, series, logy) in plots.items()
+               if _plot(out_dir / name, title, ylabel, series, logy)]
+
+    lines = [f"# Run report: {run_dir.name}", "", f"- log: `{log}` ({len(rows)} rows, {len(train)} training rows)"]
+    if train:
+        steps = [r["step"] for r in train if "step" in r]
+        losses = _series(train, "loss")[1]
+        if steps:
+            lines.append(f"- steps: {min(steps)} to {max(steps)}")
+        if losses:
+            lines.append(f"- loss: first {losses[0]:.4g}, last {losses[-1]:.4g}, min {min(losses):.4g}")
+        lrs = _series(train, "lr")[1]
+        if lrs:
+            lines.append(f"- lr: max {max(lrs):.3g}, last {lrs[-1]:.3g}")
+        tps = _series(train, "tokens_per_s")[1]
+        if tps:
+            # The first interval includes start-up (compilation, allocator growth): leave it out.
+            steady = tps[1:] or tps
+            lines.append(f"- tokens/s: median {statistics.median(steady):,.0f} (first interval left out)")
+        mfu = _series(train, "mfu")[1]
+        if mfu:
+            lines.append(f"- MFU: median {statistics.median(mfu[1:] or mfu):.1%}")
+    for key in MEMORY_KEYS:
+        values = _series(rows, key)[1]
+        if values:
+            lines.append(f"- {key}: max {max(values):.2f}")
+    if eval_keys:
+        lines += ["", "## Eval (last value)", ""]
+        for key in eval_keys:
+            values = _series(rows, key)[1]
+            if values:
+                lines.append(f"- {key}: {values[-1]:.4g}")
+    if (run_dir / "config.yaml").is_file():
+        lines += ["", "Config: `config.yaml`"]
+    lines += ["", "## Plots", ""]
+    lines += [f"![{name[:-4]}]({name})" for name in written] or ["(nothing to plot)"]
+    missing = [name for name in plots if name not in written]
+    if missing:
+        lines.append("")
+        lines.append(f"No data for: {', '.join(missing)}")
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return report

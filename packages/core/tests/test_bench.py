@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+from torch import nn
+from trainstack.bench import BenchResult, compare, device_banner, time_steps
+
+
+def _step_fn(calls):
+    model = nn.Linear(16, 16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(8, 16)
+
+    def step():
+        calls.append(1)
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+
+    return step
+
+
+def test_time_steps_counts_warmup_and_timed_steps():
+    calls = []
+    r = time_steps(_step_fn(calls), warmup_steps=2, timed_steps=5, real_tokens_per_step=100, samples_per_step=8,
+                   flops_per_token=1e6, name="tiny")
+    assert len(calls) == 7
+    assert (r.name, r.steps, r.real_tokens, r.samples) == ("tiny", 5, 500, 40)
+    assert r.seconds > 0 and r.tokens_per_s == pytest.approx(500 / r.seconds)
+    assert r.samples_per_s == pytest.approx(40 / r.seconds)
+    assert r.mfu is None and r.peak_memory_gib is None  # CPU: no GPU peak to compare against
+    assert r.extra["timer"] == "host" and r.extra["device"] == "cpu"
+
+
+def test_time_steps_variable_tokens_per_step():
+    r = time_steps(lambda: None, warmup_steps=0, timed_steps=3, real_tokens_per_step=lambda i: 10 * (i + 1),
+                   samples_per_step=lambda i: 1)
+    assert r.real_tokens == 60 and r.samples == 3
+    with pytest.raises(ValueError):
+        time_steps(lambda: None, warmup_steps=0, timed_steps=0, real_tokens_per_step=1, samples_per_step=1)
+
+
+def _result(name, tps, mem):
+    return BenchResult(name=name, steps=10, seconds=1.0, real_tokens=int(tps), samples=10, tokens_per_s=tps,
+                       samples_per_s=10.0, mfu=None, peak_memory_gib=mem, extra={"timer": "cuda_events"})
+
+
+def test_compare_table_and_json_ratios():
+    out = compare([_result("ours", 3000.0, 4.0), _result("baseline", 1000.0, 8.0)], baseline="baseline")
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["name", "steps", "ms/step", "tokens/s"]
+    assert any(line.startswith("ours") and "3.00x" in line and "0.50x" in line for line in lines)
+    data = json.loads(lines[-1])
+    ratios = {r["name"]: (r["speedup"], r["memory_ratio"]) for r in data["results"]}
+    assert ratios == {"ours": (3.0, 0.5), "baseline": (1.0, 1.0)}
+    assert data["baseline"] == "baseline" and data["cpu_figures"] is False
+    assert not out.startswith("CPU figures")
+
+
+def test_compare_on_cpu_says_so():
+    calls = []
+    a = time_steps(_step_fn(calls), warmup_steps=1, timed_steps=2, real_tokens_per_step=10, samples_per_step=1, name="a")
+    b = time_steps(_step_fn(calls), warmup_steps=1, timed_steps=2, real_tokens_per_step=10, samples_per_step=1, name="b")
+    out = compare([a, b], baseline="b")
+    assert out.startswith("CPU figures")
+    data = json.loads(out.splitlines()[-1])
+    assert data["cpu_figures"] is True
+    assert data["results"][1]["speedup"] == 1.0 and data["results"][0]["memory_ratio"] is None
+    with pytest.raises(ValueError, match="baseline 'zzz' not among results: a, b"):
+        compare([a, b], baseline="zzz")
+
+
+def test_device_banner_on_cpu():
+    if torch.cuda.is_available():
+        pytest.skip("CPU-only check")
+    banner = device_banner()
+    assert banner.startswith("CPU figures (no GPU)") and f"torch {torch.__version__}" in banner

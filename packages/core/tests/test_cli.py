@@ -1,0 +1,115 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from trainstack.cli import main
+
+FAKE_PROFILES = {
+    "cpu.yaml": "description: CPU, tiny batch\nrequires:\n  min_ram_gib: 1\nsettings:\n  batch: 2\n",
+    "rtx2080s-8g.yaml": 'requires:\n  gpu_count: 1\n  min_gpu_memory_gib: 7.5\n  min_compute_capability: "7.5"\nsettings: {}\n',
+    "h100-80g.yaml": 'requires:\n  gpu_count: 1\n  min_gpu_memory_gib: 79\n  min_compute_capability: "9.0"\nsettings: {}\n',
+}
+
+
+@pytest.fixture
+def fake_site(tmp_path):
+    """A site dir holding two task packages registered under `trainstack.tasks`: one good, one broken,
+    and one whose profiles need a GPU."""
+    site = tmp_path / "site"
+    for pkg, profiles in [("faketask", FAKE_PROFILES), ("gpuonly", {"h100-80g.yaml": FAKE_PROFILES["h100-80g.yaml"]})]:
+        (site / pkg / "profiles").mkdir(parents=True)
+        (site / pkg / "__init__.py").write_text("")
+        (site / pkg / "profiles" / "__init__.py").write_text(
+            "from pathlib import Path\n\ndef profile_dir():\n    return Path(__file__).parent\n")
+        for name, text in profiles.items():
+            (site / pkg / "profiles" / name).write_text(text)
+    entry_points = {
+        "faketask": "faketask = faketask.profiles:profile_dir\nbrokentask = faketask.missing:profile_dir\n",
+        "gpuonly": "gpuonly = gpuonly.profiles:profile_dir\n",
+    }
+    for dist, eps in entry_points.items():
+        info = site / f"{dist}-0.1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+        (info / "entry_points.txt").write_text(f"[trainstack.tasks]\n{eps}")
+    return site
+
+
+def _run(args, site=None):
+    env = dict(os.environ)
+    if site is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")])
+    env.pop("TRAINSTACK_PRECISION", None)
+    return subprocess.run([sys.executable, "-m", "trainstack", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_help():
+    r = _run(["--help"])
+    assert r.returncode == 0 and "doctor" in r.stdout and "report" in r.stdout
+
+
+def test_doctor_simulated_turing_with_task_packages(fake_site):
+    r = _run(["doctor", "--simulate", "rtx2080s-8g"], site=fake_site)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "RTX 2080 SUPER (sm_75" in out
+    assert "precision: fp16 autocast + GradScaler" in out and "no bf16" in out
+    assert "faketask (faketask 0.1.0): profile rtx2080s-8g" in out
+    assert "brokentask (faketask 0.1.0): cannot load profiles: ModuleNotFoundError" in out
+    assert "gpuonly (gpuonly 0.1.0): no profile fits" in out
+    assert "h100-80g: GPU 0 has 7.8 GiB, needs 79 GiB" in out
+
+
+def test_doctor_on_this_machine(fake_site):
+    r = _run(["doctor"], site=fake_site)
+    assert r.returncode == 0, r.stderr
+    assert "hardware:" in r.stdout and "precision:" in r.stdout
+    if "no GPU" in r.stdout:
+        assert "precision: fp32 on CPU" in r.stdout
+        assert "faketask (faketask 0.1.0): profile cpu - CPU, tiny batch" in r.stdout
+
+
+def _write_log(run_dir, steps=20):
+    rows = []
+    for s in range(1, steps + 1):
+        rows.append({"step": s, "epoch": 0, "loss": 5.0 / s, "lr": 1e-3 * min(1, s / 5), "grad_norm": 1.0,
+                     "tokens_per_s": 1000.0 + s, "samples_per_s": 10.0, "mfu": None,
+                     "memory": {"rss_gib": 1.0 + s / 100, "gpu_peak_gib": 0.0}})
+        if s % 10 == 0:
+            rows.append({"step": s, "eval_loss": 4.0 / s, "eval_bleu": 10.0 + s})
+    with open(run_dir / "log.jsonl", "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+        f.write('{"step": 21, "loss": 0.2')  # a partial last line, as a killed run leaves
+
+
+def test_report_writes_pngs_and_markdown(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_log(run)
+    (run / "config.yaml").write_text("optim:\n  lr: 0.001\n")
+    assert main(["report", str(run)]) == 0
+    for name in ("loss.png", "lr.png", "tokens_per_s.png", "memory.png"):
+        data = (run / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+    md = (run / "report.md").read_text()
+    assert "- steps: 1 to 20" in md and "loss: first 5, last 0.25, min 0.25" in md
+    assert "- eval_bleu: 30" in md and "- eval_loss: 0.2" in md
+    assert "- tokens/s: median 1,011 (first interval left out)" in md  # median of 1002..1020
+    assert "- rss_gib: max 1.20" in md and "![loss](loss.png)" in md
+    captured = capsys.readouterr()
+    assert "log.jsonl:23: not JSON, skipped" in captured.err
+
+
+def test_report_missing_log_and_out_dir(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert "no log at" in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"step": 1, "eval_acc": 0.5}) + "\n")
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "No data for: loss.png, lr.png, tokens_per_s.png, memory.png" in md and "eval_acc: 0.5" in md

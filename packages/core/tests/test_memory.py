@@ -1,0 +1,23 @@
+import torch
+from trainstack.memory import CleanupPolicy, memory_report
+
+
+def test_memory_report_rss_grows_with_a_big_tensor():
+    before = memory_report()
+    big = torch.ones(64 * 1024 * 1024 // 4)  # 64 MiB, written so the pages are resident
+    after = memory_report()
+    assert after.rss_gib - before.rss_gib > 0.04
+    del big
+    d = after.as_dict()
+    assert set(d) == {"rss_gib", "gpu_allocated_gib", "gpu_reserved_gib", "gpu_peak_gib"}
+    if not torch.cuda.is_available():
+        assert d["gpu_peak_gib"] == 0.0
+
+
+def test_cleanup_policy_off_by_default_and_every_n(monkeypatch):
+    assert not any(CleanupPolicy().maybe_cleanup(s) for s in range(100))
+    collected = []
+    monkeypatch.setattr("trainstack.memory.gc.collect", lambda: collected.append(1))
+    policy = CleanupPolicy(every_steps=3)
+    ran = [s for s in range(10) if policy.maybe_cleanup(s)]
+    assert ran == [3, 6, 9] and len(collected) == 3
