@@ -113,3 +113,11 @@ def test_report_missing_log_and_out_dir(tmp_path, capsys):
     assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 0
     md = (tmp_path / "out" / "report.md").read_text()
     assert "No data for: loss.png, lr.png, tokens_per_s.png, memory.png" in md and "eval_acc: 0.5" in md
+
+
+def test_doctor_reports_an_impossible_precision(capsys, monkeypatch):
+    monkeypatch.delenv("TRAINSTACK_PRECISION", raising=False)
+    assert main(["doctor", "--simulate", "rtx2080s-8g", "--precision", "bf16"]) == 0
+    assert "precision: error: bf16 asked for but NVIDIA GeForce RTX 2080 SUPER, sm_75 has no bf16" in capsys.readouterr().out
+    assert main(["doctor", "--simulate", "h100-80g"]) == 0
+    assert "precision: bf16 autocast: auto, NVIDIA H100 80GB HBM3, sm_90 supports bf16 | TF32 on" in capsys.readouterr().out

@@ -23,7 +23,6 @@ from trainstack.hardware import (
     pick_profile,
     simulated_hardware,
 )
-from trainstack.precision import PRECISIONS, PrecisionError, resolve_precision
 
 TASKS_GROUP = "trainstack.tasks"
 
@@ -33,7 +32,10 @@ def task_entry_points() -> list:
 
 
 def doctor(args) -> int:
+    # Imported here so that `trainstack --help` answers without loading torch.
     import torch
+
+    from trainstack.precision import PrecisionError, resolve_precision
 
     hw = simulated_hardware(args.simulate) if args.simulate else detect_hardware()
     print(f"trainstack-core {trainstack.__version__} | python {platform.python_version()} | torch {torch.__version__}"
@@ -85,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser("doctor", help="hardware, precision, and the profile each installed task package would pick")
     d.add_argument("--simulate", choices=sorted(SIMULATED), help="pretend to be this machine")
-    d.add_argument("--precision", default="auto", choices=PRECISIONS, help="precision to resolve (default: auto)")
+    d.add_argument("--precision", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto)")
     d.set_defaults(func=doctor)
     r = sub.add_parser("report", help="plots (PNG) and report.md from RUN_DIR/log.jsonl")
     r.add_argument("run_dir", metavar="RUN_DIR", type=Path)

@@ -46,6 +46,12 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
+def _memory_series(rows: list[dict]) -> dict:
+    # CPU runs log the GPU fields as 0.0: a flat zero line would only hide the RSS curve's scale.
+    series = {k: _series(rows, k) for k in MEMORY_KEYS}
+    return {k: v for k, v in series.items() if any(y != 0 for y in v[1])}
+
+
 def _plot(out: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], logy: bool = False) -> bool:
     import matplotlib
 
@@ -88,7 +94,7 @@ def write_report(run_dir, out_dir=None) -> Path:
         "loss.png": ("loss", "loss", {"train loss": _series(train, "loss"), "eval loss": _series(rows, "eval_loss")}, True),
         "lr.png": ("learning rate", "lr", {"lr": _series(train, "lr")}, False),
         "tokens_per_s.png": ("throughput (real tokens/s)", "tokens/s", {"tokens/s": _series(train, "tokens_per_s")}, False),
-        "memory.png": ("memory", "GiB", {k: _series(rows, k) for k in MEMORY_KEYS}, False),
+        "memory.png": ("memory", "GiB", _memory_series(rows), False),
     }
     written = [name for name, (title, ylabel, series, logy) in plots.items()
                if _plot(out_dir / name, title, ylabel, series, logy)]
