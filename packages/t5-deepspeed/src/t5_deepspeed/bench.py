@@ -1,0 +1,110 @@
+"""`t5-deepspeed bench`: the users' HF Seq2SeqTrainer settings vs ours, same DeepSpeed config, same GPU(s).
+
+    t5-deepspeed bench --model t5-small --deepspeed zero2 --batch_size 1 --users_fp16      # their command 1
+    t5-deepspeed bench --model t5-large --deepspeed zero2 --batch_size 4                   # their command 2
+    t5-deepspeed bench --model t5-3b --deepspeed zero3 --batch_size 1 --users_fp16 --steps 10
+    t5-deepspeed bench --model t5-small --deepspeed zero2 --num_gpus 2                     # DeepSpeed launcher
+
+Both sides are random-init models of the real size (shipped configs), trained for --steps optimizer
+steps on the shipped en-ro sample with three sentences joined per row (~40 tokens a side, nearer to
+WMT16 lengths than single short sentences). Each side runs in its own process (DeepSpeed keeps
+global state), through the real entry point:
+  users: Seq2SeqTrainer as their run_translation.py command sets it (--fp16 kept as fp16, or fp32)
+  ours:  t5-deepspeed defaults (bf16 for T5 where supported, TF32 matmuls, pad to a multiple of 8)
+Reported: real (non-pad) tokens/s after --warmup steps, peak allocated GPU memory, loss finiteness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .data import read_jsonl_pairs, sample_file
+
+
+def write_bench_data(path: Path, rows: int, join: int = 3) -> None:
+    pairs = read_jsonl_pairs(sample_file("train"), "en", "ro")
+    with path.open("w", encoding="utf-8") as f:
+        for i in range(rows):
+            chunk = [pairs[(i * join + k) % len(pairs)] for k in range(join)]
+            row = {"translation": {"en": " ".join(p[0] for p in chunk), "ro": " ".join(p[1] for p in chunk)}}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def side_command(side: str, a, data: Path, out: Path) -> list[str]:
+    if a.num_gpus > 1:
+        launch = [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={a.num_gpus}",
+                  f"--master_port={a.master_port}", "--module", "t5_deepspeed"]
+    else:
+        launch = [sys.executable, "-m", "t5_deepspeed"]
+    args = ["--config_name", a.model, "--deepspeed", a.deepspeed, "--train_file", str(data),
+            "--source_lang", "en", "--target_lang", "ro", "--source_prefix", "translate English to Romanian: ",
+            "--do_train", "--max_steps", str(a.steps + a.warmup),
+            "--output_dir", str(out / side), "--overwrite_output_dir", "--save_strategy", "no",
+            "--logging_steps", "1", "--report_to", "none", "--seed", "0",
+            "--bench_json", str(out / f"{side}.json"), "--bench_warmup_steps", str(a.warmup),
+            "--max_source_length", "256", "--max_target_length", "256", "--learning_rate", str(a.learning_rate)]
+    batch_size = a.batch_size if side == "users" else (a.ours_batch_size or a.batch_size)
+    # both get the users' --fp16; "ours" turns it into bf16 for T5 where the GPU has it
+    args += ["--recipe", side, "--per_device_train_batch_size", str(batch_size)] + (["--fp16"] if a.users_fp16 else [])
+    if a.gradient_checkpointing:
+        args += ["--gradient_checkpointing"]
+    return launch + args
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="t5-deepspeed bench", description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="t5-small", help="shipped size name or config path (random init)")
+    p.add_argument("--deepspeed", default="zero2", help="DeepSpeed config name or path, used by both sides")
+    p.add_argument("--batch_size", type=int, default=1, help="per-device batch size of the users' command")
+    p.add_argument("--ours_batch_size", type=int, default=None, help="ours (default: the same)")
+    p.add_argument("--users_fp16", action="store_true", help="their command had --fp16")
+    p.add_argument("--steps", type=int, default=30, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--learning_rate", type=float, default=5e-5)
+    p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--num_gpus", type=int, default=1)
+    p.add_argument("--master_port", type=int, default=29511)
+    p.add_argument("--sides", default="users,ours", help="comma list of users,ours")
+    p.add_argument("--out", default=None, help="directory for logs and JSON (default: a temp dir)")
+    a = p.parse_args(argv)
+
+    from trainstack.bench import BenchResult, compare, device_banner
+
+    out = Path(a.out or tempfile.mkdtemp(prefix="t5ds-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "bench.train.jsonl"
+    write_bench_data(data, (a.steps + a.warmup + 2) * max(a.batch_size, a.ours_batch_size or 0) * a.num_gpus)
+    print(device_banner())
+    results = []
+    for side in a.sides.split(","):
+        cmd = side_command(side, a, data, out)
+        print("$ " + shlex.join(cmd), flush=True)
+        with (out / f"{side}.log").open("w") as logf:
+            rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        rec_path = out / f"{side}.json"
+        if rc != 0 or not rec_path.is_file():
+            tail = (out / f"{side}.log").read_text(errors="replace").strip().splitlines()[-5:]
+            print(f"{side}: failed (exit {rc}); log {out / (side + '.log')}:\n  " + "\n  ".join(tail))
+            continue
+        rec = json.loads(rec_path.read_text())
+        finite = all(isinstance(loss, (int, float)) and math.isfinite(loss) for _, loss in rec["losses"])
+        results.append(BenchResult(
+            name=side, steps=rec["steps"], seconds=rec["seconds"], real_tokens=rec["real_tokens"],
+            samples=rec["samples"], tokens_per_s=rec["tokens_per_s"], samples_per_s=rec["samples_per_s"],
+            mfu=None, peak_memory_gib=rec["peak_memory_gib"],
+            extra={"precision": rec["precision"], "loss_finite": finite,
+                   "last_loss": rec["losses"][-1][1] if rec["losses"] else None}))
+        print(f"{side}: {rec['tokens_per_s']:.0f} tokens/s, peak {rec['peak_memory_gib']} GiB, precision "
+              f"{rec['precision']}, loss finite: {finite}, losses {[loss for _, loss in rec['losses']][-5:]}", flush=True)
+    if len(results) == 2:
+        print(compare(results, baseline="users"))
+    (out / "bench_results.json").write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
+    return 0 if results else 1

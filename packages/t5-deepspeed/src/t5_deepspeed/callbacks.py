@@ -1,0 +1,115 @@
+"""Trainer add-ons: JSONL log, real-token counting, and the timing used by `t5-deepspeed bench`."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Every Trainer log record as one JSON line in OUTPUT_DIR/log.jsonl (rank 0 only)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
+        for k, v in logs.items():
+            record[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+class TokenCountingCollator:
+    """Wraps a collator and counts real (non-pad) source and target tokens of each training batch.
+
+    Counted on the CPU tensors the collator just built, before they move to the GPU: no host sync.
+    """
+
+    def __init__(self, collator):
+        self.collator = collator
+        self.real_tokens = 0
+        self.padded_tokens = 0
+        self.samples = 0
+
+    def __call__(self, features):
+        batch = self.collator(features)
+        mask = batch["attention_mask"]
+        labels = batch["labels"]
+        self.real_tokens += int(mask.sum()) + int((labels != -100).sum())
+        self.padded_tokens += mask.numel() + labels.numel()
+        self.samples += mask.shape[0]
+        return batch
+
+
+class BenchCallback(TrainerCallback):
+    """Times optimizer steps after `warmup_steps` and writes a core BenchResult as JSON."""
+
+    def __init__(self, counter: TokenCountingCollator, warmup_steps: int, out_json, precision: str, n_params: int):
+        self.counter, self.warmup_steps, self.out_json = counter, warmup_steps, Path(out_json)
+        self.precision, self.n_params = precision, n_params
+        self.t0 = None
+        self.start_tokens = self.start_samples = 0
+        self.steps = 0
+        self.losses = []
+
+    def _sync(self):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.warmup_steps:
+            import torch
+
+            self._sync()
+            if torch.cuda.is_available():
+                torch.cuda.reset_peak_memory_stats()
+            self.t0 = time.perf_counter()
+            # the loader runs ahead of the step: tokens of batches already collated count as
+            # "before"; the same prefetch offset applies at the end, so the difference is exact
+            self.start_tokens, self.start_samples = self.counter.real_tokens, self.counter.samples
+            self.start_step = state.global_step
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append((state.global_step, logs["loss"]))
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import torch
+
+        self._sync()
+        if self.t0 is None:
+            return
+        seconds = time.perf_counter() - self.t0
+        self.steps = state.global_step - self.start_step
+        self.real_tokens = self.counter.real_tokens - self.start_tokens
+        self.samples = self.counter.samples - self.start_samples
+        self.seconds = seconds
+        self.peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+        self.peak_reserved = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+
+    def finish(self):
+        import os
+
+        if self.t0 is None or not self.steps or os.environ.get("RANK", "0") != "0":
+            return
+        # rank 0 counts its own batches; ranks get equal batch counts, so the total is ~ world_size x
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        record = {
+            "steps": self.steps, "seconds": self.seconds, "real_tokens": self.real_tokens, "samples": self.samples,
+            "tokens_per_s": world_size * self.real_tokens / self.seconds,
+            "samples_per_s": world_size * self.samples / self.seconds, "world_size": world_size,
+            "peak_memory_gib": self.peak, "peak_reserved_gib": self.peak_reserved, "precision": self.precision,
+            "n_params": self.n_params, "losses": self.losses,
+        }
+        self.out_json.parent.mkdir(parents=True, exist_ok=True)
+        self.out_json.write_text(json.dumps(record, indent=1, default=str))

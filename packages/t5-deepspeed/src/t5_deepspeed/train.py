@@ -1,0 +1,432 @@
+"""T5 translation fine-tuning with DeepSpeed ZeRO-2/3: the whole job, top to bottom.
+
+1 GPU (DeepSpeed launcher, as the users ran run_translation.py):
+    deepspeed --num_gpus=1 -m t5_deepspeed --deepspeed zero2 --model_name_or_path t5-small \
+        --per_device_train_batch_size 8 --output_dir out --overwrite_output_dir --do_train --do_eval \
+        --predict_with_generate --dataset_name wmt16 --dataset_config ro-en --source_lang en --target_lang ro \
+        --source_prefix "translate English to Romanian: "
+N GPUs:  deepspeed --num_gpus=N -m t5_deepspeed ...   or   accelerate launch --num_processes N -m t5_deepspeed ...
+CPU (one process, gloo, tiny random-init model and the shipped sample):
+    t5-deepspeed --deepspeed zero2 --config_name tiny-t5 --train_file DATA/en-ro.train.jsonl ...
+
+Steps: arguments -> distributed env -> precision (core) -> output dir -> DeepSpeed config ->
+TrainingArguments (DeepSpeed config in place BEFORE the model, so ZeRO-3 loads it partitioned) ->
+tokenizer, model -> data -> Seq2SeqTrainer -> train / save (16-bit gathered) / eval / predict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+from .args import ArgsError, ParsedArgs
+from .data import DataError, PairsDataset, load_split
+from .ds_config import (
+    DeepSpeedConfigError,
+    apply_run_precision,
+    check_for_cpu,
+    load_ds_config,
+    offload_devices,
+    zero_stage,
+)
+
+log = logging.getLogger("t5_deepspeed")
+
+T5_FAMILY = {"t5", "mt5", "umt5", "longt5", "t5gemma"}
+SHIPPED_MODEL_CONFIGS = ("t5-small", "t5-large", "t5-3b", "tiny-t5")
+T5_PREFIXES = {("en", "ro"): "translate English to Romanian: ", ("en", "de"): "translate English to German: ",
+               ("en", "fr"): "translate English to French: "}
+
+
+class RunError(RuntimeError):
+    """A problem found at start-up (model path, output dir...); one line."""
+
+
+# --------------------------------------------------------------------------------------------------
+# set-up helpers (each small; the job itself is `run` below)
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launcher_name() -> str:
+    env = os.environ
+    if "CROSS_RANK" in env or "LOCAL_SIZE" in env:  # set by DeepSpeed's launcher
+        return "deepspeed"
+    if any(k.startswith("ACCELERATE_") for k in env) and "LOCAL_RANK" in env:
+        return "accelerate"
+    if "TORCHELASTIC_RUN_ID" in env:
+        return "torchrun"
+    return "single process"
+
+
+def prepare_distributed_env(has_gpu: bool, using_deepspeed: bool) -> None:
+    """A plain `python -m t5_deepspeed --deepspeed ...` is a world of one; DeepSpeed still wants the
+    rendezvous variables a launcher would set. On a CPU-only host DeepSpeed must be told to use its
+    CPU accelerator (gloo) before it is imported."""
+    if not using_deepspeed:
+        return
+    if not has_gpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
+        os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())),
+                          RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+
+
+def is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def resolve_model_config(model_args, cache_dir=None):
+    """(transformers config, source) from --config_name (shipped name or path) or the model path."""
+    from transformers import AutoConfig
+
+    name = model_args.config_name or model_args.model_name_or_path
+    if name in SHIPPED_MODEL_CONFIGS:
+        path = Path(str(resources.files("t5_deepspeed") / "data" / "configs" / f"{name}.json"))
+        return AutoConfig.from_pretrained(path), f"shipped:{name}"
+    # Hub ids are "name" or "org/name"; anything else that is not on disk is a mistyped path.
+    if not Path(name).expanduser().exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
+        raise RunError(f"model path does not exist: {name}")
+    try:
+        return AutoConfig.from_pretrained(name, cache_dir=cache_dir, revision=model_args.model_revision,
+                                          token=model_args.token), name
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise RunError(f"cannot load model config {name!r}: {first}") from None
+
+
+def choose_precision(training: dict, extra, model_type: str, hw):
+    """Decide bf16/fp16/fp32 once, with the reason, through core's resolve_precision.
+
+    T5 was pretrained in bf16 and its feed-forward activations exceed fp16's 65504 range, so an
+    fp16 run goes to inf/NaN (checked: see BENCHMARKS.md). --fp16 on a T5 model therefore becomes
+    bf16 where the hardware has it (fp32 where not), unless --force_fp16.
+    """
+    from trainstack.precision import PrecisionError, resolve_precision
+
+    is_t5 = model_type in T5_FAMILY
+    if training.get("bf16"):
+        return resolve_precision("bf16", hw), None
+    if training.get("fp16"):
+        if not is_t5 or extra.force_fp16:
+            if not hw.has_gpu:
+                raise RunError("fp16 is not supported on CPU; use --bf16 or no precision flag (fp32)")
+            return resolve_precision("fp16", hw), None
+        try:
+            p = resolve_precision("bf16", hw)
+            switch = ("--fp16 with a T5 model: using bf16 instead (T5 overflows to NaN in fp16; it was trained "
+                      "in bf16, which has fp32's range). Pass --force_fp16 to keep fp16.")
+        except PrecisionError:
+            p = resolve_precision("fp32", hw)
+            switch = ("--fp16 with a T5 model: this hardware has no bf16, so using fp32 (T5 overflows to NaN "
+                      "in fp16). Pass --force_fp16 to keep fp16 anyway.")
+        return p, switch
+    p = resolve_precision("auto", hw)
+    if p.name == "fp16" and is_t5 and not extra.force_fp16:
+        return resolve_precision("fp32", hw), "auto precision picked fp16, which T5 overflows in: using fp32"
+    return p, None
+
+
+def prepare_output_dir(output_dir: str, overwrite: bool, do_train: bool, resume) -> str | None:
+    """run_translation's rule, made explicit: a non-empty output dir is resumed from its last
+    checkpoint, cleared with --overwrite_output_dir, or refused. Returns a checkpoint to resume."""
+    out = Path(output_dir).expanduser()
+    if not out.is_dir() or not any(out.iterdir()) or not do_train:
+        return resume
+    if overwrite:
+        resolved = out.resolve()
+        if resolved in (Path("/"), Path.home().resolve()) or Path.cwd().resolve().is_relative_to(resolved):
+            raise RunError(f"--overwrite_output_dir refuses to clear {out} (it is /, your home, or holds the cwd)")
+        if is_main_process():
+            n = 0
+            for child in resolved.iterdir():
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+                n += 1
+            log.warning("--overwrite_output_dir: cleared %d entries from %s", n, out)
+        return resume
+    if resume:
+        return resume
+    from transformers.trainer_utils import get_last_checkpoint
+
+    last = get_last_checkpoint(str(out))
+    if last is not None:
+        log.warning("output dir %s has %s: resuming from it (pass --overwrite_output_dir to start over)", out, last)
+        return last
+    raise RunError(f"output dir {out} is not empty; pass --overwrite_output_dir to clear it "
+                   "(transformers 5 removed the flag; t5-deepspeed deletes the contents) or choose another dir")
+
+
+def postprocess_text(texts):
+    return [t.strip() for t in texts]
+
+
+# --------------------------------------------------------------------------------------------------
+
+def run(parsed: ParsedArgs) -> dict:
+    """The job. Returns the metrics of each stage that ran (also written as JSON in the output dir)."""
+    model_args, data_args, training, extra = parsed.model, parsed.data, dict(parsed.training), parsed.extra
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO,
+                        stream=sys.stdout, force=True)
+    for note in parsed.notes:
+        log.warning(note)
+
+    # 1. hardware and the distributed environment (before DeepSpeed or torch.distributed start)
+    from trainstack.hardware import detect_hardware
+
+    hw = detect_hardware()
+    ds_request = training.get("deepspeed")
+    prepare_distributed_env(hw.has_gpu, ds_request is not None)
+    if not hw.has_gpu:
+        training["use_cpu"] = True
+    log.info("launcher: %s | rank %s of %s | %s", launcher_name(), os.environ.get("RANK", "0"),
+             os.environ.get("WORLD_SIZE", "1"), hw.gpu.name if hw.gpu else f"CPU x{hw.cpu_count}")
+
+    # 2. model config (cheap) -> precision, said once with its reason
+    model_config, model_source = resolve_model_config(model_args, model_args.cache_dir)
+    if model_args.config_overrides:
+        if model_args.model_name_or_path:
+            raise RunError("--config_overrides only applies to a random-init model (--config_name without --model_name_or_path)")
+        try:
+            model_config.update_from_string(model_args.config_overrides)
+        except ValueError as err:
+            raise RunError(f"--config_overrides: {err}") from None
+        log.info("config overrides: %s", model_args.config_overrides)
+    from trainstack.precision import apply_precision
+
+    if extra.recipe == "users":
+        # bench baseline: the users' flags exactly as the plain Trainer would take them
+        from trainstack.precision import resolve_precision
+
+        precision = resolve_precision("fp16" if training.get("fp16") else "bf16" if training.get("bf16") else "fp32", hw)
+        switch = None
+    else:
+        precision, switch = choose_precision(training, extra, model_config.model_type, hw)
+        apply_precision(precision)
+    if switch:
+        log.warning(switch)
+    log.info("precision: %s (%s)", precision.name, precision.reason)
+    training["fp16"] = precision.name == "fp16"
+    training["bf16"] = precision.name == "bf16"
+    if precision.tf32 and extra.recipe == "ours" and hw.has_gpu:
+        training["tf32"] = True
+
+    # 3. data: local JSONL or the hub, read and checked row by row before any model is built
+    files = {"train": data_args.train_file, "validation": data_args.validation_file, "test": data_args.test_file}
+    common = dict(files=files, dataset_name=data_args.dataset_name, dataset_config=data_args.dataset_config_name,
+                  source_lang=data_args.source_lang, target_lang=data_args.target_lang, cache_dir=model_args.cache_dir)
+    raw_pairs = {}
+    for split, flag, limit in (("train", "do_train", data_args.max_train_samples),
+                               ("validation", "do_eval", data_args.max_eval_samples),
+                               ("test", "do_predict", data_args.max_predict_samples)):
+        if training.get(flag):
+            raw_pairs[split] = load_split(split, max_samples=limit, **common)
+            log.info("%s: %d pairs", split, len(raw_pairs[split]))
+    if not raw_pairs:
+        raise RunError("nothing to do: pass --do_train, --do_eval and/or --do_predict")
+
+    # 4. DeepSpeed config: shipped name or path, precision written in, "auto" left for the Trainer
+    ds_cfg = None
+    if ds_request is not None:
+        ds_cfg, ds_source = load_ds_config(ds_request, precision.name)
+        changes = apply_run_precision(ds_cfg, precision.name)
+        if not hw.has_gpu:
+            check_for_cpu(ds_cfg)
+        stage = zero_stage(ds_cfg)
+        log.info("deepspeed: %s, ZeRO-%d, offload: %s%s", ds_source, stage,
+                 ", ".join(f"{k}->{v}" for k, v in offload_devices(ds_cfg).items()) or "none",
+                 f"; changed {'; '.join(changes)}" if changes else "")
+        training["deepspeed"] = ds_cfg
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
+
+    # 4b. output dir (after every input check, so a typo never clears it) (overwrite / resume / refuse)
+    training["resume_from_checkpoint"] = prepare_output_dir(
+        training["output_dir"], extra.overwrite_output_dir, training.get("do_train", False),
+        training.get("resume_from_checkpoint"))
+
+    # 5. run_translation's generation defaults
+    if data_args.val_max_target_length is None:
+        data_args.val_max_target_length = data_args.max_target_length
+    if training.get("generation_max_length") is None:
+        training["generation_max_length"] = data_args.val_max_target_length
+    if training.get("generation_num_beams") is None and data_args.num_beams is not None:
+        training["generation_num_beams"] = data_args.num_beams
+    if training.get("report_to") in (None, "all", ["all"]):
+        training["report_to"] = "none"
+
+    # 6. TrainingArguments now: with a DeepSpeed config this registers it globally (HfDeepSpeedConfig),
+    # so from_pretrained/from_config below build a ZeRO-3 model already partitioned (zero.Init).
+    from transformers import Seq2SeqTrainingArguments
+
+    try:
+        args = Seq2SeqTrainingArguments(**training)
+    except ValueError as err:
+        raise RunError(f"training arguments: {str(err).strip().splitlines()[0]}") from None
+    if ds_cfg is not None:
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        log.info("ZeRO-3 model construction: %s", "partitioned (zero.Init)" if is_deepspeed_zero3_enabled() else "not needed")
+
+    # 7. tokenizer and model
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tok_name = model_args.tokenizer_name or (model_args.model_name_or_path if model_args.model_name_or_path
+                                             else str(resources.files("t5_deepspeed") / "data" / "tokenizer"))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(tok_name, cache_dir=model_args.cache_dir, token=model_args.token)
+    except (OSError, ValueError) as err:
+        raise RunError(f"cannot load tokenizer {tok_name!r}: {str(err).strip().splitlines()[0]}") from None
+    if model_args.model_name_or_path:
+        try:
+            model = AutoModelForSeq2SeqLM.from_pretrained(
+                model_args.model_name_or_path, config=model_config, cache_dir=model_args.cache_dir,
+                revision=model_args.model_revision, token=model_args.token)
+        except (OSError, ValueError) as err:
+            raise RunError(f"cannot load model {model_args.model_name_or_path!r}: {str(err).strip().splitlines()[0]}") from None
+        log.info("model: %s (pretrained)", model_args.model_name_or_path)
+    else:
+        model = AutoModelForSeq2SeqLM.from_config(model_config)
+        log.info("model: %s (random init)", model_source)
+    if len(tokenizer) > model.config.vocab_size:
+        raise RunError(f"tokenizer has {len(tokenizer)} tokens but the model's vocab_size is {model.config.vocab_size}")
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+    log.info("parameters: %.1fM", n_params / 1e6)
+    if training.get("gradient_checkpointing"):
+        model.config.use_cache = False
+
+    # 8. tokenize (pairs were read and checked in step 3)
+    prefix = data_args.source_prefix
+    if prefix is None and model.config.model_type in T5_FAMILY:
+        prefix = T5_PREFIXES.get((data_args.source_lang, data_args.target_lang), "")
+        if model_args.model_name_or_path:
+            log.warning("T5 model without --source_prefix: using %r (run_translation warns; T5 checkpoints expect one)",
+                        prefix)
+    max_target = {"train": data_args.max_target_length, "validation": data_args.val_max_target_length,
+                  "test": data_args.val_max_target_length}
+    datasets = {split: PairsDataset(pairs, tokenizer, prefix or "", data_args.max_source_length, max_target[split])
+                for split, pairs in raw_pairs.items()}
+
+    # 9. the trainer
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+
+    from .callbacks import BenchCallback, JsonlLogCallback, TokenCountingCollator
+
+    label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
+    collator = DataCollatorForSeq2Seq(
+        tokenizer, model=model, label_pad_token_id=label_pad,
+        padding="max_length" if data_args.pad_to_max_length else True,
+        max_length=data_args.max_source_length if data_args.pad_to_max_length else None,
+        pad_to_multiple_of=8 if extra.recipe == "ours" and precision.name != "fp32" and hw.has_gpu else None)
+    collator = TokenCountingCollator(collator)
+
+    signatures = {}
+
+    def compute_metrics(eval_preds):
+        import numpy as np
+        from trainstack.metrics import bleu, chrf
+
+        preds, labels = eval_preds
+        preds = preds[0] if isinstance(preds, tuple) else preds
+        preds = np.where(preds != -100, preds, tokenizer.pad_token_id)
+        labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
+        hyps = postprocess_text(tokenizer.batch_decode(preds, skip_special_tokens=True))
+        refs = postprocess_text(tokenizer.batch_decode(labels, skip_special_tokens=True))
+        b, c = bleu(hyps, refs), chrf(hyps, refs)
+        signatures.update(bleu_signature=b.signature, chrf_signature=c.signature)
+        gen_len = float(np.mean([np.count_nonzero(p != tokenizer.pad_token_id) for p in preds]))
+        return {"bleu": round(b.score, 4), "chrf": round(c.score, 4), "gen_len": round(gen_len, 4)}
+
+    callbacks = []
+    if extra.log_jsonl:
+        callbacks.append(JsonlLogCallback(Path(args.output_dir) / "log.jsonl"))
+    bench_cb = None
+    if extra.bench_json:
+        bench_cb = BenchCallback(collator, extra.bench_warmup_steps, extra.bench_json, precision.name, n_params)
+        callbacks.append(bench_cb)
+    trainer = Seq2SeqTrainer(
+        model=model, args=args, train_dataset=datasets.get("train"), eval_dataset=datasets.get("validation"),
+        data_collator=collator, processing_class=tokenizer,
+        compute_metrics=compute_metrics if args.predict_with_generate else None, callbacks=callbacks)
+
+    results = {}
+    out_dir = Path(args.output_dir)
+    gen_kwargs = {}
+    if ds_cfg is not None and zero_stage(ds_cfg) == 3:
+        # Under ZeRO-3 every rank holds a slice of each layer, so every rank must run every forward
+        # of generate until all ranks are done, or the all-gathers deadlock.
+        gen_kwargs["synced_gpus"] = True
+
+    # 10. train, then save: under ZeRO-3 the 16-bit weights are gathered into one normal HF checkpoint
+    if args.do_train:
+        t0 = time.perf_counter()
+        train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        trainer.save_model()  # stage3_gather_16bit_weights_on_model_save in the shipped ZeRO-3 configs
+        metrics = dict(train_result.metrics)
+        metrics["train_samples"] = len(datasets["train"])
+        metrics["wall_s"] = round(time.perf_counter() - t0, 3)
+        if not math.isfinite(metrics.get("train_loss", 0.0)):
+            log.warning("train loss is %s: the run diverged (fp16 overflow is the usual cause with T5)",
+                        metrics.get("train_loss"))
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        if ds_cfg is not None and trainer.is_world_process_zero():
+            resolved = trainer.accelerator.state.deepspeed_plugin.deepspeed_config
+            (out_dir / "ds_config.resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
+        results["train"] = metrics
+
+    # 11. evaluate and predict with generate
+    if args.do_eval:
+        metrics = trainer.evaluate(metric_key_prefix="eval", **gen_kwargs)
+        metrics.update({f"eval_{k}": v for k, v in signatures.items()})
+        metrics["eval_samples"] = len(datasets["validation"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+        results["eval"] = metrics
+    if args.do_predict:
+        out = trainer.predict(datasets["test"], metric_key_prefix="predict", **gen_kwargs)
+        metrics = dict(out.metrics)
+        metrics.update({f"predict_{k}": v for k, v in signatures.items()})
+        metrics["predict_samples"] = len(datasets["test"])
+        trainer.log_metrics("predict", metrics)
+        trainer.save_metrics("predict", metrics)
+        results["predict"] = metrics
+        if trainer.is_world_process_zero() and args.predict_with_generate:
+            import numpy as np
+
+            preds = np.where(out.predictions != -100, out.predictions, tokenizer.pad_token_id)
+            hyps = postprocess_text(tokenizer.batch_decode(preds, skip_special_tokens=True))
+            (out_dir / "generated_predictions.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
+            with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:
+                for (s, r), h in zip(datasets["test"].pairs, hyps, strict=True):
+                    f.write(json.dumps({"source": s, "reference": r, "prediction": h}, ensure_ascii=False) + "\n")
+    if bench_cb is not None:
+        bench_cb.finish()
+    return results
+
+
+def main(argv=None) -> int:
+    from trainstack.hardware import NoProfileFits
+    from trainstack.precision import PrecisionError
+
+    from .args import parse_args
+    from .profiles import profile_settings
+
+    try:
+        parsed = parse_args(sys.argv[1:] if argv is None else argv, profile_settings)
+        run(parsed)
+    except (ArgsError, DataError, DeepSpeedConfigError, RunError, PrecisionError, NoProfileFits) as err:
+        print(f"t5-deepspeed: error: {err}", file=sys.stderr)
+        return 2
+    return 0
