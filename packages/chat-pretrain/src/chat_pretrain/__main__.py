@@ -1,0 +1,5 @@
+import sys
+
+from chat_pretrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,225 @@
+"""chat-pretrain bench: our recipe vs a faithful reimplementation of the users' trainer loop.
+
+    # 1 GPU: both arms, each in its own process (so peak host RSS is per arm), same model/data/GPU
+    chat-pretrain make-data /tmp/bench.parquet --rows 1000000
+    chat-pretrain bench --tokenizer ../shared/data/chatlm --data /tmp/bench.parquet --config large
+    # N GPUs: one arm per launch; packages/chat-pretrain/scripts/bench_multi_gpu.sh does 1 vs 2 GPUs
+    accelerate launch --multi_gpu --num_processes 2 -m chat_pretrain bench --arm ours --json-out ours2.json ...
+    # CPU: the harness runs (figures say they are CPU figures)
+    chat-pretrain bench --tokenizer ../shared/data/chatlm --data d.parquet --config cpu-tiny --steps 3 --warmup 1
+
+The users' loop (ChatLM-mini-Chinese trainer, as described in SEEDS.md and issue 5): the whole
+parquet table loaded into RAM, random batches of `batch_size` rows padded to their longest row (or
+to max_seq_len with --users-pad max_length), no length bucketing, `loss.item()` every micro-step,
+gradients all-reduced on every micro-step (no no_sync), transformers' Adafactor with relative steps
+(its lr is ignored). Ours: streamed token-budget batches (bucketed by length), fused AdamW with
+warmup + cosine, no_sync on non-final micro-steps, no host sync per micro-step.
+
+Both arms use the same T5 (same seed, same attention implementation unless --users-attn eager), the
+same fixed tokenizer, the same token-level truncation, and the same precision. Tokens are real
+(non-pad) prompt + response tokens; MFU counts the model FLOPs of those tokens only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+
+def _dist_sum(x: float, accelerator) -> float:
+    if accelerator.num_processes == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t)
+    return float(t.item())
+
+
+def _dist_max(x: float, accelerator) -> float:
+    if accelerator.num_processes == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return float(t.item())
+
+
+def run_arm(arm: str, args, cfg) -> dict:
+    import numpy as np
+    import pyarrow.parquet as pq
+    from accelerate import Accelerator
+    from trainstack.bench import time_steps
+    from trainstack.hardware import detect_hardware
+    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.precision import apply_precision, resolve_precision
+
+    from chat_pretrain.data import PromptResponseBatches, collate, tokenize_pairs
+    from chat_pretrain.model import build_model, count_params, flops_per_token
+    from chat_pretrain.tokenizer import load_tokenizer
+
+    precision = resolve_precision(cfg.precision, detect_hardware())
+    apply_precision(precision)
+    accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision)
+    tok = load_tokenizer(args.tokenizer)
+    torch.manual_seed(cfg.seed)
+    attn = args.users_attn if (arm == "users" and args.users_attn) else cfg.model.attn_implementation
+    model, how = build_model(cfg.model.name, tok.vocab_size, tok.pad_id, tok.eos_id, attn, cfg.model.dropout_rate)
+    fpt = flops_per_token(model, cfg.data.max_seq_len) / 2
+    accum = cfg.grad_accum_steps
+    real_tokens: list[int] = []
+    samples: list[int] = []
+
+    if arm == "ours":
+        model = model.to(accelerator.device)
+        optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                    betas=cfg.optim.betas)
+        scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, 10**6)
+        model, optimizer = accelerator.prepare(model, optimizer)
+        batches = PromptResponseBatches([args.data], tok.tokenizer, cfg.data, pad_id=tok.pad_id, eos_id=tok.eos_id,
+                                        seed=cfg.seed, rank=accelerator.process_index,
+                                        world_size=accelerator.num_processes)
+
+        def endless():
+            epoch = 0
+            while True:
+                batches.set_epoch(epoch)
+                yield from batches
+                epoch += 1
+
+        it = endless()
+
+        def step():
+            n_tok = n_rows = 0
+            for k in range(accum):
+                b = next(it)
+                # Counted on the CPU copy: no device sync.
+                n_tok += int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum())
+                n_rows += b["input_ids"].shape[0]
+                b = {key: v.to(accelerator.device, non_blocking=True) for key, v in b.items()}
+                sync = k == accum - 1
+                ctx = accelerator.no_sync(model) if not sync else _null()
+                with ctx, precision.autocast(accelerator.device.type):
+                    loss = model(**b).loss / accum
+                accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            real_tokens.append(n_tok)
+            samples.append(n_rows)
+    else:
+        from transformers.optimization import Adafactor
+
+        # The users' dataset: the whole table in RAM, rows indexed at random.
+        table = pq.read_table(args.data, columns=[cfg.data.prompt_column, cfg.data.response_column]).to_pandas()
+        prompts = table[cfg.data.prompt_column].tolist()
+        responses = table[cfg.data.response_column].tolist()
+        del table
+        rng = np.random.default_rng(cfg.seed + accelerator.process_index)
+        bs = cfg.data.batch_size
+        optimizer = Adafactor(model.parameters(), scale_parameter=True, relative_step=True, warmup_init=False, lr=None)
+        model, optimizer = accelerator.prepare(model.to(accelerator.device), optimizer)
+        pad_to = cfg.data.max_seq_len if args.users_pad == "max_length" else None
+
+        def step():
+            n_tok = n_rows = 0
+            for _ in range(accum):
+                idx = rng.integers(0, len(prompts), size=bs)
+                src, tgt = tokenize_pairs(tok.tokenizer, [prompts[i] for i in idx], [responses[i] for i in idx],
+                                          cfg.data.max_seq_len, tok.eos_id)
+                b = collate(src, tgt, tok.pad_id, pad_to=pad_to)
+                n_tok += int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum())
+                n_rows += bs
+                b = {key: v.to(accelerator.device) for key, v in b.items()}
+                with precision.autocast(accelerator.device.type):
+                    loss = model(**b).loss.mean() / accum
+                accelerator.backward(loss)  # DDP all-reduces here on every micro-step
+                loss.detach().item()  # their per-step logging: a host sync every micro-step
+            accelerator.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad()
+            real_tokens.append(n_tok)
+            samples.append(n_rows)
+
+    warmup = args.warmup
+    res = time_steps(step, warmup_steps=warmup, timed_steps=args.steps,
+                     real_tokens_per_step=lambda i: real_tokens[warmup + i],
+                     samples_per_step=lambda i: samples[warmup + i], flops_per_token=fpt, name=arm)
+    # Whole-job figures across ranks: tokens summed, time = the slowest rank.
+    world = accelerator.num_processes
+    seconds = _dist_max(res.seconds, accelerator)
+    tokens = _dist_sum(res.real_tokens, accelerator)
+    rows = _dist_sum(res.samples, accelerator)
+    peak_rss_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    out = dict(res.__dict__)
+    out.update(seconds=seconds, real_tokens=int(tokens), samples=int(rows), tokens_per_s=tokens / seconds,
+               samples_per_s=rows / seconds, mfu=(res.mfu * (tokens / seconds) / res.tokens_per_s / world)
+               if res.mfu and res.tokens_per_s else res.mfu)
+    out["extra"] = dict(res.extra, world_size=world, peak_host_rss_gib=round(_dist_max(peak_rss_gib, accelerator), 3),
+                        model=how, params=count_params(accelerator.unwrap_model(model)),
+                        precision=precision.name, attn=attn, grad_accum=accum, batch_size=cfg.data.batch_size,
+                        max_seq_len=cfg.data.max_seq_len, users_pad=args.users_pad if arm == "users" else None)
+    return out if accelerator.is_main_process else {}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def main(argv: list[str]) -> int:
+    from trainstack.config import parse_cli_overrides
+
+    overrides, rest = parse_cli_overrides(argv)
+    p = argparse.ArgumentParser(prog="chat-pretrain bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--data", required=True, help="one parquet file with prompt/response")
+    p.add_argument("--config", default="large")
+    p.add_argument("--arm", choices=["both", "ours", "users"], default="both")
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--users-pad", choices=["longest", "max_length"], default="longest")
+    p.add_argument("--users-attn", choices=["sdpa", "eager"], default=None,
+                   help="attention for the users' arm (default: the same as ours)")
+    p.add_argument("--json-out", default=None)
+    args = p.parse_args(rest)
+
+    from chat_pretrain.cli import parse_train_args
+
+    cfg, _ = parse_train_args(["--config", args.config, *overrides])
+    if args.arm != "both":
+        result = run_arm(args.arm, args, cfg)
+        if result:
+            text = json.dumps(result)
+            print(text)
+            if args.json_out:
+                Path(args.json_out).write_text(text, encoding="utf-8")
+        return 0
+
+    from trainstack.bench import BenchResult, compare, device_banner
+
+    results = []
+    for arm in ("users", "ours"):
+        out = Path(args.json_out or ".").with_suffix("") if args.json_out else Path(f".bench-{arm}.json")
+        target = Path(f"{out}-{arm}.json") if args.json_out else out
+        cmd = [sys.executable, "-m", "chat_pretrain", "bench", "--arm", arm, "--json-out", str(target),
+               "--tokenizer", args.tokenizer, "--data", args.data, "--config", args.config,
+               "--steps", str(args.steps), "--warmup", str(args.warmup), "--users-pad", args.users_pad,
+               *(["--users-attn", args.users_attn] if args.users_attn else []), *overrides]
+        subprocess.run(cmd, check=True, env=dict(os.environ))
+        results.append(BenchResult(**json.loads(target.read_text(encoding="utf-8"))))
+    print(device_banner())
+    for r in results:
+        print(f"{r.name}: peak host RSS {r.extra['peak_host_rss_gib']:.2f} GiB, {r.extra['ms_per_step']:.1f} ms/step, "
+              f"attn {r.extra['attn']}")
+    print(compare(results, baseline="users"))
+    return 0

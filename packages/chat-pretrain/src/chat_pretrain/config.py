@@ -1,0 +1,137 @@
+"""The typed config of a chat-pretrain run: dataclass defaults <- a shipped config (YAML) <- overrides.
+
+    chat-pretrain train --config large data.train_files=[data/train.parquet] epochs=5 optim.lr=2e-4
+
+Top-level fields of `train` are also reachable without the `train.` prefix (`epochs=5`), and the
+users' flag spellings are accepted as aliases (`--learn_rate=2e-4`, `--batch_size_per_gpu=24`, ...).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    name: str = "chatlm-0.2b"
+    """A shipped model config (`chatlm-0.2b`, `tiny`) or a local directory with config.json (and
+    weights, which are loaded when present)."""
+    attn_implementation: Literal["auto", "sdpa", "eager"] = "auto"
+    """auto: SDPA when the installed transformers supports it for T5, eager otherwise."""
+    dropout_rate: float = 0.1
+
+
+@dataclass
+class TokenizerConfig:
+    path: str = ""
+    """tokenizer.json or a directory holding one (e.g. ../shared/data/chatlm)."""
+    fix_metaspace: bool = True
+    """Drop a Metaspace pre-tokenizer whose replacement character is not in the vocab (the ChatLM
+    defect that puts an [UNK] before every pre-token)."""
+
+
+@dataclass
+class DataConfig:
+    train_files: list[str] = field(default_factory=list)
+    """Parquet files or directories (every *.parquet inside, sorted)."""
+    valid_files: list[str] = field(default_factory=list)
+    prompt_column: str = "prompt"
+    response_column: str = "response"
+    max_seq_len: int = 192
+    """Token-level truncation of prompt and response (EOS included)."""
+    batch_size: int = 32
+    """Rows per micro-batch at full length: the token budget is batch_size * max_seq_len tokens per
+    side (padding counted), so short rows make bigger batches and no batch exceeds the users' shape."""
+    max_batch_rows: int = 0
+    """Upper bound on rows per micro-batch (0: batch_size * 8)."""
+    bucket_rows: int = 4096
+    """Rows tokenized and length-bucketed together (bounded RAM)."""
+    shuffle_buffer: int = 5000
+    read_batch_rows: int = 1024
+    on_bad_row: Literal["skip", "error"] = "skip"
+    """Null or empty prompt/response: count and skip, or stop with the file and row."""
+    num_workers: int = 0
+    """Rows are read in the main process so the data position is exact at every step; tokenizing a
+    micro-batch costs about a millisecond."""
+
+    def __post_init__(self):
+        if self.max_seq_len < 2:
+            raise ValueError(f"max_seq_len must be >= 2 (one token plus EOS), got {self.max_seq_len}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adafactor"] = "adamw"
+    lr: float = 1e-4
+    """Peak learning rate; also used by adafactor (never relative-step)."""
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_steps: int = 1024
+    floor: float = 0.0
+
+
+@dataclass
+class EvalConfig:
+    every_steps: int = 0
+    """0: at each epoch end."""
+    max_rows: int = 0
+    """0: the whole validation set."""
+    batch_size: int = 64
+    num_beams: int = 1
+    max_new_tokens: int = 0
+    """0: data.max_seq_len."""
+    bleu: bool = True
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = "runs/chat-pretrain"
+    epochs: int = 1
+    max_steps: int = 0
+    """0: epochs * steps per epoch."""
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    log_every_steps: int = 100
+    save_every_steps: int = 5000
+    keep_last: int = 2
+    keep_best: int = 5
+    memory_log_every_steps: int = 200
+    cleanup_every_steps: int = 0
+    seed: int = 42
+
+    def __post_init__(self):
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.eval.every_steps and self.save_every_steps and self.save_every_steps % self.eval.every_steps:
+            # Best-by-BLEU pruning needs a BLEU at every save.
+            raise ValueError(f"save_every_steps ({self.save_every_steps}) must be a multiple of "
+                             f"eval.every_steps ({self.eval.every_steps})")
+
+
+# The users' flag names (their train.py / TrainConfig) -> our dotted keys.
+ALIASES = {
+    "learn_rate": "optim.lr",
+    "lr": "optim.lr",
+    "batch_size_per_gpu": "data.batch_size",
+    "gradient_accumulation_steps": "grad_accum_steps",
+    "max_seq_len": "data.max_seq_len",
+    "warmup_steps": "optim.warmup_steps",
+    "save_steps": "save_every_steps",
+    "logging_steps": "log_every_steps",
+    "keep_latest_n_ckp": "keep_best",
+    "train_file": "data.train_files",
+    "validation_file": "data.valid_files",
+    "tokenizer_dir": "tokenizer.path",
+    "output_dir": "run_dir",
+    "seed": "seed",
+}

@@ -1,0 +1,275 @@
+"""Prompt/response parquet -> token-budget micro-batches, streamed in bounded RAM, resumable exactly.
+
+Rows come from core's ParquetStream (record batches, shuffle buffer, sharded over ranks and loader
+workers). Every `bucket_rows` rows are tokenized together, truncated at the token level, and cut
+into length-bucketed batches by core's `token_budget_batches`: a batch holds at most
+`batch_size * max_seq_len` tokens per side, padding included, so short rows make bigger batches and
+no batch is larger than the users' fixed 32 x 192 shape.
+
+Position: the state of a batch is (the stream's state at the start of its bucket, how many batches
+of that bucket were already yielded). A bucket is rebuilt deterministically from that state, so a
+resumed run sees exactly the rows it had not seen yet; the state never holds more than one bucket of
+work to redo.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from chat_pretrain.config import DataConfig
+
+
+class DataError(ValueError):
+    pass
+
+
+def expand_files(paths: Sequence[str | Path], suffixes=(".parquet",)) -> list[Path]:
+    """Files and directories (every matching file inside, sorted) -> a list of files."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix in suffixes)
+            if not found:
+                raise DataError(f"{p}: directory holds no {'/'.join(suffixes)} files")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise DataError(f"{p}: no such file or directory")
+    if not out:
+        raise DataError("no data files given")
+    return out
+
+
+def check_schema(files: Sequence[Path], columns: Sequence[str]) -> int:
+    """Every file has the columns, as strings. Returns the total row count (metadata only)."""
+    rows = 0
+    for f in files:
+        try:
+            meta = pq.ParquetFile(f)
+        except Exception as e:  # pyarrow raises several types for a non-parquet file
+            raise DataError(f"{f}: not a readable parquet file ({e})") from None
+        schema = meta.schema_arrow
+        for c in columns:
+            if c not in schema.names:
+                raise DataError(f"{f}: missing column '{c}' (columns: {', '.join(schema.names)}); "
+                                f"set data.prompt_column / data.response_column")
+            t = schema.field(c).type
+            if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)):
+                raise DataError(f"{f}: column '{c}' has type {t}, expected string")
+        rows += meta.metadata.num_rows
+    return rows
+
+
+@dataclass
+class SkipCounts:
+    null: int = 0
+    empty: int = 0
+    first: list[str] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.null + self.empty
+
+
+def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_seq_len: int, eos_id: int):
+    """Token-level truncation: up to max_seq_len - 1 tokens, then EOS, on each side."""
+    keep = max_seq_len - 1
+    src = [e.ids[:keep] + [eos_id] for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
+    tgt = [e.ids[:keep] + [eos_id] for e in tokenizer.encode_batch(responses, add_special_tokens=False)]
+    return src, tgt
+
+
+def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int, pad_to: int | None = None) -> dict:
+    """Pad to the longest row in the batch (or to `pad_to`, as the users' loop does). Labels use -100 at
+    padding. Vectorised: one numpy scatter per side instead of a tensor per row."""
+    input_ids, attention_mask = _pad(src, pad_id, pad_to)
+    labels, _ = _pad(tgt, -100, pad_to)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _pad(rows: list[list[int]], fill: int, pad_to: int | None):
+    lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
+    width = pad_to or int(lens.max())
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lens.sum()))
+    out = np.full((len(rows), width), fill, dtype=np.int64)
+    mask = np.arange(width)[None, :] < lens[:, None]
+    out[mask] = flat
+    return torch.from_numpy(out), torch.from_numpy(mask.astype(np.int64))
+
+
+class PromptResponseBatches:
+    """Core's `Batches` protocol over parquet files: set_epoch, __iter__, state_dict, load_state_dict."""
+
+    def __init__(self, files, tokenizer, cfg: DataConfig, *, pad_id: int, eos_id: int, seed: int = 0,
+                 rank: int = 0, world_size: int = 1, id_column: str | None = None, memory_log=None):
+        from trainstack.data import ParquetStream
+
+        self.files = expand_files(files)
+        self.cfg = cfg
+        self.columns = [cfg.prompt_column, cfg.response_column]
+        self.num_rows = check_schema(self.files, self.columns)
+        self.tokenizer = tokenizer
+        self.pad_id, self.eos_id = pad_id, eos_id
+        self.seed = seed
+        self.id_column = id_column
+        self.max_tokens = cfg.batch_size * cfg.max_seq_len
+        self.max_batch_rows = cfg.max_batch_rows or cfg.batch_size * 8
+        cols = self.columns + ([id_column] if id_column else [])
+        self.stream = ParquetStream([str(f) for f in self.files], columns=cols, batch_rows=cfg.read_batch_rows,
+                                    shuffle_buffer=cfg.shuffle_buffer, seed=seed, rank=rank, world_size=world_size)
+        self.epoch = 0
+        self.skipped = SkipCounts()
+        self.memory_log = memory_log  # callable(batches_yielded) or None
+        self._resume: dict | None = None
+        self._state = self._fresh_state()
+
+    def _fresh_state(self) -> dict:
+        return {"epoch": self.epoch, "stream": None, "bucket": 0, "batches_done": 0}
+
+    # -- Batches protocol -------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        if self._resume is not None and self._resume["epoch"] == epoch:
+            return  # keep the loaded mid-epoch position
+        self._resume = None
+        self.epoch = epoch
+        self.stream.set_epoch(epoch)
+        self._state = self._fresh_state()
+
+    def state_dict(self) -> dict:
+        return json.loads(json.dumps(self._state))
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.stream.set_epoch(self.epoch)
+        if state.get("stream") is not None:
+            self.stream.load_state_dict(state["stream"])
+        self._state = dict(state)
+        self._resume = dict(state)
+
+    def __iter__(self) -> Iterator[dict]:
+        resume, self._resume = self._resume, None
+        bucket = resume["bucket"] if resume else 0
+        skip = resume["batches_done"] if resume else 0
+        rows = iter(self.stream)
+        yielded = 0
+        while True:
+            start_state = self.stream.state_dict()
+            chunk = self._read_bucket(rows)
+            if chunk is None:
+                break
+            src, tgt, ids = chunk
+            batches = self._bucket_batches(src, tgt, bucket)
+            for i, idx in enumerate(batches):
+                if i < skip:
+                    continue
+                batch = collate([src[j] for j in idx], [tgt[j] for j in idx], self.pad_id)
+                if ids is not None:
+                    batch["row_ids"] = [ids[j] for j in idx]
+                self._state = {"epoch": self.epoch, "stream": start_state, "bucket": bucket, "batches_done": i + 1}
+                yielded += 1
+                if self.memory_log is not None:
+                    self.memory_log(yielded)
+                yield batch
+            skip = 0
+            bucket += 1
+
+    # -- internals --------------------------------------------------------------------------
+    def _read_bucket(self, rows: Iterator[dict]):
+        prompts, responses, ids = [], [], []
+        pc, rc = self.columns
+        for row in rows:
+            p, r = row.get(pc), row.get(rc)
+            bad = "null" if (p is None or r is None) else ("empty" if not (p and r) else None)
+            if bad:
+                self._bad_row(bad, row)
+                continue
+            prompts.append(p)
+            responses.append(r)
+            if self.id_column:
+                ids.append(row[self.id_column])
+            if len(prompts) >= self.cfg.bucket_rows:
+                break
+        if not prompts:
+            return None
+        src, tgt = tokenize_pairs(self.tokenizer, prompts, responses, self.cfg.max_seq_len, self.eos_id)
+        return src, tgt, (ids if self.id_column else None)
+
+    def _bad_row(self, kind: str, row: dict) -> None:
+        where = f"row {row[self.id_column]!r}" if self.id_column else "a row"
+        what = f"{where} of {', '.join(map(str, self.files[:3]))}{' ...' if len(self.files) > 3 else ''} has a {kind} " \
+               f"'{self.columns[0]}' or '{self.columns[1]}'"
+        if self.cfg.on_bad_row == "error":
+            raise DataError(what + " (data.on_bad_row=skip counts and skips such rows)")
+        if kind == "null":
+            self.skipped.null += 1
+        else:
+            self.skipped.empty += 1
+        if len(self.skipped.first) < 5:
+            self.skipped.first.append(what)
+
+    def _bucket_batches(self, src, tgt, bucket: int) -> list[list[int]]:
+        from trainstack.data import token_budget_batches
+
+        lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
+        return token_budget_batches(lengths, self.max_tokens, seed=self.seed * 1_000_003 + bucket, epoch=self.epoch,
+                                    max_batch_size=self.max_batch_rows)
+
+
+def read_valid_pairs(files, cfg: DataConfig, rank: int = 0, world_size: int = 1, max_rows: int = 0,
+                     tokenizer=None, eos_id: int | None = None) -> Iterator[tuple[list[int], list[int], str]]:
+    """This rank's share of the validation rows, in file order: (prompt ids, response ids, response text).
+    Row i goes to rank i % world_size, so the union over ranks is the whole set, each row once."""
+    files = expand_files(files)
+    columns = [cfg.prompt_column, cfg.response_column]
+    check_schema(files, columns)
+    i = 0
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for rb in pf.iter_batches(batch_size=cfg.read_batch_rows, columns=columns):
+            prompts, responses = rb.column(0).to_pylist(), rb.column(1).to_pylist()
+            mine_p, mine_r = [], []
+            for p, r in zip(prompts, responses, strict=True):
+                if max_rows and i >= max_rows:
+                    break
+                ok = bool(p) and bool(r)
+                if ok and i % world_size == rank:
+                    mine_p.append(p)
+                    mine_r.append(r)
+                i += ok
+            if mine_p:
+                src, tgt = tokenize_pairs(tokenizer, mine_p, mine_r, cfg.max_seq_len, eos_id)
+                yield from zip(src, tgt, mine_r, strict=True)
+            if max_rows and i >= max_rows:
+                return
+
+
+class MemoryLog:
+    """Appends RSS and GPU memory to run_dir/memory.jsonl every `every` micro-batches (no GPU sync)."""
+
+    def __init__(self, path, every: int):
+        self.path = Path(path)
+        self.every = every
+        self.t0 = time.time()
+
+    def __call__(self, batches: int) -> None:
+        if not self.every or batches % self.every:
+            return
+        from trainstack.memory import memory_report
+
+        rec = {"batches": batches, "seconds": round(time.time() - self.t0, 2), **memory_report().as_dict()}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(rec) + "\n")

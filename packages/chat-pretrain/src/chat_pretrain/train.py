@@ -1,0 +1,186 @@
+"""chat-pretrain train: the whole job, top to bottom.
+
+    # 1 GPU
+    chat-pretrain train --config large data.train_files=[data/train] data.valid_files=[data/valid.parquet] \
+        tokenizer.path=../shared/data/chatlm
+    # N GPUs (one process per GPU; gradients all-reduced once per optimizer step)
+    accelerate launch --multi_gpu --num_processes 3 -m chat_pretrain train --config large ...
+    # CPU (tiny model, fp32)
+    chat-pretrain train --config cpu-tiny data.train_files=[train.parquet] tokenizer.path=...
+    # resume from the latest checkpoint, data position included (the users' spelling works too)
+    chat-pretrain train --config large ... --resume          # or --is_keep_training=True
+
+Steps: config -> hardware and precision -> tokenizer -> model (SDPA when supported) -> streamed
+token-budget batches sharded by rank -> AdamW + warmup/cosine (or Adafactor with an explicit lr) ->
+core's fit (accelerate, no_sync on non-final micro-steps, checkpoints with the data position, keep-N
+best by BLEU) with evaluation = validation loss + BLEU-4 over the whole validation set.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from chat_pretrain.config import TrainConfig
+from chat_pretrain.data import MemoryLog, PromptResponseBatches, expand_files, tokenize_pairs
+from chat_pretrain.evaluate import evaluate_model
+from chat_pretrain.model import build_model, count_params, flops_per_token
+from chat_pretrain.tokenizer import load_tokenizer
+
+
+def estimate_steps_per_epoch(batches: PromptResponseBatches, tokenizer, world_size: int, grad_accum: int,
+                             sample_rows: int = 4096) -> int:
+    """Optimizer steps per epoch for the lr schedule, from the token lengths of the first rows (the
+    number of token-budget batches depends on lengths, which are not known before reading)."""
+    import pyarrow.parquet as pq
+
+    from trainstack.data import token_budget_batches
+
+    cfg = batches.cfg
+    f = pq.ParquetFile(batches.files[0])
+    rb = next(f.iter_batches(batch_size=sample_rows, columns=batches.columns))
+    pairs = [(p, r) for p, r in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist(), strict=True) if p and r]
+    if not pairs:
+        return max(1, batches.num_rows // (world_size * cfg.batch_size * grad_accum))
+    src, tgt = tokenize_pairs(tokenizer, [p for p, _ in pairs], [r for _, r in pairs], cfg.max_seq_len,
+                              batches.eos_id)
+    lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
+    n_batches = len(token_budget_batches(lengths, batches.max_tokens, seed=0, max_batch_size=batches.max_batch_rows))
+    rows_per_batch = len(lengths) / n_batches
+    return max(1, math.ceil(batches.num_rows / world_size / rows_per_batch / grad_accum))
+
+
+def make_loss_fn():
+    def loss_fn(model, batch):
+        device = next(iter(model.parameters())).device if not hasattr(model, "device") else model.device
+        b = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+        out = model(**b)
+        # Real (non-pad) tokens on both sides, as a tensor: no host sync on the hot path.
+        real = b["attention_mask"].sum() + (b["labels"] != -100).sum()
+        return out.loss, real
+
+    return loss_fn
+
+
+@dataclass
+class Job:
+    cfg: TrainConfig
+    resume: bool = False
+    progress: bool = True
+
+
+def run(job: Job):
+    from accelerate import Accelerator
+    from trainstack.config import format_config, save_config
+    from trainstack.hardware import detect_hardware
+    from trainstack.loop import LoopConfig, fit
+    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.precision import apply_precision, resolve_precision
+
+    cfg = job.cfg
+    if not cfg.data.train_files:
+        raise SystemExit("chat-pretrain: error: data.train_files is empty (give data.train_files=[path, ...])")
+    if not cfg.tokenizer.path:
+        raise SystemExit("chat-pretrain: error: tokenizer.path is empty (a tokenizer.json or its directory)")
+    hw = detect_hardware()
+    precision = resolve_precision(cfg.precision, hw)
+    apply_precision(precision)
+    accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    main = accelerator.is_main_process
+    run_dir = Path(cfg.run_dir)
+    say = print if main else (lambda *a, **k: None)
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir)
+        say(format_config(cfg))
+        say(f"hardware: {hw.describe()}; processes: {world}")
+        say(f"precision: {precision.reason}")
+        if precision.name == "fp16":
+            say("warning: T5 activations overflow in fp16 (it was trained in bf16); expect NaN losses")
+
+    tok = load_tokenizer(cfg.tokenizer.path, fix=cfg.tokenizer.fix_metaspace)
+    if tok.fixed:
+        say(f"tokenizer: {tok.fixed}")
+    torch.manual_seed(cfg.seed)
+    model, how = build_model(cfg.model.name, tok.vocab_size, tok.pad_id, tok.eos_id, cfg.model.attn_implementation,
+                             cfg.model.dropout_rate)
+    n_params = count_params(model)
+    say(f"model: {how}; {n_params / 1e6:.1f}M parameters")
+
+    memory_log = MemoryLog(run_dir / f"memory.rank{rank}.jsonl",
+                           cfg.memory_log_every_steps * cfg.grad_accum_steps) if cfg.memory_log_every_steps else None
+    batches = PromptResponseBatches(cfg.data.train_files, tok.tokenizer, cfg.data, pad_id=tok.pad_id,
+                                    eos_id=tok.eos_id, seed=cfg.seed, rank=rank, world_size=world,
+                                    memory_log=memory_log)
+    steps_per_epoch = estimate_steps_per_epoch(batches, tok.tokenizer, world, cfg.grad_accum_steps)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    say(f"data: {len(batches.files)} file(s), {batches.num_rows:,} rows; ~{steps_per_epoch:,} optimizer steps "
+        f"per epoch (estimated from token lengths); token budget {batches.max_tokens} per side per micro-batch")
+
+    optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                betas=cfg.optim.betas)
+    scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.floor)
+
+    evaluate = None
+    if cfg.data.valid_files:
+        valid_files = expand_files(cfg.data.valid_files)
+
+        def evaluate(m):
+            r = evaluate_model(m, tok, valid_files, cfg.data, cfg.eval, precision)
+            out = {"eval_loss": r["loss"]}
+            if "bleu" in r:
+                out["eval_bleu"] = r["bleu"]
+            return out
+
+    def save_model_fn(directory):
+        # A checkpoint is also a usable HF model directory (save_pretrained + tokenizer).
+        m = accelerator.unwrap_model(model)
+        m.save_pretrained(directory, safe_serialization=True)
+        tok.tokenizer.save(str(Path(directory) / "tokenizer.json"))
+
+    loop_cfg = LoopConfig(
+        max_steps=cfg.max_steps or None,
+        epochs=cfg.epochs,
+        grad_accum_steps=cfg.grad_accum_steps,
+        max_grad_norm=cfg.max_grad_norm or None,
+        log_every_steps=cfg.log_every_steps,
+        eval_every_steps=cfg.eval.every_steps,
+        save_every_steps=cfg.save_every_steps,
+        keep_last=cfg.keep_last,
+        keep_best=cfg.keep_best,
+        best_metric="eval_bleu" if (evaluate and cfg.eval.bleu) else ("eval_loss" if evaluate else None),
+        best_mode="max" if (evaluate and cfg.eval.bleu) else "min",
+        cleanup_every_steps=cfg.cleanup_every_steps,
+        seed=cfg.seed,
+    )
+    result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches,
+                 loss_fn=make_loss_fn(), config=loop_cfg, run_dir=run_dir, precision=precision,
+                 accelerator=accelerator, evaluate=evaluate,
+                 flops_per_token=flops_per_token(model, cfg.data.max_seq_len) / 2,
+                 resume=job.resume, save_model_fn=save_model_fn, progress=job.progress and main)
+    if batches.skipped.total:
+        say(f"skipped rows: {batches.skipped.null} null, {batches.skipped.empty} empty; first: "
+            f"{batches.skipped.first[0]}")
+    if main:
+        summary = {"steps": result.steps, "last_loss": result.last_loss, "best_metric": result.best_metric,
+                   "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+                   "interrupted": result.interrupted, "skipped_null": batches.skipped.null,
+                   "skipped_empty": batches.skipped.empty}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
+        say(f"done: {json.dumps(summary)}")
+    return result
+
+
+def main(argv: list[str]) -> int:
+    from chat_pretrain.cli import parse_train_args
+
+    cfg, resume = parse_train_args(argv)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run(Job(cfg, resume=resume))
+    return 0

@@ -1,0 +1,54 @@
+import pytest
+
+from chat_pretrain.cli import main, parse_train_args
+from chat_pretrain.profiles import profile_dir
+
+
+def test_every_shipped_config_loads_through_the_cli():
+    from trainstack.hardware import load_profiles
+
+    names = [p.name for p in load_profiles(profile_dir())]
+    assert {"small", "large", "low-ram-12g", "cpu-tiny"} <= set(names)
+    for name in names:
+        cfg, resume = parse_train_args(["--config", name])
+        assert cfg.data.max_seq_len >= 2 and not resume
+
+
+def test_large_is_the_users_large_config():
+    cfg, _ = parse_train_args(["--config", "large"])
+    assert (cfg.data.batch_size, cfg.grad_accum_steps, cfg.data.max_seq_len, cfg.epochs) == (32, 2, 192, 3)
+    assert (cfg.optim.lr, cfg.optim.warmup_steps, cfg.save_every_steps, cfg.log_every_steps, cfg.keep_best) == \
+        (1e-4, 1024, 5000, 100, 5)
+    assert cfg.optim.name == "adamw" and cfg.optim.schedule == "cosine"
+
+
+def test_overrides_and_the_users_flags():
+    cfg, resume = parse_train_args(["--use_large_config=True", "--is_keep_training=True", "--epochs=5",
+                                    "--learn_rate=0.0002", "--batch_size_per_gpu=24",
+                                    "--gradient_accumulation_steps=4", "--max_seq_len=128", "optim.name=adafactor"])
+    assert resume and cfg.epochs == 5 and cfg.optim.lr == 2e-4 and cfg.data.batch_size == 24
+    assert cfg.grad_accum_steps == 4 and cfg.data.max_seq_len == 128 and cfg.optim.name == "adafactor"
+    cfg, resume = parse_train_args(["--config", "small", "epochs=5", "optim.lr=2e-4", "--resume"])
+    assert resume and cfg.epochs == 5 and cfg.optim.lr == 2e-4
+    _, resume = parse_train_args(["--is_keep_training=False"])
+    assert not resume
+    _, resume = parse_train_args(["--is_keep_training"])
+    assert resume
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["optim.lrr=1"], "optim.lrr"),
+    (["epochs=abc"], "epochs"),
+    (["optim.name=sgd"], "adafactor"),
+    (["--config", "nope"], "nope"),
+    (["save_every_steps=150", "eval.every_steps=100"], "multiple"),
+])
+def test_bad_config_fails_in_one_line(argv, needle):
+    with pytest.raises(SystemExit) as e:
+        parse_train_args(argv)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_configs_command(capsys):
+    assert main(["configs"]) == 0
+    assert "large" in capsys.readouterr().out

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from chat_pretrain.model import SHIPPED, build_model, count_params, resolve_attention, sdpa_supported, shipped_config
+
+
+def test_attention_choice_follows_the_installed_transformers():
+    impl, reason = resolve_attention("auto")
+    assert impl == ("sdpa" if sdpa_supported() else "eager") and reason
+    assert resolve_attention("eager")[0] == "eager"
+
+
+def test_chatlm_size_and_tied_embeddings():
+    spec = shipped_config("chatlm-0.2b")
+    assert (spec["d_model"], spec["d_ff"], spec["num_heads"], spec["num_layers"], spec["num_decoder_layers"]) == \
+        (768, 3072, 12, 10, 10)
+    # Built on the meta device: sizes only, no 0.2B allocation in a unit test.
+    with torch.device("meta"):
+        model, _ = build_model("chatlm-0.2b", 29298, 0, 1)
+    assert model.lm_head.weight is model.shared.weight
+    assert 180e6 < count_params(model) < 200e6
+    assert set(SHIPPED) == {"chatlm-0.2b", "tiny"}
+
+
+def test_sdpa_matches_eager_in_float64():
+    """SDPA (with the relative position bias as an additive mask) against the eager reference, float64."""
+    if not sdpa_supported():
+        pytest.skip("this transformers has no SDPA for T5")
+    torch.manual_seed(0)
+    eager, _ = build_model("tiny", 500, 0, 1, "eager", dropout_rate=0.0)
+    sdpa, _ = build_model("tiny", 500, 0, 1, "sdpa", dropout_rate=0.0)
+    sdpa.load_state_dict(eager.state_dict())
+    eager, sdpa = eager.double().eval(), sdpa.double().eval()
+    ids = torch.randint(2, 500, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    ids[1, 6:] = 0
+    labels = torch.randint(2, 500, (3, 5))
+    a = eager(input_ids=ids, attention_mask=mask, labels=labels)
+    b = sdpa(input_ids=ids, attention_mask=mask, labels=labels)
+    assert torch.allclose(a.logits, b.logits, atol=1e-10)
+    assert abs(a.loss.item() - b.loss.item()) < 1e-10
+
+
+def test_local_directory_round_trip(tmp_path):
+    model, _ = build_model("tiny", 300, 0, 1, dropout_rate=0.0)
+    model.save_pretrained(tmp_path / "m")
+    again, how = build_model(str(tmp_path / "m"), 300, 0, 1)
+    assert "loaded" in how
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2)
+    with pytest.raises(ValueError, match="not a shipped config"):
+        build_model(str(tmp_path / "missing"), 300, 0, 1)
