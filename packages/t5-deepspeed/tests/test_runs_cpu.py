@@ -136,3 +136,30 @@ def test_output_dir_refused_without_overwrite(cli, data_dir, tmp_path):
              "--target_lang", "ro", "--do_train", "--output_dir", out])
     assert r.returncode == 2 and (out / "keep.txt").exists()
     assert r.stderr.strip().count("\n") == 0 and "not empty; pass --overwrite_output_dir" in r.stderr
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "accelerate"])
+def test_real_launchers(launcher, data_dir, tmp_path):
+    """`deepspeed --num_gpus=1 --module t5_deepspeed` and `accelerate launch --cpu -m t5_deepspeed` run DeepSpeed."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import EXT_DIR
+
+    bin_dir = os.path.dirname(sys.executable)
+    launch = {"deepspeed": [os.path.join(bin_dir, "deepspeed"), "--num_gpus=1", "--master_port=29517", "--module"],
+              "accelerate": [os.path.join(bin_dir, "accelerate"), "launch", "--num_processes", "1", "--cpu", "-m"]}[launcher]
+    if not os.path.exists(launch[0]):
+        pytest.skip(f"{launch[0]} not installed")
+    out = tmp_path / "o"
+    args = ["t5_deepspeed", "--deepspeed", "zero2", "--config_name", "tiny-t5", "--train_file",
+            str(data_dir / "en-ro.train.jsonl"), "--source_lang", "en", "--target_lang", "ro", "--do_train",
+            "--max_steps", "3", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--output_dir", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_EXTENSIONS_DIR": EXT_DIR, "CUDA_VISIBLE_DEVICES": "",
+           "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"launcher: {launcher}" in r.stdout + r.stderr
+    assert json.loads((out / "ds_config.resolved.json").read_text())["zero_optimization"]["stage"] == 2
+    assert (out / "model.safetensors").is_file()

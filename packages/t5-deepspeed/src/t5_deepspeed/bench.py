@@ -56,6 +56,8 @@ def side_command(side: str, a, data: Path, out: Path) -> list[str]:
     args += ["--recipe", side, "--per_device_train_batch_size", str(batch_size)] + (["--fp16"] if a.users_fp16 else [])
     if a.gradient_checkpointing:
         args += ["--gradient_checkpointing"]
+    if a.config_overrides:
+        args += ["--config_overrides", a.config_overrides]
     return launch + args
 
 
@@ -70,6 +72,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
     p.add_argument("--learning_rate", type=float, default=5e-5)
     p.add_argument("--gradient_checkpointing", action="store_true")
+    p.add_argument("--config_overrides", default=None, help="passed to both sides (e.g. initializer_factor=32.0)")
+    p.add_argument("--timeout_s", type=int, default=None, help="per side")
     p.add_argument("--num_gpus", type=int, default=1)
     p.add_argument("--master_port", type=int, default=29511)
     p.add_argument("--sides", default="users,ours", help="comma list of users,ours")
@@ -88,11 +92,19 @@ def main(argv=None) -> int:
         cmd = side_command(side, a, data, out)
         print("$ " + shlex.join(cmd), flush=True)
         with (out / f"{side}.log").open("w") as logf:
-            rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            try:
+                rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT, timeout=a.timeout_s,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            except subprocess.TimeoutExpired:
+                rc = "timeout"
         rec_path = out / f"{side}.json"
         if rc != 0 or not rec_path.is_file():
             tail = (out / f"{side}.log").read_text(errors="replace").strip().splitlines()[-5:]
             print(f"{side}: failed (exit {rc}); log {out / (side + '.log')}:\n  " + "\n  ".join(tail))
+            jsonl = out / side / "log.jsonl"
+            if jsonl.is_file():  # the losses it logged before it stopped (a diverged fp16 run, say)
+                logged = [json.loads(line) for line in jsonl.read_text().splitlines()]
+                print(f"{side}: logged losses {[r['loss'] for r in logged if 'loss' in r][-12:]}")
             continue
         rec = json.loads(rec_path.read_text())
         finite = all(isinstance(loss, (int, float)) and math.isfinite(loss) for _, loss in rec["losses"])

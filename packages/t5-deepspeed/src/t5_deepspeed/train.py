@@ -78,6 +78,10 @@ def prepare_distributed_env(has_gpu: bool, using_deepspeed: bool) -> None:
         return
     if not has_gpu:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+        # `accelerate launch --cpu` sets this, and accelerate then drops the DeepSpeed plugin without a
+        # word; DeepSpeed's own CPU accelerator (gloo) is what runs here instead
+        if os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"):
+            os.environ["ACCELERATE_USE_CPU"] = "False"
     if "RANK" not in os.environ and "LOCAL_RANK" not in os.environ:
         os.environ.update(MASTER_ADDR=os.environ.get("MASTER_ADDR", "127.0.0.1"),
                           MASTER_PORT=os.environ.get("MASTER_PORT", str(_free_port())),
@@ -359,6 +363,9 @@ def run(parsed: ParsedArgs) -> dict:
         data_collator=collator, processing_class=tokenizer,
         compute_metrics=compute_metrics if args.predict_with_generate else None, callbacks=callbacks)
 
+    if ds_cfg is not None and not trainer.is_deepspeed_enabled:
+        raise RunError("--deepspeed was given but the Trainer did not enable DeepSpeed (launcher settings "
+                       "override it?); run under `deepspeed --module t5_deepspeed` or without a launcher")
     results = {}
     out_dir = Path(args.output_dir)
     gen_kwargs = {}
@@ -371,7 +378,8 @@ def run(parsed: ParsedArgs) -> dict:
     if args.do_train:
         t0 = time.perf_counter()
         train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
-        trainer.save_model()  # stage3_gather_16bit_weights_on_model_save in the shipped ZeRO-3 configs
+        if not extra.bench_json:  # a benchmark does not need (say) 5.7 GB of t5-3b weights on disk
+            trainer.save_model()  # stage3_gather_16bit_weights_on_model_save in the shipped ZeRO-3 configs
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(datasets["train"])
         metrics["wall_s"] = round(time.perf_counter() - t0, 3)
