@@ -1,0 +1,3 @@
+from esm2ae.cli import main
+
+raise SystemExit(main())

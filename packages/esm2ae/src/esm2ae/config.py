@@ -1,0 +1,165 @@
+"""The esm2ae config schema: dataclass defaults (the ESM-2 paper's recipe) <- a hardware profile's
+`settings:` <- dotted overrides on the command line (`optim.lr=3e-4`), checked by core's config."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    name: str = "esm2_t33_650M"
+    """ESM-2 size (esm2_t6_8M ... esm2_t36_3B, esm2_tiny), a hub id, or a local HF directory."""
+    pretrained: bool = False
+    """Start from published weights when reachable (hub or local dir); the paper trains from scratch."""
+    attention: Literal["auto", "flash", "flex", "sdpa"] = "auto"
+    """auto: flash-attn varlen if installed, else FlexAttention on CUDA, SDPA (block mask) on CPU."""
+    compile: bool = True
+    """torch.compile the layer function (CUDA only; one graph shared by every layer)."""
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """FASTA (.fa/.fasta, optionally .gz) or parquet with a `sequence` column."""
+    val: str | None = None
+    """Held-out file; when absent, `val_fraction` of the training records are held out."""
+    val_fraction: float = 0.01
+    max_val_sequences: int = 2000
+    max_length: int = 512
+    """Tokens per sequence including <cls>/<eos>; longer ones are cropped at random each epoch."""
+    mask_prob: float = 0.15
+    streaming: bool = False
+    """Stream parquet through core's ParquetStream instead of loading it (files larger than RAM)."""
+    limit: int | None = None
+
+
+@dataclass
+class BatchConfig:
+    tokens_per_step: int = 2_097_152
+    """Real tokens per optimizer step (paper: ~2M); accumulation is derived from it."""
+    max_tokens_per_batch: int = 16384
+    """Tokens in one packed micro-batch per GPU (the memory knob)."""
+
+    def grad_accum_steps(self, world_size: int = 1) -> int:
+        return max(1, math.ceil(self.tokens_per_step / (self.max_tokens_per_batch * world_size)))
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adam", "adamw8bit", "adafactor"] = "adamw"
+    lr: float = 4e-4
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+    warmup_steps: int = 2000
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    lr_floor: float = 0.1
+    """Fraction of the peak lr at the end of the run (paper: 1/10)."""
+    fused: bool | None = None
+    max_grad_norm: float | None = 1.0
+
+
+@dataclass
+class AEConfig:
+    widths: list[int] = field(default_factory=lambda: [768, 512, 256, 128])
+    """Encoder widths after the backbone's hidden size; the decoder mirrors them."""
+    pooling: Literal["mean", "cls"] = "mean"
+    mlm_weight: float = 1.0
+    ae_weight: float = 1.0
+    lr: float | None = None
+    """AE learning rate when the backbone is frozen (defaults to optim.lr)."""
+
+
+@dataclass
+class DeepSpeedConfig:
+    enabled: bool = False
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: Literal["none", "cpu"] = "none"
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 200_000_000
+    allgather_bucket_size: int = 200_000_000
+    cpu_adam: bool = True
+    """With CPU offload: DeepSpeedCPUAdam (builds a C++ op on first use, 1-5 min) when true;
+    torch AdamW on the offloaded fp32 partitions (no build, slower step) when false."""
+    loss_scale_window: int = 1000
+    initial_scale_power: int = 16
+
+
+@dataclass
+class LoaderConfig:
+    num_workers: int | None = None
+    """None: core's loader_settings for the hardware."""
+
+
+@dataclass
+class Config:
+    task: Literal["mlm", "ae", "joint"] = "mlm"
+    """mlm: pretrain the backbone; ae: train the autoencoder on a frozen backbone; joint: both."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    ae: AEConfig = field(default_factory=AEConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    max_steps: int = 500_000
+    log_every_steps: int = 10
+    eval_every_steps: int = 1000
+    save_every_steps: int = 5000
+    keep_last: int = 2
+    save_checkpoints: bool = True
+    """False: no resumable checkpoints (benchmarks, smoke runs); the final export is still written."""
+    seed: int = 0
+    fast_dev_run: bool = False
+    """One optimizer step of one micro-batch, one eval batch, no checkpoint kept beyond the run."""
+    overfit_batches: int = 0
+    """Train on the first N micro-batches only (same crops and masks each epoch)."""
+    run_dir: str = "runs/esm2ae"
+    device: str = "auto"
+
+    def __post_init__(self):
+        if not 8 <= self.data.max_length <= 1024:
+            raise ValueError(f"data.max_length={self.data.max_length}: must be in [8, 1024] "
+                             "(ESM-2 has 1026 rotary-free positions; the paper crops at 1024)")
+        if self.batch.max_tokens_per_batch < self.data.max_length:
+            raise ValueError(f"batch.max_tokens_per_batch={self.batch.max_tokens_per_batch} is smaller than "
+                             f"data.max_length={self.data.max_length}: one sequence must fit a micro-batch")
+        if not 0 < self.data.mask_prob < 1:
+            raise ValueError(f"data.mask_prob={self.data.mask_prob}: must be in (0, 1)")
+        if not self.ae.widths:
+            raise ValueError("ae.widths: at least one width")
+
+
+def deepspeed_json(cfg: Config, precision_name: str, grad_accum: int, world_size: int = 1) -> dict:
+    """The DeepSpeed config implied by the esm2ae config (ZeRO stage, offload, precision)."""
+    ds = cfg.deepspeed
+    zero = {"stage": ds.zero_stage, "overlap_comm": ds.overlap_comm,
+            "contiguous_gradients": ds.contiguous_gradients,
+            "reduce_bucket_size": ds.reduce_bucket_size, "allgather_bucket_size": ds.allgather_bucket_size}
+    if ds.offload_optimizer == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    out = {
+        # A packed micro-batch is one row of a variable number of sequences: DeepSpeed counts
+        # "samples" as rows. train_batch_size is left for DeepSpeed to derive (micro * accum * world)
+        # so the same JSON is valid at any world size.
+        "train_micro_batch_size_per_gpu": 1,
+        "gradient_accumulation_steps": grad_accum,
+        "zero_optimization": zero,
+        "gradient_clipping": cfg.optim.max_grad_norm or 0.0,
+        "zero_allow_untested_optimizer": True,
+        "zero_force_ds_cpu_optimizer": ds.cpu_adam,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if precision_name == "fp16":
+        out["fp16"] = {"enabled": True, "loss_scale": 0, "loss_scale_window": ds.loss_scale_window,
+                       "initial_scale_power": ds.initial_scale_power, "hysteresis": 2, "min_loss_scale": 1}
+    elif precision_name == "bf16":
+        out["bf16"] = {"enabled": True}
+    return out

@@ -1,0 +1,395 @@
+"""ESM-2 models by name, a packed (unpadded) forward over HF weights, and the autoencoder.
+
+The packed forward reuses the parameters of a transformers ``EsmForMaskedLM`` (so checkpoints
+stay ``save_pretrained``-compatible) but runs every micro-batch as one flat row of tokens with
+per-sequence rotary positions and block-diagonal attention, so no padding is computed.
+Attention backends, chosen once (``pick_attention_backend``):
+
+- ``flash``: flash-attn varlen kernels when the optional extra is installed (``HAS_FLASH_ATTN``);
+- ``flex``: torch FlexAttention with a document mask (compiled on CUDA);
+- ``sdpa``: PyTorch SDPA with a dense block-diagonal mask (CPU, tests; O(T^2) memory).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import torch.utils.checkpoint
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+
+# The ESM-2 family (Lin et al. 2023); written here so random init needs no hub access.
+ESM2_SIZES: dict[str, dict] = {
+    "esm2_t6_8M": dict(num_hidden_layers=6, hidden_size=320, num_attention_heads=20, intermediate_size=1280),
+    "esm2_t12_35M": dict(num_hidden_layers=12, hidden_size=480, num_attention_heads=20, intermediate_size=1920),
+    "esm2_t30_150M": dict(num_hidden_layers=30, hidden_size=640, num_attention_heads=20, intermediate_size=2560),
+    "esm2_t33_650M": dict(num_hidden_layers=33, hidden_size=1280, num_attention_heads=20, intermediate_size=5120),
+    "esm2_t36_3B": dict(num_hidden_layers=36, hidden_size=2560, num_attention_heads=40, intermediate_size=10240),
+    "esm2_t48_15B": dict(num_hidden_layers=48, hidden_size=5120, num_attention_heads=40, intermediate_size=20480),
+    # Not an ESM-2 release: a tiny model for CPU tests and debugging.
+    "esm2_tiny": dict(num_hidden_layers=2, hidden_size=64, num_attention_heads=4, intermediate_size=128),
+}
+
+# ESM-2 alphabet (fair-esm order): special tokens, residues, then <null_1> and <mask>.
+ESM2_VOCAB = ["<cls>", "<pad>", "<eos>", "<unk>", "L", "A", "G", "V", "S", "E", "R", "T", "I", "D", "P",
+              "K", "Q", "N", "F", "Y", "M", "H", "W", "C", "X", "B", "U", "Z", "O", ".", "-", "<null_1>",
+              "<mask>"]
+CLS_ID, PAD_ID, EOS_ID, UNK_ID, MASK_ID = 0, 1, 2, 3, 32
+RESIDUE_IDS = list(range(4, 29))   # what the 10% "random token" branch of MLM draws from
+TOKEN_TO_ID = {t: i for i, t in enumerate(ESM2_VOCAB)}
+
+
+def short_name(name: str) -> str:
+    """'facebook/esm2_t33_650M_UR50D' -> 'esm2_t33_650M'."""
+    base = Path(name).name
+    for key in ESM2_SIZES:
+        if base.startswith(key):
+            return key
+    return base
+
+
+def esm2_config(name: str, **overrides):
+    """An ``EsmConfig`` for an ESM-2 size given by name (short or hub-style)."""
+    from transformers import EsmConfig
+
+    key = short_name(name)
+    if key not in ESM2_SIZES:
+        raise ValueError(f"unknown ESM-2 size '{name}'; known: {', '.join(ESM2_SIZES)}")
+    kw = dict(
+        vocab_size=len(ESM2_VOCAB), pad_token_id=PAD_ID, mask_token_id=MASK_ID,
+        max_position_embeddings=1026, position_embedding_type="rotary", token_dropout=True,
+        emb_layer_norm_before=False, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, hidden_act="gelu", initializer_range=0.02,
+        tie_word_embeddings=True, is_folding_model=False, vocab_list=None,
+    )
+    kw.update(ESM2_SIZES[key])
+    kw.update(overrides)
+    return EsmConfig(**kw)
+
+
+def load_esm(name_or_path: str, pretrained: bool = True, attn_implementation: str = "sdpa"):
+    """``EsmForMaskedLM``: weights from a local directory or the hub when ``pretrained`` and
+    reachable; otherwise random init from the built-in config (said aloud, not silent)."""
+    from transformers import EsmForMaskedLM
+
+    local = Path(name_or_path)
+    if local.is_dir() and (local / "config.json").exists():
+        return EsmForMaskedLM.from_pretrained(local, attn_implementation=attn_implementation), "local"
+    if pretrained and short_name(name_or_path) != "esm2_tiny":
+        hub = name_or_path if "/" in name_or_path else f"facebook/{short_name(name_or_path)}_UR50D"
+        try:
+            model = EsmForMaskedLM.from_pretrained(hub, attn_implementation=attn_implementation)
+            return model, "hub"
+        except OSError as e:  # offline or not cached: fall back to random init
+            print(f"esm2ae: no pretrained weights for {hub} ({type(e).__name__}); random init")
+    config = esm2_config(name_or_path)
+    config._attn_implementation = attn_implementation
+    return EsmForMaskedLM(config), "random"
+
+
+def count_params(model: nn.Module, non_embedding: bool = False) -> int:
+    n = sum(p.numel() for p in model.parameters())
+    if non_embedding:
+        n -= sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Embedding))
+    return n
+
+
+def esm_flops_per_token(config, mean_seq_len: float) -> float:
+    """Training FLOPs per token: 6N (N = non-embedding params, plus the LM head) + attention
+    (12 * layers * d_model * mean attended length, forward + backward of QK^T and AV)."""
+    d, L, f = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    per_layer = 4 * d * d + 2 * d * f
+    n = L * per_layer + d * d + d * config.vocab_size
+    return 6 * n + 12 * L * d * mean_seq_len
+
+
+# ---------------------------------------------------------------------------------- packing
+
+@dataclass
+class PackedBatch:
+    """One micro-batch as a flat row. ``seq_ids`` numbers sequences 0..B-1; tail filler tokens
+    (to a fixed length, so compiled shapes stay static) get id B and attend only to each other."""
+    input_ids: torch.Tensor      # (T,) long
+    position_ids: torch.Tensor   # (T,) long, restarts at 0 per sequence
+    seq_ids: torch.Tensor        # (T,) long
+    cu_seqlens: torch.Tensor     # (B+2,) int32, filler segment last
+    max_seqlen: int
+    num_seqs: int                # B (real sequences)
+    labels: torch.Tensor | None = None   # (T,) long, -100 where no loss
+
+    def to(self, device, non_blocking=True) -> PackedBatch:
+        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return PackedBatch(mv(self.input_ids), mv(self.position_ids), mv(self.seq_ids), mv(self.cu_seqlens),
+                           self.max_seqlen, self.num_seqs, mv(self.labels))
+
+    @property
+    def real_tokens(self) -> int:
+        return int(self.cu_seqlens[self.num_seqs])
+
+
+def pack_sequences(token_lists: list[list[int]], labels: list[list[int]] | None = None,
+                   total_len: int | None = None, pad_multiple: int = 1) -> PackedBatch:
+    lengths = [len(t) for t in token_lists]
+    real = sum(lengths)
+    total = total_len if total_len is not None else real
+    total = max(total, real)
+    total = int(math.ceil(total / pad_multiple) * pad_multiple)
+    fill = total - real
+    ids = torch.full((total,), PAD_ID, dtype=torch.long)
+    lab = torch.full((total,), -100, dtype=torch.long)
+    pos = torch.zeros(total, dtype=torch.long)
+    seg = torch.full((total,), len(lengths), dtype=torch.long)
+    o = 0
+    for i, toks in enumerate(token_lists):
+        n = len(toks)
+        ids[o:o + n] = torch.as_tensor(toks)
+        if labels is not None:
+            lab[o:o + n] = torch.as_tensor(labels[i])
+        pos[o:o + n] = torch.arange(n)
+        seg[o:o + n] = i
+        o += n
+    pos[o:] = torch.arange(fill)
+    cu = [0]
+    for n in lengths:
+        cu.append(cu[-1] + n)
+    cu.append(total)
+    return PackedBatch(ids, pos, seg, torch.tensor(cu, dtype=torch.int32),
+                       max(lengths + [fill]), len(lengths), lab if labels is not None else None)
+
+
+# --------------------------------------------------------------------------------- attention
+
+def pick_attention_backend(requested: str, device_type: str) -> str:
+    if requested not in ("auto", "flash", "flex", "sdpa"):
+        raise ValueError(f"attention '{requested}'; allowed: auto, flash, flex, sdpa")
+    if requested == "flash" and not HAS_FLASH_ATTN:
+        raise ValueError("attention 'flash' needs the optional extra: pip install 'esm2ae[flash]'")
+    if requested != "auto":
+        return requested
+    if device_type == "cuda":
+        return "flash" if HAS_FLASH_ATTN else "flex"
+    return "sdpa"
+
+
+def document_block_mask(seq_ids: torch.Tensor):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def same_doc(b, h, q, kv):
+        return seq_ids[q] == seq_ids[kv]
+
+    T = seq_ids.numel()
+    return create_block_mask(same_doc, None, None, T, T, device=seq_ids.device,
+                             _compile=seq_ids.device.type == "cuda")
+
+
+def prepare_attention(backend: str, batch: PackedBatch):
+    """What every layer's attention needs, built once per micro-batch."""
+    if backend == "flex":
+        return document_block_mask(batch.seq_ids)
+    if backend == "sdpa":
+        s = batch.seq_ids
+        return s[:, None] == s[None, :]
+    return (batch.cu_seqlens, batch.max_seqlen)
+
+
+def attend(backend: str, attn_arg, q, k, v):
+    """q, k, v: (T, H, D), query pre-scaled (ESM scales before rotary) -> (T, H, D)."""
+    if backend == "flash":
+        from flash_attn import flash_attn_varlen_func
+        cu, max_len = attn_arg
+        return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, softmax_scale=1.0)
+    q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
+    if backend == "flex":
+        from torch.nn.attention.flex_attention import flex_attention
+        out = flex_attention(q, k, v, block_mask=attn_arg, scale=1.0)
+    else:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_arg, scale=1.0)
+    return out.squeeze(0).transpose(0, 1)
+
+
+# ----------------------------------------------------------------------------- packed forward
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def esm_layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
+    """One pre-LN ESM layer on packed tokens (T, d). Parameters come in as plain tensors so one
+    compiled graph serves every layer (a module argument would recompile per layer)."""
+    ln1_w, ln1_b, wq, bq, wk, bk, wv, bv, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2, eps = p
+    T, d = h.shape
+    D = d // num_heads
+    x = F.layer_norm(h, (d,), ln1_w, ln1_b, eps)
+    q = F.linear(x, wq, bq).view(T, num_heads, D) * D ** -0.5
+    k = F.linear(x, wk, bk).view(T, num_heads, D)
+    v = F.linear(x, wv, bv).view(T, num_heads, D)
+    q = q * cos + _rotate_half(q) * sin
+    k = k * cos + _rotate_half(k) * sin
+    a = attend(backend, attn_arg, q, k, v).reshape(T, d)
+    h = h + F.linear(a, wo, bo)
+    x = F.layer_norm(h, (d,), ln2_w, ln2_b, eps)
+    x = F.gelu(F.linear(x, w1, b1))
+    return h + F.linear(x, w2, b2)
+
+
+_compiled_layer = None
+
+
+def compiled_esm_layer():
+    global _compiled_layer
+    if _compiled_layer is None:
+        _compiled_layer = torch.compile(esm_layer, dynamic=False)
+    return _compiled_layer
+
+
+def layer_params(layer) -> tuple:
+    a = layer.attention
+    return (a.LayerNorm.weight, a.LayerNorm.bias, a.self.query.weight, a.self.query.bias,
+            a.self.key.weight, a.self.key.bias, a.self.value.weight, a.self.value.bias,
+            a.output.dense.weight, a.output.dense.bias, layer.LayerNorm.weight, layer.LayerNorm.bias,
+            layer.intermediate.dense.weight, layer.intermediate.dense.bias,
+            layer.output.dense.weight, layer.output.dense.bias, layer.LayerNorm.eps)
+
+
+class PackedEsm(nn.Module):
+    """Packed forward over an HF ``EsmForMaskedLM``'s own modules and weights."""
+
+    def __init__(self, hf_model, attention: str = "auto", compile: bool = False):
+        super().__init__()
+        self.hf = hf_model
+        self.config = hf_model.config
+        self.attention_request = attention
+        self.compile = compile
+        self.gradient_checkpointing = False
+
+    def backend(self, device_type: str) -> str:
+        return pick_attention_backend(self.attention_request, device_type)
+
+    def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
+        esm = self.hf.esm
+        ids = batch.input_ids
+        h = esm.embeddings.word_embeddings(ids)
+        if self.config.token_dropout:
+            # ESM's mask-dropout rescale, per sequence: (1 - 0.15*0.8) / (1 - observed mask ratio)
+            is_mask = ids == MASK_ID
+            h = h.masked_fill(is_mask.unsqueeze(-1), 0.0)
+            nseg = batch.num_seqs + 1
+            lengths = (batch.cu_seqlens[1:] - batch.cu_seqlens[:-1]).to(h.dtype)
+            masked = torch.zeros(nseg, dtype=h.dtype, device=h.device).index_add_(
+                0, batch.seq_ids, is_mask.to(h.dtype))
+            scale = (1 - 0.15 * 0.8) / (1 - masked / lengths.clamp(min=1))
+            h = h * scale[batch.seq_ids].unsqueeze(-1).to(h.dtype)
+        inv_freq = esm.rotary_embeddings.inv_freq
+        freqs = batch.position_ids[:, None].float() * inv_freq.float()[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        cos, sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
+        backend = self.backend(ids.device.type)
+        attn_arg = prepare_attention(backend, batch)
+        fn = compiled_esm_layer() if self.compile else esm_layer
+        H = self.config.num_attention_heads
+        for layer in esm.encoder.layer:
+            args = (h, cos, sin, backend, attn_arg, H, layer_params(layer))
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                h = torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
+            else:
+                h = fn(*args)
+        return esm.encoder.emb_layer_norm_after(h)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.hf.lm_head(hidden)
+
+    def forward(self, batch: PackedBatch):
+        """Returns (sum of masked-token CE, number of masked tokens, number correct) as tensors."""
+        hidden = self.hidden_states(batch)
+        logits = self.logits(hidden).float()
+        labels = batch.labels
+        loss_sum = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+        valid = labels != -100
+        n = valid.sum()
+        correct = ((logits.argmax(-1) == labels) & valid).sum()
+        return loss_sum, n, correct
+
+
+# ----------------------------------------------------------------------------------- pooling
+
+def pool(hidden: torch.Tensor, batch: PackedBatch, how: str = "mean") -> torch.Tensor:
+    """Per-sequence embedding from packed hidden states: mean over residues (without <cls>/<eos>)
+    or the <cls> vector. Returns (B, d)."""
+    B = batch.num_seqs
+    starts = batch.cu_seqlens[:B].long()
+    if how == "cls":
+        return hidden[starts]
+    if how != "mean":
+        raise ValueError(f"pooling '{how}'; allowed: mean, cls")
+    ids = batch.input_ids
+    residue = (ids != CLS_ID) & (ids != EOS_ID) & (ids != PAD_ID) & (batch.seq_ids < B)
+    w = residue.to(hidden.dtype).unsqueeze(-1)
+    seg = batch.seq_ids.clamp(max=B)
+    sums = torch.zeros(B + 1, hidden.shape[-1], dtype=hidden.dtype, device=hidden.device)
+    sums.index_add_(0, seg, hidden * w)
+    counts = torch.zeros(B + 1, dtype=hidden.dtype, device=hidden.device).index_add_(0, seg, w.squeeze(-1))
+    return sums[:B] / counts[:B].clamp(min=1).unsqueeze(-1)
+
+
+class AutoEncoder(nn.Module):
+    """MLP autoencoder: d_model -> widths... -> latent and back (mirror). GELU between layers."""
+
+    def __init__(self, input_dim: int, widths: list[int]):
+        super().__init__()
+        dims = [input_dim, *widths]
+        enc, dec = [], []
+        for i in range(len(dims) - 1):
+            enc.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                enc.append(nn.GELU())
+        rev = dims[::-1]
+        for i in range(len(rev) - 1):
+            dec.append(nn.Linear(rev[i], rev[i + 1]))
+            if i < len(rev) - 2:
+                dec.append(nn.GELU())
+        self.encoder = nn.Sequential(*enc)
+        self.decoder = nn.Sequential(*dec)
+
+    def forward(self, x):
+        z = self.encoder(x)
+        return z, self.decoder(z)
+
+
+class Esm2AE(nn.Module):
+    """ESM-2 backbone (packed) + autoencoder over a pooled per-protein embedding."""
+
+    def __init__(self, hf_model, ae_widths: list[int], pooling: str = "mean", attention: str = "auto"):
+        super().__init__()
+        self.backbone = PackedEsm(hf_model, attention)
+        self.ae = AutoEncoder(hf_model.config.hidden_size, list(ae_widths))
+        self.pooling = pooling
+
+    def forward(self, batch: PackedBatch, mlm: bool = True, ae: bool = True, freeze_backbone: bool = False):
+        out = {}
+        ctx = torch.no_grad() if freeze_backbone else torch.enable_grad()
+        with ctx:
+            hidden = self.backbone.hidden_states(batch)
+            if mlm and not freeze_backbone:
+                logits = self.backbone.logits(hidden).float()
+                labels = batch.labels
+                valid = labels != -100
+                out["mlm_loss_sum"] = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+                out["mlm_tokens"] = valid.sum()
+                out["mlm_correct"] = ((logits.argmax(-1) == labels) & valid).sum()
+        if ae:
+            emb = pool(hidden, batch, self.pooling)
+            if freeze_backbone:
+                emb = emb.detach()
+            # DeepSpeed fp16 casts the AE weights to half; feed it its own dtype, score in fp32
+            z, recon = self.ae(emb.to(self.ae.encoder[0].weight.dtype))
+            out["latent"] = z
+            out["ae_loss"] = F.mse_loss(recon.float(), emb.float())
+        return out

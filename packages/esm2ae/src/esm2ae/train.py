@@ -1,0 +1,458 @@
+"""The whole esm2ae training job, top to bottom.
+
+    esm2ae train --profile h100-80g data.train=uniref50.fasta.gz            # one GPU
+    torchrun --nproc_per_node 2 -m esm2ae train --profile 2x-rtx2080s-8g data.train=u50.parquet
+    esm2ae train --profile cpu-debug                                         # CPU, shipped sample
+    esm2ae train --profile cpu-debug task=ae model.name=runs/cpu-debug/final # AE on a frozen backbone
+
+Steps: config (profile <- overrides) -> hardware, precision (printed with the reason) -> data
+(validated, held-out split) -> model (HF ESM-2 weights, packed forward) -> optimizer and the
+paper's schedule -> DeepSpeed when the profile asks -> loop with token-budget micro-batches and
+derived accumulation -> eval (perplexity, masked accuracy, AE loss) -> checkpoints -> final export.
+
+core (trainstack) supplies config, hardware, precision, optimizer, schedule, throughput and
+memory; the loop and checkpoints are written here because core's loop/checkpoint modules were not
+available when this package was written (see the package README).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from esm2ae.config import Config, deepspeed_json
+from esm2ae.data import PackedMLMBatches, read_sequences, split_windows, train_val_split
+from esm2ae.model import Esm2AE, esm_flops_per_token, load_esm
+
+SAMPLE_FASTA = Path(__file__).parent / "data" / "sample_proteins.fasta"
+
+
+# ------------------------------------------------------------------------------------ setup
+
+def _distributed() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return rank, local, world
+
+
+def _device(cfg: Config, local_rank: int) -> torch.device:
+    if cfg.device != "auto":
+        return torch.device(cfg.device)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_training_data(cfg: Config, rank: int = 0):
+    path = cfg.data.train or str(SAMPLE_FASTA)
+    records, report = read_sequences(path, cfg.data.max_length, limit=cfg.data.limit)
+    if rank == 0:
+        print(f"data: {report.summary()}")
+    if cfg.data.val:
+        val, vreport = read_sequences(cfg.data.val, cfg.data.max_length)
+        if rank == 0:
+            print(f"val data: {vreport.summary()}")
+        train = records
+    else:
+        train, val = train_val_split(records, cfg.data.val_fraction, cfg.seed)
+    val = val[: cfg.data.max_val_sequences]
+    return [r.sequence for r in train], [r.sequence for r in val], report
+
+
+def _trainable(model: Esm2AE, task: str) -> torch.nn.Module:
+    if task == "ae":
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return model.ae
+    if task == "mlm":
+        for p in model.ae.parameters():
+            p.requires_grad_(False)
+        return model.backbone
+    return model
+
+
+# ------------------------------------------------------------------------------------- loss
+
+def compute_loss(model: Esm2AE, batch, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """(loss to backpropagate, tensors to accumulate for logging; no host sync)."""
+    if cfg.task == "mlm":
+        loss_sum, n, correct = model.backbone(batch)
+        loss = loss_sum / n.clamp(min=1)
+        return loss, {"mlm_loss_sum": loss_sum.detach(), "mlm_tokens": n, "mlm_correct": correct}
+    out = model(batch, mlm=cfg.task == "joint", ae=True, freeze_backbone=cfg.task == "ae")
+    stats = {"ae_loss_sum": out["ae_loss"].detach() * batch.num_seqs, "ae_seqs": batch.num_seqs}
+    loss = cfg.ae.ae_weight * out["ae_loss"]
+    if cfg.task == "joint":
+        mlm = out["mlm_loss_sum"] / out["mlm_tokens"].clamp(min=1)
+        loss = loss + cfg.ae.mlm_weight * mlm
+        stats.update(mlm_loss_sum=out["mlm_loss_sum"].detach(), mlm_tokens=out["mlm_tokens"],
+                     mlm_correct=out["mlm_correct"])
+    return loss, stats
+
+
+@torch.no_grad()
+def evaluate(model: Esm2AE, sequences: list[str], cfg: Config, device, precision) -> dict:
+    """Perplexity and masked-token accuracy (fixed crops and masks: comparable across evals),
+    and the AE reconstruction MSE over pooled embeddings."""
+    if not sequences:
+        return {}
+    was_training = model.training
+    model.eval()
+    batches = PackedMLMBatches(sequences, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
+                               seed=12345, random_crop=False,
+                               fixed_len=device.type == "cuda" and cfg.model.compile)
+    totals = {"loss": torch.zeros((), device=device), "n": torch.zeros((), device=device),
+              "correct": torch.zeros((), device=device), "ae": torch.zeros((), device=device), "seqs": 0}
+    for i, batch in enumerate(batches):
+        if cfg.fast_dev_run and i >= 1:
+            break
+        batch = batch.to(device)
+        with precision.autocast(device.type):
+            out = model(batch, mlm=True, ae=cfg.task != "mlm", freeze_backbone=False)
+        totals["loss"] += out["mlm_loss_sum"].float()
+        totals["n"] += out["mlm_tokens"]
+        totals["correct"] += out["mlm_correct"]
+        if "ae_loss" in out:
+            totals["ae"] += out["ae_loss"].float() * batch.num_seqs
+            totals["seqs"] += batch.num_seqs
+    n = max(totals["n"].item(), 1)
+    metrics = {"eval_loss": totals["loss"].item() / n, "eval_masked_accuracy": totals["correct"].item() / n}
+    metrics["eval_perplexity"] = math.exp(min(metrics["eval_loss"], 50))
+    if totals["seqs"]:
+        metrics["eval_ae_loss"] = totals["ae"].item() / totals["seqs"]
+    model.train(was_training)
+    return metrics
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def _rng_state() -> dict:
+    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        s["cuda"] = torch.cuda.get_rng_state_all()
+    return s
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict,
+                    keep_last: int, engine=None) -> Path:
+    """Atomic: write .tmp-step-N, then rename to step-N; keep the last ``keep_last``."""
+    root = run_dir / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    if engine is not None:
+        engine.save_checkpoint(str(tmp), tag="ds")
+        torch.save(_unwrap(model).state_dict(), tmp / "model.pt")
+    else:
+        torch.save(model.state_dict(), tmp / "model.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(scaler.state_dict(), tmp / "scaler.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    steps = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*"))
+    for _, p in steps[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "checkpoints").glob("step-*"))
+    return steps[-1][1] if steps else None
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
+
+
+def export_final(model: Esm2AE, cfg: Config, out_dir: Path, metrics: dict) -> Path:
+    """HF ``save_pretrained`` backbone + ``ae.pt``: loadable by `esm2ae embed` and by HF alone."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.backbone.hf.save_pretrained(out_dir)
+    torch.save(model.ae.state_dict(), out_dir / "ae.pt")
+    (out_dir / "esm2ae.json").write_text(json.dumps(
+        {"ae_widths": list(cfg.ae.widths), "pooling": cfg.ae.pooling, "task": cfg.task,
+         "max_length": cfg.data.max_length, "metrics": metrics}, indent=1))
+    return out_dir
+
+
+def load_for_inference(checkpoint: str, device="cpu", attention="auto") -> tuple[Esm2AE, dict]:
+    """A final export directory (config.json + ae.pt + esm2ae.json) or a step-N checkpoint."""
+    path = Path(checkpoint)
+    if (path / "esm2ae.json").exists():
+        meta = json.loads((path / "esm2ae.json").read_text())
+        hf, _ = load_esm(str(path))
+        model = Esm2AE(hf, meta["ae_widths"], meta["pooling"], attention)
+        model.ae.load_state_dict(torch.load(path / "ae.pt", map_location="cpu"))
+        return model.to(device).eval(), meta
+    if (path / "trainer_state.json").exists():
+        state = json.loads((path / "trainer_state.json").read_text())
+        from trainstack.config import load_config
+        cfg = load_config(Config, state["config"])
+        hf, _ = load_esm(cfg.model.name, pretrained=False)
+        model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, attention)
+        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+        return model.to(device).eval(), {"ae_widths": cfg.ae.widths, "pooling": cfg.ae.pooling,
+                                          "max_length": cfg.data.max_length}
+    raise FileNotFoundError(f"{path}: not an esm2ae checkpoint (no esm2ae.json or trainer_state.json)")
+
+
+# ------------------------------------------------------------------------------------- train
+
+def train(cfg: Config, resume: str | None = None) -> dict:
+    from trainstack.config import config_to_dict, format_config, save_config
+    from trainstack.hardware import detect_hardware
+    from trainstack.metrics import ThroughputMeter
+    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.precision import apply_precision, resolve_precision
+
+    rank, local_rank, world = _distributed()
+    device = _device(cfg, local_rank)
+    hw = detect_hardware()
+    precision = resolve_precision(cfg.precision, hw if device.type == "cuda" else None)
+    apply_precision(precision)
+    run_dir = Path(cfg.run_dir)
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        print(format_config(cfg))
+        print(f"precision: {precision.name} ({precision.reason})")
+        save_config(cfg, run_dir)
+    _seed_everything(cfg.seed + rank)
+
+    train_seqs, val_seqs, _ = load_training_data(cfg, rank)
+    if world > 1:
+        train_seqs = train_seqs[rank::world]
+
+    hf, source = load_esm(cfg.model.name, cfg.model.pretrained)
+    model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
+    model.backbone.compile = cfg.model.compile and device.type == "cuda"
+    model.backbone.gradient_checkpointing = cfg.model.gradient_checkpointing
+    model.train()
+    trainable = _trainable(model, cfg.task)
+    n_params = sum(p.numel() for p in hf.parameters())
+    if rank == 0:
+        print(f"model: {cfg.model.name} ({source} weights, {n_params / 1e6:.1f}M params), "
+              f"attention {model.backbone.backend(device.type)}, task {cfg.task}")
+
+    max_steps = 1 if cfg.fast_dev_run else cfg.max_steps
+    accum = 1 if cfg.fast_dev_run else cfg.batch.grad_accum_steps(world)
+    lr = cfg.ae.lr if (cfg.task == "ae" and cfg.ae.lr) else cfg.optim.lr
+    use_ds = cfg.deepspeed.enabled
+    offload = use_ds and cfg.deepspeed.offload_optimizer == "cpu"
+    if offload and cfg.deepspeed.cpu_adam:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        from trainstack.optim import param_groups
+        optimizer = DeepSpeedCPUAdam(param_groups(trainable, cfg.optim.weight_decay), lr=lr,
+                                     betas=cfg.optim.betas, eps=cfg.optim.eps, adamw_mode=True)
+    else:
+        optimizer = build_optimizer(trainable, cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay,
+                                    betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                    fused=False if offload else cfg.optim.fused)
+    scheduler = build_scheduler(optimizer, cfg.optim.schedule, min(cfg.optim.warmup_steps, max_steps - 1),
+                                max_steps, floor=cfg.optim.lr_floor)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler and not use_ds)
+    engine = None
+    if use_ds:
+        import deepspeed
+        ds_cfg = deepspeed_json(cfg, precision.name, accum, world)
+        engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
+                                                               lr_scheduler=scheduler, config=ds_cfg)
+        if rank == 0:
+            print(f"deepspeed: ZeRO-{cfg.deepspeed.zero_stage}, optimizer offload {cfg.deepspeed.offload_optimizer}")
+    elif world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
+
+    batches = PackedMLMBatches(train_seqs, cfg.data.max_length, cfg.batch.max_tokens_per_batch, seed=cfg.seed,
+                               mask_prob=cfg.data.mask_prob, overfit_batches=cfg.overfit_batches,
+                               fixed_len=device.type == "cuda" and cfg.model.compile)
+    step, epoch = 0, 0
+    if resume:
+        ckpt = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
+        if ckpt is not None:
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            if engine is not None:
+                engine.load_checkpoint(str(ckpt), tag="ds")
+            else:
+                _unwrap(model).load_state_dict(torch.load(ckpt / "model.pt", map_location=device))
+                optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
+                scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt"))
+                scaler.load_state_dict(torch.load(ckpt / "scaler.pt"))
+            _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+            step, epoch = state["step"], state["epoch"]
+            batches.load_state_dict(state["batches"])
+            if rank == 0:
+                print(f"resumed from {ckpt} at step {step}")
+        elif rank == 0:
+            print(f"resume: no checkpoint under {run_dir / 'checkpoints'}; starting fresh")
+
+    mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in train_seqs]))
+    meter = ThroughputMeter(esm_flops_per_token(hf.config, mean_len), hw.gpu if device.type == "cuda" else None)
+    log_path = run_dir / "log.jsonl"
+    history: list[dict] = []
+    zero = lambda: torch.zeros((), device=device)  # noqa: E731
+    acc = {"loss": zero(), "tokens": zero(), "seqs": zero(), "mlm_loss_sum": zero(), "mlm_tokens": zero(),
+           "mlm_correct": zero(), "ae_loss_sum": zero(), "ae_seqs": zero(), "micro": 0}
+    metrics: dict = {}
+    micro = 0
+    last_log_step = step
+    pbar = tqdm(total=max_steps, initial=step, disable=rank != 0, desc="train", dynamic_ncols=True)
+    done = step >= max_steps
+    while not done:
+        batches.set_epoch(epoch)
+        for batch in batches:
+            batch = batch.to(device)
+            last_micro = (micro + 1) % accum == 0
+            if engine is not None:
+                with precision.autocast(device.type) if precision.name == "bf16" else torch.autocast(device.type, enabled=False):
+                    loss, stats = compute_loss(engine.module, batch, cfg)
+                engine.backward(loss)
+                engine.step()
+            else:
+                sync_ctx = model.no_sync() if (world > 1 and not last_micro and hasattr(model, "no_sync")) else _null()
+                with sync_ctx:
+                    with precision.autocast(device.type):
+                        loss, stats = compute_loss(_unwrap(model), batch, cfg)
+                    scaler.scale(loss / accum).backward()
+            acc["loss"] += loss.detach().float() / accum
+            acc["tokens"] += batch.cu_seqlens[batch.num_seqs].to(device)
+            acc["seqs"] += batch.num_seqs
+            for k, v in stats.items():
+                acc[k] += v
+            micro += 1
+            if not last_micro:
+                continue
+            if engine is None:
+                if cfg.optim.max_grad_norm:
+                    scaler.unscale_(optimizer)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.optim.max_grad_norm)
+                else:
+                    grad_norm = None
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            else:
+                grad_norm = None
+            step += 1
+            pbar.update(1)
+            if step % cfg.log_every_steps == 0 or step == max_steps:
+                # the only host syncs of the loop: at log cadence
+                meter.update(acc["tokens"], acc["seqs"])
+                rec = {"step": step, "epoch": epoch, "loss": acc["loss"].item() / max(1, step - last_log_step),
+                       "lr": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else lr}
+                if grad_norm is not None:
+                    rec["grad_norm"] = float(grad_norm)
+                if acc["mlm_tokens"].item():
+                    rec["mlm_loss"] = acc["mlm_loss_sum"].item() / acc["mlm_tokens"].item()
+                    rec["masked_accuracy"] = acc["mlm_correct"].item() / acc["mlm_tokens"].item()
+                if acc["ae_seqs"].item():
+                    rec["ae_loss"] = acc["ae_loss_sum"].item() / acc["ae_seqs"].item()
+                rec.update({k: v for k, v in meter.summary().items() if v is not None})
+                _log(rank, log_path, rec, history, pbar)
+                last_log_step = step
+                for k in acc:
+                    acc[k] = zero() if k != "micro" else 0
+            eval_now = (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or step == max_steps
+            if eval_now and rank == 0:
+                metrics = evaluate(_unwrap(model), val_seqs, cfg, device, precision)
+                _log(rank, log_path, {"step": step, **metrics}, history, pbar)
+                meter.restart_clock()
+            save_now = cfg.save_checkpoints and (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == max_steps
+            if save_now and (rank == 0 or engine is not None):
+                state = {"step": step, "epoch": epoch, "batches": batches.state_dict(), "metrics": metrics,
+                         "config": config_to_dict(cfg)}
+                if step == max_steps and batches.position >= len(batches):
+                    state["epoch"], state["batches"] = epoch + 1, {"epoch": epoch + 1, "position": 0}
+                save_checkpoint(run_dir, step, _unwrap(model), optimizer, scheduler, scaler, state,
+                                cfg.keep_last, engine)
+                meter.restart_clock()
+            if step >= max_steps:
+                done = True
+                break
+        else:
+            epoch += 1
+    pbar.close()
+    result = {"steps": step, "metrics": metrics, "history": history, "run_dir": str(run_dir)}
+    if rank == 0:
+        export_final(_unwrap(model), cfg, run_dir / "final", metrics)
+        print(f"done: {step} steps; final model in {run_dir / 'final'}; {json.dumps(metrics)}")
+    return result
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def _log(rank: int, path: Path, rec: dict, history: list, pbar) -> None:
+    history.append(rec)
+    if rank != 0:
+        return
+    with open(path, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()
+             if k in ("loss", "eval_perplexity", "eval_masked_accuracy", "ae_loss", "eval_ae_loss", "tokens_per_s")}
+    pbar.write(f"step {rec['step']}: {short}")
+
+
+def train_from_cli(profile: str | None, overrides: list[str], resume: str | None = None) -> dict:
+    from trainstack.config import load_config
+    from trainstack.hardware import detect_hardware, pick_profile
+
+    from esm2ae.profiles import get_profile, shipped_profiles
+
+    prof = get_profile(profile) if profile else pick_profile(shipped_profiles(), detect_hardware())
+    print(f"profile: {prof.name} ({prof.path})")
+    cfg = load_config(Config, prof.settings, overrides)
+    return train(cfg, resume=resume)
+
+
+def evaluate_checkpoint(checkpoint: str, data: str, device: str = "auto") -> dict:
+    from trainstack.precision import resolve_precision
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model, meta = load_for_inference(checkpoint, dev)
+    records, report = read_sequences(data, meta.get("max_length", 512))
+    print(f"data: {report.summary()}")
+    seqs = [w for r in records for w in split_windows(r.sequence, meta.get("max_length", 512))]
+    cfg = Config(task="joint" if meta.get("task", "mlm") != "mlm" else "mlm")
+    cfg.data.max_length = meta.get("max_length", 512)
+    cfg.model.compile = False
+    metrics = evaluate(model, seqs, cfg, dev, resolve_precision("auto" if dev.type == "cuda" else "fp32"))
+    print(json.dumps(metrics))
+    return metrics
