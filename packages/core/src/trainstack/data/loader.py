@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch.utils.data import DataLoader
 
 from .parquet_stream import ParquetStream
@@ -55,6 +56,9 @@ class ResumableLoader:
 
     def _loader(self) -> DataLoader:
         kw = {k: v for k, v in self.loader_kwargs.items() if not (k == "prefetch_factor" and v is None)}
+        # DataLoader draws worker base seeds from this generator; without one it draws from the global
+        # torch RNG, and a resumed run (which builds its iterator mid-epoch) would drift in dropout masks
+        kw.setdefault("generator", torch.Generator().manual_seed(self.epoch))
         if self.batch_sampler is not None:
             self.batch_sampler.set_epoch(self.epoch)
             self.batch_sampler.load_state_dict({"epoch": self.epoch, "batches_consumed": self._skip})

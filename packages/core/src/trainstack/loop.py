@@ -1,0 +1,334 @@
+"""``fit``: one training loop on accelerate, resumable exactly, interruptible by SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from .checkpoint import CheckpointManager
+from .memory import CleanupPolicy, memory_report
+from .metrics import ThroughputMeter
+from .precision import Precision
+
+
+@dataclass
+class LoopConfig:
+    max_steps: int | None = None
+    """Optimizer steps; None -> epochs * steps per epoch. When set, epochs repeat until reached."""
+    epochs: int = 1
+    grad_accum_steps: int = 1
+    max_grad_norm: float | None = 1.0
+    log_every_steps: int = 10
+    eval_every_steps: int = 0
+    """0 = at epoch ends only (evaluation also runs at every epoch end when this is > 0)."""
+    save_every_steps: int = 0
+    """0 = at the end only."""
+    keep_last: int = 2
+    keep_best: int = 1
+    best_metric: str | None = None
+    best_mode: str = "min"
+    cleanup_every_steps: int = 0
+    seed: int = 0
+    """Seeds torch/numpy/python at the start of a fresh run (a resumed run restores saved RNG states)."""
+    tensorboard: bool = True
+    """Write TensorBoard events to run_dir/tb when tensorboard is importable."""
+
+    def __post_init__(self):
+        if self.grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        if self.log_every_steps < 1:
+            raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")
+        if self.best_mode not in ("min", "max"):
+            raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
+
+
+class Batches(Protocol):
+    def set_epoch(self, epoch: int) -> None: ...
+    def __iter__(self) -> Iterator[Any]: ...
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class FitResult:
+    steps: int
+    epochs_completed: float
+    last_loss: float
+    best_metric: float | None
+    checkpoint: Path | None
+    interrupted: bool
+    history: list[dict] = field(default_factory=list)
+
+
+def _batch_size(batch) -> int:
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()))
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], torch.Tensor):
+        batch = batch[0]
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0] if batch.dim() else 1
+    return len(batch)
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes the optimizer step, saves and returns."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C means "now"
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def _tb_writer(run_dir: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config: LoopConfig, run_dir,
+        precision: Precision, accelerator=None, evaluate=None, flops_per_token=None,
+        resume: bool | str | Path = False, save_model_fn=None, progress: bool = True) -> FitResult:
+    """Train ``model`` for ``config.max_steps`` optimizer steps (or ``config.epochs``).
+
+    ``loss_fn(model, batch) -> (loss, real_tokens)``; ``evaluate(model) -> dict``. The scheduler is
+    stepped once per optimizer step (not handed to accelerate, which would step it once per process).
+    Loss, token and sample counts stay on the device until the log cadence.
+    """
+    from accelerate import Accelerator
+    from tqdm.auto import tqdm
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision,
+                                  cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last, keep_best=config.keep_best,
+                              metric=config.best_metric, mode=config.best_mode)
+
+    step, epoch, best = 0, 0, None
+    resume_path = None
+    if resume:
+        resume_path = ckpts.latest() if resume is True else Path(resume)
+    if resume_path is None:
+        _seed_everything(config.seed)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    scaler = getattr(accelerator, "scaler", None)
+    if resume_path is not None:
+        extra = ckpts.load(resume_path, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                           scheduler=scheduler, scaler=scaler)
+        step, epoch, best = extra["step"], extra["epoch"], extra.get("best_metric")
+        train_batches.load_state_dict(extra["data"])
+        if main:
+            print(f"resumed from {resume_path} at step {step}, epoch {epoch}")
+
+    try:
+        steps_per_epoch = math.ceil(len(train_batches) / config.grad_accum_steps)  # type: ignore[arg-type]
+    except TypeError:
+        steps_per_epoch = None
+    total_steps = config.max_steps or (config.epochs * steps_per_epoch if steps_per_epoch else None)
+    if total_steps is None:
+        raise ValueError("train_batches has no len(): set config.max_steps")
+
+    device = accelerator.device
+    gpu = None
+    if device.type == "cuda":
+        from .hardware import detect_hardware
+
+        gpu = detect_hardware().gpu
+    meter = ThroughputMeter(flops_per_token=flops_per_token, gpu=gpu)
+    cleanup = CleanupPolicy(config.cleanup_every_steps)
+    tb = _tb_writer(run_dir, config.tensorboard) if main else None
+    log_file = (run_dir / "log.jsonl").open("a") if main else None
+    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
+    history: list[dict] = []
+    last_loss = float("nan")
+    last_ckpt: Path | None = None
+    interrupted = False
+
+    def zeros():
+        return torch.zeros((), device=device, dtype=torch.float32)
+
+    loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
+    grad_norm = None
+
+    def write(record: dict) -> None:
+        history.append(record)
+        if log_file is not None:
+            log_file.write(json.dumps(record) + "\n")
+            log_file.flush()
+        if tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step",):
+                    tb.add_scalar(k, v, record["step"])
+
+    def save(metrics: dict | None = None) -> Path | None:
+        nonlocal last_ckpt
+        accelerator.wait_for_everyone()
+        if main:
+            last_ckpt = ckpts.save(step, model=accelerator.unwrap_model(model), optimizer=optimizer,
+                                   scheduler=scheduler, scaler=scaler, metrics=metrics,
+                                   extra={"step": step, "epoch": epoch, "best_metric": best,
+                                          "data": train_batches.state_dict()},
+                                   save_model_fn=save_model_fn)
+        accelerator.wait_for_everyone()
+        meter.restart_clock()
+        return last_ckpt
+
+    def run_eval() -> dict:
+        nonlocal best
+        model.eval()
+        with torch.no_grad():
+            raw = evaluate(model)
+        model.train()
+        metrics = {(k if k.startswith("eval_") else f"eval_{k}"): float(v) for k, v in raw.items()}
+        name = config.best_metric
+        if name is not None and name in metrics:
+            v = metrics[name]
+            if best is None or (v < best if config.best_mode == "min" else v > best):
+                best = v
+        write({"step": step, "epoch": epoch, **metrics})
+        meter.restart_clock()
+        return metrics
+
+    def optimizer_step() -> None:
+        nonlocal step, grad_norm
+        if config.max_grad_norm is not None:
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        if scheduler is not None and not accelerator.optimizer_step_was_skipped:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+    def log(epoch_pos: float) -> None:
+        nonlocal loss_sum, tokens_sum, samples_sum, micro_count, last_loss
+        # the one host sync per log interval
+        loss_mean = accelerator.reduce(loss_sum, "sum") / max(1, micro_count) / accelerator.num_processes
+        tokens = accelerator.reduce(tokens_sum, "sum")
+        samples = accelerator.reduce(samples_sum, "sum")
+        last_loss = float(loss_mean)
+        meter.update(int(tokens), int(samples))
+        rates = meter.summary()
+        record = {"step": step, "epoch": round(epoch_pos, 4), "loss": last_loss,
+                  "lr": optimizer.param_groups[0]["lr"],
+                  "grad_norm": None if grad_norm is None else float(grad_norm),
+                  "tokens_per_s": rates["tokens_per_s"], "samples_per_s": rates["samples_per_s"],
+                  "mfu": rates["mfu"], **memory_report().as_dict()}
+        write(record)
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
+
+    model.train()
+    done = step >= total_steps
+    with _StopFlag() as stop:
+        try:
+            while not done:
+                if config.max_steps is None and epoch >= config.epochs:
+                    break
+                train_batches.set_epoch(epoch)
+                pending = 0  # micro-steps since the last optimizer step
+                n_in_epoch = 0
+                for batch in train_batches:
+                    n_in_epoch += 1
+                    pending += 1
+                    final_micro = pending == config.grad_accum_steps
+                    ctx = accelerator.no_sync(model) if not final_micro else _null()
+                    with ctx, accelerator.autocast():
+                        loss, real_tokens = loss_fn(model, batch)
+                        accelerator.backward(loss / config.grad_accum_steps)
+                    loss_sum += loss.detach().float()
+                    tokens_sum += real_tokens if isinstance(real_tokens, int) else real_tokens.detach().float()
+                    samples_sum += _batch_size(batch)
+                    micro_count += 1
+                    if not final_micro:
+                        continue
+                    pending = 0
+                    optimizer_step()
+                    done = step >= total_steps or stop.signum is not None
+                    pos = epoch + (n_in_epoch / len(train_batches) if steps_per_epoch else 0.0)
+                    if step % config.log_every_steps == 0 or done:
+                        log(pos)
+                    if config.eval_every_steps and evaluate is not None and step % config.eval_every_steps == 0:
+                        m = run_eval()
+                        if config.save_every_steps and step % config.save_every_steps == 0:
+                            save(m)
+                    elif config.save_every_steps and step % config.save_every_steps == 0 and not done:
+                        save()
+                    cleanup.maybe_cleanup(step)
+                    if done:
+                        break
+                if done:
+                    break
+                if pending:  # the epoch ended inside an accumulation window
+                    optimizer_step()
+                    done = step >= total_steps or stop.signum is not None
+                    log(epoch + 1.0)
+                epoch += 1
+                if evaluate is not None and not done:
+                    run_eval()
+            interrupted = stop.signum is not None
+            final_metrics = None
+            if evaluate is not None and not interrupted and not history_has_eval_at(history, step):
+                final_metrics = run_eval()
+            save(final_metrics)
+            if interrupted and main:
+                print(f"stopped by signal {stop.signum} at step {step}; resume with resume=True")
+        finally:
+            bar.close()
+            if log_file is not None:
+                log_file.close()
+            if tb is not None:
+                tb.close()
+    epochs_completed = epoch + 0.0
+    return FitResult(steps=step, epochs_completed=epochs_completed, last_loss=last_loss, best_metric=best,
+                     checkpoint=last_ckpt, interrupted=interrupted, history=history)
+
+
+def history_has_eval_at(history: list[dict], step: int) -> bool:
+    return any(r["step"] == step and any(k.startswith("eval_") for k in r) for r in history)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

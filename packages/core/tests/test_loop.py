@@ -1,0 +1,155 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _toy  # noqa: E402
+from trainstack.loop import LoopConfig, fit  # noqa: E402
+from trainstack.precision import resolve_precision  # noqa: E402
+
+N = 6
+
+
+def _losses(run_dir):
+    rows = [json.loads(line) for line in (Path(run_dir) / "log.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def parquet_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pq")
+    g = torch.Generator().manual_seed(5)
+    toks = [torch.randint(1, _toy.VOCAB, (int(torch.randint(2, 12, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(200)]
+    pq.write_table(pa.table({"id": list(range(200)), "tokens": toks}), d / "part-0.parquet", row_group_size=50)
+    return d
+
+
+@pytest.mark.parametrize("kind", ["tokens", "parquet"])
+def test_resume_is_exact(tmp_path, kind, parquet_dir):
+    # the token-budget set has ~20 micro-batches per epoch: 2N steps of 2 micro-batches cross an epoch
+    full, seen_full = _toy.run(tmp_path / "full", 2 * N, 2 * N, kind, parquet_dir=parquet_dir)
+    first, seen_a = _toy.run(tmp_path / "split", N, 2 * N, kind, parquet_dir=parquet_dir)
+    assert first.steps == N and (tmp_path / "split/checkpoints" / f"step-{N}").exists()
+    second, seen_b = _toy.run(tmp_path / "split", 2 * N, 2 * N, kind, resume=True, parquet_dir=parquet_dir)
+    assert second.steps == 2 * N
+    a, b = _losses(tmp_path / "full"), _losses(tmp_path / "split")
+    assert sorted(a) == list(range(1, 2 * N + 1)) and a == b
+    assert seen_a + seen_b == seen_full
+    hist = {r["step"]: r["loss"] for r in second.history if "loss" in r}
+    assert hist == {k: v for k, v in a.items() if k > N}
+
+
+def test_log_fields_eval_best_and_cadence(tmp_path):
+    torch.manual_seed(0)
+    model = _toy.Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = _toy.make_batches("tokens")
+    calls = []
+
+    def evaluate(m):
+        assert not m.training
+        calls.append(1)
+        return {"loss": 1.0 / len(calls)}
+
+    cfg = LoopConfig(epochs=2, grad_accum_steps=3, log_every_steps=2, eval_every_steps=4, save_every_steps=4,
+                     keep_last=1, keep_best=1, best_metric="eval_loss", tensorboard=True)
+    res = fit(model=model, optimizer=opt, scheduler=None, train_batches=batches, loss_fn=_toy.loss_fn, config=cfg,
+              run_dir=tmp_path, precision=resolve_precision("fp32"), evaluate=evaluate, flops_per_token=100.0,
+              progress=False)
+    per_epoch = -(-len(batches) // 3)
+    assert res.steps == 2 * per_epoch and not res.interrupted and res.epochs_completed == 2
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    for key in ("step", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "samples_per_s", "mfu", "rss_gib",
+                "gpu_peak_gib"):
+        assert key in train[0], key
+    assert train[0]["tokens_per_s"] > 0 and train[0]["grad_norm"] > 0
+    assert [r["step"] for r in train][:3] == [2, 4, 6]
+    evals = [r for r in rows if "eval_loss" in r]
+    assert len(evals) == len(calls) and res.best_metric == min(r["eval_loss"] for r in evals)
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert f"step-{res.steps}" in ckpts and len(ckpts) <= 2
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_grad_accum_matches_big_batch(tmp_path):
+    # two micro-batches of 4 with accumulation == one batch of 8 (mean losses, equal sizes), float64
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+
+    class B:
+        def __init__(self, bs):
+            self.bs, self.epoch, self.pos = bs, 0, 0
+
+        def set_epoch(self, e):
+            self.epoch = e
+
+        def __iter__(self):
+            for i in range(self.pos, 16 // self.bs):
+                self.pos = i + 1
+                yield x[i * self.bs:(i + 1) * self.bs], y[i * self.bs:(i + 1) * self.bs]
+            self.pos = 0
+
+        def __len__(self):
+            return 16 // self.bs
+
+        def state_dict(self):
+            return {"pos": self.pos}
+
+        def load_state_dict(self, s):
+            self.pos = s["pos"]
+
+    def lf(m, b):
+        return torch.nn.functional.mse_loss(m(b[0]), b[1]), b[0].shape[0]
+
+    weights = []
+    for bs, accum in ((8, 1), (4, 2)):
+        torch.manual_seed(1)
+        m = torch.nn.Linear(5, 1).double()
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        fit(model=m, optimizer=opt, scheduler=None, train_batches=B(bs), loss_fn=lf,
+            config=LoopConfig(grad_accum_steps=accum, max_grad_norm=None, tensorboard=False), run_dir=tmp_path / str(bs),
+            precision=resolve_precision("fp32"), progress=False)
+        weights.append(m.weight.detach().clone())
+    assert torch.allclose(weights[0], weights[1], atol=1e-12)
+
+
+def test_sigterm_mid_epoch_then_resume(tmp_path):
+    script = Path(__file__).parent / "_toy.py"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                        os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    total = 30
+    ref = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ref"), str(total), str(total), "tokens", "0"],
+                           env=env)
+    victim = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run"), str(total), str(total), "tokens",
+                               "0"], env={**env, "TOY_SLEEP": "0.05"})
+    log = tmp_path / "run" / "log.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGTERM)
+    assert victim.wait(timeout=60) == 130
+    assert ref.wait(timeout=120) == 0
+    stopped = max(_losses(tmp_path / "run"))
+    assert 4 <= stopped < total
+    resumed = subprocess.run([sys.executable, str(script), str(tmp_path / "run"), str(total), str(total), "tokens", "1"],
+                             env=env, timeout=120)
+    assert resumed.returncode == 0
+    assert _losses(tmp_path / "run") == _losses(tmp_path / "ref")
+    # seen.json of the resumed run holds only the batches after the stop
+    seen_ref = json.loads((tmp_path / "ref" / "seen.json").read_text())
+    seen_resumed = json.loads((tmp_path / "run" / "seen.json").read_text())
+    assert seen_ref[-len(seen_resumed):] == seen_resumed and len(seen_resumed) == 2 * (total - stopped)
