@@ -38,6 +38,8 @@ want diverge && run fp16-vs-bf16 150 $B --model t5-small --deepspeed zero2 --bat
 want large && run bench-t5-large-zero2 200 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --out "$OUT/large" --timeout_s 95
 # users' command 3: t5-3b, ZeRO-3, batch 1, --fp16 (ours: bf16)
 want 3b && run bench-t5-3b-zero3 200 $B --model t5-3b --deepspeed zero3 --batch_size 1 --users_fp16 --steps 8 --warmup 3 --sides ours --out "$OUT/3b" --timeout_s 190
+# ours may spend the memory it saves on a bigger batch (same DeepSpeed config)
+want large16 && run bench-t5-large-zero2-ours-b16 100 $B --model t5-large --deepspeed zero2 --batch_size 4 --ours_batch_size 16 --steps 20 --warmup 5 --sides ours --out "$OUT/large16" --timeout_s 95
 # ZeRO-3 on GPU end to end: train, generate with synced GPUs, save 16-bit, reload without DeepSpeed
 if want z3e2e; then
   D=packages/t5-deepspeed/src/t5_deepspeed/data

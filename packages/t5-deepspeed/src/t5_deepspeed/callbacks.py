@@ -71,8 +71,12 @@ class BenchCallback(TrainerCallback):
             import torch
 
             self._sync()
+            self.start_event = None
             if torch.cuda.is_available():
                 torch.cuda.reset_peak_memory_stats()
+                # CUDA events time the GPU work itself, as core's time_steps does
+                self.start_event = torch.cuda.Event(enable_timing=True)
+                self.start_event.record()
             self.t0 = time.perf_counter()
             # the loader runs ahead of the step: tokens of batches already collated count as
             # "before"; the same prefetch offset applies at the end, so the difference is exact
@@ -90,6 +94,13 @@ class BenchCallback(TrainerCallback):
         if self.t0 is None:
             return
         seconds = time.perf_counter() - self.t0
+        self.timer = "wall"
+        if self.start_event is not None:
+            end = torch.cuda.Event(enable_timing=True)
+            end.record()
+            end.synchronize()
+            seconds = self.start_event.elapsed_time(end) / 1000
+            self.timer = "cuda_events"
         self.steps = state.global_step - self.start_step
         self.real_tokens = self.counter.real_tokens - self.start_tokens
         self.samples = self.counter.samples - self.start_samples
@@ -109,7 +120,7 @@ class BenchCallback(TrainerCallback):
             "tokens_per_s": world_size * self.real_tokens / self.seconds,
             "samples_per_s": world_size * self.samples / self.seconds, "world_size": world_size,
             "peak_memory_gib": self.peak, "peak_reserved_gib": self.peak_reserved, "precision": self.precision,
-            "n_params": self.n_params, "losses": self.losses,
+            "n_params": self.n_params, "losses": self.losses, "timer": self.timer,
         }
         self.out_json.parent.mkdir(parents=True, exist_ok=True)
         self.out_json.write_text(json.dumps(record, indent=1, default=str))
