@@ -202,3 +202,12 @@ def test_loader_settings():
     assert low == {"num_workers": 0, "pin_memory": False, "persistent_workers": False, "prefetch_factor": None}
     cpu = loader_settings(simulated_hardware("cpu"))
     assert cpu["pin_memory"] is False
+
+
+def test_sampler_ranks_partition_batches():
+    lengths = [(i * 7) % 31 + 1 for i in range(211)]
+    whole = token_budget_batches(lengths, 100, seed=0)
+    parts = [list(TokenBudgetSampler(lengths, 100, seed=0, rank=r, world_size=3)) for r in range(3)]
+    assert len({len(p) for p in parts}) == 1
+    flat = [i for p in parts for b in p for i in b]
+    assert set(flat) == set(range(211)) and len(flat) - 211 <= 2 * max(len(b) for b in whole)

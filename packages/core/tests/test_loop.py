@@ -16,7 +16,7 @@ import _toy  # noqa: E402
 from trainstack.loop import LoopConfig, fit  # noqa: E402
 from trainstack.precision import resolve_precision  # noqa: E402
 
-N = 6
+N = 9
 
 
 def _losses(run_dir):
@@ -36,7 +36,7 @@ def parquet_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["tokens", "parquet"])
 def test_resume_is_exact(tmp_path, kind, parquet_dir):
-    # the token-budget set has ~20 micro-batches per epoch: 2N steps of 2 micro-batches cross an epoch
+    # 34 (tokens) and 25 (parquet) batches per epoch: the stop is mid-epoch 0, the resumed run crosses into epoch 1
     full, seen_full = _toy.run(tmp_path / "full", 2 * N, 2 * N, kind, parquet_dir=parquet_dir)
     first, seen_a = _toy.run(tmp_path / "split", N, 2 * N, kind, parquet_dir=parquet_dir)
     assert first.steps == N and (tmp_path / "split/checkpoints" / f"step-{N}").exists()

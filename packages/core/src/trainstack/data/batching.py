@@ -53,9 +53,13 @@ class TokenBudgetSampler:
     ``state_dict()`` is ``{"epoch", "batches_consumed"}``: batches handed out by ``__iter__`` in this
     epoch. A DataLoader with workers pulls the sampler ahead of training, so a loop should record its
     own count of consumed batches (``ResumableLoader`` does) and pass that to ``load_state_dict``.
+    With ``world_size > 1`` each rank takes every world_size-th batch (wrapping so counts match).
     """
 
-    def __init__(self, lengths, max_tokens, seed=0, **kwargs):
+    def __init__(self, lengths, max_tokens, seed=0, rank: int = 0, world_size: int = 1, **kwargs):
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.lengths = list(lengths)
         self.max_tokens = max_tokens
         self.seed = seed
@@ -65,7 +69,14 @@ class TokenBudgetSampler:
         self._skip = 0
 
     def _batches(self) -> list[list[int]]:
-        return token_budget_batches(self.lengths, self.max_tokens, self.seed, self.epoch, **self.kwargs)
+        batches = token_budget_batches(self.lengths, self.max_tokens, self.seed, self.epoch, **self.kwargs)
+        if self.world_size == 1:
+            return batches
+        # every rank must take the same number of steps (DDP): like DistributedSampler, wrap around,
+        # so up to world_size - 1 batches repeat in an epoch
+        per_rank = -(-len(batches) // self.world_size)
+        padded = (batches * self.world_size)[: per_rank * self.world_size]
+        return padded[self.rank::self.world_size]
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
