@@ -308,7 +308,8 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
             final_metrics = None
             if evaluate is not None and not interrupted and not history_has_eval_at(history, step):
                 final_metrics = run_eval()
-            save(final_metrics)
+            if last_ckpt is None or last_ckpt.name != f"step-{step}" or final_metrics is not None:
+                save(final_metrics)
             if interrupted and main:
                 print(f"stopped by signal {stop.signum} at step {step}; resume with resume=True")
         finally:
