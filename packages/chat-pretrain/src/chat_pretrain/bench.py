@@ -116,9 +116,9 @@ def run_arm(arm: str, args, cfg) -> dict:
         from transformers.optimization import Adafactor
 
         # The users' dataset: the whole table in RAM, rows indexed at random.
-        table = pq.read_table(args.data, columns=[cfg.data.prompt_column, cfg.data.response_column]).to_pandas()
-        prompts = table[cfg.data.prompt_column].tolist()
-        responses = table[cfg.data.response_column].tolist()
+        table = pq.read_table(args.data, columns=[cfg.data.prompt_column, cfg.data.response_column])
+        prompts = table.column(0).to_pylist()
+        responses = table.column(1).to_pylist()
         del table
         rng = np.random.default_rng(cfg.seed + accelerator.process_index)
         bs = cfg.data.batch_size
@@ -162,7 +162,7 @@ def run_arm(arm: str, args, cfg) -> dict:
                if res.mfu and res.tokens_per_s else res.mfu)
     out["extra"] = dict(res.extra, world_size=world, peak_host_rss_gib=round(_dist_max(peak_rss_gib, accelerator), 3),
                         model=how, params=count_params(accelerator.unwrap_model(model)),
-                        precision=precision.name, attn=attn, grad_accum=accum, batch_size=cfg.data.batch_size,
+                        precision=precision.name, attn=accelerator.unwrap_model(model).config._attn_implementation, grad_accum=accum, batch_size=cfg.data.batch_size,
                         max_seq_len=cfg.data.max_seq_len, users_pad=args.users_pad if arm == "users" else None)
     return out if accelerator.is_main_process else {}
 
@@ -202,6 +202,7 @@ def main(argv: list[str]) -> int:
             text = json.dumps(result)
             print(text)
             if args.json_out:
+                Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
                 Path(args.json_out).write_text(text, encoding="utf-8")
         return 0
 

@@ -38,6 +38,8 @@ class DataConfig:
     valid_files: list[str] = field(default_factory=list)
     prompt_column: str = "prompt"
     response_column: str = "response"
+    id_column: str = ""
+    """Optional row-id column carried into each batch as `row_ids` (debugging, resume checks)."""
     max_seq_len: int = 192
     """Token-level truncation of prompt and response (EOS included)."""
     batch_size: int = 32

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -115,26 +116,28 @@ class PromptResponseBatches:
     """Core's `Batches` protocol over parquet files: set_epoch, __iter__, state_dict, load_state_dict."""
 
     def __init__(self, files, tokenizer, cfg: DataConfig, *, pad_id: int, eos_id: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, id_column: str | None = None, memory_log=None):
+                 rank: int = 0, world_size: int = 1, memory_log=None):
         from trainstack.data import ParquetStream
 
         self.files = expand_files(files)
         self.cfg = cfg
         self.columns = [cfg.prompt_column, cfg.response_column]
+        self.world_size = world_size
         self.num_rows = check_schema(self.files, self.columns)
         self.tokenizer = tokenizer
         self.pad_id, self.eos_id = pad_id, eos_id
         self.seed = seed
-        self.id_column = id_column
+        self.id_column = cfg.id_column or None
         self.max_tokens = cfg.batch_size * cfg.max_seq_len
         self.max_batch_rows = cfg.max_batch_rows or cfg.batch_size * 8
-        cols = self.columns + ([id_column] if id_column else [])
+        cols = self.columns + ([self.id_column] if self.id_column else [])
         self.stream = ParquetStream([str(f) for f in self.files], columns=cols, batch_rows=cfg.read_batch_rows,
                                     shuffle_buffer=cfg.shuffle_buffer, seed=seed, rank=rank, world_size=world_size)
         self.epoch = 0
         self.skipped = SkipCounts()
         self.memory_log = memory_log  # callable(batches_yielded) or None
         self._resume: dict | None = None
+        self.estimated_batches: int | None = None
         self._state = self._fresh_state()
 
     def _fresh_state(self) -> dict:
@@ -160,15 +163,39 @@ class PromptResponseBatches:
         self._state = dict(state)
         self._resume = dict(state)
 
+    def __len__(self) -> int:
+        """Micro-batches per epoch on this rank, an upper estimate (lengths are not known before
+        reading). fit() uses it for the progress bar and as a cap on steps; epochs end when the
+        data does, so over-estimating is safe and under-estimating is not."""
+        if self.estimated_batches is None:
+            self.estimated_batches = self.estimate_batches()
+        return self.estimated_batches
+
+    def estimate_batches(self, sample_rows: int = 4096, slack: float = 1.1) -> int:
+        f = pq.ParquetFile(self.files[0])
+        rb = next(f.iter_batches(batch_size=sample_rows, columns=self.columns), None)
+        pairs = [] if rb is None else [(p, r) for p, r in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist(),
+                                                              strict=True) if p and r]
+        rows_per_rank = math.ceil(self.num_rows / self.world_size)
+        if not pairs:
+            return max(1, math.ceil(rows_per_rank / self.cfg.batch_size))
+        src, tgt = tokenize_pairs(self.tokenizer, [p for p, _ in pairs], [r for _, r in pairs], self.cfg.max_seq_len,
+                                  self.eos_id)
+        n_batches = len(self._bucket_batches(src, tgt, 0))
+        rows_per_batch = len(pairs) / n_batches
+        return max(1, math.ceil(slack * rows_per_rank / rows_per_batch) + 1)
+
     def __iter__(self) -> Iterator[dict]:
         resume, self._resume = self._resume, None
         bucket = resume["bucket"] if resume else 0
         skip = resume["batches_done"] if resume else 0
+        # Rows pulled from the stream this epoch; a bucket's start position is "skip this many rows".
+        pulled = [resume["stream"]["rows_consumed"] if resume and resume.get("stream") else 0]
         rows = iter(self.stream)
         yielded = 0
         while True:
-            start_state = self.stream.state_dict()
-            chunk = self._read_bucket(rows)
+            start_state = {"epoch": self.epoch, "rows_consumed": pulled[0]}
+            chunk = self._read_bucket(rows, pulled)
             if chunk is None:
                 break
             src, tgt, ids = chunk
@@ -188,14 +215,17 @@ class PromptResponseBatches:
             bucket += 1
 
     # -- internals --------------------------------------------------------------------------
-    def _read_bucket(self, rows: Iterator[dict]):
+    def _read_bucket(self, rows: Iterator[dict], pulled: list[int]):
         prompts, responses, ids = [], [], []
         pc, rc = self.columns
         for row in rows:
+            pulled[0] += 1
             p, r = row.get(pc), row.get(rc)
-            bad = "null" if (p is None or r is None) else ("empty" if not (p and r) else None)
-            if bad:
-                self._bad_row(bad, row)
+            if p is None or r is None:
+                self._bad_row("null", pc if p is None else rc, row)
+                continue
+            if not p or not r:
+                self._bad_row("empty", pc if not p else rc, row)
                 continue
             prompts.append(p)
             responses.append(r)
@@ -208,10 +238,10 @@ class PromptResponseBatches:
         src, tgt = tokenize_pairs(self.tokenizer, prompts, responses, self.cfg.max_seq_len, self.eos_id)
         return src, tgt, (ids if self.id_column else None)
 
-    def _bad_row(self, kind: str, row: dict) -> None:
+    def _bad_row(self, kind: str, column: str, row: dict) -> None:
         where = f"row {row[self.id_column]!r}" if self.id_column else "a row"
-        what = f"{where} of {', '.join(map(str, self.files[:3]))}{' ...' if len(self.files) > 3 else ''} has a {kind} " \
-               f"'{self.columns[0]}' or '{self.columns[1]}'"
+        files = ", ".join(map(str, self.files[:3])) + (" ..." if len(self.files) > 3 else "")
+        what = f"{where} of {files} has {'a null' if kind == 'null' else 'an empty'} '{column}'"
         if self.cfg.on_bad_row == "error":
             raise DataError(what + " (data.on_bad_row=skip counts and skips such rows)")
         if kind == "null":

@@ -33,28 +33,6 @@ from chat_pretrain.model import build_model, count_params, flops_per_token
 from chat_pretrain.tokenizer import load_tokenizer
 
 
-def estimate_steps_per_epoch(batches: PromptResponseBatches, tokenizer, world_size: int, grad_accum: int,
-                             sample_rows: int = 4096) -> int:
-    """Optimizer steps per epoch for the lr schedule, from the token lengths of the first rows (the
-    number of token-budget batches depends on lengths, which are not known before reading)."""
-    import pyarrow.parquet as pq
-
-    from trainstack.data import token_budget_batches
-
-    cfg = batches.cfg
-    f = pq.ParquetFile(batches.files[0])
-    rb = next(f.iter_batches(batch_size=sample_rows, columns=batches.columns))
-    pairs = [(p, r) for p, r in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist(), strict=True) if p and r]
-    if not pairs:
-        return max(1, batches.num_rows // (world_size * cfg.batch_size * grad_accum))
-    src, tgt = tokenize_pairs(tokenizer, [p for p, _ in pairs], [r for _, r in pairs], cfg.max_seq_len,
-                              batches.eos_id)
-    lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
-    n_batches = len(token_budget_batches(lengths, batches.max_tokens, seed=0, max_batch_size=batches.max_batch_rows))
-    rows_per_batch = len(lengths) / n_batches
-    return max(1, math.ceil(batches.num_rows / world_size / rows_per_batch / grad_accum))
-
-
 def make_loss_fn():
     def loss_fn(model, batch):
         device = next(iter(model.parameters())).device if not hasattr(model, "device") else model.device
@@ -118,7 +96,8 @@ def run(job: Job):
     batches = PromptResponseBatches(cfg.data.train_files, tok.tokenizer, cfg.data, pad_id=tok.pad_id,
                                     eos_id=tok.eos_id, seed=cfg.seed, rank=rank, world_size=world,
                                     memory_log=memory_log)
-    steps_per_epoch = estimate_steps_per_epoch(batches, tok.tokenizer, world, cfg.grad_accum_steps)
+    # The schedule's length: micro-batches per epoch estimated from the token lengths of the first rows.
+    steps_per_epoch = max(1, math.ceil(batches.estimate_batches(slack=1.0) / cfg.grad_accum_steps))
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     say(f"data: {len(batches.files)} file(s), {batches.num_rows:,} rows; ~{steps_per_epoch:,} optimizer steps "
         f"per epoch (estimated from token lengths); token budget {batches.max_tokens} per side per micro-batch")

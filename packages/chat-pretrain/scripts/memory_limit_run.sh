@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The low-RAM proof on CPU: under a 12 GiB address-space limit (prlimit --as, no cgroup needed),
+# (1) stream a 10M-row parquet through the whole training data path (read, shuffle buffer, tokenize,
+#     token-budget batches), sampling RSS; (2) train the tiny T5 with the low-ram-12g config for
+#     a few hundred steps on the same file (CPU: a 4 x 192 token budget), memory logged every 20 steps.
+# From the repository root:  bash packages/chat-pretrain/scripts/memory_limit_run.sh [ROWS] [OUT]
+set -euo pipefail
+ROWS=${1:-10000000}
+OUT=${2:-/tmp/chat-pretrain-lowram}
+LIMIT=$((12 * 1024 * 1024 * 1024))
+TOK=${TOK:-../shared/data/chatlm}
+PY=${PY:-python3}
+mkdir -p "$OUT"
+export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+[ -f "$OUT/train.parquet" ] || $PY -m chat_pretrain make-data "$OUT/train.parquet" --rows "$ROWS" --median-chars 60
+ls -la "$OUT/train.parquet"
+echo "== 1: data path over $ROWS rows under prlimit --as=$LIMIT"
+prlimit --as=$LIMIT $PY - "$OUT/train.parquet" "$TOK" <<'PY' | tee "$OUT/stream.log"
+import json, sys, time
+from chat_pretrain.cli import parse_train_args
+from chat_pretrain.data import PromptResponseBatches
+from chat_pretrain.tokenizer import load_tokenizer
+from trainstack.memory import rss_gib
+cfg, _ = parse_train_args(["--config", "low-ram-12g"])
+tok = load_tokenizer(sys.argv[2])
+b = PromptResponseBatches([sys.argv[1]], tok.tokenizer, cfg.data, pad_id=tok.pad_id, eos_id=tok.eos_id)
+b.set_epoch(0)
+t0, rows, samples = time.time(), 0, []
+for i, x in enumerate(b):
+    rows += x["input_ids"].shape[0]
+    if i % 2000 == 0:
+        samples.append((rows, round(rss_gib(), 3)))
+        print(json.dumps({"rows": rows, "rss_gib": samples[-1][1], "s": round(time.time() - t0, 1)}), flush=True)
+rss = [s[1] for s in samples]
+print(json.dumps({"rows": rows, "seconds": round(time.time() - t0, 1), "rss_first_gib": rss[0],
+                  "rss_max_gib": max(rss), "rss_last_gib": rss[-1], "skipped": b.skipped.total}))
+PY
+echo "== 2: training (tiny T5, low-ram-12g settings) under the same limit"
+prlimit --as=$LIMIT $PY -m chat_pretrain train --config low-ram-12g model.name=tiny precision=fp32 \
+  tokenizer.path="$TOK" data.train_files="[$OUT/train.parquet]" run_dir="$OUT/run" max_steps="${STEPS:-300}" data.batch_size=4 data.max_batch_rows=32 \
+  log_every_steps=50 memory_log_every_steps=20 save_every_steps=0 eval.every_steps=0 optim.warmup_steps=10 \
+  2>&1 | grep -v Warning | tail -5
+$PY - "$OUT/run/memory.rank0.jsonl" <<'PY'
+import json, sys
+recs = [json.loads(l) for l in open(sys.argv[1])]
+rss = [r["rss_gib"] for r in recs]
+print(f"training RSS over {len(rss)} samples: first {rss[0]:.3f} GiB, max {max(rss):.3f}, last {rss[-1]:.3f}")
+PY

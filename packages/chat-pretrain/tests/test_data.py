@@ -1,0 +1,105 @@
+import dataclasses
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from chat_pretrain.config import DataConfig
+from chat_pretrain.data import DataError, PromptResponseBatches, check_schema, collate, tokenize_pairs
+from chat_pretrain.synth import make_parquet
+
+CFG = DataConfig(max_seq_len=16, batch_size=4, bucket_rows=50, shuffle_buffer=30, read_batch_rows=17, id_column="id")
+
+
+def _batches(path, tok, cfg=CFG, **kw):
+    return PromptResponseBatches([path], tok.tokenizer, cfg, pad_id=tok.pad_id, eos_id=tok.eos_id, seed=1, **kw)
+
+
+def _ids(batches):
+    return [i for b in batches for i in b["row_ids"]]
+
+
+def test_truncation_is_by_tokens_with_eos(tok):
+    long = "今天天气很好，我们去公园散步吧。" * 10
+    src, tgt = tokenize_pairs(tok.tokenizer, [long, "你好"], ["好", long], 16, tok.eos_id)
+    ref = tok.tokenizer.encode(long, add_special_tokens=False).ids
+    assert len(ref) > 16
+    assert src[0] == ref[:15] + [tok.eos_id] and tgt[1] == src[0]
+    assert src[1] == tok.tokenizer.encode("你好", add_special_tokens=False).ids + [tok.eos_id]
+    b = collate(src, tgt, tok.pad_id)
+    assert b["input_ids"].shape == (2, 16) and b["labels"][0, 2:].eq(-100).all()
+    assert b["attention_mask"].sum().item() == len(src[0]) + len(src[1])
+
+
+def test_one_epoch_sees_every_row_once_across_two_ranks(tmp_path, tok):
+    path = make_parquet(tmp_path / "d.parquet", 333, median_chars=12, row_group_rows=40)
+    seen = []
+    for rank in range(2):
+        b = _batches(path, tok, rank=rank, world_size=2)
+        b.set_epoch(0)
+        batches = list(b)
+        for x in batches:  # the token budget counts padding; no batch exceeds it
+            n, width = x["input_ids"].shape
+            assert n * width <= CFG.batch_size * CFG.max_seq_len and n * x["labels"].shape[1] <= 64
+        seen += _ids(batches)
+    assert sorted(seen) == list(range(333))
+    # A new epoch reshuffles.
+    b = _batches(path, tok)
+    b.set_epoch(0)
+    e0 = _ids(b)
+    b.set_epoch(1)
+    e1 = _ids(b)
+    assert sorted(e0) == sorted(e1) == list(range(333)) and e0 != e1
+
+
+def test_resume_mid_epoch_yields_exactly_the_unseen_rows(tmp_path, tok):
+    path = make_parquet(tmp_path / "d.parquet", 400, median_chars=12, row_group_rows=64)
+    full = _batches(path, tok)
+    full.set_epoch(0)
+    reference = _ids(full)
+    for stop in (1, 7, 13, 20):  # inside the first bucket, at bucket edges, later
+        first = _batches(path, tok)
+        first.set_epoch(0)
+        it = iter(first)
+        head = [next(it) for _ in range(stop)]
+        state = first.state_dict()
+        again = _batches(path, tok)
+        again.load_state_dict(state)
+        again.set_epoch(state["epoch"])
+        tail = list(again)
+        seen, rest = _ids(head), _ids(tail)
+        assert not set(seen) & set(rest)
+        assert sorted(seen + rest) == list(range(400))
+        assert seen + rest == reference  # the same order as the uninterrupted epoch
+
+
+def test_missing_column_and_wrong_type_name_the_file(tmp_path, tok):
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"question": ["a"], "response": ["b"]}), bad)
+    with pytest.raises(DataError, match=r"bad\.parquet: missing column 'prompt'"):
+        check_schema([bad], ["prompt", "response"])
+    typed = tmp_path / "typed.parquet"
+    pq.write_table(pa.table({"prompt": [1, 2], "response": ["a", "b"]}), typed)
+    with pytest.raises(DataError, match=r"typed\.parquet: column 'prompt' has type int64, expected string"):
+        _batches(typed, tok, cfg=dataclasses.replace(CFG, id_column=""))
+    # Configurable column names.
+    ok = dataclasses.replace(CFG, prompt_column="question", id_column="")
+    b = _batches(bad, tok, cfg=ok)
+    b.set_epoch(0)
+    assert len(list(b)) == 1
+
+
+def test_nulls_and_empty_rows_are_counted_or_fatal(tmp_path, tok):
+    path = tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"id": list(range(6)), "prompt": ["你好", None, "早上好", "", "晚安", "谢谢"],
+                             "response": ["好", "好", None, "好", "好", "不客气"]}), path)
+    b = _batches(path, tok)
+    b.set_epoch(0)
+    assert sorted(_ids(b)) == [0, 4, 5]
+    assert (b.skipped.null, b.skipped.empty) == (2, 1)
+    assert sorted(b.skipped.first) == sorted(f"row {i} of {path} has {w}" for i, w in
+                                             [(1, "a null 'prompt'"), (2, "a null 'response'"), (3, "an empty 'prompt'")])
+    strict = _batches(path, tok, cfg=dataclasses.replace(CFG, on_bad_row="error", shuffle_buffer=0))
+    strict.set_epoch(0)
+    with pytest.raises(DataError, match=r"row 1 of .*nulls\.parquet has a null 'prompt'"):
+        list(strict)
