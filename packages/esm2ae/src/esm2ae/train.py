@@ -328,6 +328,11 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     last_log_step = step
     pbar = tqdm(total=max_steps, initial=step, disable=rank != 0, desc="train", dynamic_ncols=True)
     done = step >= max_steps
+    if step == 0 and cfg.eval_every_steps and rank == 0 and not cfg.fast_dev_run:
+        # the untrained baseline, so "perplexity falls" is visible in the log itself
+        _log(rank, log_path, {"step": 0, **evaluate(_unwrap(model), val_seqs, cfg, device, precision)},
+             history, pbar)
+        meter.restart_clock()
     while not done:
         batches.set_epoch(epoch)
         for batch in batches:
@@ -388,7 +393,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                 metrics = evaluate(_unwrap(model), val_seqs, cfg, device, precision)
                 _log(rank, log_path, {"step": step, **metrics}, history, pbar)
                 meter.restart_clock()
-            save_now = cfg.save_checkpoints and (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == max_steps
+            save_now = cfg.save_checkpoints and (
+                (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == max_steps)
             if save_now and (rank == 0 or engine is not None):
                 state = {"step": step, "epoch": epoch, "batches": batches.state_dict(), "metrics": metrics,
                          "config": config_to_dict(cfg)}
