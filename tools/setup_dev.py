@@ -56,8 +56,9 @@ def main() -> None:
     else:
         pip([CPU_TORCH_SPEC], args.dry_run)
 
-    # Build backends preinstalled so editable installs skip per-package isolated builds.
-    pip(["hatchling>=1.27", "editables"], args.dry_run)
+    # Build backends preinstalled so editable installs skip per-package isolated builds; uv makes the
+    # fresh venvs of tests/test_install_alone.py fast (one shared cache, hardlinked installs).
+    pip(["hatchling>=1.27", "editables", "uv"], args.dry_run)
     editable = []
     for package in workspace_packages():
         editable += ["-e", f"{package}[dev]"]
