@@ -3,6 +3,7 @@
     python tools/release.py hlbd minor            # dry run: planned version, changelog diff, tag
     python tools/release.py hlbd minor --write    # change files, run tests, build sdist + wheel, check
     python tools/release.py trainstack-core patch --write
+    python tools/release.py hlbd --check          # CI: build the current version and check the wheel only
 
 PACKAGE is the folder under packages/ (core, hlbd, mt-nllb...) or the distribution name. Refuses a
 package folder with uncommitted changes, a version that is already tagged, an empty Unreleased
@@ -174,12 +175,28 @@ def check_wheel(wheel: Path, package: workspace.Package, version: str, core: wor
     return problems
 
 
+def check_current(package: workspace.Package, core: workspace.Package, root: Path) -> int:
+    try:
+        wheel, sdist = build(package, root / "dist" / f"{package.folder}-{package.version}")
+        problems = check_wheel(wheel, package, package.version, core)
+    except (Refused, subprocess.CalledProcessError) as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    if problems:
+        print(f"{wheel.name} is not releasable:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    print(f"wheel checked: {wheel.relative_to(root)} and {sdist.name}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("package", help="folder under packages/ or distribution name")
     parser.add_argument("part", nargs="?", choices=PARTS, default="patch", help="which part to bump (patch)")
     parser.add_argument("--write", action="store_true", help="change files, test, build and check (default: dry run)")
     parser.add_argument("--skip-tests", action="store_true", help="do not run the package's tests (not for a real release)")
+    parser.add_argument("--check", action="store_true",
+                        help="build and check the current version only: no bump, no tests, no tree checks")
     parser.add_argument("--date", help="release date YYYY-MM-DD (default: today, UTC)")
     parser.add_argument("--root", type=Path, default=workspace.ROOT, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -189,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     package = workspace.find(args.package, root)
     core = workspace.find(workspace.CORE_FOLDER, root)
     rel = package.path.relative_to(root)
+    if args.check:
+        return check_current(package, core, root)
     try:
         if not package.is_core:
             core_line = core_check(package, core, root)
