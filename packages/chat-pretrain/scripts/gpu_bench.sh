@@ -29,3 +29,11 @@ for name in ("bench-users", "users-eager", "users-maxlen"):
           f"RSS {r['extra']['peak_host_rss_gib']:.2f} GiB  | ours/this {ours['tokens_per_s'] / r['tokens_per_s']:.2f}x")
 print(f"ours          tokens/s {ours['tokens_per_s']:>10,.0f}  MFU {ours['mfu'] or 0:.1%}  VRAM {ours['peak_memory_gib'] or 0:.2f} GiB  RSS {ours['extra']['peak_host_rss_gib']:.2f} GiB")
 PY
+# The real job on the GPU: core's fit, bf16, SDPA, eval (loss + BLEU) and a checkpoint, 200 steps.
+if [ "${TRAIN_SMOKE:-1}" = 1 ]; then
+  python3 -m chat_pretrain make-data /tmp/valid.parquet --rows 512 --seed 7 > /dev/null
+  python3 -m chat_pretrain train --config large tokenizer.path="$TOK" data.train_files=[/tmp/bench.parquet] \
+    data.valid_files=[/tmp/valid.parquet] run_dir=/tmp/run max_steps=200 log_every_steps=50 eval.every_steps=200 \
+    save_every_steps=200 memory_log_every_steps=50 2>&1 | grep -v -i warn | tail -8
+  cp /tmp/run/log.jsonl "$OUT/train-log.jsonl" 2>/dev/null; ls /tmp/run/checkpoints/*/ | head -20
+fi

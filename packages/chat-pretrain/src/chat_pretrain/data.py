@@ -89,8 +89,10 @@ class SkipCounts:
 def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_seq_len: int, eos_id: int):
     """Token-level truncation: up to max_seq_len - 1 tokens, then EOS, on each side."""
     keep = max_seq_len - 1
-    src = [e.ids[:keep] + [eos_id] for e in tokenizer.encode_batch(prompts, add_special_tokens=False)]
-    tgt = [e.ids[:keep] + [eos_id] for e in tokenizer.encode_batch(responses, add_special_tokens=False)]
+    # encode_batch_fast (tokenizers >= 0.20) skips the character offsets we never use: ~1.5x faster.
+    encode = getattr(tokenizer, "encode_batch_fast", tokenizer.encode_batch)
+    src = [e.ids[:keep] + [eos_id] for e in encode(prompts, add_special_tokens=False)]
+    tgt = [e.ids[:keep] + [eos_id] for e in encode(responses, add_special_tokens=False)]
     return src, tgt
 
 
