@@ -4,10 +4,9 @@ import json
 import sys
 
 import torch
-from transformers import EsmForMaskedLM
-
 from esm2ae.bench import lognormal_lengths, random_sequences
 from esm2ae.model import PAD_ID, PackedEsm, esm2_config, pack_sequences
+from transformers import EsmForMaskedLM
 
 size = sys.argv[1] if len(sys.argv) > 1 else "esm2_t12_35M"
 torch.backends.cuda.matmul.allow_tf32 = False

@@ -4,9 +4,15 @@ import random
 from pathlib import Path
 
 import pytest
-
 from esm2ae.data import (
-    DataError, PackedMLMBatches, crop, encode, mask_tokens, pack_indices, read_sequences, train_val_split,
+    DataError,
+    PackedMLMBatches,
+    crop,
+    encode,
+    mask_tokens,
+    pack_indices,
+    read_sequences,
+    train_val_split,
 )
 from esm2ae.model import CLS_ID, EOS_ID, MASK_ID
 from esm2ae.train import SAMPLE_FASTA

@@ -1,12 +1,21 @@
 """Packed forward vs HF's padded forward (float64, independent reference), pooling, sizes."""
 import pytest
 import torch
-from transformers import EsmForMaskedLM
-
 from esm2ae.model import (
-    CLS_ID, EOS_ID, ESM2_SIZES, MASK_ID, PAD_ID, AutoEncoder, Esm2AE, PackedEsm, count_params, esm2_config,
-    pack_sequences, pool,
+    CLS_ID,
+    EOS_ID,
+    ESM2_SIZES,
+    MASK_ID,
+    PAD_ID,
+    AutoEncoder,
+    Esm2AE,
+    PackedEsm,
+    count_params,
+    esm2_config,
+    pack_sequences,
+    pool,
 )
+from transformers import EsmForMaskedLM
 
 
 def _batch(lengths, seed=0, masks=((0, 2), (1, 3), (1, 5))):

@@ -1,7 +1,6 @@
 """Every shipped profile validates through the real CLI; validate rejects bad profiles clearly."""
 import pytest
 import yaml
-
 from esm2ae.cli import main
 from esm2ae.profiles import estimate_memory, shipped_profiles, validate_profile
 
@@ -83,9 +82,8 @@ def test_rejects_bad_deepspeed_and_tokens_arithmetic(tmp_path):
 
 def test_memory_estimate_is_in_the_measured_range():
     # Measured on the H100 (BENCHMARKS.md): 650M, bf16, 16384-token micro-batch, fused AdamW: 31.1 GiB peak
-    from trainstack.config import load_config
-
     from esm2ae.config import Config
+    from trainstack.config import load_config
     cfg = load_config(Config, {"precision": "bf16", "batch": {"max_tokens_per_batch": 16384}})
     est = estimate_memory(cfg, "bf16")
     assert 31.1 <= est.total_gib <= 31.1 * 1.35

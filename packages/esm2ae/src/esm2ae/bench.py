@@ -88,11 +88,10 @@ def greedy_pack(seqs, max_tokens: int) -> list[list[int]]:
 
 def bench_ours(size: str, seqs, steps: int, warmup: int, max_tokens: int, attention: str = "auto",
                compile: bool = True, precision: str = "auto", checkpointing: bool = False):
-    from transformers import EsmForMaskedLM
-
     from trainstack.bench import time_steps
     from trainstack.optim import build_optimizer
     from trainstack.precision import apply_precision, resolve_precision
+    from transformers import EsmForMaskedLM
 
     prec = resolve_precision(precision)
     apply_precision(prec)
@@ -136,14 +135,16 @@ def bench_ours(size: str, seqs, steps: int, warmup: int, max_tokens: int, attent
     res.extra.update(micro_batch_tokens=max_tokens, padding_fraction=1 - tokens_per_step / max_tokens,
                      wall_incl_compile_s=time.time() - t0, precision=prec.name,
                      params=count_params(hf), backend=model.backend("cuda"))
-    del model, hf, opt, batches
-    torch.cuda.empty_cache()
-    return res
+    return res   # the model and optimizer are freed with this frame
 
 
 def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int = 20,
                      precision: str = "auto"):
     """The users' way: HF Trainer, SDPA, DataCollatorForLanguageModeling padding to the batch max."""
+    from trainstack.bench import BenchResult
+    from trainstack.hardware import detect_hardware
+    from trainstack.metrics import peak_bf16_flops
+    from trainstack.precision import resolve_precision
     from transformers import (
         DataCollatorForLanguageModeling,
         EsmForMaskedLM,
@@ -152,11 +153,6 @@ def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int =
         TrainerCallback,
         TrainingArguments,
     )
-
-    from trainstack.bench import BenchResult
-    from trainstack.metrics import peak_bf16_flops
-    from trainstack.hardware import detect_hardware
-    from trainstack.precision import resolve_precision
 
     prec = resolve_precision(precision)
     tmp = tempfile.mkdtemp()

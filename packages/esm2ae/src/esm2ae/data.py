@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from esm2ae.model import CLS_ID, EOS_ID, MASK_ID, PackedBatch, RESIDUE_IDS, TOKEN_TO_ID, pack_sequences
+from esm2ae.model import CLS_ID, EOS_ID, MASK_ID, RESIDUE_IDS, TOKEN_TO_ID, PackedBatch, pack_sequences
 
 # The 20 standard residues plus X (unknown), B (D/N), Z (E/Q), U (selenocysteine), O (pyrrolysine).
 ALPHABET = frozenset("ACDEFGHIKLMNPQRSTVWYXBZUO")
@@ -102,7 +102,7 @@ def iter_parquet(path, column: str = "sequence", id_column: str = "id") -> Itera
     for rb in pf.iter_batches(columns=cols, batch_size=4096):
         seqs = rb.column(column).to_pylist()
         ids = rb.column(id_column).to_pylist() if id_column in names else [None] * len(seqs)
-        for s, i in zip(seqs, ids):
+        for s, i in zip(seqs, ids, strict=True):
             yield Record(str(i) if i is not None else f"row{row}", s or "")
             row += 1
 
@@ -308,3 +308,57 @@ def real_tokens(batch: PackedBatch) -> torch.Tensor:
 __all__ = ["ALPHABET", "DataError", "PackedMLMBatches", "ReadReport", "Record", "RESIDUE_IDS", "crop", "encode",
            "iter_fasta", "iter_parquet", "mask_tokens", "pack_indices", "read_sequences", "split_windows",
            "train_val_split"]
+
+
+class StreamingMLMBatches:
+    """Packed, masked micro-batches streamed from parquet files larger than RAM, through core's
+    ``ParquetStream`` (row groups sharded over ranks, shuffle buffer, resumable by rows consumed).
+
+    Bad rows are skipped and counted in ``report`` as they stream by. A resumed run restarts at
+    the first row of the micro-batch it was building (rows of an unfinished batch are re-read).
+    """
+
+    def __init__(self, paths, max_length: int, max_tokens: int, seed: int = 0, mask_prob: float = 0.15,
+                 rank: int = 0, world_size: int = 1, shuffle_buffer: int = 10_000, fixed_len: bool = False,
+                 column: str = "sequence"):
+        from trainstack.data import ParquetStream
+
+        self.stream = ParquetStream(paths, columns=[column], shuffle_buffer=shuffle_buffer, seed=seed,
+                                    rank=rank, world_size=world_size)
+        self.column = column
+        self.max_length, self.max_tokens = max_length, max_tokens
+        self.seed, self.mask_prob, self.fixed_len = seed, mask_prob, fixed_len
+        self.report = ReadReport(str(paths))
+        self._batch_start_rows = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[PackedBatch]:
+        epoch = self.stream.epoch
+        rng = random.Random(hash((self.seed, epoch, self.stream.rows_consumed)))
+        inputs, labels, used = [], [], 0
+        self._batch_start_rows = self.stream.rows_consumed
+        for row in self.stream:
+            seq = clean(Record(f"row{self.stream.rows_consumed}", row[self.column]), self.report)
+            if seq is None:
+                continue
+            toks = encode(crop(seq, self.max_length, rng))
+            if used + len(toks) > self.max_tokens and inputs:
+                yield pack_sequences(inputs, labels, total_len=self.max_tokens if self.fixed_len else None)
+                # the row just read starts the next batch: resume from it
+                self._batch_start_rows = self.stream.rows_consumed - 1
+                inputs, labels, used = [], [], 0
+            inp, lab = mask_tokens(toks, rng, self.mask_prob)
+            inputs.append(inp)
+            labels.append(lab)
+            used += len(toks)
+        if inputs:
+            yield pack_sequences(inputs, labels, total_len=self.max_tokens if self.fixed_len else None)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.stream.epoch, "rows_consumed": self._batch_start_rows}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+        self._batch_start_rows = int(state["rows_consumed"])

@@ -13,13 +13,13 @@ Attention backends, chosen once (``pick_attention_backend``):
 from __future__ import annotations
 
 import importlib.util
-import torch.utils.checkpoint
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
@@ -268,6 +268,11 @@ class PackedEsm(nn.Module):
         self.attention_request = attention
         self.compile = compile
         self.gradient_checkpointing = False
+        # HF's contact-prediction head is not part of MLM training; frozen so DDP does not wait
+        # for gradients that never come
+        contact = getattr(hf_model.esm, "contact_head", None)
+        if contact is not None:
+            contact.requires_grad_(False)
 
     def backend(self, device_type: str) -> str:
         return pick_attention_backend(self.attention_request, device_type)

@@ -90,7 +90,7 @@ def estimate_memory(cfg: Config, precision_name: str, world_size: int = 1) -> Me
     n = L * (4 * d * d + 2 * d * f + 9 * d + f) + V * d + d * d + 3 * d + V
     if cfg.task != "mlm":
         w = [d, *cfg.ae.widths]
-        n += 2 * sum(a * b + b for a, b in zip(w[:-1], w[1:]))
+        n += 2 * sum(a * b + b for a, b in zip(w[:-1], w[1:], strict=True))
     half = precision_name in ("bf16", "fp16")
     ds = cfg.deepspeed
     if ds.enabled:

@@ -22,7 +22,6 @@ import math
 import os
 import random
 import shutil
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,20 +92,19 @@ def _trainable(model: Esm2AE, task: str) -> torch.nn.Module:
 
 # ------------------------------------------------------------------------------------- loss
 
-def compute_loss(model: Esm2AE, batch, cfg: Config) -> tuple[torch.Tensor, dict]:
-    """(loss to backpropagate, tensors to accumulate for logging; no host sync)."""
-    if cfg.task == "mlm":
-        loss_sum, n, correct = model.backbone(batch)
-        loss = loss_sum / n.clamp(min=1)
-        return loss, {"mlm_loss_sum": loss_sum.detach(), "mlm_tokens": n, "mlm_correct": correct}
-    out = model(batch, mlm=cfg.task == "joint", ae=True, freeze_backbone=cfg.task == "ae")
-    stats = {"ae_loss_sum": out["ae_loss"].detach() * batch.num_seqs, "ae_seqs": batch.num_seqs}
-    loss = cfg.ae.ae_weight * out["ae_loss"]
-    if cfg.task == "joint":
+def compute_loss(model, batch, cfg: Config) -> tuple[torch.Tensor, dict]:
+    """(loss to backpropagate, tensors to accumulate for logging; no host sync). ``model`` may be
+    DDP- or DeepSpeed-wrapped: the call goes through the wrapper so gradient sync is prepared."""
+    out = model(batch, mlm=cfg.task != "ae", ae=cfg.task != "mlm", freeze_backbone=cfg.task == "ae")
+    stats, loss = {}, 0.0
+    if cfg.task != "ae":
         mlm = out["mlm_loss_sum"] / out["mlm_tokens"].clamp(min=1)
-        loss = loss + cfg.ae.mlm_weight * mlm
+        loss = mlm if cfg.task == "mlm" else cfg.ae.mlm_weight * mlm
         stats.update(mlm_loss_sum=out["mlm_loss_sum"].detach(), mlm_tokens=out["mlm_tokens"],
                      mlm_correct=out["mlm_correct"])
+    if cfg.task != "mlm":
+        loss = loss + cfg.ae.ae_weight * out["ae_loss"]
+        stats.update(ae_loss_sum=out["ae_loss"].detach() * batch.num_seqs, ae_seqs=batch.num_seqs)
     return loss, stats
 
 
@@ -250,9 +248,19 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         save_config(cfg, run_dir)
     _seed_everything(cfg.seed + rank)
 
-    train_seqs, val_seqs, _ = load_training_data(cfg, rank)
-    if world > 1:
-        train_seqs = train_seqs[rank::world]
+    if cfg.data.streaming:
+        if not cfg.data.train.endswith(".parquet") and not Path(cfg.data.train).is_dir():
+            raise ValueError(f"data.streaming needs parquet input (a file or a directory), got '{cfg.data.train}'")
+        if not cfg.data.val:
+            raise ValueError("data.streaming needs a held-out file in data.val (a split would read the whole input)")
+        val_records, vreport = read_sequences(cfg.data.val, cfg.data.max_length)
+        if rank == 0:
+            print(f"val data: {vreport.summary()}")
+        train_seqs, val_seqs = [], [r.sequence for r in val_records][: cfg.data.max_val_sequences]
+    else:
+        train_seqs, val_seqs, _ = load_training_data(cfg, rank)
+        if world > 1:
+            train_seqs = train_seqs[rank::world]
 
     hf, source = load_esm(cfg.model.name, cfg.model.pretrained)
     model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
@@ -293,9 +301,16 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     elif world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
-    batches = PackedMLMBatches(train_seqs, cfg.data.max_length, cfg.batch.max_tokens_per_batch, seed=cfg.seed,
-                               mask_prob=cfg.data.mask_prob, overfit_batches=cfg.overfit_batches,
-                               fixed_len=device.type == "cuda" and cfg.model.compile)
+    fixed_len = device.type == "cuda" and cfg.model.compile   # static shapes: one compiled graph
+    if cfg.data.streaming:
+        from esm2ae.data import StreamingMLMBatches
+        batches = StreamingMLMBatches(cfg.data.train, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
+                                      seed=cfg.seed, mask_prob=cfg.data.mask_prob, rank=rank, world_size=world,
+                                      fixed_len=fixed_len)
+    else:
+        batches = PackedMLMBatches(train_seqs, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
+                                   seed=cfg.seed, mask_prob=cfg.data.mask_prob,
+                                   overfit_batches=cfg.overfit_batches, fixed_len=fixed_len)
     step, epoch = 0, 0
     if resume:
         ckpt = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
@@ -316,8 +331,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         elif rank == 0:
             print(f"resume: no checkpoint under {run_dir / 'checkpoints'}; starting fresh")
 
-    mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in train_seqs]))
-    meter = ThroughputMeter(esm_flops_per_token(hf.config, mean_len), hw.gpu if device.type == "cuda" else None)
+    mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in (train_seqs or val_seqs)]))
+    # logged tokens are summed over ranks; dividing the FLOPs by the world size keeps MFU per GPU
+    meter = ThroughputMeter(esm_flops_per_token(hf.config, mean_len) / world,
+                            hw.gpu if device.type == "cuda" else None)
     log_path = run_dir / "log.jsonl"
     history: list[dict] = []
     zero = lambda: torch.zeros((), device=device)  # noqa: E731
@@ -340,14 +357,14 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             last_micro = (micro + 1) % accum == 0
             if engine is not None:
                 with precision.autocast(device.type) if precision.name == "bf16" else torch.autocast(device.type, enabled=False):
-                    loss, stats = compute_loss(engine.module, batch, cfg)
+                    loss, stats = compute_loss(engine, batch, cfg)
                 engine.backward(loss)
                 engine.step()
             else:
                 sync_ctx = model.no_sync() if (world > 1 and not last_micro and hasattr(model, "no_sync")) else _null()
                 with sync_ctx:
                     with precision.autocast(device.type):
-                        loss, stats = compute_loss(_unwrap(model), batch, cfg)
+                        loss, stats = compute_loss(model, batch, cfg)
                     scaler.scale(loss / accum).backward()
             acc["loss"] += loss.detach().float() / accum
             acc["tokens"] += batch.cu_seqlens[batch.num_seqs].to(device)
@@ -373,6 +390,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             pbar.update(1)
             if step % cfg.log_every_steps == 0 or step == max_steps:
                 # the only host syncs of the loop: at log cadence
+                if world > 1:   # throughput of the whole job, not of rank 0
+                    for k in ("tokens", "seqs"):
+                        torch.distributed.all_reduce(acc[k])
                 meter.update(acc["tokens"], acc["seqs"])
                 rec = {"step": step, "epoch": epoch, "loss": acc["loss"].item() / max(1, step - last_log_step),
                        "lr": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else lr}
@@ -398,7 +418,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             if save_now and (rank == 0 or engine is not None):
                 state = {"step": step, "epoch": epoch, "batches": batches.state_dict(), "metrics": metrics,
                          "config": config_to_dict(cfg)}
-                if step == max_steps and batches.position >= len(batches):
+                if step == max_steps and not cfg.data.streaming and batches.position >= len(batches):
                     state["epoch"], state["batches"] = epoch + 1, {"epoch": epoch + 1, "position": 0}
                 save_checkpoint(run_dir, step, _unwrap(model), optimizer, scheduler, scaler, state,
                                 cfg.keep_last, engine)
@@ -437,12 +457,15 @@ def _log(rank: int, path: Path, rec: dict, history: list, pbar) -> None:
 
 def train_from_cli(profile: str | None, overrides: list[str], resume: str | None = None) -> dict:
     from trainstack.config import load_config
-    from trainstack.hardware import detect_hardware, pick_profile
+    from trainstack.hardware import detect_hardware, pick_profile, why_not_fits
 
     from esm2ae.profiles import get_profile, shipped_profiles
 
-    prof = get_profile(profile) if profile else pick_profile(shipped_profiles(), detect_hardware())
+    hw = detect_hardware()
+    prof = get_profile(profile) if profile else pick_profile(shipped_profiles(), hw)
     print(f"profile: {prof.name} ({prof.path})")
+    for reason in why_not_fits(prof, hw):
+        print(f"warning: profile {prof.name} does not fit this machine: {reason}")
     cfg = load_config(Config, prof.settings, overrides)
     return train(cfg, resume=resume)
 

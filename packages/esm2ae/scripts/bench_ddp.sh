@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# DDP scaling of esm2ae on 2 GPUs (weak scaling: same per-GPU micro-batch and accumulation).
+# ESM-2 650M, packed FlexAttention, compiled, bf16, the h100-80g profile's settings.
+#
+#   bash packages/esm2ae/scripts/bench_ddp.sh                # repo root, a host with >= 2 GPUs
+#   MODEL=esm2_t30_150M STEPS=40 bash packages/esm2ae/scripts/bench_ddp.sh
+#
+# Writes $OUT/ddp-scaling.json and the two runs' log.jsonl. Each run compiles first (~4 min for
+# 650M on an H100); the rate is taken from the last two log intervals, after compilation.
+set -euo pipefail
+OUT=${OUT:-bench-ddp-out}; mkdir -p "$OUT"
+MODEL=${MODEL:-esm2_t33_650M}
+STEPS=${STEPS:-30}
+MICRO=${MICRO:-16384}
+ACCUM=${ACCUM:-4}
+PROFILE=${PROFILE:-h100-80g}
+export PYTHONPATH=packages/core/src:packages/esm2ae/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
+export NCCL_NVLS_ENABLE=0   # no NVLink multicast on the shared hosts
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/gpu.txt" || true
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee "$OUT/versions.txt"
+date -u | tee -a "$OUT/versions.txt"
+
+# synthetic proteins, lengths lognormal (median 350, sigma 0.7, clipped to [16, 512])
+python3 - "$OUT/synthetic.fasta" <<'PY'
+import sys
+from esm2ae.bench import lognormal_lengths
+import random
+rng = random.Random(0)
+with open(sys.argv[1], "w") as f:
+    for i, n in enumerate(lognormal_lengths(20000, seed=0)):
+        f.write(f">s{i}\n" + "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(n - 2)) + "\n")
+PY
+
+COMMON=(--profile "$PROFILE" "model.name=$MODEL" "data.train=$OUT/synthetic.fasta" "data.val_fraction=0"
+        "max_steps=$STEPS" "optim.warmup_steps=5" "log_every_steps=5" "eval_every_steps=0"
+        "save_checkpoints=false" "batch.max_tokens_per_batch=$MICRO")
+python3 -m esm2ae train "${COMMON[@]}" "batch.tokens_per_step=$((MICRO * ACCUM))" "run_dir=$OUT/gpu1" 2>&1 \
+  | grep -v -i warn | tail -5
+torchrun --standalone --nproc_per_node 2 -m esm2ae train "${COMMON[@]}" \
+  "batch.tokens_per_step=$((MICRO * ACCUM * 2))" "run_dir=$OUT/gpu2" 2>&1 | grep -v -i warn | tail -5
+
+python3 - "$OUT" <<'PY'
+import json, sys
+out = sys.argv[1]
+def rate(run):
+    logs = [json.loads(l) for l in open(f"{out}/{run}/log.jsonl") if '"tokens_per_s"' in l]
+    last = logs[-2:]
+    return sum(r["tokens_per_s"] for r in last) / len(last), last[-1].get("mfu")
+t1, m1 = rate("gpu1")
+t2, m2 = rate("gpu2")
+res = {"tokens_per_s_1gpu": t1, "tokens_per_s_2gpu": t2, "speedup": t2 / t1,
+       "scaling_efficiency": t2 / (2 * t1), "mfu_1gpu": m1, "mfu_per_gpu_2gpu": m2}
+print(json.dumps(res, indent=1))
+json.dump(res, open(f"{out}/ddp-scaling.json", "w"), indent=1)
+PY
