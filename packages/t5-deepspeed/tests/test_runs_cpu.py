@@ -105,7 +105,11 @@ def test_users_commands_run(name, cli, data_dir, tiny_model_dir, tmp_path):
     argv[argv.index("--model_name_or_path") + 1] = str(tiny_model_dir)
     i = argv.index("--dataset_name")
     del argv[i:i + 4]  # --dataset_name wmt16 --dataset_config[_name] ro-en
-    argv += ["--train_file", data_dir / "en-ro.train.jsonl", "--validation_file", data_dir / "en-ro.validation.jsonl",
+    # 16 training pairs keep batch-1 epochs short; validation/test are the shipped 8 pairs
+    train16 = tmp_path / "train16.jsonl"
+    train16.write_text("".join((data_dir / "en-ro.train.jsonl").read_text(encoding="utf-8").splitlines(True)[:16]),
+                       encoding="utf-8")
+    argv += ["--train_file", train16, "--validation_file", data_dir / "en-ro.validation.jsonl",
              "--test_file", data_dir / "en-ro.test.jsonl", "--val_max_target_length", "12", "--save_strategy", "no"]
     (tmp_path / "output_dir").mkdir()
     (tmp_path / "output_dir" / "stale.txt").write_text("from an earlier run")  # --overwrite_output_dir clears it
@@ -125,7 +129,7 @@ def test_users_commands_run(name, cli, data_dir, tiny_model_dir, tmp_path):
     if "--do_predict" in argv:
         assert len((out / "generated_predictions.txt").read_text(encoding="utf-8").splitlines()) == 8
     n_train = json.loads((out / "train_results.json").read_text())["train_samples"]
-    assert n_train == 64  # --max_train_samples 500 of a 64-pair file
+    assert n_train == 16  # --max_train_samples 500 of a 16-pair file
 
 
 def test_output_dir_refused_without_overwrite(cli, data_dir, tmp_path):
@@ -155,7 +159,7 @@ def test_real_launchers(launcher, data_dir, tmp_path):
     out = tmp_path / "o"
     args = ["t5_deepspeed", "--deepspeed", "zero2", "--config_name", "tiny-t5", "--train_file",
             str(data_dir / "en-ro.train.jsonl"), "--source_lang", "en", "--target_lang", "ro", "--do_train",
-            "--max_steps", "3", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--output_dir", str(out)]
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--save_strategy", "no", "--output_dir", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_EXTENSIONS_DIR": EXT_DIR, "CUDA_VISIBLE_DEVICES": "",
            "DS_ACCELERATOR": "cpu", "PYTHONWARNINGS": "ignore"}
     r = subprocess.run(launch + args, env=env, capture_output=True, text=True, timeout=200)
