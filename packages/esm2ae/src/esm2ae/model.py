@@ -128,6 +128,9 @@ class PackedBatch:
         return PackedBatch(mv(self.input_ids), mv(self.position_ids), mv(self.seq_ids), mv(self.cu_seqlens),
                            self.max_seqlen, self.num_seqs, mv(self.labels))
 
+    def __len__(self) -> int:   # samples, for the loop's per-step counts
+        return self.num_seqs
+
     @property
     def real_tokens(self) -> int:
         return int(self.cu_seqlens[self.num_seqs])

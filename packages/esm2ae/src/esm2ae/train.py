@@ -10,9 +10,9 @@ Steps: config (profile <- overrides) -> hardware, precision (printed with the re
 paper's schedule -> DeepSpeed when the profile asks -> loop with token-budget micro-batches and
 derived accumulation -> eval (perplexity, masked accuracy, AE loss) -> checkpoints -> final export.
 
-core (trainstack) supplies config, hardware, precision, optimizer, schedule, throughput and
-memory; the loop and checkpoints are written here because core's loop/checkpoint modules were not
-available when this package was written (see the package README).
+core (trainstack) supplies config, hardware, precision, optimizer, schedule, the loop (fit: DDP,
+autocast, accumulation, checkpoints, JSONL logs) and throughput. DeepSpeed runs (the 8-10 GB
+profiles) use the engine's own backward/step in a short loop here, since core's fit takes no engine.
 """
 
 from __future__ import annotations
@@ -215,12 +215,17 @@ def load_for_inference(checkpoint: str, device="cpu", attention="auto") -> tuple
         model.ae.load_state_dict(torch.load(path / "ae.pt", map_location="cpu"))
         return model.to(device).eval(), meta
     if (path / "trainer_state.json").exists():
-        state = json.loads((path / "trainer_state.json").read_text())
         from trainstack.config import load_config
-        cfg = load_config(Config, state["config"])
+        cfg = load_config(Config, path.parent.parent / "config.yaml")
         hf, _ = load_esm(cfg.model.name, pretrained=False)
         model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, attention)
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu"))
+        if (path / "model.safetensors").exists():
+            from safetensors.torch import load_file
+            state = load_file(path / "model.safetensors")
+        else:
+            state = torch.load(path / "model.pt", map_location="cpu")
+        model.load_state_dict(state, strict=False)   # tied LM-head weight may be stored once
+        model.backbone.hf.tie_weights()
         return model.to(device).eval(), {"ae_widths": cfg.ae.widths, "pooling": cfg.ae.pooling,
                                           "max_length": cfg.data.max_length}
     raise FileNotFoundError(f"{path}: not an esm2ae checkpoint (no esm2ae.json or trainer_state.json)")
@@ -298,8 +303,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                                                lr_scheduler=scheduler, config=ds_cfg)
         if rank == 0:
             print(f"deepspeed: ZeRO-{cfg.deepspeed.zero_stage}, optimizer offload {cfg.deepspeed.offload_optimizer}")
-    elif world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[local_rank] if device.type == "cuda" else None)
 
     fixed_len = device.type == "cuda" and cfg.model.compile   # static shapes: one compiled graph
     if cfg.data.streaming:
@@ -311,6 +314,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         batches = PackedMLMBatches(train_seqs, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
                                    seed=cfg.seed, mask_prob=cfg.data.mask_prob,
                                    overfit_batches=cfg.overfit_batches, fixed_len=fixed_len)
+    if engine is None:
+        # the common path: core's loop (accelerate: DDP, autocast, loss scaling, checkpoints, logs)
+        return _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_seqs, device, precision,
+                              run_dir, resume, max_steps, accum, world, rank)
+
+    # DeepSpeed (ZeRO + CPU offload): core's loop takes no DeepSpeed engine, so the engine's own
+    # backward/step drive this loop; checkpoints use the engine's sharded format.
     step, epoch = 0, 0
     if resume:
         ckpt = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
@@ -442,6 +452,45 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_seqs, device, precision, run_dir,
+                   resume, max_steps, accum, world, rank) -> dict:
+    from trainstack.loop import LoopConfig, fit
+
+    loop_cfg = LoopConfig(max_steps=max_steps, grad_accum_steps=accum, max_grad_norm=cfg.optim.max_grad_norm,
+                          log_every_steps=cfg.log_every_steps, eval_every_steps=cfg.eval_every_steps,
+                          save_every_steps=cfg.save_every_steps if cfg.save_checkpoints else 0,
+                          keep_last=cfg.keep_last, seed=cfg.seed)
+
+    def loss_fn(m, batch):
+        batch = batch.to(device)
+        loss, _ = compute_loss(m, batch, cfg)
+        return loss, batch.cu_seqlens[batch.num_seqs]
+
+    def run_eval(m):
+        return evaluate(_unwrap(m), val_seqs, cfg, device, precision)
+
+    resume_arg = False if not resume else (True if resume == "auto" else Path(resume))
+    if resume_arg is True and not list((run_dir / "checkpoints").glob("step-*")):
+        print(f"resume: no checkpoint under {run_dir / 'checkpoints'}; starting fresh")
+        resume_arg = False
+    if not resume_arg and cfg.eval_every_steps and rank == 0 and not cfg.fast_dev_run:
+        # the untrained baseline, so "perplexity falls" is visible in the log itself
+        base = evaluate(model, val_seqs, cfg, device, precision)
+        with open(run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps({"step": 0, **base}) + "\n")
+    mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in (train_seqs or val_seqs)]))
+    # logged tokens are summed over ranks; dividing the FLOPs by the world size keeps MFU per GPU
+    result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches, loss_fn=loss_fn,
+                 config=loop_cfg, run_dir=run_dir, precision=precision, evaluate=run_eval if val_seqs else None,
+                 flops_per_token=esm_flops_per_token(model.backbone.config, mean_len) / world, resume=resume_arg)
+    evals = [r for r in result.history if any(k.startswith("eval_") for k in r)]
+    metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if evals else {}
+    if rank == 0:
+        export_final(model, cfg, run_dir / "final", metrics)
+        print(f"done: {result.steps} steps; final model in {run_dir / 'final'}; {json.dumps(metrics)}")
+    return {"steps": result.steps, "metrics": metrics, "history": result.history, "run_dir": str(run_dir)}
 
 
 def _log(rank: int, path: Path, rec: dict, history: list, pbar) -> None:
