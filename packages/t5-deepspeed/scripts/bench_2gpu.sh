@@ -41,7 +41,7 @@ run zero3-deepspeed-launcher 120 python3 -m deepspeed.launcher.runner --num_gpus
   --deepspeed zero3 $ARGS --output_dir /tmp/z3-ds --overwrite_output_dir
 run zero3-reload 60 python3 -c "from transformers import T5ForConditionalGeneration as T; m=T.from_pretrained('/tmp/z3-ds'); print('reloaded without DeepSpeed:', sum(p.numel() for p in m.parameters()), 'params')"
 # the same job under accelerate launch (no accelerate config file: DeepSpeed comes from --deepspeed)
-run zero2-accelerate-launch 120 python3 -m accelerate.commands.launch --num_processes 2 --main_process_port 29531 -m t5_deepspeed \
+run zero2-accelerate-launch 120 python3 -m accelerate.commands.launch --multi_gpu --num_processes 2 --main_process_port 29531 -m t5_deepspeed \
   --deepspeed zero2 $ARGS --output_dir /tmp/z2-acc --overwrite_output_dir
 cp /tmp/z3-ds/predict_results.json "$OUT/zero3-2gpu-predict_results.json" 2>/dev/null
 cp /tmp/z2-acc/predict_results.json "$OUT/zero2-accelerate-predict_results.json" 2>/dev/null

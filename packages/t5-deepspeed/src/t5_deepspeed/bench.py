@@ -41,7 +41,7 @@ def write_bench_data(path: Path, rows: int, join: int = 3) -> None:
 def side_command(side: str, a, data: Path, out: Path) -> list[str]:
     if a.num_gpus > 1:
         launch = [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={a.num_gpus}",
-                  f"--master_port={a.master_port}", "--module", "t5_deepspeed"]
+                  f"--master_port={a.master_port + (side == 'ours')}", "--module", "t5_deepspeed"]
     else:
         launch = [sys.executable, "-m", "t5_deepspeed"]
     args = ["--config_name", a.model, "--deepspeed", a.deepspeed, "--train_file", str(data),

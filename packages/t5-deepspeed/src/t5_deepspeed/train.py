@@ -50,8 +50,7 @@ class RunError(RuntimeError):
     """A problem found at start-up (model path, output dir...); one line."""
 
 
-# --------------------------------------------------------------------------------------------------
-# set-up helpers (each small; the job itself is `run` below)
+# Set-up helpers, each small; the job itself is `run` below.
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -176,7 +175,6 @@ def postprocess_text(texts):
     return [t.strip() for t in texts]
 
 
-# --------------------------------------------------------------------------------------------------
 
 def run(parsed: ParsedArgs) -> dict:
     """The job. Returns the metrics of each stage that ran (also written as JSON in the output dir)."""
