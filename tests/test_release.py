@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,40 @@ def test_bump(version, part, expected):
 def test_bump_refuses_a_prerelease():
     with pytest.raises(release.Refused):
         release.bump("0.2.0rc1", "patch")
+
+
+def make_package(root: Path, folder: str, name: str, deps: list[str], scripts: dict[str, str]) -> Path:
+    module = name.replace("-", "_")
+    src = root / "packages" / folder / "src" / module
+    (src / "profiles").mkdir(parents=True)
+    (src / "__init__.py").write_text('__version__ = "0.1.0"\n')
+    (src / "cli.py").write_text("def main():\n    pass\n")
+    (src / "profiles" / "cpu.yaml").write_text("requires: {}\n")
+    script_lines = "".join(f'{k} = "{v}"\n' for k, v in scripts.items())
+    (src.parents[1] / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        f'[project]\nname = "{name}"\nversion = "0.1.0"\ndependencies = {deps!r}\n'
+        f"[project.scripts]\n{script_lines}"
+        f'[tool.hatch.build.targets.wheel]\npackages = ["src/{module}"]\n'.replace("'", '"'))
+    return src.parents[1]
+
+
+def test_check_wheel_finds_a_missing_profile_and_a_bad_core_range(tmp_path):
+    make_package(tmp_path, "core", "trainstack-core", [], {"trainstack": "trainstack_core.cli:main"})
+    path = make_package(tmp_path, "demo", "demo", ["trainstack-core>=0.1,<0.2"], {"demo": "demo.cli:main"})
+    core, demo = workspace.find("core", tmp_path), workspace.find("demo", tmp_path)
+    wheel, _ = release.build(demo, tmp_path / "dist")
+    assert release.check_wheel(wheel, demo, "0.1.0", core) == []
+
+    stripped = tmp_path / "stripped" / wheel.name
+    stripped.parent.mkdir()
+    with zipfile.ZipFile(wheel) as src, zipfile.ZipFile(stripped, "w") as dst:
+        for item in src.infolist():
+            if not item.filename.endswith("cpu.yaml"):
+                dst.writestr(item, src.read(item))
+    assert "demo/profiles/cpu.yaml is not in the wheel" in release.check_wheel(stripped, demo, "0.1.0", core)
+    assert any("metadata Version" in p for p in release.check_wheel(wheel, demo, "0.2.0", core))
+
+    core.version = "0.2.0"  # the tree's core moved past the wheel's range
+    assert any("excludes trainstack-core 0.2.0" in p for p in release.check_wheel(wheel, demo, "0.1.0", core))
+    assert path.is_dir()
