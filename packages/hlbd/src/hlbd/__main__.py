@@ -1,0 +1,3 @@
+from hlbd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,86 @@
+"""The typed config of an hlbd run: dataclass defaults <- recipe YAML (profiles/) <- key=value overrides."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from hlbd.data import DEFAULT_SOURCES, DEFAULT_TARGET, FIELDS
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    """HLBD .txt / .json / .jsonl; empty = the bundled sample (12 concepts)."""
+    sources: list[str] = field(default_factory=lambda: list(DEFAULT_SOURCES))
+    """Fields used as inputs (emoji, phrase, english, pinyin, japanese, korean, card, math)."""
+    targets: list[str] = field(default_factory=lambda: [DEFAULT_TARGET])
+    language_tags: bool = True
+    """Start each source with a tag token naming its field (<en>, <py>, ...), as the users do."""
+    pad_to: int = 0
+    """Pad every sequence to this length (the users pad to 64); 0 = the longest in the data."""
+    batching: Literal["random", "length"] = "random"
+    """length: batches of similar source length, trimmed to their longest (saves compute on CPU)."""
+
+    def __post_init__(self):
+        for f in (*self.sources, *self.targets):
+            if f not in FIELDS:
+                raise ValueError(f"unknown field {f!r} in data.sources/targets; allowed: {', '.join(FIELDS)}")
+
+
+@dataclass
+class ModelConfig:
+    d_model: int = 256
+    n_heads: int = 8
+    n_encoder_layers: int = 3
+    n_decoder_layers: int = 3
+    d_ff: int = 1024
+    dropout: float = 0.1
+    max_len: int = 64
+    attention: Literal["standard", "autopoietic"] = "standard"
+    padding_masks: bool = True
+    """False reproduces the users' loop, which passes no padding masks at all."""
+    embed_init_std: float = 0.02
+    """The users' 0.02 leaves the tied output logits tiny and the tokens drowned by the positions."""
+    scale_embeddings: bool = False
+    """Multiply input embeddings by sqrt(d_model), the usual companion of tied embeddings."""
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adam", "adamw"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.98])
+    schedule: Literal["constant", "cosine", "linear"] = "constant"
+    warmup_steps: int = 0
+    floor: float = 0.0
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: int = 64
+    grad_accum_steps: int = 1
+    epochs: int = 100
+    max_grad_norm: float = 1.0
+    """0 disables clipping."""
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
+    """torch.compile the model (GPU; fixed shapes with data.batching=random)."""
+    stop_at_exact_match: float = 0.95
+    """Stop once teacher-forced exact match on the training pairs reaches this; 0 = run all epochs."""
+    eval_every_epochs: int = 1
+    seed: int = 0
+    threads: int = 0
+    """CPU threads for torch; 0 = torch's default."""
+    run_dir: str = "runs/hlbd"
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.grad_accum_steps < 1 or self.epochs < 1:
+            raise ValueError("batch_size, grad_accum_steps and epochs must be >= 1")
+        if not 0.0 <= self.stop_at_exact_match <= 1.0:
+            raise ValueError(f"stop_at_exact_match is a fraction in [0, 1], got {self.stop_at_exact_match}")

@@ -1,0 +1,260 @@
+"""hlbd train: the APT model on HLBD pairs, until it has learned them (exact match >= 95%).
+
+    hlbd train                                                   # bundled sample, recipe "fast", CPU or GPU
+    hlbd train --data ../shared/data/hlbd/hlbd_v1_600pairs.txt   # the real 600 pairs
+    hlbd train --profile users-baseline --data FILE              # the users' recipe, our implementation
+    hlbd train optim.lr=2e-3 batch_size=128 compile=true         # any config key, dotted
+    CPU only:    CUDA_VISIBLE_DEVICES= hlbd train    (or device=cpu)
+    N GPUs:      not supported: the whole dataset is a few hundred pairs and fits one GPU.
+
+The whole job, top to bottom: read and validate the data (before anything is written), build the
+tokenizer and model, choose precision once, train with the dataset resident on the device and at
+most one host sync per epoch, stop when teacher-forced exact match reaches the target, then
+greedy-decode every training target (exact match + chrF) and save a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from trainstack.checkpoint import CheckpointManager
+from trainstack.config import format_config, save_config
+from trainstack.data import DeviceDataset
+from trainstack.hardware import detect_hardware
+from trainstack.optim import build_optimizer, build_scheduler
+from trainstack.precision import apply_precision, resolve_precision
+from tqdm import tqdm
+
+from hlbd.config import TrainConfig
+from hlbd.data import LANGUAGE_TAGS, Pair, build_pairs, bundled_sample_path, read_hlbd
+from hlbd.evaluate import evaluate_pairs
+from hlbd.model import APTConfig, APTModel, seq2seq_loss
+from hlbd.tokenizer import PAD, CharTokenizer
+
+LEARNED = 0.95  # "learned" = greedy exact match on every training target >= 95%
+
+
+@dataclass
+class Prepared:
+    pairs: list[Pair]
+    tokenizer: CharTokenizer
+    src: list[list[int]]
+    tgt: list[list[int]]
+    data_path: Path
+
+
+def prepare_data(cfg: TrainConfig) -> Prepared:
+    """Read, validate and encode; raises HLBDError / ValueError with a one-line reason. Writes nothing."""
+    path = Path(cfg.data.path) if cfg.data.path else bundled_sample_path()
+    concepts = read_hlbd(path, required=tuple(cfg.data.targets))
+    pairs = build_pairs(concepts, cfg.data.sources, cfg.data.targets, cfg.data.language_tags)
+    tags = [LANGUAGE_TAGS[f] for f in (*cfg.data.sources, *cfg.data.targets)] if cfg.data.language_tags else []
+    tok = CharTokenizer.build(pairs, tags=tags)
+    src = [tok.encode(p.source) for p in pairs]
+    tgt = [tok.encode_target(p.target) for p in pairs]
+    limit = cfg.model.max_len
+    for p, s, t in zip(pairs, src, tgt, strict=True):
+        if len(s) > limit or len(t) > limit:
+            raise ValueError(f"{path}: concept {p.concept!r} ({p.source_field}): sequence of {max(len(s), len(t))} "
+                             f"tokens exceeds model.max_len={limit}")
+    if cfg.data.pad_to:
+        if cfg.data.pad_to > limit:
+            raise ValueError(f"data.pad_to={cfg.data.pad_to} exceeds model.max_len={limit}")
+        # Padding every sequence to a fixed width as the users do; the tokens stay the same.
+        src = [s + [PAD] * (cfg.data.pad_to - len(s)) for s in src]
+        tgt = [t + [PAD] * (cfg.data.pad_to - len(t)) for t in tgt]
+    return Prepared(pairs, tok, src, tgt, path)
+
+
+def pick_device(cfg: TrainConfig, hw) -> torch.device:
+    if cfg.device == "cuda" and not hw.has_gpu:
+        raise RuntimeError("device=cuda asked for but no CUDA GPU is visible")
+    return torch.device("cuda" if cfg.device in ("auto", "cuda") and hw.has_gpu else "cpu")
+
+
+def length_batches(lengths: torch.Tensor, batch_size: int, generator: torch.Generator):
+    """Batches of similar length in random order (host side: on CPU the trim saves real compute)."""
+    noise = torch.rand(len(lengths), generator=generator)
+    order = torch.argsort(lengths.float() + noise)
+    chunks = list(order.split(batch_size))
+    return [chunks[i] for i in torch.randperm(len(chunks), generator=generator).tolist()]
+
+
+def build_model(cfg: TrainConfig, vocab_size: int, debug_log=None) -> APTModel:
+    m = cfg.model
+    return APTModel(APTConfig(vocab_size=vocab_size, d_model=m.d_model, n_heads=m.n_heads,
+                              n_encoder_layers=m.n_encoder_layers, n_decoder_layers=m.n_decoder_layers, d_ff=m.d_ff,
+                              dropout=m.dropout, max_len=m.max_len, attention=m.attention,
+                              padding_masks=m.padding_masks, embed_init_std=m.embed_init_std,
+                              scale_embeddings=m.scale_embeddings), debug_log=debug_log)
+
+
+@torch.no_grad()
+def teacher_forced_exact(model, ds: DeviceDataset, precision, device, chunk: int = 256) -> torch.Tensor:
+    """Count of pairs whose every target token is the argmax given the true prefix (eval mode);
+    equal to greedy-decoding exact match. Stays on the device: the caller decides when to sync."""
+    was_training = model.training
+    model.eval()
+    right = torch.zeros((), dtype=torch.long, device=device)
+    src, tgt = ds.tensors["src"], ds.tensors["tgt"]
+    for i in range(0, len(ds), chunk):
+        with precision.autocast(device.type):
+            _, _, ok = seq2seq_loss(model, src[i:i + chunk], tgt[i:i + chunk])
+        right += ok.sum()
+    model.train(was_training)
+    return right
+
+
+@dataclass
+class Session:
+    """Everything one run needs, built by ``setup``; ``train_one_epoch`` advances it."""
+    cfg: TrainConfig
+    data: Prepared
+    device: torch.device
+    precision: object
+    model: APTModel
+    step_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    dataset: DeviceDataset
+    src_lengths: torch.Tensor
+    tgt_lengths: torch.Tensor
+    generator: torch.Generator
+    host_generator: torch.Generator
+    micro_per_epoch: int
+    step: int = 0
+
+
+def setup(cfg: TrainConfig, data: Prepared) -> Session:
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    hw = detect_hardware()
+    device = pick_device(cfg, hw)
+    precision = resolve_precision(cfg.precision, hw if device.type == "cuda" else detect_cpu_only(hw))
+    apply_precision(precision)
+    model = build_model(cfg, len(data.tokenizer)).to(device)
+    opt = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                          betas=tuple(cfg.optim.betas))
+    n = len(data.pairs)
+    micro_per_epoch = -(-n // cfg.batch_size)
+    total_steps = -(-micro_per_epoch // cfg.grad_accum_steps) * cfg.epochs
+    sched = build_scheduler(opt, cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.floor)
+    step_model = torch.compile(model) if cfg.compile else model
+    ds = DeviceDataset({"src": data.src, "tgt": data.tgt}, pad_id=PAD, device=device)
+    src_lengths = torch.tensor([sum(1 for t in s if t != PAD) for s in data.src])
+    tgt_lengths = torch.tensor([sum(1 for t in s if t != PAD) for s in data.tgt])
+    return Session(cfg, data, device, precision, model, step_model, opt, sched, ds, src_lengths, tgt_lengths,
+                   torch.Generator(device=device).manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed),
+                   micro_per_epoch)
+
+
+def train_one_epoch(s: Session) -> torch.Tensor:
+    """One pass over the pairs; returns the mean micro-batch loss as a device tensor (no sync)."""
+    cfg = s.cfg
+    s.model.train()
+    loss_sum = torch.zeros((), device=s.device)
+    if cfg.data.batching == "length":
+        batches = []
+        for idx in length_batches(s.src_lengths, cfg.batch_size, s.host_generator):
+            ls, lt = int(s.src_lengths[idx].max()), int(s.tgt_lengths[idx].max())
+            idx = idx.to(s.device)
+            batches.append({"src": s.dataset.tensors["src"][idx, :ls], "tgt": s.dataset.tensors["tgt"][idx, :lt]})
+    else:
+        batches = s.dataset.batches(cfg.batch_size, s.generator)
+    for i, batch in enumerate(batches):
+        with s.precision.autocast(s.device.type):
+            loss, _, _ = seq2seq_loss(s.step_model, batch["src"], batch["tgt"])
+        # Divided by the accumulation count even for a short last group, as the users' loop does.
+        (loss / cfg.grad_accum_steps).backward()
+        loss_sum += loss.detach()
+        if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == s.micro_per_epoch:
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
+            s.optimizer.step()
+            s.scheduler.step()
+            s.optimizer.zero_grad(set_to_none=True)
+            s.step += 1
+    return loss_sum / s.micro_per_epoch
+
+
+def train(cfg: TrainConfig, progress: bool = True, say=print) -> dict:
+    # 1. Data, validated before the run directory exists.
+    data = prepare_data(cfg)
+    n = len(data.pairs)
+
+    # 2. Hardware, precision (chosen once, said aloud), model, optimizer, device-resident data.
+    s = setup(cfg, data)
+    n_params = sum(p.numel() for p in s.model.parameters())
+    say(f"data: {data.data_path} | {n} pairs | vocab {len(data.tokenizer)}")
+    say(f"device: {s.device} | precision: {s.precision.reason}")
+    say(f"model: APT {cfg.model.attention} attention, {n_params / 1e6:.2f}M params | "
+        f"batch {cfg.batch_size} x accum {cfg.grad_accum_steps} | {cfg.optim.name} lr {cfg.optim.lr:g}")
+
+    # 3. Run directory: only now that the data is known to be good.
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir)
+    (run_dir / "log.jsonl").write_text("")
+
+    # 4. Epochs: nothing reads a value back until the epoch ends, and then once.
+    history, learned_at, train_seconds = [], None, 0.0
+    bar = tqdm(range(cfg.epochs), desc="epochs", disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        loss = train_one_epoch(s)
+        check = cfg.stop_at_exact_match > 0 and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs)
+        right = teacher_forced_exact(s.step_model, s.dataset, s.precision, s.device) if check else loss * 0
+        mean_loss, n_right = torch.stack([loss, right.float()]).tolist()  # the one sync
+        train_seconds += time.perf_counter() - t0
+        record = {"epoch": epoch + 1, "step": s.step, "loss": mean_loss, "lr": s.scheduler.get_last_lr()[0],
+                  "seconds": round(train_seconds, 3), "samples_per_s": n * (epoch + 1) / train_seconds}
+        if check:
+            record["exact_match_tf"] = n_right / n
+        history.append(record)
+        with open(run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        bar.set_postfix(loss=f"{mean_loss:.3f}", em=f"{record.get('exact_match_tf', float('nan')):.2f}")
+        if check and n_right / n >= cfg.stop_at_exact_match:
+            learned_at = train_seconds
+            break
+    bar.close()
+
+    # 5. Evaluation that means something: greedy decoding of every training target.
+    result = evaluate_pairs(s.model, data.tokenizer, data.pairs)
+    learned = result["exact_match"] >= LEARNED
+    summary = {"epochs": len(history), "steps": s.step, "train_seconds": round(train_seconds, 2),
+               "seconds_to_learned": round(learned_at, 2) if learned_at is not None and learned else None,
+               "final_loss": history[-1]["loss"], "exact_match": result["exact_match"], "chrf": result["chrf"],
+               "learned": learned, "pairs": n, "params": n_params, "device": str(s.device),
+               "precision": s.precision.name, "history": history}
+
+    # 6. Checkpoint: weights, optimizer, tokenizer and model config together.
+    def save_extras(d: Path):
+        data.tokenizer.save(d / "tokenizer.json")
+        (d / "model_config.json").write_text(json.dumps(s.model.cfg.to_dict(), indent=2))
+
+    ckpt = CheckpointManager(run_dir / "checkpoints", keep_last=1).save(
+        s.step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
+        metrics={k: v for k, v in summary.items() if k != "history"},
+        extra={"epoch": len(history), "data": str(data.data_path)}, save_model_fn=save_extras)
+    summary["checkpoint"] = str(ckpt)
+    (run_dir / "summary.json").write_text(json.dumps({**{k: v for k, v in summary.items() if k != "history"},
+                                                      "wrong_examples": result["wrong_examples"]},
+                                                     ensure_ascii=False, indent=2))
+    verdict = "learned" if learned else "not learned yet"
+    say(f"{verdict}: exact match {result['exact_match']:.1%} ({n} pairs, greedy), chrF {result['chrf']:.1f}, "
+        f"loss {summary['final_loss']:.3f}, {len(history)} epochs, {train_seconds:.1f} s of training")
+    say(f"checkpoint: {ckpt}")
+    return summary
+
+
+def detect_cpu_only(hw):
+    """The hardware as precision should see it when we train on the CPU anyway."""
+    from dataclasses import replace
+
+    return replace(hw, gpus=())

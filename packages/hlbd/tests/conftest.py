@@ -1,0 +1,31 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).parents[3] / ".." / "shared" / "data" / "hlbd"
+
+
+@pytest.fixture(autouse=True)
+def _cpu_only(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+
+
+@pytest.fixture
+def v1_path():
+    p = SHARED / "hlbd_v1_600pairs.txt"
+    if not p.exists():
+        pytest.skip(f"real HLBD data not found at {p}")
+    return p
+
+
+def tiny(*extra):
+    """Overrides for a seconds-long CPU run."""
+    return ["model.d_model=32", "model.n_heads=4", "model.d_ff=64", "model.n_encoder_layers=1",
+            "model.n_decoder_layers=1", "threads=1", "precision=fp32", *extra]
+
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
