@@ -50,7 +50,7 @@ class ReadReport:
             shown = ", ".join(ids[:5]) + (" ..." if len(ids) > 5 else "")
             parts.append(f"{len(ids)} skipped ({reason}: {shown})")
         if self.longer_than_crop:
-            parts.append(f"{self.longer_than_crop} longer than the crop (cropped at random each epoch)")
+            parts.append(f"{self.longer_than_crop} longer than max_length (training crops them at random each epoch; eval and embed split them into windows)")
         return "; ".join(parts)
 
 
