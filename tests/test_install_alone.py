@@ -32,6 +32,12 @@ PACKAGES = workspace.packages()
 # Subcommands that list what a package ships; run as a smoke test when the --help text offers one.
 LISTING_SUBCOMMANDS = ("profiles", "configs")
 COMMAND_TIMEOUT_S = 300
+IMPORT_ALL = (
+    "import importlib, pkgutil, {0}\n"
+    "for m in pkgutil.walk_packages({0}.__path__, '{0}.'):\n"
+    "    if not m.name.rsplit('.', 1)[-1] == '__main__':\n"
+    "        importlib.import_module(m.name)\n"
+)
 
 pytestmark = pytest.mark.slow
 
@@ -158,6 +164,11 @@ def check_package(package, wheels: dict[str, Path], torch_args: list[str], uv, t
             version = step(f"import {name}", lambda c=code: venv.run([str(venv.python), "-c", c], tmp)).strip()
             if version:
                 assert version.splitlines()[-1] == package.version, f"{name}.__version__ {version!r}"
+
+        # Every module imports with only the declared dependencies (optional extras may be absent:
+        # modules must guard those imports). Catches an import the pyproject does not declare.
+        for name in package.import_names:
+            step(f"import {name}.*", lambda n=name: venv.run([str(venv.python), "-c", IMPORT_ALL.format(n)], tmp))
 
         for script in package.scripts:
             exe = str(venv.path / "bin" / script)
