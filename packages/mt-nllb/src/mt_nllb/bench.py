@@ -1,0 +1,367 @@
+"""mt-nllb bench: the users' Seq2SeqTrainer recipe vs ours, same process, same GPU, same data.
+
+    mt-nllb bench                                  # users' recipe, ours, rtx4080s-16g under 16 GB
+    mt-nllb bench --only ours --timed-steps 20     # one side
+    mt-nllb bench --model-config tiny --steps ...  # CPU smoke run (figures say they are CPU figures)
+
+Data: synthetic pairs whose source and target token lengths are lognormal (median 38, sigma 0.6,
+clipped to [4, 256]), our stand-in for WMT19 zh-en; ids drawn uniformly from the vocabulary.
+Model: the NLLB-600M architecture (or --model-config), random init, fp32 master weights.
+Reported: real (non-pad, source + target) tokens/s, samples/s, MFU with encoder-decoder FLOPs
+including the LM head (model.pair_train_flops), peak reserved memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+USERS_ARGS = dict(  # the users' recipe, transformers 5 spelling (warmup_ratio -> warmup_steps < 1)
+    per_device_train_batch_size=24, gradient_accumulation_steps=4, learning_rate=8e-5, warmup_steps=0.06,
+    lr_scheduler_type="cosine", weight_decay=0.01, bf16=True, gradient_checkpointing=True,
+    optim="adamw_torch_fused", label_smoothing_factor=0.1, num_train_epochs=2, dataloader_num_workers=8,
+    dataloader_pin_memory=True, eval_steps=2000, save_steps=3000, save_total_limit=1,
+    predict_with_generate=True, generation_num_beams=4, generation_max_length=256,
+)
+
+
+def synthetic_lengths(n: int, seed: int, median: float = 38.0, sigma: float = 0.6, lo: int = 4, hi: int = 256):
+    rng = np.random.default_rng(seed)
+    return np.clip(np.round(rng.lognormal(math.log(median), sigma, size=(n, 2))), lo, hi).astype(np.int64)
+
+
+def synthetic_pairs(n: int, vocab: int, seed: int):
+    """TokenizedPairs with NLLB's layout ([lang] ... </s>); lengths include the two special tokens."""
+    from .data import TokenizedPairs, _flatten
+
+    lengths = synthetic_lengths(n, seed)
+    rng = np.random.default_rng(seed + 1)
+    src = [[256047 % vocab, *rng.integers(4, vocab, size=int(s) - 2).tolist(), 2] for s in lengths[:, 0]]
+    tgt = [[256048 % vocab, *rng.integers(4, vocab, size=int(t) - 2).tolist(), 2] for t in lengths[:, 1]]
+    sf, so = _flatten(src)
+    tf, to = _flatten(tgt)
+    return TokenizedPairs(sf, so, tf, to, [""] * n, [""] * n)
+
+
+def _gib(x):
+    return None if x is None else round(x, 3)
+
+
+def _peak_reserved_gib():
+    import torch
+
+    return torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+
+
+def _flops_per_real_token(config, tp, batches) -> float:
+    from .model import pair_train_flops
+
+    flops = tokens = 0.0
+    for batch in batches:
+        for i in batch:
+            s, t = len(tp.src(i)), len(tp.tgt(i))
+            flops += pair_train_flops(config, s, t)
+            tokens += s + t
+    return flops / tokens
+
+
+def bench_ours(name, config, tp, *, batch_size, accum, steps, warmup, max_tokens=0, chunked_ce=True, ce_chunk=2048,
+               checkpointing=False, compile_body=False, compile_loss=False, optim="adamw", memory_cap_gib=None,
+               dropout=None, profile=False, seed=0):
+    """Our training step (model body + chunked label-smoothed CE, core's optimizer and precision) at
+    ``batch_size`` x ``accum`` sentences per optimizer step, timed with core's harness."""
+    import torch
+    from trainstack.bench import time_steps
+    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.precision import apply_precision, resolve_precision
+    from transformers import M2M100ForConditionalGeneration
+
+    from . import loss as loss_mod
+    from .data import collate, length_bucketed_batches
+    from .model import enable_checkpointing
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if memory_cap_gib and device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gib * 2**30 / total))
+    precision = resolve_precision("auto")
+    apply_precision(precision)
+    torch.manual_seed(seed)
+    config._attn_implementation = "sdpa"
+    if dropout is not None:
+        config.dropout = config.attention_dropout = dropout
+    model = M2M100ForConditionalGeneration(config).to(device).train()
+    if checkpointing:
+        enable_checkpointing(model)
+    if compile_body:
+        model.model.compile(dynamic=True)
+    loss_mod.configure(compile_loss)
+    opt = build_optimizer(model, name=optim, lr=8e-5, weight_decay=0.01)
+    sched = build_scheduler(opt, "cosine", warmup_steps=10, total_steps=1000)
+    if max_tokens:
+        plan = length_bucketed_batches(tp.lengths(), max_tokens, seed, 0)
+    else:
+        plan = length_bucketed_batches(tp.lengths(), 0, seed, 0, fixed_batch_size=batch_size)
+        plan = [b for b in plan if len(b) == batch_size]  # the effective batch stays exact (drop remainders)
+    needed = (warmup + steps) * accum
+    if len(plan) < needed:
+        raise ValueError(f"{len(plan)} batches for {needed} micro-steps: raise --pairs")
+    batches = [collate(tp, b, pad_id=1, decoder_start_id=2) for b in plan[:needed]]
+    step_batches = [batches[i * accum:(i + 1) * accum] for i in range(warmup + steps)]
+    step_plan = [plan[i * accum:(i + 1) * accum] for i in range(warmup + steps)]
+    timed_plan = step_plan[warmup:]
+    real_tokens = [sum(len(tp.src(i)) + len(tp.tgt(i)) for b in sp for i in b) for sp in timed_plan]
+    samples = [sum(len(b) for b in sp) for sp in timed_plan]
+    fpt = _flops_per_real_token(config, tp, [b for sp in timed_plan for b in sp])
+    it = iter(step_batches)
+
+    def step():
+        micro = next(it)
+        denom = sum(int((b["labels"] != -100).sum()) for b in micro)  # host-side counts: known before the step
+        for b in micro:
+            b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
+            with precision.autocast(device):
+                loss, count = loss_mod.seq2seq_loss(model, b, 0.1, chunked=chunked_ce, chunk_rows=ce_chunk)
+            # Token-weighted mean over the whole optimizer step, as the Trainer's num_items_in_batch does.
+            (loss * (count / denom)).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        for _ in range(warmup):
+            step()
+        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        return None
+    t0 = time.perf_counter()
+    res = time_steps(step, warmup_steps=warmup, timed_steps=steps, real_tokens_per_step=lambda i: real_tokens[i],
+                     samples_per_step=lambda i: samples[i], flops_per_token=fpt, name=name)
+    res.extra.update(peak_reserved_gib=_gib(_peak_reserved_gib()), wall_s=round(time.perf_counter() - t0, 1),
+                     batch_size=batch_size, accum=accum, max_tokens=max_tokens, checkpointing=checkpointing,
+                     compile_body=compile_body, compile_loss=compile_loss, chunked_ce=chunked_ce, optim=optim,
+                     memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt)
+    model = opt = None  # free the GPU before the next variant
+    if device == "cuda":
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    return res
+
+
+def bench_users(config, tp, *, steps, warmup, workdir, seed=0, overrides=None):
+    """The users' Seq2SeqTrainer recipe, run by trainer.train(); CUDA events (host timer on CPU) between
+    the end of warm-up step `warmup` and of step `warmup + steps`."""
+    import torch
+    from trainstack.bench import BenchResult
+    from trainstack.metrics import peak_bf16_flops
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        M2M100ForConditionalGeneration,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+        TrainerCallback,
+    )
+
+    from .bench import _current_gpu_info
+    from .model import build_sample_tokenizer
+
+    args = dict(USERS_ARGS)
+    args.update(overrides or {})
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        args.update(bf16=False, optim="adamw_torch", dataloader_num_workers=0, dataloader_pin_memory=False)
+    torch.manual_seed(seed)
+    config._attn_implementation = "sdpa"
+    model = M2M100ForConditionalGeneration(config)
+    # The collator only needs pad id 1 (NLLB's); a tiny tokenizer with NLLB's special ids provides it.
+    tokenizer = build_sample_tokenizer(["a b c"], ["zho_Hans", "eng_Latn"])
+
+    class Pairs(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(tp)
+
+        def __getitem__(self, i):
+            return {"input_ids": tp.src(i).tolist(), "labels": tp.tgt(i).tolist()}
+
+    marks = {}
+
+    class Timer(TrainerCallback):
+        def on_step_end(self, targs, state, control, **kw):
+            if state.global_step in (warmup, warmup + steps):
+                if on_gpu:
+                    ev = torch.cuda.Event(enable_timing=True)
+                    ev.record()
+                    marks[state.global_step] = ev
+                    if state.global_step == warmup:
+                        torch.cuda.reset_peak_memory_stats()
+                else:
+                    marks[state.global_step] = time.perf_counter()
+
+    targs = Seq2SeqTrainingArguments(output_dir=str(workdir), max_steps=warmup + steps, eval_strategy="no",
+                                     save_strategy="no", report_to="none", logging_steps=10**6,
+                                     disable_tqdm=True, seed=seed, **args)
+    trainer = Seq2SeqTrainer(model=model, args=targs, train_dataset=Pairs(),
+                             data_collator=_ShiftedLabelsCollator(DataCollatorForSeq2Seq(tokenizer, model=model,
+                                                                                         label_pad_token_id=-100)),
+                             callbacks=[Timer()])
+    t0 = time.perf_counter()
+    trainer.train()
+    if on_gpu:
+        marks[warmup + steps].synchronize()
+        seconds = marks[warmup].elapsed_time(marks[warmup + steps]) / 1000.0
+    else:
+        seconds = marks[warmup + steps] - marks[warmup]
+    per_step = args["per_device_train_batch_size"] * args["gradient_accumulation_steps"]
+    samples = per_step * steps
+    # Random sampling over the whole set: expected real tokens per pair is the set's mean.
+    mean_tokens = float((np.diff(tp.src_offsets) + np.diff(tp.tgt_offsets)).mean())
+    real_tokens = int(samples * mean_tokens)
+    from .model import pair_train_flops
+
+    s_len, t_len = np.diff(tp.src_offsets), np.diff(tp.tgt_offsets)
+    fpt = float(sum(pair_train_flops(config, s, t) for s, t in zip(s_len[:5000], t_len[:5000], strict=True))
+                / (s_len[:5000] + t_len[:5000]).sum())
+    gpu = _current_gpu_info()
+    peak = peak_bf16_flops(gpu) if gpu else None
+    tps = real_tokens / seconds
+    res = BenchResult(name="users-trainer", steps=steps, seconds=seconds, real_tokens=real_tokens, samples=samples,
+                      tokens_per_s=tps, samples_per_s=samples / seconds, mfu=tps * fpt / peak if peak else None,
+                      peak_memory_gib=(torch.cuda.max_memory_allocated() / 2**30) if on_gpu else None,
+                      extra={"timer": "cuda_events" if on_gpu else "host", "peak_reserved_gib": _gib(_peak_reserved_gib()),
+                             "wall_s": round(time.perf_counter() - t0, 1), "args": args,
+                             "gradient_checkpointing_kwargs": str(targs.gradient_checkpointing_kwargs),
+                             "flops_per_real_token": fpt, "tokens": "expected (set mean x samples)"})
+    del trainer, model
+    if on_gpu:
+        torch.cuda.empty_cache()
+    return res
+
+
+class _ShiftedLabelsCollator:
+    """DataCollatorForSeq2Seq plus decoder_input_ids. With label_smoothing_factor the Trainer pops
+    `labels` before the forward, and M2M100 (unlike BART/Marian) has no
+    prepare_decoder_input_ids_from_labels for the collator to call, so transformers 5 fails with
+    "You cannot specify both decoder_input_ids and decoder_inputs_embeds". This is the one-line fix a
+    user of the recipe needs; it changes no compute."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, features):
+        from transformers.models.m2m_100.modeling_m2m_100 import shift_tokens_right
+
+        batch = self.inner(features)
+        batch["decoder_input_ids"] = shift_tokens_right(batch["labels"], 1, 2)
+        return batch
+
+
+def _current_gpu_info():
+    import torch
+    from trainstack.hardware import GPUInfo
+
+    if not torch.cuda.is_available():
+        return None
+    p = torch.cuda.get_device_properties(0)
+    return GPUInfo(p.name, (p.major, p.minor), p.total_memory / 2**30)
+
+
+VARIANTS = {
+    # name: kwargs of bench_ours. Effective batch 96 sentences everywhere.
+    "ours": dict(batch_size=96, accum=1),
+    "ours-compile-loss": dict(batch_size=96, accum=1, compile_loss=True),
+    "ours-compile-body": dict(batch_size=96, accum=1, compile_body=True),
+    "ours-unchunked": dict(batch_size=96, accum=1, chunked_ce=False, compile_loss=False),
+    "ours-chunk4096": dict(batch_size=96, accum=1, ce_chunk=4096, compile_loss=True),
+    "ours-nodropout": dict(batch_size=96, accum=1, dropout=0.0),
+    "ours-profile": dict(batch_size=96, accum=1, profile=True),
+    # The shipped rtx4080s-16g profile (24 x 4, checkpointing, 256-row chunks) and the settings that
+    # ran out of memory under the 16 GiB cap (BENCHMARKS.md).
+    "rtx4080s-16g": dict(batch_size=24, accum=4, ce_chunk=256, checkpointing=True, compile_loss=False,
+                         memory_cap_gib=16.0),
+    "rtx4080s-16g-48x2": dict(batch_size=48, accum=2, ce_chunk=1024, memory_cap_gib=16.0),
+    "rtx4080s-16g-24x4-nockpt": dict(batch_size=24, accum=4, ce_chunk=512, memory_cap_gib=16.0),
+    "rtx4080s-16g-48x2-ckpt": dict(batch_size=48, accum=2, ce_chunk=1024, checkpointing=True, memory_cap_gib=16.0),
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="mt-nllb bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-config", default="nllb-600m", help="shipped architecture: nllb-600m | tiny")
+    p.add_argument("--only", default="users-trainer,ours,rtx4080s-16g",
+                   help=f"comma list of: users-trainer, {', '.join(VARIANTS)}")
+    p.add_argument("--pairs", type=int, default=20000)
+    p.add_argument("--warmup-steps", type=int, default=3)
+    p.add_argument("--timed-steps", type=int, default=10)
+    p.add_argument("--users-timed-steps", type=int, default=4)
+    p.add_argument("--out", default="", help="write results JSON here")
+    p.add_argument("--workdir", default="/tmp/mt-nllb-bench")
+    args = p.parse_args(argv)
+
+    from trainstack.bench import compare, device_banner
+
+    from .model import load_arch_config
+
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n != "users-trainer" and n not in VARIANTS]
+    if unknown:
+        p.error(f"unknown bench variant(s) {unknown}; choose from users-trainer, {', '.join(VARIANTS)}")
+    print(device_banner(), flush=True)
+    config = load_arch_config(args.model_config)
+    tp = synthetic_pairs(args.pairs, config.vocab_size, seed=0)
+    print(f"synthetic pairs: {len(tp)}, mean real tokens/pair {np.diff(tp.src_offsets).mean() + np.diff(tp.tgt_offsets).mean():.1f}",
+          flush=True)
+    results, errors = [], {}
+    for name in names:
+        t0 = time.perf_counter()
+        try:
+            if name == "users-trainer":
+                res = bench_users(load_arch_config(args.model_config), tp, steps=args.users_timed_steps,
+                                  warmup=args.warmup_steps, workdir=Path(args.workdir) / "users")
+            else:
+                res = bench_ours(name, load_arch_config(args.model_config), tp, steps=args.timed_steps,
+                                 warmup=args.warmup_steps, **VARIANTS[name])
+            if res is None:  # a profile run
+                continue
+            results.append(res)
+            print(f"bench {name}: {res.samples_per_s:,.1f} samples/s, {res.tokens_per_s:,.0f} tokens/s, "
+                  f"mfu {res.mfu if res.mfu is None else round(res.mfu, 4)}, peak reserved "
+                  f"{res.extra.get('peak_reserved_gib')} GiB ({time.perf_counter() - t0:.0f} s)", flush=True)
+        except Exception as e:  # one failed variant (OOM under the 16 GB cap) must not lose the others
+            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            print(f"bench {name}: failed: {errors[name]}", flush=True)
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.set_per_process_memory_fraction(1.0)
+                torch.cuda.empty_cache()
+        if args.out:
+            _write(args.out, results, errors)
+    if results:
+        base = "users-trainer" if any(r.name == "users-trainer" for r in results) else results[0].name
+        print(compare(results, baseline=base))
+    return 0 if not errors else 1
+
+
+def _write(path, results, errors):
+    from dataclasses import asdict
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({"results": [asdict(r) for r in results], "errors": errors,
+                   "env": {k: os.environ.get(k) for k in ("PYTORCH_CUDA_ALLOC_CONF",)}}, f, indent=1, default=str)

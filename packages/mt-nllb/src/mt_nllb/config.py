@@ -1,0 +1,127 @@
+"""The typed config of an mt-nllb run: dataclass defaults <- profile YAML <- dotted overrides.
+
+    mt-nllb train --profile rtx4080s-16g data.train=wmt19 optim.lr=8e-5
+    mt-nllb train --profile cpu-debug data.train=[path/to/pairs.tsv] model.name_or_path=tiny
+
+Every switch that trades memory for speed is a key here, on by default only where measured to help
+(BENCHMARKS.md has the measurements).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "facebook/nllb-200-distilled-600M"
+    """Hub name or local HF model dir (pretrained weights), or a shipped architecture for random init:
+    "nllb-600m" (full-size M2M100) or "tiny" (tests)."""
+    tokenizer: str = ""
+    """Tokenizer source: "" = from name_or_path (hub name or dir); "sample" = build a small
+    character/word tokenizer over the training data (tests, offline runs with random init)."""
+    src_lang: str = "zho_Hans"
+    tgt_lang: str = "eng_Latn"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    dropout: float | None = None
+    """Overrides the model config's dropout when set."""
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=lambda: ["wmt19"])
+    """Sources: hub names ("wmt19", "opus100") or files (.tsv, .jsonl, .parquet)."""
+    caps: list[int] = field(default_factory=list)
+    """Per-source row caps, same order as `train` (0 = no cap). Users' recipe: [5000000, 500000]."""
+    test: str = ""
+    """Test file (or "wmt19" = newstest2018) evaluated at the end; empty = skip."""
+    validation_rows: int = 2000
+    """Held out from the mixed training data after filtering and dedup."""
+    min_chars: int = 10
+    max_chars: int = 400
+    max_length: int = 256
+    """Token limit per side; longer pairs are truncated (and counted)."""
+    dedup: bool = True
+    src_key: str = "zh"
+    tgt_key: str = "en"
+    cache_dir: str = ""
+    """Tokenized cache (parquet, keyed by a fingerprint). Empty = <run_dir>/../.mt-nllb-cache."""
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["adamw", "adamw8bit", "adafactor"] = "adamw"
+    lr: float = 8e-5
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.06
+
+
+@dataclass
+class SpeedConfig:
+    max_tokens_per_batch: int = 12288
+    """Token budget per micro-batch, padding counted (len(batch) * longest side)."""
+    max_batch_size: int = 0
+    """Cap on sentences per micro-batch (0 = none); with a fixed effective batch, set batch_size."""
+    batch_size: int = 0
+    """Fixed sentences per micro-batch instead of a token budget (0 = token budget)."""
+    chunked_ce: bool = True
+    """Chunked linear + label-smoothed cross-entropy: never materializes full fp32 logits."""
+    ce_chunk_tokens: int = 2048
+    """Rows of the LM head per chunk: the chunk's fp32 logits take rows x vocab x 4 bytes (1 GiB at 1024)."""
+    compile_loss: bool = False
+    """torch.compile the per-chunk loss/gradient math (fused). H100: 177 vs 189 ms/step once warm, but
+    recompiles over the first steps cost more than that on short runs: off by default."""
+    gradient_checkpointing: bool = False
+    """Non-reentrant activation checkpointing. Not needed at batch 96 / 256 tokens with chunked CE."""
+    compile: bool = False
+    """torch.compile the model body. Measured slower on H100 (recompiles on variable shapes): off."""
+    params_dtype: Literal["fp32", "bf16"] = "fp32"
+    """bf16 = weights in bf16 with fp32 optimizer math (pure bf16 training; smaller, less exact)."""
+
+
+@dataclass
+class EvalConfig:
+    num_beams: int = 4
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    max_rows: int = 0
+    """Rows of the validation set decoded at each eval (0 = all)."""
+    bleu_tokenize: str = "13a"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    label_smoothing: float = 0.1
+    precision: str = "auto"
+    epochs: int = 2
+    max_steps: int = 0
+    """0 = epochs * steps per epoch."""
+    grad_accum_steps: int = 1
+    max_grad_norm: float = 1.0
+    log_every_steps: int = 50
+    eval_every_steps: int = 2000
+    save_every_steps: int = 2000
+    keep_last: int = 1
+    keep_best: int = 1
+    seed: int = 42
+
+    def __post_init__(self):
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.data.caps and len(self.data.caps) != len(self.data.train):
+            raise ValueError(f"data.caps has {len(self.data.caps)} entries for {len(self.data.train)} sources")
+        if self.data.min_chars > self.data.max_chars:
+            raise ValueError("data.min_chars must be <= data.max_chars")
+        if self.save_every_steps and self.eval_every_steps and self.save_every_steps % self.eval_every_steps:
+            # Best-by-BLEU needs a fresh metric at every save (the Trainer's rule too).
+            raise ValueError(f"save_every_steps ({self.save_every_steps}) must be a multiple of "
+                             f"eval_every_steps ({self.eval_every_steps})")

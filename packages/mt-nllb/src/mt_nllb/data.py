@@ -1,0 +1,411 @@
+"""Sentence pairs in, token-budget batches out.
+
+    sources (hub names or .tsv/.jsonl/.parquet) -> per-source caps -> 10..400-char filter -> dedup
+    -> held-out validation slice -> tokenize with language codes -> parquet cache (by fingerprint)
+    -> TranslationBatches (length-bucketed token-budget batches, resumable mid-epoch)
+
+Bad rows (wrong column count, empty side, non-UTF-8, invalid JSON, missing key) are counted per
+source and reported with their file:line; they never stop the run. Over-length pairs are dropped by
+the character filter or, past `max_length` tokens, truncated; both are counted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+CACHE_VERSION = 1
+HUB_SOURCES = {
+    # name -> (dataset id, config, train split, test split). OPUS-100 only ships "en-zh": the pair is
+    # read by language key, never by position, so its column order does not matter.
+    "wmt19": ("wmt/wmt19", "zh-en", "train", "validation"),
+    "opus100": ("Helsinki-NLP/opus-100", "en-zh", "train", "test"),
+    "opus-100": ("Helsinki-NLP/opus-100", "en-zh", "train", "test"),
+}
+MAX_REPORTED_EXAMPLES = 5
+
+
+class DataError(ValueError):
+    pass
+
+
+@dataclass
+class SourceReport:
+    name: str
+    read: int = 0
+    kept: int = 0
+    bad: Counter = field(default_factory=Counter)
+    filtered: Counter = field(default_factory=Counter)
+    examples: list = field(default_factory=list)
+
+    def bad_row(self, where: str, reason: str) -> None:
+        self.bad[reason] += 1
+        if len(self.examples) < MAX_REPORTED_EXAMPLES:
+            self.examples.append(f"{where}: {reason}")
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "read": self.read, "kept": self.kept, "bad": dict(self.bad),
+                "filtered": dict(self.filtered), "examples": self.examples}
+
+    def line(self) -> str:
+        bad = ", ".join(f"{k} {v}" for k, v in sorted(self.bad.items())) or "none"
+        filt = ", ".join(f"{k} {v}" for k, v in sorted(self.filtered.items())) or "none"
+        return f"data {self.name}: read {self.read}, kept {self.kept}, bad rows: {bad}; filtered: {filt}"
+
+
+SHIPPED_SAMPLES = {"sample": "zh-en.sample.tsv", "sample-test": "zh-en.test.tsv"}
+
+
+def resolve_source(source: str) -> str:
+    """The shipped zh-en samples by name ("sample", "sample-test"); anything else unchanged."""
+    if source in SHIPPED_SAMPLES and not Path(source).exists():
+        from importlib import resources
+
+        return str(resources.files("mt_nllb") / "data" / SHIPPED_SAMPLES[source])
+    return source
+
+
+def _is_hub_name(source: str) -> bool:
+    return source.lower() in HUB_SOURCES and not Path(source).exists()
+
+
+def _pairs_from_translation(obj, src_key, tgt_key):
+    if isinstance(obj, dict) and "translation" in obj and isinstance(obj["translation"], dict):
+        t = obj["translation"]
+        if src_key not in t or tgt_key not in t:
+            return None, f"translation lacks key {src_key!r} or {tgt_key!r} (has {sorted(t)})"
+        return (t[src_key], t[tgt_key]), None
+    if isinstance(obj, dict) and "src" in obj and "tgt" in obj:
+        return (obj["src"], obj["tgt"]), None
+    if isinstance(obj, dict) and src_key in obj and tgt_key in obj:
+        return (obj[src_key], obj[tgt_key]), None
+    keys = sorted(obj) if isinstance(obj, dict) else type(obj).__name__
+    return None, f"expected 'translation' {{{src_key}, {tgt_key}}} or 'src'/'tgt' keys, got {keys}"
+
+
+def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, split: str = "train"):
+    """Yield (src, tgt, where) raw pairs; malformed rows go to ``report``."""
+    source = resolve_source(source)
+    if _is_hub_name(source):
+        from datasets import load_dataset
+
+        dataset_id, config, train_split, test_split = HUB_SOURCES[source.lower()]
+        ds = load_dataset(dataset_id, config, split=train_split if split == "train" else test_split, streaming=True)
+        for i, row in enumerate(ds):
+            report.read += 1
+            pair, err = _pairs_from_translation(row, src_key, tgt_key)
+            if err:
+                report.bad_row(f"{source}:{i}", err)
+                continue
+            yield pair[0], pair[1], f"{source}:{i}"
+        return
+    path = Path(source)
+    if not path.exists():
+        raise DataError(f"data source not found: {source} (not a file, nor one of {', '.join(HUB_SOURCES)})")
+    suffix = path.suffix.lower()
+    if suffix in (".tsv", ".txt"):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                report.read += 1
+                where = f"{path.name}:{n}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    report.bad_row(where, f"not UTF-8 ({e.reason} at byte {e.start})")
+                    continue
+                parts = line.rstrip("\r\n").split("\t")
+                if len(parts) != 2:
+                    report.bad_row(where, f"expected 2 tab-separated columns, got {len(parts)}")
+                    continue
+                yield parts[0], parts[1], where
+    elif suffix in (".jsonl", ".json"):
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                where = f"{path.name}:{n}"
+                if not raw.strip():
+                    continue
+                report.read += 1
+                try:
+                    obj = json.loads(raw.decode("utf-8"))
+                except UnicodeDecodeError as e:
+                    report.bad_row(where, f"not UTF-8 ({e.reason} at byte {e.start})")
+                    continue
+                except json.JSONDecodeError as e:
+                    report.bad_row(where, f"invalid JSON ({e.msg})")
+                    continue
+                pair, err = _pairs_from_translation(obj, src_key, tgt_key)
+                if err:
+                    report.bad_row(where, err)
+                    continue
+                yield pair[0], pair[1], where
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(path)
+        n = 0
+        for batch in pf.iter_batches(batch_size=8192):
+            for row in batch.to_pylist():
+                n += 1
+                report.read += 1
+                pair, err = _pairs_from_translation(row, src_key, tgt_key)
+                if err:
+                    report.bad_row(f"{path.name}:row {n}", err)
+                    continue
+                yield pair[0], pair[1], f"{path.name}:row {n}"
+    else:
+        raise DataError(f"{source}: unsupported file type {suffix!r} (use .tsv, .jsonl or .parquet)")
+
+
+def read_pairs(sources, caps, src_key, tgt_key, min_chars, max_chars, dedup=True, split="train"):
+    """Mixed, filtered, deduplicated pairs ``[(src, tgt)]`` and one SourceReport per source."""
+    caps = list(caps) or [0] * len(sources)
+    pairs, reports, seen = [], [], set()
+    for source, cap in zip(sources, caps, strict=True):
+        report = SourceReport(source)
+        reports.append(report)
+        for src, tgt, where in iter_source(source, src_key, tgt_key, report, split=split):
+            if cap and report.kept >= cap:
+                break
+            if not isinstance(src, str) or not isinstance(tgt, str):
+                report.bad_row(where, "a side is not text")
+                continue
+            src, tgt = src.strip(), tgt.strip()
+            if not src or not tgt:
+                report.bad_row(where, "empty side")
+                continue
+            if not (min_chars <= len(src) <= max_chars and min_chars <= len(tgt) <= max_chars):
+                report.filtered["length"] += 1
+                continue
+            if dedup:
+                key = hashlib.blake2b(f"{src}\t{tgt}".encode(), digest_size=12).digest()
+                if key in seen:
+                    report.filtered["duplicate"] += 1
+                    continue
+                seen.add(key)
+            report.kept += 1
+            pairs.append((src, tgt))
+    return pairs, reports
+
+
+def split_validation(pairs, validation_rows: int, seed: int):
+    idx = list(range(len(pairs)))
+    random.Random(seed).shuffle(idx)
+    n_val = min(validation_rows, max(0, len(pairs) - 1))
+    val = [pairs[i] for i in sorted(idx[:n_val])]
+    train = [pairs[i] for i in sorted(idx[n_val:])]
+    return train, val
+
+
+@dataclass
+class TokenizedPairs:
+    """Token ids as flat int32 arrays + offsets (compact at millions of pairs), texts kept for eval."""
+    src_flat: np.ndarray
+    src_offsets: np.ndarray
+    tgt_flat: np.ndarray
+    tgt_offsets: np.ndarray
+    src_text: list[str]
+    tgt_text: list[str]
+    truncated: int = 0
+
+    def __len__(self) -> int:
+        return len(self.src_offsets) - 1
+
+    def src(self, i: int) -> np.ndarray:
+        return self.src_flat[self.src_offsets[i]:self.src_offsets[i + 1]]
+
+    def tgt(self, i: int) -> np.ndarray:
+        return self.tgt_flat[self.tgt_offsets[i]:self.tgt_offsets[i + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.maximum(np.diff(self.src_offsets), np.diff(self.tgt_offsets))
+
+
+def _flatten(seqs):
+    offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum([len(s) for s in seqs])
+    flat = np.fromiter((t for s in seqs for t in s), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+def tokenize_pairs(pairs, tokenizer, src_lang_id: int, tgt_lang_id: int, eos_id: int, max_length: int,
+                   batch_rows: int = 10000, progress: bool = False) -> TokenizedPairs:
+    """NLLB layout on both sides: [lang_code] pieces </s> (the non-legacy NllbTokenizer format)."""
+    src_seqs, tgt_seqs, truncated = [], [], 0
+    body = max_length - 2
+    starts = range(0, len(pairs), batch_rows)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="tokenize", unit="chunk")
+    for start in starts:
+        chunk = pairs[start:start + batch_rows]
+        src_ids = tokenizer([p[0] for p in chunk], add_special_tokens=False)["input_ids"]
+        tgt_ids = tokenizer([p[1] for p in chunk], add_special_tokens=False)["input_ids"]
+        for s, t in zip(src_ids, tgt_ids, strict=True):
+            if len(s) > body or len(t) > body:
+                truncated += 1
+            src_seqs.append([src_lang_id, *s[:body], eos_id])
+            tgt_seqs.append([tgt_lang_id, *t[:body], eos_id])
+    sf, so = _flatten(src_seqs)
+    tf, to = _flatten(tgt_seqs)
+    return TokenizedPairs(sf, so, tf, to, [p[0] for p in pairs], [p[1] for p in pairs], truncated)
+
+
+def save_tokenized(tp: TokenizedPairs, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = pa.ListArray.from_arrays(pa.array(tp.src_offsets.astype(np.int32)), pa.array(tp.src_flat))
+    tgt = pa.ListArray.from_arrays(pa.array(tp.tgt_offsets.astype(np.int32)), pa.array(tp.tgt_flat))
+    table = pa.table({"src_ids": src, "tgt_ids": tgt, "src": tp.src_text, "tgt": tp.tgt_text})
+    table = table.replace_schema_metadata({"truncated": str(tp.truncated)})
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def load_tokenized(path: Path) -> TokenizedPairs:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    src, tgt = table.column("src_ids").combine_chunks(), table.column("tgt_ids").combine_chunks()
+    meta = table.schema.metadata or {}
+    return TokenizedPairs(
+        src.values.to_numpy().astype(np.int32), src.offsets.to_numpy().astype(np.int64),
+        tgt.values.to_numpy().astype(np.int32), tgt.offsets.to_numpy().astype(np.int64),
+        table.column("src").to_pylist(), table.column("tgt").to_pylist(),
+        int(meta.get(b"truncated", b"0")))
+
+
+def _source_identity(source: str) -> str:
+    path = Path(resolve_source(source))
+    if path.exists():
+        st = path.stat()
+        return f"file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+    return f"hub:{source.lower()}"
+
+
+def fingerprint(data_cfg, tokenizer_spec: str, src_lang: str, tgt_lang: str) -> str:
+    """Everything that changes the tokenized output; a rerun with the same fingerprint loads the cache."""
+    payload = {
+        "version": CACHE_VERSION, "sources": [_source_identity(s) for s in data_cfg.train],
+        "caps": list(data_cfg.caps), "validation_rows": data_cfg.validation_rows,
+        "chars": [data_cfg.min_chars, data_cfg.max_chars], "max_length": data_cfg.max_length,
+        "dedup": data_cfg.dedup, "keys": [data_cfg.src_key, data_cfg.tgt_key], "seed": data_cfg.seed,
+        "tokenizer": tokenizer_spec, "langs": [src_lang, tgt_lang],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int):
+    """input_ids/attention_mask (source), decoder_input_ids (shifted labels), labels (-100 on pad)."""
+    import torch
+
+    n = len(indices)
+    s_len = max(len(tp.src(i)) for i in indices)
+    t_len = max(len(tp.tgt(i)) for i in indices)
+    input_ids = np.full((n, s_len), pad_id, dtype=np.int64)
+    attention = np.zeros((n, s_len), dtype=np.int64)
+    labels = np.full((n, t_len), -100, dtype=np.int64)
+    dec = np.full((n, t_len), pad_id, dtype=np.int64)
+    for row, i in enumerate(indices):
+        s, t = tp.src(i), tp.tgt(i)
+        input_ids[row, :len(s)] = s
+        attention[row, :len(s)] = 1
+        labels[row, :len(t)] = t
+        dec[row, 0] = decoder_start_id
+        dec[row, 1:len(t)] = t[:-1]
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+            "decoder_input_ids": torch.from_numpy(dec), "labels": torch.from_numpy(labels)}
+
+
+def length_bucketed_batches(lengths, max_tokens: int, seed: int, epoch: int, max_batch_size: int = 0,
+                            fixed_batch_size: int = 0):
+    """Token-budget batches from core (padding counted), or fixed-size length-bucketed batches when
+    ``fixed_batch_size`` is set (the same effective batch as a fixed-batch recipe, with little padding)."""
+    lengths = [int(x) for x in lengths]
+    if fixed_batch_size:
+        budget = fixed_batch_size * max(lengths)  # never binding: the size cap decides
+        return token_budget_batches(lengths, budget, seed=seed, epoch=epoch, max_batch_size=fixed_batch_size)
+    return token_budget_batches(lengths, max_tokens, seed=seed, epoch=epoch, max_batch_size=max_batch_size or None)
+
+
+def _token_budget_batches_fallback(lengths, max_tokens, seed, epoch=0, bucket_size_multiplier=100,
+                                   max_batch_size=None):
+    """Stand-in with core's contract until trainstack.data lands (docs/core-api.md): length-bucketed,
+    len(batch) * max(len) <= max_tokens, every index once, deterministic per (seed, epoch)."""
+    rng = random.Random(seed * 1000003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    cap = max_batch_size or len(lengths)
+    bucket = max(1, bucket_size_multiplier * max(1, min(cap, max_tokens // max(1, max(lengths, default=1)))))
+    batches = []
+    for start in range(0, len(order), bucket):
+        chunk = sorted(order[start:start + bucket], key=lambda i: lengths[i])
+        batch, longest = [], 0
+        for i in chunk:
+            new_longest = max(longest, lengths[i])
+            if batch and (len(batch) + 1 > cap or (len(batch) + 1) * new_longest > max_tokens):
+                batches.append(batch)
+                batch, new_longest = [], lengths[i]
+            batch.append(i)
+            longest = new_longest
+        if batch:
+            batches.append(batch)
+    rng.shuffle(batches)
+    return batches
+
+
+try:
+    from trainstack.data import token_budget_batches
+except ImportError:  # core's data module is being written; same signature
+    token_budget_batches = _token_budget_batches_fallback
+
+
+class TranslationBatches:
+    """core's ``Batches`` protocol over TokenizedPairs: set_epoch, iteration, resumable position."""
+
+    def __init__(self, tp: TokenizedPairs, *, max_tokens: int, pad_id: int, decoder_start_id: int, seed: int = 0,
+                 max_batch_size: int = 0, fixed_batch_size: int = 0):
+        self.tp, self.max_tokens, self.pad_id, self.decoder_start_id = tp, max_tokens, pad_id, decoder_start_id
+        self.seed, self.max_batch_size, self.fixed_batch_size = seed, max_batch_size, fixed_batch_size
+        self.lengths = tp.lengths()
+        too_long = int((self.lengths > max_tokens).sum()) if not fixed_batch_size else 0
+        if too_long:
+            raise DataError(f"{too_long} pairs are longer than speed.max_tokens_per_batch={max_tokens}; "
+                            f"raise it to at least data.max_length")
+        self.epoch, self.position = 0, 0
+        self._plan = None
+
+    def _batches(self):
+        if self._plan is None or self._plan[0] != self.epoch:
+            self._plan = (self.epoch, length_bucketed_batches(self.lengths, self.max_tokens, self.seed, self.epoch,
+                                                              self.max_batch_size, self.fixed_batch_size))
+        return self._plan[1]
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.position = epoch, 0
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+    def __iter__(self):
+        batches = self._batches()
+        while self.position < len(batches):
+            indices = batches[self.position]
+            self.position += 1
+            yield collate(self.tp, indices, self.pad_id, self.decoder_start_id)
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])

@@ -1,0 +1,243 @@
+"""mt-nllb train: the whole fine-tuning job, top to bottom.
+
+One GPU (16 GB):  mt-nllb train --profile rtx4080s-16g data.train=[wmt19,opus100] data.caps=[5000000,500000] data.test=wmt19
+One H100:         mt-nllb train --profile h100-80g data.train=[pairs.tsv] data.test=test.tsv
+N GPUs:           accelerate launch --num_processes N -m mt_nllb train --profile h100-80g ...
+CPU (smoke):      mt-nllb train --profile cpu-debug --run-dir runs/debug
+Resume:           the same command plus --resume (latest checkpoint) or --resume PATH
+
+setup: config -> precision -> data (cached by fingerprint) -> model -> optimizer/scheduler
+train: core's loop (trainstack.loop.fit): our loss_fn, evaluation by BLEU at the eval cadence
+end:   best checkpoint by BLEU -> test file -> predictions + metrics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+from .config import TrainConfig
+
+
+def parse_args(argv):
+    from trainstack.config import parse_cli_overrides
+
+    overrides, rest = parse_cli_overrides(argv)
+    p = argparse.ArgumentParser(prog="mt-nllb train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", default="auto", help="shipped profile name, a YAML path, or auto (best fit here)")
+    p.add_argument("--run-dir", default="runs/mt-nllb")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, help="latest checkpoint, or a path")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(rest), overrides
+
+
+def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = True):
+    """(tokenizer, train TokenizedPairs, validation TokenizedPairs, data report dict), from the cache
+    when the fingerprint matches."""
+    from . import data as D
+    from .model import build_sample_tokenizer, lang_id, load_tokenizer
+
+    tok_spec = cfg.model.tokenizer or cfg.model.name_or_path
+    if tok_spec in ("nllb-600m", "tiny"):
+        raise D.DataError(f"model.name_or_path={tok_spec} is an architecture, not a tokenizer: set "
+                          f"model.tokenizer to a hub name / dir, or to 'sample'")
+    fp = D.fingerprint(cfg.data, tok_spec, cfg.model.src_lang, cfg.model.tgt_lang)
+    cache_root = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir.parent / ".mt-nllb-cache"
+    cache = cache_root / fp
+    if (cache / "report.json").exists():
+        report = json.loads((cache / "report.json").read_text())
+        tokenizer = load_tokenizer(str(cache / "tokenizer")) if tok_spec == "sample" else load_tokenizer(tok_spec)
+        print(f"data: cache hit {cache} ({report['train_rows']} train, {report['validation_rows']} validation)")
+        return tokenizer, D.load_tokenized(cache / "train.parquet"), D.load_tokenized(cache / "validation.parquet"), report
+    pairs, reports = D.read_pairs(cfg.data.train, cfg.data.caps, cfg.data.src_key, cfg.data.tgt_key,
+                                  cfg.data.min_chars, cfg.data.max_chars, cfg.data.dedup)
+    for r in reports:
+        print(r.line())
+        for ex in r.examples:
+            print(f"  bad row {ex}")
+    if len(pairs) < 2:
+        raise D.DataError(f"only {len(pairs)} usable pairs in {cfg.data.train}: nothing to train on")
+    train_pairs, val_pairs = D.split_validation(pairs, cfg.data.validation_rows, cfg.data.seed)
+    if tok_spec == "sample":
+        # Trained on the training split only, so validation text stays unseen.
+        tokenizer = build_sample_tokenizer([t for p in train_pairs for t in p], [cfg.model.src_lang, cfg.model.tgt_lang])
+    else:
+        tokenizer = load_tokenizer(tok_spec)
+    src_id, tgt_id = lang_id(tokenizer, cfg.model.src_lang), lang_id(tokenizer, cfg.model.tgt_lang)
+    eos = tokenizer.eos_token_id
+    train_tp = D.tokenize_pairs(train_pairs, tokenizer, src_id, tgt_id, eos, cfg.data.max_length, progress=progress)
+    val_tp = D.tokenize_pairs(val_pairs, tokenizer, src_id, tgt_id, eos, cfg.data.max_length)
+    report = {"fingerprint": fp, "sources": [r.as_dict() for r in reports], "train_rows": len(train_tp),
+              "validation_rows": len(val_tp), "truncated": train_tp.truncated + val_tp.truncated}
+    tmp = cache_root / f".tmp-{fp}"
+    tmp.mkdir(parents=True, exist_ok=True)
+    D.save_tokenized(train_tp, tmp / "train.parquet")
+    D.save_tokenized(val_tp, tmp / "validation.parquet")
+    if tok_spec == "sample":
+        tokenizer.save_pretrained(tmp / "tokenizer")
+    (tmp / "report.json").write_text(json.dumps(report, indent=1))
+    if not cache.exists():
+        tmp.rename(cache)  # atomic: a crashed run never leaves a half cache under the fingerprint
+    print(f"data: {len(train_tp)} train, {len(val_tp)} validation, {report['truncated']} truncated to "
+          f"{cfg.data.max_length} tokens; cached at {cache}")
+    return tokenizer, train_tp, val_tp, report
+
+
+def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> dict:
+    import torch
+    from trainstack.config import format_config, save_config
+    from trainstack.hardware import detect_hardware
+    from trainstack.loop import LoopConfig, fit
+    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.precision import apply_precision, resolve_precision
+
+    from . import loss as loss_mod
+    from .data import TranslationBatches
+    from .evaluate import evaluate_pairs
+    from .model import (
+        build_model,
+        enable_checkpointing,
+        pair_train_flops,
+        save_model_and_tokenizer,
+        set_generation,
+    )
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hw = detect_hardware()
+    precision = resolve_precision(cfg.precision, hw)
+    apply_precision(precision)
+    print(f"precision: {precision.name} ({precision.reason})")
+    print(format_config(cfg))
+    save_config(cfg, run_dir)
+    (run_dir / "mt_nllb.json").write_text(json.dumps({"src_lang": cfg.model.src_lang, "tgt_lang": cfg.model.tgt_lang}))
+
+    tokenizer, train_tp, val_tp, data_report = prepare_data(cfg, run_dir, progress)
+    (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=1))
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, tokenizer)
+    if model.config.vocab_size < len(tokenizer):
+        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, model vocab {model.config.vocab_size}")
+    set_generation(model, tokenizer, cfg.model.tgt_lang, cfg.eval.num_beams, cfg.eval.max_new_tokens)
+    if cfg.speed.gradient_checkpointing:
+        enable_checkpointing(model)
+    if cfg.speed.params_dtype == "bf16":
+        model.to(torch.bfloat16)
+    if cfg.speed.compile:
+        model.model.compile(dynamic=True)  # in place: state_dict keys stay the same
+    loss_mod.configure(cfg.speed.compile_loss)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"model: {cfg.model.name_or_path}, {n_params / 1e6:.1f}M parameters, attention {cfg.model.attn_implementation}")
+
+    batches = TranslationBatches(train_tp, max_tokens=cfg.speed.max_tokens_per_batch, pad_id=model.config.pad_token_id,
+                                 decoder_start_id=model.config.decoder_start_token_id, seed=cfg.seed,
+                                 max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size)
+    steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum_steps)
+    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+    optimizer = build_optimizer(model, name=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                betas=tuple(cfg.optim.betas))
+    scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup_steps=round(cfg.optim.warmup_ratio * total_steps),
+                                total_steps=total_steps)
+
+    def loss_fn(model, batch):
+        device = next(model.parameters()).device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return loss_mod.seq2seq_loss(model, batch, cfg.label_smoothing, chunked=cfg.speed.chunked_ce,
+                                     chunk_rows=cfg.speed.ce_chunk_tokens)
+
+    val_pairs = list(zip(val_tp.src_text, val_tp.tgt_text, strict=True))
+    if cfg.eval.max_rows:
+        val_pairs = val_pairs[:cfg.eval.max_rows]
+    eval_round = [0]
+
+    def evaluate(model):
+        eval_round[0] += 1
+        m = evaluate_pairs(model, tokenizer, val_pairs, src_lang=cfg.model.src_lang, tgt_lang=cfg.model.tgt_lang,
+                           num_beams=cfg.eval.num_beams, max_new_tokens=cfg.eval.max_new_tokens,
+                           batch_size=cfg.eval.batch_size, bleu_tokenize=cfg.eval.bleu_tokenize,
+                           predictions=run_dir / "predictions" / f"validation-{eval_round[0]:04d}.jsonl")
+        print(f"eval: BLEU {m['bleu']:.2f} chrF++ {m['chrf']:.2f} | {m['bleu_signature']} | {m['chrf_signature']}")
+        return {"bleu": m["bleu"], "chrf": m["chrf"]}
+
+    # MFU: FLOPs per real target token, averaged over the training set (the loop counts target tokens).
+    src_len, tgt_len = train_tp.src_offsets[1:] - train_tp.src_offsets[:-1], train_tp.tgt_offsets[1:] - train_tp.tgt_offsets[:-1]
+    sample = slice(0, min(len(train_tp), 20000))
+    flops = sum(pair_train_flops(model.config, int(s), int(t)) for s, t in zip(src_len[sample], tgt_len[sample], strict=True))
+    flops_per_token = flops / max(1, int(tgt_len[sample].sum()))
+
+    loop_cfg = LoopConfig(max_steps=total_steps, epochs=cfg.epochs, grad_accum_steps=cfg.grad_accum_steps,
+                          max_grad_norm=cfg.max_grad_norm, log_every_steps=cfg.log_every_steps,
+                          eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,
+                          keep_last=cfg.keep_last, keep_best=cfg.keep_best, best_metric="eval_bleu", best_mode="max",
+                          seed=cfg.seed)
+    resume_arg = False if resume is None else (True if resume == "latest" else Path(resume))
+    result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches, loss_fn=loss_fn,
+                 config=loop_cfg, run_dir=run_dir, precision=precision, evaluate=evaluate,
+                 flops_per_token=flops_per_token, resume=resume_arg,
+                 save_model_fn=lambda d: save_model_and_tokenizer(model, tokenizer, d), progress=progress)
+    summary = {"steps": result.steps, "last_loss": result.last_loss, "best_bleu": result.best_metric,
+               "checkpoint": str(result.checkpoint) if result.checkpoint else None, "interrupted": result.interrupted}
+
+    if cfg.data.test and not result.interrupted:
+        summary["test"] = test_best(cfg, run_dir, model, tokenizer)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary))
+    return summary
+
+
+def test_best(cfg: TrainConfig, run_dir: Path, model, tokenizer) -> dict:
+    """Evaluate the best checkpoint by BLEU (the last one if none is marked best) on data.test."""
+    from trainstack.checkpoint import CheckpointManager
+
+    from .data import read_pairs
+    from .evaluate import evaluate_pairs
+    from .model import load_for_inference
+
+    ckpts = CheckpointManager(run_dir / "checkpoints", metric="eval_bleu", mode="max")
+    best = ckpts.best() or ckpts.latest()
+    if best is not None:
+        model, tokenizer = load_for_inference(best, cfg.model.attn_implementation)
+        model.to(next(iter([p.device for p in model.parameters()])))
+    pairs, reports = read_pairs([cfg.data.test], [0], cfg.data.src_key, cfg.data.tgt_key, 1, 10**9, dedup=False,
+                                split="test")
+    for r in reports:
+        print(r.line())
+    import torch
+
+    if torch.cuda.is_available():
+        model.to("cuda")
+    m = evaluate_pairs(model, tokenizer, pairs, src_lang=cfg.model.src_lang, tgt_lang=cfg.model.tgt_lang,
+                       num_beams=cfg.eval.num_beams, max_new_tokens=cfg.eval.max_new_tokens,
+                       batch_size=cfg.eval.batch_size, bleu_tokenize=cfg.eval.bleu_tokenize,
+                       predictions=run_dir / "predictions" / "test.jsonl")
+    print(f"test ({best}): BLEU {m['bleu']:.2f}  {m['bleu_signature']}")
+    print(f"test ({best}): chrF++ {m['chrf']:.2f}  {m['chrf_signature']}")
+    return {"checkpoint": str(best), "rows": len(pairs), **m}
+
+
+def main(argv=None) -> int:
+    from trainstack.config import ConfigError, load_config
+    from trainstack.hardware import NoProfileFits
+
+    from .data import DataError
+    from .profiles import resolve
+
+    args, overrides = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        profile, how = resolve(args.profile)
+        print(f"profile {profile.name} ({how}): {profile.description}")
+        cfg = load_config(TrainConfig, profile.settings, overrides)
+    except (ConfigError, NoProfileFits, FileNotFoundError, ValueError) as e:
+        print(f"mt-nllb train: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = run(cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress)
+    except DataError as e:
+        print(f"mt-nllb train: error: {e}", file=sys.stderr)
+        return 2
+    return 130 if summary["interrupted"] else 0

@@ -1,0 +1,25 @@
+"""The bench harness on CPU with the tiny architecture: it runs, counts real tokens, says CPU figures."""
+
+import numpy as np
+from mt_nllb.bench import main, synthetic_lengths
+
+
+def test_synthetic_lengths_follow_the_stated_distribution():
+    n = synthetic_lengths(20000, seed=0)
+    assert n.min() >= 4 and n.max() <= 256
+    assert abs(np.median(n) - 38) <= 1.5
+    assert abs(np.log(n).std() - 0.6) < 0.03
+
+
+def test_bench_ours_and_profile_variant_on_cpu(tmp_path, capsys):
+    out = tmp_path / "b.json"
+    rc = main(["--model-config", "tiny", "--only", "ours,rtx4080s-16g", "--pairs", "600", "--warmup-steps", "1",
+               "--timed-steps", "1", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert rc == 0, text
+    assert "CPU figures" in text
+    import json
+
+    res = {r["name"]: r for r in json.loads(out.read_text())["results"]}
+    assert res["ours"]["samples"] == 96 and res["rtx4080s-16g"]["samples"] == 96  # same effective batch
+    assert res["ours"]["real_tokens"] > 96 * 8

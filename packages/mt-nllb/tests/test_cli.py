@@ -1,0 +1,124 @@
+"""The real entry point on CPU: train the tiny model on the shipped sample, resume, evaluate, translate."""
+
+import io
+import json
+import sys
+
+import pytest
+from mt_nllb.cli import main
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mt")
+    run_dir = root / "run"
+    rc = main(["train", "--profile", "cpu-debug", "--run-dir", str(run_dir), "--no-progress",
+               f"data.cache_dir={root / 'cache'}"])
+    assert rc == 0
+    return root, run_dir
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
+
+
+def test_train_writes_checkpoints_logs_bleu_and_test_predictions(trained):
+    root, run_dir = trained
+    recs = _records(run_dir)
+    assert [r["step"] for r in recs if "loss" in r][-1] == 12
+    evals = [r for r in recs if "eval_bleu" in r]
+    assert evals and all(0.0 <= r["eval_bleu"] <= 100.0 and 0.0 <= r["eval_chrf"] <= 100.0 for r in evals)
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert "step-12" in ckpts
+    assert (run_dir / "checkpoints" / "step-12" / "hf" / "config.json").exists()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test"]["rows"] == 20
+    assert summary["test"]["bleu_signature"].startswith("nrefs:1|case:mixed") and "tok:13a" in summary["test"]["bleu_signature"]
+    assert "nw:2" in summary["test"]["chrf_signature"]  # chrF++
+    preds = (run_dir / "predictions" / "test.jsonl").read_text(encoding="utf-8").splitlines()
+    assert len(preds) == 20 and set(json.loads(preds[0])) == {"src", "hyp", "ref"}
+    report = json.loads((run_dir / "data_report.json").read_text())
+    assert report["sources"][0]["filtered"]["length"] == 2  # two sample rows have < 10 Chinese characters
+    # generation: target language forced through generation_config, length from our config
+    from transformers import GenerationConfig
+
+    gc = GenerationConfig.from_pretrained(run_dir / "checkpoints" / "step-12" / "hf")
+    tok_dir = run_dir / "checkpoints" / "step-12" / "hf"
+    from transformers import AutoTokenizer
+
+    assert gc.forced_bos_token_id == AutoTokenizer.from_pretrained(tok_dir).convert_tokens_to_ids("eng_Latn")
+    assert gc.max_new_tokens == 24
+
+
+def test_resume_continues_and_cache_is_reused(trained, capsys):
+    root, run_dir = trained
+    capsys.readouterr()
+    rc = main(["train", "--profile", "cpu-debug", "--run-dir", str(run_dir), "--no-progress", "--resume",
+               f"data.cache_dir={root / 'cache'}", "max_steps=15", "data.test="])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "cache hit" in out and "resumed from" in out and "step-12" in out
+    steps = [r["step"] for r in _records(run_dir) if "loss" in r]
+    assert steps[-1] == 15 and steps.count(12) == 1  # continued, not restarted
+
+
+def test_translate_stdin_to_stdout(trained, monkeypatch, capsys):
+    _, run_dir = trained
+    monkeypatch.setattr(sys, "stdin", io.StringIO("今天天气很好。\n\n我想去北京。\n"))
+    capsys.readouterr()
+    assert main(["translate", str(run_dir / "checkpoints" / "step-12"), "--num-beams", "2",
+                 "--max-new-tokens", "8", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.split("\n")
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == ""  # aligned with the input, empty stays empty
+
+
+def test_evaluate_command(trained, capsys, tmp_path):
+    _, run_dir = trained
+    pred = tmp_path / "p.jsonl"
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir / "checkpoints" / "step-12"), "--test", "sample-test", "--num-beams", "2",
+                 "--max-new-tokens", "8", "--predictions", str(pred), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["rows"] == 20 and "bleu" in result and "chrF++" in out
+    assert len(pred.read_text(encoding="utf-8").splitlines()) == 20
+
+
+def test_profiles_and_config_errors(capsys):
+    assert main(["profiles"]) == 0
+    out = capsys.readouterr().out
+    for name in ("rtx4080s-16g", "h100-80g", "a100-40g", "cpu-debug"):
+        assert name in out
+    assert main(["train", "--profile", "cpu-debug", "optim.lrr=1"]) == 2
+    assert "unknown key 'optim.lrr'" in capsys.readouterr().err
+    assert main(["train", "--profile", "cpu-debug", "eval_every_steps=4", "save_every_steps=6"]) == 2
+    assert "multiple of" in capsys.readouterr().err
+
+
+def test_every_shipped_profile_loads_into_the_config():
+    from mt_nllb.config import TrainConfig
+    from mt_nllb.profiles import profile_dir
+    from trainstack.config import load_config
+    from trainstack.hardware import load_profiles
+
+    profiles = load_profiles(profile_dir())
+    assert {p.name for p in profiles} == {"rtx4080s-16g", "h100-80g", "a100-40g", "cpu-debug"}
+    for p in profiles:
+        cfg = load_config(TrainConfig, p.settings)
+        if p.name != "cpu-debug":
+            assert cfg.data.max_length == 256 and cfg.speed.batch_size * cfg.grad_accum_steps == 96
+
+
+def test_nllb_600m_architecture_and_flops():
+    from mt_nllb.model import load_arch_config, pair_train_flops
+
+    c = load_arch_config("nllb-600m")
+    assert (c.vocab_size, c.d_model, c.encoder_layers, c.decoder_layers) == (256206, 1024, 12, 12)
+    assert (c.encoder_attention_heads, c.encoder_ffn_dim, c.scale_embedding, c.tie_word_embeddings) == (16, 4096, True, True)
+    assert (c.pad_token_id, c.eos_token_id, c.decoder_start_token_id) == (1, 2, 2)
+    # LM head FLOPs per target token (6 V d) exceed the decoder body's (6 * 12 * (8d^2 + 2 d ffn))
+    head = 6 * c.vocab_size * c.d_model
+    body = 6 * 12 * (8 * c.d_model**2 + 2 * c.d_model * c.decoder_ffn_dim)
+    assert head > body
+    f = pair_train_flops(c, 1, 1)
+    assert f > 3 * 2 * (head / 6)

@@ -1,0 +1,100 @@
+"""Readers, filters, bad rows, cache fingerprint, batches."""
+
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from mt_nllb import data as D
+
+
+def test_formats_filter_dedup_caps(tmp_path):
+    tsv = tmp_path / "a.tsv"
+    tsv.write_text("这是一个足够长的中文句子。\tThis is a long enough sentence.\n"
+                   "这是一个足够长的中文句子。\tThis is a long enough sentence.\n"  # duplicate
+                   "太短了\tToo short\n"  # under 10 chars
+                   "另一个足够长的中文句子在这里。\tAnother long enough sentence here.\n", encoding="utf-8")
+    jsonl = tmp_path / "b.jsonl"
+    jsonl.write_text(json.dumps({"translation": {"en": "English comes first here.", "zh": "这里英文在前面的一行数据。"}},
+                                ensure_ascii=False) + "\n"
+                     + json.dumps({"src": "源语言和目标语言的键名。", "tgt": "Keys named src and tgt."}, ensure_ascii=False)
+                     + "\n", encoding="utf-8")
+    pqf = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"translation": [{"zh": "帕奎特文件中的一行数据。", "en": "A row from a parquet file."},
+                                             {"zh": "帕奎特文件中的第二行数据。", "en": "A second parquet row."}]}), pqf)
+    pairs, reports = D.read_pairs([str(tsv), str(jsonl), str(pqf)], [0, 0, 1], "zh", "en", 10, 400)
+    assert ("这里英文在前面的一行数据。", "English comes first here.") in pairs  # key order, not position
+    assert ("源语言和目标语言的键名。", "Keys named src and tgt.") in pairs
+    assert len(pairs) == 2 + 2 + 1  # parquet capped at 1
+    assert reports[0].filtered == {"duplicate": 1, "length": 1}
+    assert reports[2].kept == 1
+
+
+def test_bad_rows_are_counted_not_fatal(tmp_path):
+    tsv = tmp_path / "bad.tsv"
+    good = "这是一个足够长的中文句子。\tThis is a long enough sentence.\n".encode()
+    tsv.write_bytes(good + b"\xff\xfe broken bytes\tx\n" + "只有一列的坏数据行而已\n".encode()
+                    + b"\tEmpty source side here.\n" + "三\t列\t太多了\n".encode())
+    jsonl = tmp_path / "bad.jsonl"
+    jsonl.write_text('{"translation": {"zh": "好的一行中文数据在这里。", "en": "A good row of data."}}\n'
+                     '{not json\n{"translation": {"de": "x", "en": "y"}}\n[1, 2]\n', encoding="utf-8")
+    pairs, reports = D.read_pairs([str(tsv), str(jsonl)], [], "zh", "en", 10, 400)
+    assert len(pairs) == 2
+    t, j = reports
+    assert sum(t.bad.values()) == 4 and t.bad["empty side"] == 1
+    assert any("not UTF-8" in k for k in t.bad) and "bad.tsv:2" in t.examples[0]
+    assert sum(j.bad.values()) == 3 and any("invalid JSON" in k for k in j.bad)
+    assert "bad rows" in t.line()
+
+
+def test_missing_source_and_unknown_type_are_one_line_errors(tmp_path):
+    with pytest.raises(D.DataError, match="not found: nope.tsv"):
+        D.read_pairs(["nope.tsv"], [], "zh", "en", 10, 400)
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(D.DataError, match="unsupported file type"):
+        D.read_pairs([str(tmp_path / "x.csv")], [], "zh", "en", 10, 400)
+
+
+def test_tokenize_cache_roundtrip_and_language_codes(tmp_path, sample_tokenizer):
+    pairs, _ = D.read_pairs(["sample"], [0], "zh", "en", 10, 400)
+    src_id = sample_tokenizer.convert_tokens_to_ids("zho_Hans")
+    tgt_id = sample_tokenizer.convert_tokens_to_ids("eng_Latn")
+    tp = D.tokenize_pairs(pairs[:20], sample_tokenizer, src_id, tgt_id, 2, max_length=12)
+    assert tp.truncated > 0
+    assert tp.src(0)[0] == src_id and tp.src(0)[-1] == 2 and tp.tgt(0)[0] == tgt_id
+    assert max(tp.lengths()) <= 12
+    D.save_tokenized(tp, tmp_path / "t.parquet")
+    back = D.load_tokenized(tmp_path / "t.parquet")
+    assert back.src_flat.tolist() == tp.src_flat.tolist() and back.tgt_text == tp.tgt_text
+    assert back.truncated == tp.truncated
+    # decoder inputs are labels shifted right behind decoder_start (</s>)
+    batch = D.collate(tp, [0, 1], pad_id=1, decoder_start_id=2)
+    n = len(tp.tgt(0))
+    assert batch["decoder_input_ids"][0, 0] == 2
+    assert batch["decoder_input_ids"][0, 1:n].tolist() == batch["labels"][0, :n - 1].tolist()
+
+
+def test_batches_resume_mid_epoch(sample_tokenizer):
+    pairs, _ = D.read_pairs(["sample"], [0], "zh", "en", 10, 400)
+    tp = D.tokenize_pairs(pairs, sample_tokenizer, 4, 5, 2, max_length=64)
+    make = lambda: D.TranslationBatches(tp, max_tokens=256, pad_id=1, decoder_start_id=2, seed=3)  # noqa: E731
+    full = [b["input_ids"].tolist() for b in make()]
+    a = make()
+    it = iter(a)
+    first = [next(it)["input_ids"].tolist() for _ in range(3)]
+    state = a.state_dict()
+    b = make()
+    b.load_state_dict(state)
+    rest = [x["input_ids"].tolist() for x in b]
+    assert first + rest == full
+    seen = sorted(len(x) for x in full)
+    assert sum(seen) == len(tp)
+
+
+def test_fingerprint_changes_with_inputs(tmp_path):
+    from mt_nllb.config import DataConfig
+
+    a = D.fingerprint(DataConfig(train=["sample"]), "sample", "zho_Hans", "eng_Latn")
+    assert a == D.fingerprint(DataConfig(train=["sample"]), "sample", "zho_Hans", "eng_Latn")
+    assert a != D.fingerprint(DataConfig(train=["sample"], max_length=128), "sample", "zho_Hans", "eng_Latn")
+    assert a != D.fingerprint(DataConfig(train=["sample"]), "other-tok", "zho_Hans", "eng_Latn")
