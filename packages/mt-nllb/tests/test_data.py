@@ -98,3 +98,14 @@ def test_fingerprint_changes_with_inputs(tmp_path):
     assert a == D.fingerprint(DataConfig(train=["sample"]), "sample", "zho_Hans", "eng_Latn")
     assert a != D.fingerprint(DataConfig(train=["sample"], max_length=128), "sample", "zho_Hans", "eng_Latn")
     assert a != D.fingerprint(DataConfig(train=["sample"]), "other-tok", "zho_Hans", "eng_Latn")
+
+
+def test_batches_shard_across_ranks_without_overlap(sample_tokenizer):
+    pairs, _ = D.read_pairs(["sample"], [0], "zh", "en", 10, 400)
+    tp = D.tokenize_pairs(pairs, sample_tokenizer, 4, 5, 2, max_length=64)
+    shards = [D.TranslationBatches(tp, max_tokens=256, pad_id=1, decoder_start_id=2, seed=3, rank=r, world_size=2)
+              for r in range(2)]
+    plans = [s._batches() for s in shards]
+    assert len(plans[0]) == len(plans[1]) > 0
+    flat = [i for p in plans for b in p for i in b]
+    assert len(flat) == len(set(flat))

@@ -372,7 +372,8 @@ class TranslationBatches:
     """core's ``Batches`` protocol over TokenizedPairs: set_epoch, iteration, resumable position."""
 
     def __init__(self, tp: TokenizedPairs, *, max_tokens: int, pad_id: int, decoder_start_id: int, seed: int = 0,
-                 max_batch_size: int = 0, fixed_batch_size: int = 0):
+                 max_batch_size: int = 0, fixed_batch_size: int = 0, rank: int = 0, world_size: int = 1):
+        self.rank, self.world_size = rank, world_size
         self.tp, self.max_tokens, self.pad_id, self.decoder_start_id = tp, max_tokens, pad_id, decoder_start_id
         self.seed, self.max_batch_size, self.fixed_batch_size = seed, max_batch_size, fixed_batch_size
         self.lengths = tp.lengths()
@@ -385,8 +386,13 @@ class TranslationBatches:
 
     def _batches(self):
         if self._plan is None or self._plan[0] != self.epoch:
-            self._plan = (self.epoch, length_bucketed_batches(self.lengths, self.max_tokens, self.seed, self.epoch,
-                                                              self.max_batch_size, self.fixed_batch_size))
+            plan = length_bucketed_batches(self.lengths, self.max_tokens, self.seed, self.epoch,
+                                           self.max_batch_size, self.fixed_batch_size)
+            if self.world_size > 1:
+                # Same plan on every rank (same seed and epoch); each takes every world_size-th batch,
+                # cut to a multiple of world_size so all ranks run the same number of steps.
+                plan = plan[:len(plan) - len(plan) % self.world_size][self.rank::self.world_size]
+            self._plan = (self.epoch, plan)
         return self._plan[1]
 
     def set_epoch(self, epoch: int) -> None:

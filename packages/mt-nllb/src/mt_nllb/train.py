@@ -134,9 +134,13 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {cfg.model.name_or_path}, {n_params / 1e6:.1f}M parameters, attention {cfg.model.attn_implementation}")
 
+    from accelerate import PartialState
+
+    state = PartialState()  # one process, or one of N under `accelerate launch`
     batches = TranslationBatches(train_tp, max_tokens=cfg.speed.max_tokens_per_batch, pad_id=model.config.pad_token_id,
                                  decoder_start_id=model.config.decoder_start_token_id, seed=cfg.seed,
-                                 max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size)
+                                 max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size,
+                                 rank=state.process_index, world_size=state.num_processes)
     steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum_steps)
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
     optimizer = build_optimizer(model, name=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
