@@ -161,12 +161,17 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
 
     def evaluate(model):
         eval_round[0] += 1
-        m = evaluate_pairs(model, tokenizer, val_pairs, src_lang=cfg.model.src_lang, tgt_lang=cfg.model.tgt_lang,
-                           num_beams=cfg.eval.num_beams, max_new_tokens=cfg.eval.max_new_tokens,
-                           batch_size=cfg.eval.batch_size, bleu_tokenize=cfg.eval.bleu_tokenize,
-                           predictions=run_dir / "predictions" / f"validation-{eval_round[0]:04d}.jsonl")
+        device_type = next(model.parameters()).device.type
+        with precision.autocast(device_type):  # beam search in the training precision, not fp32
+            m = _evaluate(model)
         print(f"eval: BLEU {m['bleu']:.2f} chrF++ {m['chrf']:.2f} | {m['bleu_signature']} | {m['chrf_signature']}")
         return {"bleu": m["bleu"], "chrf": m["chrf"]}
+
+    def _evaluate(model):
+        return evaluate_pairs(model, tokenizer, val_pairs, src_lang=cfg.model.src_lang, tgt_lang=cfg.model.tgt_lang,
+                              num_beams=cfg.eval.num_beams, max_new_tokens=cfg.eval.max_new_tokens,
+                              batch_size=cfg.eval.batch_size, bleu_tokenize=cfg.eval.bleu_tokenize,
+                              predictions=run_dir / "predictions" / f"validation-{eval_round[0]:04d}.jsonl")
 
     # MFU: FLOPs per real target token, averaged over the training set (the loop counts target tokens).
     src_len, tgt_len = train_tp.src_offsets[1:] - train_tp.src_offsets[:-1], train_tp.tgt_offsets[1:] - train_tp.tgt_offsets[:-1]
@@ -206,7 +211,6 @@ def test_best(cfg: TrainConfig, run_dir: Path, model, tokenizer) -> dict:
     best = ckpts.best() or ckpts.latest()
     if best is not None:
         model, tokenizer = load_for_inference(best, cfg.model.attn_implementation)
-        model.to(next(iter([p.device for p in model.parameters()])))
     pairs, reports = read_pairs([cfg.data.test], [0], cfg.data.src_key, cfg.data.tgt_key, 1, 10**9, dedup=False,
                                 split="test")
     for r in reports:
