@@ -2,6 +2,10 @@
 # Scaling of our trainer (and the users' loop) from 1 to 2 GPUs, same model, data and per-GPU batch.
 # Run from the repository root on a host with 2+ GPUs (e.g. device kind nvidia-h200-x2):
 #   bash packages/chat-pretrain/scripts/bench_multi_gpu.sh [ROWS] [STEPS]
+# With the device tool, ../shared does not travel: copy the tokenizer into an ignored folder first
+#   mkdir -p runs/chatlm-tok && cp ../shared/data/chatlm/*.json runs/chatlm-tok/
+# then run with carry ["runs/chatlm-tok"] and command
+#   TOK=runs/chatlm-tok OUT=$OUT bash packages/chat-pretrain/scripts/bench_multi_gpu.sh
 # Prints tokens/s on 1 and 2 GPUs per arm and the scaling efficiency = tps(2) / (2 * tps(1)).
 # Weak scaling: each process keeps the per-GPU batch of the `large` config (32 x 192 budget, accum 2).
 set -euo pipefail
@@ -12,7 +16,7 @@ mkdir -p "$OUT"
 export PYTHONPATH="packages/core/src:packages/chat-pretrain/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 TOK=${TOK:-../shared/data/chatlm}
-[ -f "$TOK/tokenizer.json" ] || TOK=shared/data/chatlm
+[ -f "$TOK/tokenizer.json" ] || TOK=runs/chatlm-tok
 DATA="$OUT/bench.parquet"
 [ -f "$DATA" ] || python3 -m chat_pretrain make-data "$DATA" --rows "$ROWS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

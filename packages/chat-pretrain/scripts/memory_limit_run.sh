@@ -3,7 +3,7 @@
 # (1) stream a 10M-row parquet through the whole training data path (read, shuffle buffer, tokenize,
 #     token-budget batches), sampling RSS; (2) train the tiny T5 with the low-ram-12g config for
 #     a few hundred steps on the same file (CPU: a 4 x 192 token budget), memory logged every 20 steps.
-# From the repository root:  bash packages/chat-pretrain/scripts/memory_limit_run.sh [ROWS] [OUT]
+# From the repository root:  [STREAM_ROWS=N] [STEPS=N] bash packages/chat-pretrain/scripts/memory_limit_run.sh [ROWS] [OUT]
 set -euo pipefail
 ROWS=${1:-10000000}
 OUT=${2:-/tmp/chat-pretrain-lowram}
@@ -15,7 +15,7 @@ export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 [ -f "$OUT/train.parquet" ] || $PY -m chat_pretrain make-data "$OUT/train.parquet" --rows "$ROWS" --median-chars 60
 ls -la "$OUT/train.parquet"
 echo "== 1: data path over $ROWS rows under prlimit --as=$LIMIT"
-prlimit --as=$LIMIT $PY - "$OUT/train.parquet" "$TOK" <<'PY' | tee "$OUT/stream.log"
+prlimit --as=$LIMIT $PY - "$OUT/train.parquet" "$TOK" "${STREAM_ROWS:-0}" <<'PY' | tee "$OUT/stream.log"
 import json, sys, time
 from chat_pretrain.cli import parse_train_args
 from chat_pretrain.data import PromptResponseBatches
@@ -28,6 +28,8 @@ b.set_epoch(0)
 t0, rows, samples = time.time(), 0, []
 for i, x in enumerate(b):
     rows += x["input_ids"].shape[0]
+    if int(sys.argv[3]) and rows >= int(sys.argv[3]):  # STREAM_ROWS: stop early on slow CPUs
+        break
     if i % 2000 == 0:
         samples.append((rows, round(rss_gib(), 3)))
         print(json.dumps({"rows": rows, "rss_gib": samples[-1][1], "s": round(time.time() - t0, 1)}), flush=True)

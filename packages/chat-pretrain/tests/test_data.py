@@ -8,7 +8,8 @@ from chat_pretrain.config import DataConfig
 from chat_pretrain.data import DataError, PromptResponseBatches, check_schema, collate, tokenize_pairs
 from chat_pretrain.synth import make_parquet
 
-CFG = DataConfig(max_seq_len=16, batch_size=4, bucket_rows=50, shuffle_buffer=30, read_batch_rows=17, id_column="id")
+CFG = DataConfig(max_seq_len=16, batch_size=4, bucket_rows=50, shuffle_buffer=30, read_batch_rows=17, id_column="id",
+                 pad_to_multiple_of=1)
 
 
 def _batches(path, tok, cfg=CFG, **kw):
@@ -103,3 +104,11 @@ def test_nulls_and_empty_rows_are_counted_or_fatal(tmp_path, tok):
     strict.set_epoch(0)
     with pytest.raises(DataError, match=r"row 1 of .*nulls\.parquet has a null 'prompt'"):
         list(strict)
+
+
+def test_pad_to_multiple_of_rounds_the_width(tok):
+    from chat_pretrain.data import collate
+
+    b = collate([[5, 6, 7]], [[8] * 9], tok.pad_id, multiple_of=8)
+    assert b["input_ids"].shape == (1, 8) and b["labels"].shape == (1, 16)
+    assert b["attention_mask"].sum().item() == 3 and (b["labels"] != -100).sum().item() == 9

@@ -147,7 +147,23 @@ def run_arm(arm: str, args, cfg) -> dict:
             samples.append(n_rows)
 
     warmup = args.warmup
-    res = time_steps(step, warmup_steps=warmup, timed_steps=args.steps,
+    if args.profile and accelerator.is_main_process:
+        from torch.profiler import ProfilerActivity, profile
+
+        for _ in range(warmup):
+            step()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+        del real_tokens[warmup:], samples[warmup:]
+        warmup = len(real_tokens)
+        warmup_left = 0
+    else:
+        warmup_left = warmup
+    res = time_steps(step, warmup_steps=warmup_left, timed_steps=args.steps,
                      real_tokens_per_step=lambda i: real_tokens[warmup + i],
                      samples_per_step=lambda i: samples[warmup + i], flops_per_token=fpt, name=arm)
     # Whole-job figures across ranks: tokens summed, time = the slowest rank.
@@ -191,6 +207,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--users-attn", choices=["sdpa", "eager"], default=None,
                    help="attention for the users' arm (default: the same as ours)")
     p.add_argument("--json-out", default=None)
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 steps first")
     args = p.parse_args(rest)
 
     from chat_pretrain.cli import parse_train_args

@@ -45,6 +45,9 @@ class DataConfig:
     batch_size: int = 32
     """Rows per micro-batch at full length: the token budget is batch_size * max_seq_len tokens per
     side (padding counted), so short rows make bigger batches and no batch exceeds the users' shape."""
+    pad_to_multiple_of: int = 8
+    """Round each batch's padded width up to a multiple of this (tensor-core and SDPA-kernel friendly
+    shapes, fewer distinct shapes); 1 disables."""
     max_batch_rows: int = 0
     """Upper bound on rows per micro-batch (0: batch_size * 8)."""
     bucket_rows: int = 4096

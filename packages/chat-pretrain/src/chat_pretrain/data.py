@@ -96,17 +96,20 @@ def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_seq_
     return src, tgt
 
 
-def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int, pad_to: int | None = None) -> dict:
+def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int, pad_to: int | None = None,
+            multiple_of: int = 1) -> dict:
     """Pad to the longest row in the batch (or to `pad_to`, as the users' loop does). Labels use -100 at
     padding. Vectorised: one numpy scatter per side instead of a tensor per row."""
-    input_ids, attention_mask = _pad(src, pad_id, pad_to)
-    labels, _ = _pad(tgt, -100, pad_to)
+    input_ids, attention_mask = _pad(src, pad_id, pad_to, multiple_of)
+    labels, _ = _pad(tgt, -100, pad_to, multiple_of)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 
-def _pad(rows: list[list[int]], fill: int, pad_to: int | None):
+def _pad(rows: list[list[int]], fill: int, pad_to: int | None, multiple_of: int = 1):
     lens = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
     width = pad_to or int(lens.max())
+    if multiple_of > 1:
+        width = -(-width // multiple_of) * multiple_of
     flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(lens.sum()))
     out = np.full((len(rows), width), fill, dtype=np.int64)
     mask = np.arange(width)[None, :] < lens[:, None]
@@ -205,7 +208,8 @@ class PromptResponseBatches:
             for i, idx in enumerate(batches):
                 if i < skip:
                     continue
-                batch = collate([src[j] for j in idx], [tgt[j] for j in idx], self.pad_id)
+                batch = collate([src[j] for j in idx], [tgt[j] for j in idx], self.pad_id,
+                                multiple_of=self.cfg.pad_to_multiple_of)
                 if ids is not None:
                     batch["row_ids"] = [ids[j] for j in idx]
                 self._state = {"epoch": self.epoch, "stream": start_state, "bucket": bucket, "batches_done": i + 1}
