@@ -58,8 +58,9 @@ def new_changelog(text: str, version: str, date: str, path: Path) -> str:
     body = match.group(1).strip("\n")
     if not body.strip():
         raise Refused(f"{path}: the Unreleased section is empty: nothing to release")
-    released = f"## Unreleased\n\n## {version} - {date}\n\n{body}\n\n"
-    return text[: match.start()] + released + text[match.end():]
+    rest = text[match.end():]
+    released = f"## Unreleased\n\n## {version} - {date}\n\n{body}\n" + ("\n" if rest else "")
+    return text[: match.start()] + released + rest
 
 
 def replace_version(text: str, pattern: re.Pattern, version: str, path: Path) -> str:
