@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import signal
 import threading
@@ -17,6 +18,8 @@ from .checkpoint import CheckpointManager
 from .memory import CleanupPolicy, memory_report
 from .metrics import ThroughputMeter
 from .precision import Precision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -106,7 +109,10 @@ def _tb_writer(run_dir: Path, enabled: bool):
         return None
     try:
         from torch.utils.tensorboard import SummaryWriter
-    except Exception:  # tensorboard is optional
+    except ImportError:
+        # Optional extra: say so once instead of silently writing nothing.
+        log.warning("tensorboard is not installed, so no TensorBoard events are written "
+                    "(pip install 'trainstack-core[tensorboard]'); the JSONL log is complete")
         return None
     return SummaryWriter(str(run_dir / "tb"))
 
