@@ -75,3 +75,13 @@ def test_device_banner_on_cpu():
         pytest.skip("CPU-only check")
     banner = device_banner()
     assert banner.startswith("CPU figures (no GPU)") and f"torch {torch.__version__}" in banner
+
+
+def test_compare_counts_a_package_timed_gpu_result_as_gpu():
+    def manual(name, device):
+        return BenchResult(name=name, steps=5, seconds=1.0, real_tokens=100, samples=5, tokens_per_s=100.0,
+                           samples_per_s=5.0, mfu=None, peak_memory_gib=None, extra={"device": device})
+
+    on_gpu = json.loads(compare([manual("a", "NVIDIA H100 80GB HBM3"), manual("b", "cpu")], baseline="b").splitlines()[-1])
+    on_cpu = json.loads(compare([manual("a", "cpu"), manual("b", "cpu")], baseline="b").splitlines()[-1])
+    assert on_gpu["cpu_figures"] is False and on_cpu["cpu_figures"] is True

@@ -110,6 +110,16 @@ def _ratio(a, b) -> float | None:
     return None if a is None or not b else a / b
 
 
+def _measured_on_gpu(result: BenchResult) -> bool:
+    """A result is a GPU figure when time_steps timed it with CUDA events, or when a package that timed
+    it its own way (e.g. a Trainer callback) recorded a GPU name in ``extra["device"]``. A result with
+    neither key falls back to whether this process sees a GPU."""
+    extra = result.extra or {}
+    if "timer" in extra or "device" in extra:
+        return extra.get("timer") == "cuda_events" or extra.get("device", "cpu") != "cpu"
+    return torch.cuda.is_available()
+
+
 def compare(results: list[BenchResult], baseline: str) -> str:
     """A table plus, as the last line, one JSON object with each result and its ratios to the baseline
     (speedup = tokens/s ratio; memory_ratio = peak memory ratio, below 1 is better)."""
@@ -117,7 +127,7 @@ def compare(results: list[BenchResult], baseline: str) -> str:
     if baseline not in by_name:
         raise ValueError(f"baseline {baseline!r} not among results: {', '.join(by_name)}")
     base = by_name[baseline]
-    cpu = all(r.extra.get("timer") != "cuda_events" for r in results)
+    cpu = not any(_measured_on_gpu(r) for r in results)
     header = ["name", "steps", "ms/step", "tokens/s", "samples/s", "MFU", "peak GiB", "speedup", "memory"]
     rows, records = [], []
     for r in results:
