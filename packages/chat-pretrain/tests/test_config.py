@@ -1,5 +1,4 @@
 import pytest
-
 from chat_pretrain.cli import main, parse_train_args
 from chat_pretrain.profiles import profile_dir
 

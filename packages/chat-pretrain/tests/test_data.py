@@ -3,7 +3,6 @@ import dataclasses
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from chat_pretrain.config import DataConfig
 from chat_pretrain.data import DataError, PromptResponseBatches, check_schema, collate, tokenize_pairs
 from chat_pretrain.synth import make_parquet
@@ -32,18 +31,27 @@ def test_truncation_is_by_tokens_with_eos(tok):
     assert b["attention_mask"].sum().item() == len(src[0]) + len(src[1])
 
 
-def test_one_epoch_sees_every_row_once_across_two_ranks(tmp_path, tok):
+@pytest.mark.parametrize("world", [2, 3])
+def test_one_epoch_sees_every_row_once_across_ranks_in_equal_steps(tmp_path, tok, world):
+    """DDP needs the same number of micro-batches on every rank; rows are split, none twice, none lost."""
     path = make_parquet(tmp_path / "d.parquet", 333, median_chars=12, row_group_rows=40)
-    seen = []
-    for rank in range(2):
-        b = _batches(path, tok, rank=rank, world_size=2)
+    seen, counts, states, paddings = [], [], [], []
+    for rank in range(world):
+        b = _batches(path, tok, rank=rank, world_size=world)
         b.set_epoch(0)
         batches = list(b)
         for x in batches:  # the token budget counts padding; no batch exceeds it
             n, width = x["input_ids"].shape
             assert n * width <= CFG.batch_size * CFG.max_seq_len and n * x["labels"].shape[1] <= 64
+        counts.append(len(batches))
+        states.append(b.state_dict())
+        paddings.append(sum(bool(x.get("is_padding")) for x in batches))
         seen += _ids(batches)
     assert sorted(seen) == list(range(333))
+    assert len(set(counts)) == 1 and all(s == states[0] for s in states)
+    buckets = states[0]["bucket"] + 1
+    assert sum(paddings) <= (world - 1) * buckets
+    assert world == 2 or sum(paddings) > 0  # this file exercises the padding round with 3 ranks
     # A new epoch reshuffles.
     b = _batches(path, tok)
     b.set_epoch(0)
@@ -51,6 +59,25 @@ def test_one_epoch_sees_every_row_once_across_two_ranks(tmp_path, tok):
     b.set_epoch(1)
     e1 = _ids(b)
     assert sorted(e0) == sorted(e1) == list(range(333)) and e0 != e1
+
+
+def test_two_ranks_resume_from_rank_zeros_state(tmp_path, tok):
+    """fit() saves rank 0's position only; it must be every rank's."""
+    path = make_parquet(tmp_path / "d.parquet", 300, median_chars=12, row_group_rows=40)
+    head, tail = [], []
+    for rank in range(2):
+        b = _batches(path, tok, rank=rank, world_size=2)
+        b.set_epoch(0)
+        it = iter(b)
+        head += _ids([next(it) for _ in range(9)])
+        if rank == 0:
+            state = b.state_dict()
+    for rank in range(2):
+        b = _batches(path, tok, rank=rank, world_size=2)
+        b.load_state_dict(state)
+        b.set_epoch(0)
+        tail += _ids(b)
+    assert not set(head) & set(tail) and sorted(head + tail) == list(range(300))
 
 
 def test_resume_mid_epoch_yields_exactly_the_unseen_rows(tmp_path, tok):

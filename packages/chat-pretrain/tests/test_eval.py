@@ -7,7 +7,6 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from chat_pretrain.config import DataConfig, EvalConfig
 from chat_pretrain.evaluate import evaluate_model
 from chat_pretrain.model import build_model
@@ -56,8 +55,8 @@ def valid_set(tmp_path_factory, chatlm_dir):
                              do_sample=False)
     outs = tok.decode_batch(gen.tolist())
     noise = sentence_pool(23, 8, seed=4)
-    responses = [o if i % 3 else n for i, (o, n) in enumerate(zip(outs, noise))]
-    responses = [r if r else n for r, n in zip(responses, noise)]
+    responses = [o if i % 3 else n for i, (o, n) in enumerate(zip(outs, noise, strict=True))]
+    responses = [r if r else n for r, n in zip(responses, noise, strict=True)]
     path = tmp / "valid.parquet"
     pq.write_table(pa.table({"prompt": prompts, "response": responses}), path)
     weights = tmp / "w.pt"
@@ -86,7 +85,6 @@ def test_bleu_two_gloo_processes_equals_single(valid_set, chatlm_dir):
 def test_bleu_matches_sacrebleu_zh_directly(valid_set, chatlm_dir):
     """The number is corpus BLEU-4 with sacrebleu's zh tokenizer over all rows (not one batch)."""
     import sacrebleu
-
     from chat_pretrain.data import collate, read_valid_pairs
 
     tmp, valid, weights = valid_set

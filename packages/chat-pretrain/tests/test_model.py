@@ -1,7 +1,13 @@
 import pytest
 import torch
-
-from chat_pretrain.model import SHIPPED, build_model, count_params, resolve_attention, sdpa_supported, shipped_config
+from chat_pretrain.model import (
+    SHIPPED,
+    build_model,
+    count_params,
+    resolve_attention,
+    sdpa_supported,
+    shipped_config,
+)
 
 
 def test_attention_choice_follows_the_installed_transformers():
@@ -47,7 +53,40 @@ def test_local_directory_round_trip(tmp_path):
     model.save_pretrained(tmp_path / "m")
     again, how = build_model(str(tmp_path / "m"), 300, 0, 1)
     assert "loaded" in how
-    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2)
     with pytest.raises(ValueError, match="not a shipped config"):
         build_model(str(tmp_path / "missing"), 300, 0, 1)
+
+
+def test_tied_weights_resume(tmp_path):
+    """The users' trainer crashed resuming tied embeddings (lm_head shares `shared`). Our checkpoint
+    round-trips through core's CheckpointManager and through its save_pretrained directory, and the
+    weights stay tied afterwards (a step moves both)."""
+    from trainstack.checkpoint import CheckpointManager
+
+    torch.manual_seed(0)
+    model, _ = build_model("tiny", 300, 0, 1, dropout_rate=0.0)
+    with torch.no_grad():
+        model.shared.weight.add_(1.0)  # differs from any fresh init
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ckpts = CheckpointManager(tmp_path / "ckpt")
+    path = ckpts.save(7, model=model, optimizer=opt, extra={"data": {"bucket": 2}},
+                      save_model_fn=lambda d: model.save_pretrained(d))
+
+    torch.manual_seed(1)
+    fresh, _ = build_model("tiny", 300, 0, 1, dropout_rate=0.0)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    extra = ckpts.load(path, model=fresh, optimizer=fresh_opt)
+    assert extra["data"] == {"bucket": 2}
+    assert fresh.lm_head.weight is fresh.shared.weight
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), fresh.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2), k
+    loss = fresh(input_ids=torch.tensor([[5, 6, 1]]), labels=torch.tensor([[7, 1]])).loss
+    loss.backward()
+    fresh_opt.step()
+    assert fresh.lm_head.weight is fresh.shared.weight
+
+    again, how = build_model(str(path), 300, 0, 1)  # the checkpoint as a model directory
+    assert "loaded" in how and again.lm_head.weight is again.shared.weight
+    assert torch.equal(again.shared.weight, model.shared.weight)

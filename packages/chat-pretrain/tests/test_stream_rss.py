@@ -4,7 +4,6 @@ peak RSS growth under 500 MB: memory does not grow with the file."""
 import gc
 
 import pytest
-
 from chat_pretrain.config import DataConfig
 from chat_pretrain.data import PromptResponseBatches
 from chat_pretrain.synth import make_parquet

@@ -2,9 +2,14 @@ import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-
 from chat_pretrain.cli import main
-from chat_pretrain.tokenizer import check_tokenizer, load_tokenizer, metaspace_defect, train_tokenizer, write_fixed
+from chat_pretrain.tokenizer import (
+    check_tokenizer,
+    load_tokenizer,
+    metaspace_defect,
+    train_tokenizer,
+    write_fixed,
+)
 
 TEXTS = ["在地球上为什么没有感觉到重力的作用？", "今天天气很好，我们去公园散步吧。", "价格是 2023 元"]
 

@@ -64,7 +64,8 @@ def run_arm(arm: str, args, cfg) -> dict:
 
     precision = resolve_precision(cfg.precision, detect_hardware())
     apply_precision(precision)
-    accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision)
+    # cpu=True on a CPU host: accelerate only sets up gloo for several CPU processes when told so.
+    accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision, cpu=not torch.cuda.is_available())
     tok = load_tokenizer(args.tokenizer)
     torch.manual_seed(cfg.seed)
     attn = args.users_attn if (arm == "users" and args.users_attn) else cfg.model.attn_implementation
@@ -97,14 +98,17 @@ def run_arm(arm: str, args, cfg) -> dict:
             n_tok = n_rows = 0
             for k in range(accum):
                 b = next(it)
-                # Counted on the CPU copy: no device sync.
-                n_tok += int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum())
-                n_rows += b["input_ids"].shape[0]
-                b = {key: v.to(accelerator.device, non_blocking=True) for key, v in b.items()}
+                padding = b.get("is_padding", False)  # a rank's filler in a bucket's last round
+                if not padding:
+                    # Counted on the CPU copy: no device sync.
+                    n_tok += int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum())
+                    n_rows += b["input_ids"].shape[0]
+                b = {key: b[key].to(accelerator.device, non_blocking=True)
+                     for key in ("input_ids", "attention_mask", "labels")}
                 sync = k == accum - 1
                 ctx = accelerator.no_sync(model) if not sync else _null()
                 with ctx, precision.autocast(accelerator.device.type):
-                    loss = model(**b).loss / accum
+                    loss = model(**b).loss * (0.0 if padding else 1.0 / accum)
                 accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()

@@ -57,14 +57,18 @@ class DataConfig:
     on_bad_row: Literal["skip", "error"] = "skip"
     """Null or empty prompt/response: count and skip, or stop with the file and row."""
     num_workers: int = 0
-    """Rows are read in the main process so the data position is exact at every step; tokenizing a
-    micro-batch costs about a millisecond."""
+    """Must be 0: rows are read and tokenized in the training process so the saved data position is
+    exact at every step (loader workers keep positions of their own); tokenizing a micro-batch costs
+    about a millisecond. Kept as a field so the users' low-memory setting can be written down."""
 
     def __post_init__(self):
         if self.max_seq_len < 2:
             raise ValueError(f"max_seq_len must be >= 2 (one token plus EOS), got {self.max_seq_len}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.num_workers != 0:
+            raise ValueError(f"data.num_workers must be 0 (rows are read in the training process so the data "
+                             f"position is exact), got {self.num_workers}")
 
 
 @dataclass

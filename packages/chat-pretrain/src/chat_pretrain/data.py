@@ -1,13 +1,21 @@
 """Prompt/response parquet -> token-budget micro-batches, streamed in bounded RAM, resumable exactly.
 
-Rows come from core's ParquetStream (record batches, shuffle buffer, sharded over ranks and loader
-workers). Every `bucket_rows` rows are tokenized together, truncated at the token level, and cut
-into length-bucketed batches by core's `token_budget_batches`: a batch holds at most
-`batch_size * max_seq_len` tokens per side, padding included, so short rows make bigger batches and
-no batch is larger than the users' fixed 32 x 192 shape.
+Rows come from core's ParquetStream (record batches, shuffle buffer). Every `bucket_rows` rows are
+tokenized together, truncated at the token level, and cut into length-bucketed batches by core's
+`token_budget_batches`: a batch holds at most `batch_size * max_seq_len` tokens per side, padding
+included, so short rows make bigger batches and no batch is larger than the users' fixed 32 x 192 shape.
+
+Ranks: DDP needs every rank to run the same number of micro-batches, and token-budget batches over
+different rows come out in different numbers, so sharding rows (row groups) over ranks would leave one
+rank waiting in an all-reduce at the end of an epoch. Instead every rank reads the same stream and cuts
+the same batches from each bucket, and rank r takes batches r, r + W, r + 2W, ...; when a bucket's
+batch count is not a multiple of W, the ranks without a batch in the last round get a one-row
+padding batch (`is_padding`, loss weight 0; at most W - 1 per bucket). Every row is trained on exactly
+once per epoch across ranks, and all ranks hold the same position, so the position rank 0 saves is
+every rank's. The price is that each rank reads and tokenizes all rows (fast next to a T5 step).
 
 Position: the state of a batch is (the stream's state at the start of its bucket, how many batches
-of that bucket were already yielded). A bucket is rebuilt deterministically from that state, so a
+of that bucket this rank already yielded). A bucket is rebuilt deterministically from that state, so a
 resumed run sees exactly the rows it had not seen yet; the state never holds more than one bucket of
 work to redo.
 """
@@ -127,7 +135,9 @@ class PromptResponseBatches:
         self.files = expand_files(files)
         self.cfg = cfg
         self.columns = [cfg.prompt_column, cfg.response_column]
-        self.world_size = world_size
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.rank, self.world_size = rank, world_size
         self.num_rows = check_schema(self.files, self.columns)
         self.tokenizer = tokenizer
         self.pad_id, self.eos_id = pad_id, eos_id
@@ -136,8 +146,9 @@ class PromptResponseBatches:
         self.max_tokens = cfg.batch_size * cfg.max_seq_len
         self.max_batch_rows = cfg.max_batch_rows or cfg.batch_size * 8
         cols = self.columns + ([self.id_column] if self.id_column else [])
+        # One unsharded stream on every rank: ranks split batches, not rows (module docstring).
         self.stream = ParquetStream([str(f) for f in self.files], columns=cols, batch_rows=cfg.read_batch_rows,
-                                    shuffle_buffer=cfg.shuffle_buffer, seed=seed, rank=rank, world_size=world_size)
+                                    shuffle_buffer=cfg.shuffle_buffer, seed=seed)
         self.epoch = 0
         self.skipped = SkipCounts()
         self.memory_log = memory_log  # callable(batches_yielded) or None
@@ -188,7 +199,9 @@ class PromptResponseBatches:
                                   self.eos_id)
         n_batches = len(self._bucket_batches(src, tgt, 0))
         rows_per_batch = len(pairs) / n_batches
-        return max(1, math.ceil(slack * rows_per_rank / rows_per_batch) + 1)
+        # With W ranks, each bucket may end in one round that holds padding batches.
+        padding_rounds = math.ceil(self.num_rows / self.cfg.bucket_rows) if self.world_size > 1 else 0
+        return max(1, math.ceil(slack * rows_per_rank / rows_per_batch) + padding_rounds + 1)
 
     def __iter__(self) -> Iterator[dict]:
         resume, self._resume = self._resume, None
@@ -205,13 +218,17 @@ class PromptResponseBatches:
                 break
             src, tgt, ids = chunk
             batches = self._bucket_batches(src, tgt, bucket)
-            for i, idx in enumerate(batches):
-                if i < skip:
-                    continue
-                batch = collate([src[j] for j in idx], [tgt[j] for j in idx], self.pad_id,
-                                multiple_of=self.cfg.pad_to_multiple_of)
-                if ids is not None:
-                    batch["row_ids"] = [ids[j] for j in idx]
+            mine = batches[self.rank::self.world_size]
+            rounds = -(-len(batches) // self.world_size)  # the same on every rank
+            for i in range(skip, rounds):
+                if i < len(mine):
+                    idx = mine[i]
+                    batch = collate([src[j] for j in idx], [tgt[j] for j in idx], self.pad_id,
+                                    multiple_of=self.cfg.pad_to_multiple_of)
+                    if ids is not None:
+                        batch["row_ids"] = [ids[j] for j in idx]
+                else:
+                    batch = self._padding_batch(ids is not None)
                 self._state = {"epoch": self.epoch, "stream": start_state, "bucket": bucket, "batches_done": i + 1}
                 yielded += 1
                 if self.memory_log is not None:
@@ -219,6 +236,14 @@ class PromptResponseBatches:
                 yield batch
             skip = 0
             bucket += 1
+
+    def _padding_batch(self, with_ids: bool) -> dict:
+        """One EOS -> EOS row that keeps this rank in step with the others; its loss counts 0."""
+        batch = collate([[self.eos_id]], [[self.eos_id]], self.pad_id, multiple_of=self.cfg.pad_to_multiple_of)
+        batch["is_padding"] = True
+        if with_ids:
+            batch["row_ids"] = []
+        return batch
 
     # -- internals --------------------------------------------------------------------------
     def _read_bucket(self, rows: Iterator[dict], pulled: list[int]):

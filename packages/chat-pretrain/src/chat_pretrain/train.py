@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from chat_pretrain.config import TrainConfig
-from chat_pretrain.data import MemoryLog, PromptResponseBatches, expand_files, tokenize_pairs
+from chat_pretrain.data import MemoryLog, PromptResponseBatches, expand_files
 from chat_pretrain.evaluate import evaluate_model
 from chat_pretrain.model import build_model, count_params, flops_per_token
 from chat_pretrain.tokenizer import load_tokenizer
@@ -38,6 +38,10 @@ def make_loss_fn():
         device = next(iter(model.parameters())).device if not hasattr(model, "device") else model.device
         b = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
         out = model(**b)
+        if batch.get("is_padding"):
+            # A rank with no batch left in this bucket's last round: run the graph so DDP's all-reduce
+            # matches the other ranks, add nothing to the gradient or the token count.
+            return out.loss * 0.0, 0
         # Real (non-pad) tokens on both sides, as a tensor: no host sync on the hot path.
         real = b["attention_mask"].sum() + (b["labels"] != -100).sum()
         return out.loss, real
@@ -68,7 +72,8 @@ def run(job: Job):
     hw = detect_hardware()
     precision = resolve_precision(cfg.precision, hw)
     apply_precision(precision)
-    accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision)
+    # cpu=True on a CPU host: accelerate only sets up gloo for several CPU processes when told so.
+    accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision, cpu=not torch.cuda.is_available())
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     run_dir = Path(cfg.run_dir)
@@ -161,5 +166,6 @@ def main(argv: list[str]) -> int:
 
     cfg, resume = parse_train_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run(Job(cfg, resume=resume))
-    return 0
+    result = run(Job(cfg, resume=resume))
+    # fit() saved a resumable checkpoint on SIGINT/SIGTERM; 130 is the shell's "stopped by Ctrl-C".
+    return 130 if result.interrupted else 0
