@@ -58,7 +58,7 @@ def test_gzip_and_corrupt_gzip(tmp_path):
     data = good.read_bytes()
     bad = tmp_path / "bad.fasta.gz"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(DataError, match="bad.fasta.gz: unreadable"):
+    with pytest.raises(DataError, match=r"bad.fasta.gz: unreadable .*; 0 records read before the error"):
         read_sequences(bad)
 
 
@@ -124,6 +124,26 @@ def test_batches_resume_mid_epoch_identically():
     assert rest == full[2:]
     a.set_epoch(2)
     assert [x.input_ids.tolist() for x in a] != full    # new crops/masks/packing each epoch
+
+
+def test_batches_dealt_to_ranks_equally_and_disjointly():
+    # DDP: every rank must take the same number of micro-batches per epoch, or the last
+    # gradient all-reduce of an epoch waits for a rank that has finished
+    seqs = [r.sequence for r in read_sequences(SAMPLE_FASTA)[0]]
+    whole = PackedMLMBatches(seqs, 128, 1024, seed=3)
+    ranks = [PackedMLMBatches(seqs, 128, 1024, seed=3, rank=r, world_size=3) for r in range(3)]
+    for epoch in (0, 1):
+        for b in [whole, *ranks]:
+            b.set_epoch(epoch)
+        groups = [b.plan()[1] for b in ranks]
+        assert len({len(g) for g in groups}) == 1 and len(groups[0]) == len(whole) // 3
+        # the packing one process would make, dealt round-robin: disjoint, nothing repeated
+        plan = whole.plan()[1][: 3 * len(groups[0])]
+        assert groups == [plan[r::3] for r in range(3)]
+        taken = [i for g in groups for batch in g for i in batch]
+        assert len(taken) == len(set(taken))
+    with pytest.raises(ValueError, match="packed micro-batches for 500 GPUs"):
+        len(PackedMLMBatches(seqs, 128, 1024, rank=0, world_size=500))
 
 
 def test_held_out_split_is_disjoint_and_deterministic():

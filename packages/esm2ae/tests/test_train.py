@@ -41,22 +41,105 @@ def test_mlm_perplexity_falls_and_files_exist(mlm_run):
     assert (mlm_run / "final" / "config.json").exists() and (mlm_run / "final" / "ae.pt").exists()
 
 
+def _losses(run, after=0):
+    return {r["step"]: r["loss"] for r in _log(run) if "loss" in r and r["step"] > after}
+
+
+def _eval_at(run, step):
+    return [r for r in _log(run) if r["step"] == step and "eval_perplexity" in r][-1]
+
+
 def test_resume_continues_from_checkpoint(mlm_run, tmp_path, capsys):
     import shutil
     run = tmp_path / "r"
     shutil.copytree(mlm_run, run)
     shutil.rmtree(run / "checkpoints" / "step-30")
+    shutil.rmtree(run / "final")
     (run / "log.jsonl").write_text("")
     rc = main(["train", "--profile", "cpu-debug", *TINY, "max_steps=30", "eval_every_steps=30",
                "save_every_steps=15", f"run_dir={run}", "--resume", "auto"])
     assert rc == 0
     assert "at step 15" in capsys.readouterr().out
-    steps = [r["step"] for r in _log(run) if "loss" in r]
-    assert steps[0] == 20 and steps[-1] == 30
-    # same data order, masks and RNG: the resumed run ends where the uninterrupted one did
-    a = [r for r in _log(mlm_run) if r.get("step") == 30 and "loss" in r][0]["loss"]
-    b = [r for r in _log(run) if r.get("step") == 30 and "loss" in r][0]["loss"]
-    assert a == pytest.approx(b, rel=1e-4)
+    # same data order, crops, masks, optimizer state and RNG: every logged loss after the resume
+    # point and the final eval equal the uninterrupted run's, bit for bit (fp32 CPU is deterministic)
+    assert list(_losses(run)) == [20, 25, 30]
+    assert _losses(run) == _losses(mlm_run, after=15)
+    assert _eval_at(run, 30)["eval_perplexity"] == _eval_at(mlm_run, 30)["eval_perplexity"]
+    assert (run / "final" / "config.json").exists()
+
+
+def _interrupt_at_micro_step(monkeypatch, n):
+    """SIGINT to this process while micro-batch ``n`` is being computed, the way Ctrl-C arrives."""
+    import os
+    import signal
+
+    import esm2ae.train as train_mod
+    real, calls = train_mod.compute_loss, [0]
+
+    def compute_loss(*a, **k):
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*a, **k)
+    monkeypatch.setattr(train_mod, "compute_loss", compute_loss)
+
+
+def test_sigint_saves_exits_130_and_resume_matches(mlm_run, tmp_path, capsys, monkeypatch):
+    run = tmp_path / "i"
+    args = ["train", "--profile", "cpu-debug", *TINY, "max_steps=30", "eval_every_steps=30",
+            "save_every_steps=15", f"run_dir={run}"]
+    with monkeypatch.context() as m:
+        _interrupt_at_micro_step(m, 10)
+        assert main(args) == 130
+    assert "continue with --resume auto" in capsys.readouterr().out
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-10"]
+    assert not (run / "final").exists()          # a half-trained model is not exported as final
+    assert max(_losses(run)) == 10
+    assert main([*args, "--resume", "auto"]) == 0
+    assert "at step 10" in capsys.readouterr().out
+    # the interrupted + resumed run is the uninterrupted one
+    assert _losses(run, after=10) == _losses(mlm_run, after=10)
+    assert _eval_at(run, 30)["eval_perplexity"] == _eval_at(mlm_run, 30)["eval_perplexity"]
+
+
+@pytest.fixture
+def one_rank_deepspeed(monkeypatch):
+    """DeepSpeed on CPU (gloo), one rank, without building its shared-memory all-reduce op (a
+    30 s C++ build that only speeds up multi-process CPU runs)."""
+    ds_comm = pytest.importorskip("deepspeed.comm.torch")
+    monkeypatch.setattr(ds_comm, "build_shm_op", lambda: None)
+    for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(k, raising=False)
+    yield
+    import torch
+    # train() keeps its one-rank group for the process (DeepSpeed caches it); later tests run
+    # without one
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def test_deepspeed_zero2_offload_trains_stops_and_resumes_exactly(one_rank_deepspeed, tmp_path, capsys,
+                                                                  monkeypatch):
+    # the code path of the 8-10 GB profiles (ZeRO-2, optimizer on the CPU), without a launcher
+    ds = ["deepspeed.enabled=true", "deepspeed.offload_optimizer=cpu", "deepspeed.cpu_adam=false",
+          "batch.tokens_per_step=2048", "max_steps=6", "log_every_steps=1", "eval_every_steps=6",
+          "save_every_steps=3"]
+    ref, run = tmp_path / "ref", tmp_path / "int"
+    assert main(["train", "--profile", "cpu-debug", *TINY, *ds, f"run_dir={ref}"]) == 0
+    out = capsys.readouterr().out
+    assert "deepspeed: ZeRO-2, optimizer offload cpu" in out
+    assert (ref / "final" / "config.json").exists()
+    assert {"ds", "model.pt", "rng-0.pt", "trainer_state.json"} <= {p.name for p in (ref / "checkpoints" / "step-6").iterdir()}
+    with monkeypatch.context() as m:
+        _interrupt_at_micro_step(m, 7)      # 2 micro-batches per step: inside step 4
+        assert main(["train", "--profile", "cpu-debug", *TINY, *ds, f"run_dir={run}"]) == 130
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3", "step-4"]
+    assert not (run / "final").exists()
+    assert main(["train", "--profile", "cpu-debug", *TINY, *ds, f"run_dir={run}", "--resume", "auto"]) == 0
+    assert "at step 4" in capsys.readouterr().out
+    assert list(_losses(run, after=4)) == [5, 6]
+    assert _losses(run, after=4) == _losses(ref, after=4)
+    assert _eval_at(run, 6)["eval_perplexity"] == _eval_at(ref, 6)["eval_perplexity"]
 
 
 def test_ae_on_frozen_backbone_then_embed(mlm_run, tmp_path):
@@ -81,11 +164,43 @@ def test_joint_fast_dev_run_and_overfit(tmp_path):
     assert log[0]["step"] == 1 and "loss" in log[0]
     assert any("eval_ae_loss" in r and "eval_perplexity" in r for r in log)
     rc = main(["train", "--profile", "cpu-debug", *TINY, "overfit_batches=1", "batch.tokens_per_step=1024",
-               "max_steps=20", "optim.lr=5e-3", "save_every_steps=0", "eval_every_steps=0",
+               "max_steps=40", "optim.lr=5e-3", "save_every_steps=0", "eval_every_steps=0",
                f"run_dir={tmp_path / 'o'}"])
     assert rc == 0
     losses = [r["loss"] for r in _log(tmp_path / "o") if "loss" in r]
     assert losses[-1] < losses[0] - 0.5
+
+
+def test_bad_records_are_counted_and_training_goes_on(tmp_path, capsys):
+    # invalid characters and sequences longer than the crop are reported with counts and ids at
+    # start-up; the run trains on the rest and finishes
+    recs = (SAMPLE_FASTA.read_text().split(">")[1:])[:20]
+    f = tmp_path / "mixed.fasta"
+    f.write_text("".join(">" + r for r in recs) + ">bad1 desc\nMKV1LA\n>bad2\nMK@@\n>long1\n" + "MKVLA" * 60 + "\n")
+    rc = main(["train", "--profile", "cpu-debug", *TINY, f"data.train={f}", "max_steps=2", "eval_every_steps=0",
+               "save_every_steps=0", f"run_dir={tmp_path / 'run'}"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("data: "))
+    assert "23 records, 21 kept; 2 skipped (invalid characters: bad1 (1), bad2 (@))" in line
+    n_long = sum(len("".join(r.split("\n")[1:]).strip()) + 2 > 128 for r in recs) + 1
+    assert f"{n_long} longer than max_length" in line
+    assert "done: 2 steps" in out
+
+
+def test_corrupt_gzip_stops_at_start_with_one_line(tmp_path, capsys):
+    import gzip
+    good = tmp_path / "p.fasta.gz"
+    with gzip.open(good, "wt") as fh:
+        fh.write(SAMPLE_FASTA.read_text())
+    bad = tmp_path / "cut.fasta.gz"
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    rc = main(["train", "--profile", "cpu-debug", *TINY, f"data.train={bad}", f"run_dir={tmp_path / 'run'}"])
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cut.fasta.gz: unreadable (corrupt or truncated gzip?)" in err[0], err
+    assert "records read before the error" in err[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()     # stopped before any training
 
 
 def test_bad_inputs_fail_with_one_line(tmp_path, capsys):
@@ -111,14 +226,19 @@ def test_streaming_parquet_trains_and_counts_bad_rows(tmp_path):
     n = sum(b.num_seqs for b in s)
     assert n == 80 and s.report.kept == 80 and "invalid characters" in s.report.summary()
     # resume mid-stream: the rest matches an uninterrupted pass
-    full = [b.input_ids.tolist() for b in StreamingMLMBatches(str(p), 128, 1024, seed=0, shuffle_buffer=16)]
-    a = StreamingMLMBatches(str(p), 128, 1024, seed=0, shuffle_buffer=16)
-    it = iter(a)
-    next(it), next(it)
-    b = StreamingMLMBatches(str(p), 128, 1024, seed=0, shuffle_buffer=16)
-    b.load_state_dict(a.state_dict())
-    assert sum(x.num_seqs for x in b) > 0
-    assert len(full) >= 3
+    def ids_and_labels(b):
+        return b.input_ids.tolist(), b.labels.tolist()
+    full = [ids_and_labels(b) for b in StreamingMLMBatches(str(p), 128, 1024, seed=0, shuffle_buffer=16)]
+    assert len(full) >= 5
+    # resume mid-stream: the rest (same rows, crops and masks) matches an uninterrupted pass
+    for consumed in (1, 2, len(full) - 1):
+        a = StreamingMLMBatches(str(p), 128, 1024, seed=0, shuffle_buffer=16)
+        it = iter(a)
+        for _ in range(consumed):
+            next(it)
+        b = StreamingMLMBatches(str(p), 128, 1024, seed=0, shuffle_buffer=16)
+        b.load_state_dict(a.state_dict())
+        assert [ids_and_labels(x) for x in b] == full[consumed:], consumed
     rc = main(["train", "--profile", "cpu-debug", *TINY, "data.streaming=true", f"data.train={p}",
                f"data.val={SAMPLE_FASTA}", "data.max_val_sequences=8", "max_steps=4", "eval_every_steps=0",
                "save_every_steps=0", f"run_dir={tmp_path / 's'}"])

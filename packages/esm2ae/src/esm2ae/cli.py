@@ -110,8 +110,9 @@ def main(argv: list[str] | None = None) -> int:
             return _profiles(args)
         if args.command == "train":
             from esm2ae.train import train_from_cli
-            train_from_cli(args.profile, overrides, resume=args.resume)
-            return 0
+            result = train_from_cli(args.profile, overrides, resume=args.resume)
+            # SIGINT/SIGTERM: a resumable checkpoint was saved; 130 is the shell's "stopped by Ctrl-C"
+            return 130 if result.get("interrupted") else 0
         if args.command == "embed":
             from esm2ae.embed import embed
             embed(args.checkpoint, args.fasta, args.output, batch_tokens=args.batch_tokens, device=args.device)
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, ValueError, FileNotFoundError) as e:
         print(f"esm2ae: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:   # a second Ctrl-C, or one outside the training loop
+        print("esm2ae: interrupted", file=sys.stderr)
+        return 130
     return 1
 
 

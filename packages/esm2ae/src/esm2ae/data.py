@@ -137,15 +137,19 @@ def read_sequences(path, max_length: int | None = None, limit: int | None = None
     """All usable records of a file (validated), with a report of what was skipped and why."""
     report = ReadReport(str(path))
     out = []
-    for rec in iter_records(path):
-        seq = clean(rec, report)
-        if seq is None:
-            continue
-        if max_length and len(seq) + 2 > max_length:
-            report.longer_than_crop += 1
-        out.append(Record(rec.id, seq))
-        if limit and len(out) >= limit:
-            break
+    try:
+        for rec in iter_records(path):
+            seq = clean(rec, report)
+            if seq is None:
+                continue
+            if max_length and len(seq) + 2 > max_length:
+                report.longer_than_crop += 1
+            out.append(Record(rec.id, seq))
+            if limit and len(out) >= limit:
+                break
+    except DataError as e:
+        # all input is read before training starts, so a bad file stops the run here, not mid-run
+        raise DataError(f"{e}; {report.records} records read before the error") from None
     if not out:
         detail = f" ({report.summary()})" if report.records else ""
         raise DataError(f"{path}: no usable sequences{detail}")
@@ -232,11 +236,15 @@ class PackedMLMBatches:
 
     Each epoch re-crops long sequences at random, re-masks, and re-packs, all from
     (seed, epoch), so a resumed run sees exactly the batches it would have seen.
+
+    With ``world_size > 1`` every rank packs all sequences the same way and takes every
+    world_size-th micro-batch, cut to the same count on every rank: ranks that ran out of batches
+    at different times would leave a gradient all-reduce waiting at the end of an epoch.
     """
 
     def __init__(self, sequences: list[str], max_length: int, max_tokens: int, seed: int = 0,
                  mask_prob: float = 0.15, fixed_len: bool = False, overfit_batches: int = 0,
-                 random_crop: bool = True, mask: bool = True):
+                 random_crop: bool = True, mask: bool = True, rank: int = 0, world_size: int = 1):
         if max_tokens < max_length:
             raise ValueError(f"max_tokens_per_batch ({max_tokens}) < max_length ({max_length})")
         self.sequences = sequences
@@ -248,6 +256,7 @@ class PackedMLMBatches:
         self.overfit_batches = overfit_batches
         self.random_crop = random_crop
         self.mask = mask
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self.position = 0
         self._plan = None
@@ -265,6 +274,12 @@ class PackedMLMBatches:
         bodies = [crop(s, self.max_length, rng if self.random_crop else None) for s in self.sequences]
         toks = [encode(b) for b in bodies]
         groups = pack_indices([len(t) for t in toks], self.max_tokens, rng)
+        if self.world_size > 1:
+            per_rank = len(groups) // self.world_size
+            if per_rank == 0:
+                raise ValueError(f"{len(groups)} packed micro-batches for {self.world_size} GPUs: "
+                                 "too little data or too large batch.max_tokens_per_batch")
+            groups = groups[self.rank::self.world_size][:per_rank]
         if self.overfit_batches:
             groups = groups[: self.overfit_batches]
         return toks, groups, rng
@@ -282,7 +297,8 @@ class PackedMLMBatches:
         while self.position < len(groups):
             g = groups[self.position]
             # per-batch RNG so masks do not depend on where a resumed run started
-            rng = random.Random(hash((self.seed, self.epoch if not self.overfit_batches else 0, self.position)))
+            rng = random.Random(hash((self.seed, self.epoch if not self.overfit_batches else 0, self.rank,
+                                      self.position)))
             if self.mask:
                 pairs = [mask_tokens(toks[i], rng, self.mask_prob) for i in g]
                 inputs, labels = [p[0] for p in pairs], [p[1] for p in pairs]
@@ -315,7 +331,7 @@ class StreamingMLMBatches:
     ``ParquetStream`` (row groups sharded over ranks, shuffle buffer, resumable by rows consumed).
 
     Bad rows are skipped and counted in ``report`` as they stream by. A resumed run restarts at
-    the first row of the micro-batch it was building (rows of an unfinished batch are re-read).
+    the first row of the next micro-batch, with the same crops and masks as an uninterrupted run.
     """
 
     def __init__(self, paths, max_length: int, max_tokens: int, seed: int = 0, mask_prob: float = 0.15,
@@ -334,26 +350,36 @@ class StreamingMLMBatches:
     def set_epoch(self, epoch: int) -> None:
         self.stream.set_epoch(epoch)
 
+    def _rng(self, epoch: int, first_row: int) -> random.Random:
+        # one RNG per micro-batch, keyed by its first row: crops and masks after a resume match
+        # the uninterrupted run's
+        return random.Random(hash((self.seed, epoch, self.stream.rank, first_row)))
+
     def __iter__(self) -> Iterator[PackedBatch]:
         epoch = self.stream.epoch
-        rng = random.Random(hash((self.seed, epoch, self.stream.rows_consumed)))
-        inputs, labels, used = [], [], 0
         self._batch_start_rows = self.stream.rows_consumed
+        rng = self._rng(epoch, self._batch_start_rows)
+        inputs, labels, used = [], [], 0
         for row in self.stream:
-            seq = clean(Record(f"row{self.stream.rows_consumed}", row[self.column]), self.report)
+            row_index = self.stream.rows_consumed - 1
+            seq = clean(Record(f"row{row_index}", row[self.column]), self.report)
             if seq is None:
                 continue
-            toks = encode(crop(seq, self.max_length, rng))
-            if used + len(toks) > self.max_tokens and inputs:
+            n_tokens = min(len(seq), self.max_length - 2) + 2   # after cropping, whatever the window
+            if used + n_tokens > self.max_tokens and inputs:
+                # this row starts the next batch: once the consumer has the finished one, a
+                # checkpoint must resume from here (set before the yield, not after)
+                self._batch_start_rows = row_index
                 yield pack_sequences(inputs, labels, total_len=self.max_tokens if self.fixed_len else None)
-                # the row just read starts the next batch: resume from it
-                self._batch_start_rows = self.stream.rows_consumed - 1
+                rng = self._rng(epoch, row_index)
                 inputs, labels, used = [], [], 0
+            toks = encode(crop(seq, self.max_length, rng))
             inp, lab = mask_tokens(toks, rng, self.mask_prob)
             inputs.append(inp)
             labels.append(lab)
-            used += len(toks)
+            used += n_tokens
         if inputs:
+            self._batch_start_rows = self.stream.rows_consumed
             yield pack_sequences(inputs, labels, total_len=self.max_tokens if self.fixed_len else None)
 
     def state_dict(self) -> dict:

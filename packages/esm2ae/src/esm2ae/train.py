@@ -22,6 +22,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +47,18 @@ def _distributed() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     return rank, local, world
+
+
+def _single_process_group(device: torch.device) -> None:
+    """DeepSpeed needs a process group even on one GPU; without a launcher it would try MPI
+    discovery (mpi4py) and then ask for LOCAL_RANK. A one-rank group on an in-memory store
+    needs neither a launcher nor a free port."""
+    if torch.distributed.is_initialized():
+        return
+    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
+        os.environ.setdefault(k, v)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
 
 
 def _device(cfg: Config, local_rank: int) -> torch.device:
@@ -159,34 +173,10 @@ def _set_rng_state(s: dict) -> None:
         torch.cuda.set_rng_state_all(s["cuda"])
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, scaler, state: dict,
-                    keep_last: int, engine=None) -> Path:
-    """Atomic: write .tmp-step-N, then rename to step-N; keep the last ``keep_last``."""
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    if engine is not None:
-        engine.save_checkpoint(str(tmp), tag="ds")
-        torch.save(_unwrap(model).state_dict(), tmp / "model.pt")
-    else:
-        torch.save(model.state_dict(), tmp / "model.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(scaler.state_dict(), tmp / "scaler.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    steps = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*"))
-    for _, p in steps[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(p, ignore_errors=True)
-    return final
-
-
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "checkpoints").glob("step-*"))
+    # only complete checkpoints: trainer_state.json is written last
+    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "checkpoints").glob("step-*")
+                   if (p / "trainer_state.json").exists())
     return steps[-1][1] if steps else None
 
 
@@ -234,9 +224,8 @@ def load_for_inference(checkpoint: str, device="cpu", attention="auto") -> tuple
 # ------------------------------------------------------------------------------------- train
 
 def train(cfg: Config, resume: str | None = None) -> dict:
-    from trainstack.config import config_to_dict, format_config, save_config
+    from trainstack.config import format_config, save_config
     from trainstack.hardware import detect_hardware
-    from trainstack.metrics import ThroughputMeter
     from trainstack.optim import build_optimizer, build_scheduler
     from trainstack.precision import apply_precision, resolve_precision
 
@@ -264,8 +253,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         train_seqs, val_seqs = [], [r.sequence for r in val_records][: cfg.data.max_val_sequences]
     else:
         train_seqs, val_seqs, _ = load_training_data(cfg, rank)
-        if world > 1:
-            train_seqs = train_seqs[rank::world]
 
     hf, source = load_esm(cfg.model.name, cfg.model.pretrained)
     model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
@@ -294,10 +281,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                     fused=False if offload else cfg.optim.fused)
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, min(cfg.optim.warmup_steps, max_steps - 1),
                                 max_steps, floor=cfg.optim.lr_floor)
-    scaler = torch.amp.GradScaler(device.type, enabled=precision.use_grad_scaler and not use_ds)
     engine = None
     if use_ds:
         import deepspeed
+        # the group lives as long as the process: DeepSpeed caches it (a later engine in the same
+        # process reuses it)
+        _single_process_group(device)
         ds_cfg = deepspeed_json(cfg, precision.name, accum, world)
         engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
                                                                lr_scheduler=scheduler, config=ds_cfg)
@@ -313,27 +302,86 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     else:
         batches = PackedMLMBatches(train_seqs, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
                                    seed=cfg.seed, mask_prob=cfg.data.mask_prob,
-                                   overfit_batches=cfg.overfit_batches, fixed_len=fixed_len)
+                                   overfit_batches=cfg.overfit_batches, fixed_len=fixed_len,
+                                   rank=rank, world_size=world)
     if engine is None:
         # the common path: core's loop (accelerate: DDP, autocast, loss scaling, checkpoints, logs)
         return _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_seqs, device, precision,
                               run_dir, resume, max_steps, accum, world, rank)
+    return _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, device, precision, hw,
+                               run_dir, resume, max_steps, world, rank)
 
-    # DeepSpeed (ZeRO + CPU offload): core's loop takes no DeepSpeed engine, so the engine's own
-    # backward/step drive this loop; checkpoints use the engine's sharded format.
+
+class _StopOnSignal:
+    """SIGINT/SIGTERM set a flag; the loop finishes the optimizer step, saves and stops (the CLI
+    then exits 130). The same contract as core's fit, for the DeepSpeed loop below."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt   # a second Ctrl-C means now
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _save_deepspeed_checkpoint(run_dir: Path, step: int, engine, model, state: dict, keep_last: int,
+                               rank: int, world: int) -> Path:
+    """Atomic like core's CheckpointManager: rank 0 owns the temporary directory and the rename;
+    every rank writes its ZeRO shards (a collective) and its own RNG state in between."""
+    root = run_dir / "checkpoints"
+    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
+    if rank == 0:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    if world > 1:
+        torch.distributed.barrier()
+    engine.save_checkpoint(str(tmp), tag="ds")
+    torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+    if world > 1:
+        torch.distributed.barrier()
+    if rank == 0:
+        torch.save(_unwrap(model).state_dict(), tmp / "model.pt")   # compute-dtype weights, for embed/eval
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))   # last: marks it complete
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        steps = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*"))
+        for _, p in steps[:-keep_last] if keep_last > 0 else []:
+            shutil.rmtree(p, ignore_errors=True)
+    if world > 1:
+        torch.distributed.barrier()
+    return final
+
+
+def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, device, precision, hw, run_dir,
+                        resume, max_steps, world, rank) -> dict:
+    """DeepSpeed (ZeRO + CPU offload): core's fit takes no DeepSpeed engine, so the engine's own
+    backward/step drive this loop (accumulation, clipping and the loss scale are the engine's);
+    checkpoints use the engine's sharded format. Logs, evals, resume and SIGINT follow fit."""
+    from trainstack.config import config_to_dict
+    from trainstack.metrics import ThroughputMeter
+
     step, epoch = 0, 0
     if resume:
         ckpt = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
         if ckpt is not None:
             state = json.loads((ckpt / "trainer_state.json").read_text())
-            if engine is not None:
-                engine.load_checkpoint(str(ckpt), tag="ds")
-            else:
-                _unwrap(model).load_state_dict(torch.load(ckpt / "model.pt", map_location=device))
-                optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location=device))
-                scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt"))
-                scaler.load_state_dict(torch.load(ckpt / "scaler.pt"))
-            _set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+            engine.load_checkpoint(str(ckpt), tag="ds")
+            rng_file = ckpt / f"rng-{rank}.pt"
+            _set_rng_state(torch.load(rng_file if rng_file.exists() else ckpt / "rng.pt", weights_only=False))
             step, epoch = state["step"], state["epoch"]
             batches.load_state_dict(state["batches"])
             if rank == 0:
@@ -343,115 +391,102 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in (train_seqs or val_seqs)]))
     # logged tokens are summed over ranks; dividing the FLOPs by the world size keeps MFU per GPU
-    meter = ThroughputMeter(esm_flops_per_token(hf.config, mean_len) / world,
+    meter = ThroughputMeter(esm_flops_per_token(_unwrap(model).backbone.config, mean_len) / world,
                             hw.gpu if device.type == "cuda" else None)
     log_path = run_dir / "log.jsonl"
     history: list[dict] = []
     zero = lambda: torch.zeros((), device=device)  # noqa: E731
-    acc = {"loss": zero(), "tokens": zero(), "seqs": zero(), "mlm_loss_sum": zero(), "mlm_tokens": zero(),
-           "mlm_correct": zero(), "ae_loss_sum": zero(), "ae_seqs": zero(), "micro": 0}
+    acc = {k: zero() for k in ("loss", "micro", "tokens", "seqs", "mlm_loss_sum", "mlm_tokens", "mlm_correct",
+                               "ae_loss_sum", "ae_seqs")}
     metrics: dict = {}
-    micro = 0
-    last_log_step = step
+    last_saved = step if resume and step else -1
+    interrupted = False
     pbar = tqdm(total=max_steps, initial=step, disable=rank != 0, desc="train", dynamic_ncols=True)
-    done = step >= max_steps
     if step == 0 and cfg.eval_every_steps and rank == 0 and not cfg.fast_dev_run:
         # the untrained baseline, so "perplexity falls" is visible in the log itself
         _log(rank, log_path, {"step": 0, **evaluate(_unwrap(model), val_seqs, cfg, device, precision)},
              history, pbar)
         meter.restart_clock()
-    while not done:
-        batches.set_epoch(epoch)
-        for batch in batches:
-            batch = batch.to(device)
-            last_micro = (micro + 1) % accum == 0
-            if engine is not None:
-                with precision.autocast(device.type) if precision.name == "bf16" else torch.autocast(device.type, enabled=False):
+    # fp16 runs in DeepSpeed's half-precision module with its loss scaler; bf16 uses autocast
+    autocast = (lambda: precision.autocast(device.type)) if precision.name == "bf16" else \
+        (lambda: torch.autocast(device.type, enabled=False))
+    done = step >= max_steps
+    with _StopOnSignal() as stop:
+        while not done:
+            batches.set_epoch(epoch)
+            for batch in batches:
+                batch = batch.to(device)
+                boundary = engine.is_gradient_accumulation_boundary()
+                with autocast():
                     loss, stats = compute_loss(engine, batch, cfg)
                 engine.backward(loss)
                 engine.step()
+                acc["loss"] += loss.detach().float()
+                acc["micro"] += 1
+                acc["tokens"] += batch.cu_seqlens[batch.num_seqs].to(device)
+                acc["seqs"] += batch.num_seqs
+                for k, v in stats.items():
+                    acc[k] += v
+                if not boundary:
+                    continue
+                step += 1
+                pbar.update(1)
+                stopping = stop.signum is not None
+                if world > 1:   # every rank stops at the same step, or the save collective hangs
+                    flag = torch.tensor(float(stopping), device=device)
+                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+                    stopping = bool(flag.item())
+                if step % cfg.log_every_steps == 0 or step == max_steps or stopping:
+                    # host syncs only at log cadence
+                    if world > 1:   # throughput of the whole job, not of rank 0
+                        for k in ("tokens", "seqs"):
+                            torch.distributed.all_reduce(acc[k])
+                    meter.update(acc["tokens"], acc["seqs"])
+                    rec = {"step": step, "epoch": epoch, "loss": (acc["loss"] / acc["micro"].clamp(min=1)).item(),
+                           "lr": engine.get_lr()[0]}
+                    if acc["mlm_tokens"].item():
+                        rec["mlm_loss"] = acc["mlm_loss_sum"].item() / acc["mlm_tokens"].item()
+                        rec["masked_accuracy"] = acc["mlm_correct"].item() / acc["mlm_tokens"].item()
+                    if acc["ae_seqs"].item():
+                        rec["ae_loss"] = acc["ae_loss_sum"].item() / acc["ae_seqs"].item()
+                    if precision.name == "fp16":
+                        rec["loss_scale"] = engine.optimizer.cur_scale if hasattr(engine.optimizer, "cur_scale") else None
+                    rec.update({k: v for k, v in meter.summary().items() if v is not None})
+                    _log(rank, log_path, rec, history, pbar)
+                    acc = {k: zero() for k in acc}
+                eval_now = not stopping and ((cfg.eval_every_steps and step % cfg.eval_every_steps == 0)
+                                             or step == max_steps)
+                if eval_now and rank == 0:
+                    metrics = evaluate(_unwrap(model), val_seqs, cfg, device, precision)
+                    _log(rank, log_path, {"step": step, **metrics}, history, pbar)
+                    meter.restart_clock()
+                save_now = stopping or (cfg.save_checkpoints and (
+                    (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == max_steps))
+                if save_now:
+                    state = {"step": step, "epoch": epoch, "batches": batches.state_dict(), "metrics": metrics,
+                             "config": config_to_dict(cfg)}
+                    if not cfg.data.streaming and batches.position >= len(batches):
+                        state["epoch"], state["batches"] = epoch + 1, {"epoch": epoch + 1, "position": 0}
+                    _save_deepspeed_checkpoint(run_dir, step, engine, model, state, cfg.keep_last, rank, world)
+                    last_saved = step
+                    meter.restart_clock()
+                if step >= max_steps or stopping:
+                    interrupted = stopping
+                    done = True
+                    break
             else:
-                sync_ctx = model.no_sync() if (world > 1 and not last_micro and hasattr(model, "no_sync")) else _null()
-                with sync_ctx:
-                    with precision.autocast(device.type):
-                        loss, stats = compute_loss(model, batch, cfg)
-                    scaler.scale(loss / accum).backward()
-            acc["loss"] += loss.detach().float() / accum
-            acc["tokens"] += batch.cu_seqlens[batch.num_seqs].to(device)
-            acc["seqs"] += batch.num_seqs
-            for k, v in stats.items():
-                acc[k] += v
-            micro += 1
-            if not last_micro:
-                continue
-            if engine is None:
-                if cfg.optim.max_grad_norm:
-                    scaler.unscale_(optimizer)
-                    grad_norm = torch.nn.utils.clip_grad_norm_(trainable.parameters(), cfg.optim.max_grad_norm)
-                else:
-                    grad_norm = None
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            else:
-                grad_norm = None
-            step += 1
-            pbar.update(1)
-            if step % cfg.log_every_steps == 0 or step == max_steps:
-                # the only host syncs of the loop: at log cadence
-                if world > 1:   # throughput of the whole job, not of rank 0
-                    for k in ("tokens", "seqs"):
-                        torch.distributed.all_reduce(acc[k])
-                meter.update(acc["tokens"], acc["seqs"])
-                rec = {"step": step, "epoch": epoch, "loss": acc["loss"].item() / max(1, step - last_log_step),
-                       "lr": scheduler.get_last_lr()[0] if hasattr(scheduler, "get_last_lr") else lr}
-                if grad_norm is not None:
-                    rec["grad_norm"] = float(grad_norm)
-                if acc["mlm_tokens"].item():
-                    rec["mlm_loss"] = acc["mlm_loss_sum"].item() / acc["mlm_tokens"].item()
-                    rec["masked_accuracy"] = acc["mlm_correct"].item() / acc["mlm_tokens"].item()
-                if acc["ae_seqs"].item():
-                    rec["ae_loss"] = acc["ae_loss_sum"].item() / acc["ae_seqs"].item()
-                rec.update({k: v for k, v in meter.summary().items() if v is not None})
-                _log(rank, log_path, rec, history, pbar)
-                last_log_step = step
-                for k in acc:
-                    acc[k] = zero() if k != "micro" else 0
-            eval_now = (cfg.eval_every_steps and step % cfg.eval_every_steps == 0) or step == max_steps
-            if eval_now and rank == 0:
-                metrics = evaluate(_unwrap(model), val_seqs, cfg, device, precision)
-                _log(rank, log_path, {"step": step, **metrics}, history, pbar)
-                meter.restart_clock()
-            save_now = cfg.save_checkpoints and (
-                (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == max_steps)
-            if save_now and (rank == 0 or engine is not None):
-                state = {"step": step, "epoch": epoch, "batches": batches.state_dict(), "metrics": metrics,
-                         "config": config_to_dict(cfg)}
-                if step == max_steps and not cfg.data.streaming and batches.position >= len(batches):
-                    state["epoch"], state["batches"] = epoch + 1, {"epoch": epoch + 1, "position": 0}
-                save_checkpoint(run_dir, step, _unwrap(model), optimizer, scheduler, scaler, state,
-                                cfg.keep_last, engine)
-                meter.restart_clock()
-            if step >= max_steps:
-                done = True
-                break
-        else:
-            epoch += 1
+                epoch += 1
     pbar.close()
-    result = {"steps": step, "metrics": metrics, "history": history, "run_dir": str(run_dir)}
+    result = {"steps": step, "metrics": metrics, "history": history, "run_dir": str(run_dir),
+              "interrupted": interrupted}
     if rank == 0:
-        export_final(_unwrap(model), cfg, run_dir / "final", metrics)
-        print(f"done: {step} steps; final model in {run_dir / 'final'}; {json.dumps(metrics)}")
+        if interrupted:
+            print(f"stopped by signal {stop.signum} at step {step}; checkpoint step-{last_saved} saved; "
+                  f"continue with --resume auto")
+        else:
+            export_final(_unwrap(model), cfg, run_dir / "final", metrics)
+            print(f"done: {step} steps; final model in {run_dir / 'final'}; {json.dumps(metrics)}")
     return result
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_seqs, device, precision, run_dir,
@@ -487,10 +522,14 @@ def _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_se
                  flops_per_token=esm_flops_per_token(model.backbone.config, mean_len) / world, resume=resume_arg)
     evals = [r for r in result.history if any(k.startswith("eval_") for k in r)]
     metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if evals else {}
-    if rank == 0:
+    if rank == 0 and result.interrupted:
+        # fit saved a resumable checkpoint; a half-trained model is not exported as final
+        print(f"stopped at step {result.steps}; checkpoint {result.checkpoint}; continue with --resume auto")
+    elif rank == 0:
         export_final(model, cfg, run_dir / "final", metrics)
         print(f"done: {result.steps} steps; final model in {run_dir / 'final'}; {json.dumps(metrics)}")
-    return {"steps": result.steps, "metrics": metrics, "history": result.history, "run_dir": str(run_dir)}
+    return {"steps": result.steps, "metrics": metrics, "history": result.history, "run_dir": str(run_dir),
+            "interrupted": result.interrupted}
 
 
 def _log(rank: int, path: Path, rec: dict, history: list, pbar) -> None:
