@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Scaling of our trainer (and the users' loop) from 1 to 2 GPUs, same model, data and per-GPU batch.
-# Run from the repository root on a host with 2+ GPUs (e.g. device kind nvidia-h200-x2):
+# Scaling of our trainer (and the users' loop) from 1 to 2 GPUs, same model, data and per-GPU batch,
+# then a short real 2-GPU training run (core's fit over NCCL: equal micro-batch counts per rank, eval
+# gathered across ranks, one checkpoint). Run from the repository root on a host with 2+ GPUs:
 #   bash packages/chat-pretrain/scripts/bench_multi_gpu.sh [ROWS] [STEPS]
 # With the device tool, ../shared does not travel: copy the tokenizer into an ignored folder first
 #   mkdir -p runs/chatlm-tok && cp ../shared/data/chatlm/*.json runs/chatlm-tok/
-# then run with carry ["runs/chatlm-tok"] and command
-#   TOK=runs/chatlm-tok OUT=$OUT bash packages/chat-pretrain/scripts/bench_multi_gpu.sh
+# then run kind nvidia-h200-x2, carry ["runs/chatlm-tok"], timeout_s 600, command
+#   TOK=runs/chatlm-tok OUT=$OUT bash packages/chat-pretrain/scripts/bench_multi_gpu.sh 1000000 30
 # Prints tokens/s on 1 and 2 GPUs per arm and the scaling efficiency = tps(2) / (2 * tps(1)).
 # Weak scaling: each process keeps the per-GPU batch of the `large` config (32 x 192 budget, accum 2).
 set -euo pipefail
@@ -17,7 +18,7 @@ export PYTHONPATH="packages/core/src:packages/chat-pretrain/src${PYTHONPATH:+:$P
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 TOK=${TOK:-../shared/data/chatlm}
 [ -f "$TOK/tokenizer.json" ] || TOK=runs/chatlm-tok
-DATA="$OUT/bench.parquet"
+DATA=/tmp/chat-pretrain-bench.parquet  # not under $OUT: it would be copied back
 [ -f "$DATA" ] || python3 -m chat_pretrain make-data "$DATA" --rows "$ROWS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 for ARM in ours users; do
@@ -44,3 +45,16 @@ for a in ("ours", "users"):
 print(f"ours vs users on 2 GPUs: {r[('ours', 2)]['tokens_per_s'] / r[('users', 2)]['tokens_per_s']:.2f}x")
 print(json.dumps({f"{a}-{n}": {"tokens_per_s": x["tokens_per_s"], "mfu": x["mfu"]} for (a, n), x in r.items()}))
 PY
+
+# The real job on 2 GPUs: 60 optimizer steps, eval (loss + BLEU on 256 rows) at step 60, then resume
+# for 20 more steps from the latest checkpoint (data position included).
+VALID=/tmp/chat-pretrain-valid.parquet
+[ -f "$VALID" ] || python3 -m chat_pretrain make-data "$VALID" --rows 256 --seed 7
+TRAIN=(accelerate launch --multi_gpu --num_processes 2 -m chat_pretrain train --config large tokenizer.path="$TOK"
+       "data.train_files=[$DATA]" "data.valid_files=[$VALID]" run_dir=/tmp/chat-pretrain-2gpu log_every_steps=10
+       eval.every_steps=60 save_every_steps=60 eval.max_new_tokens=32)
+"${TRAIN[@]}" max_steps=60 > "$OUT/train-2gpu.log" 2>&1 || { echo "FAILED: 2-GPU train"; tail -30 "$OUT/train-2gpu.log"; exit 1; }
+"${TRAIN[@]}" max_steps=80 --resume > "$OUT/train-2gpu-resume.log" 2>&1 \
+  || { echo "FAILED: 2-GPU resume"; tail -30 "$OUT/train-2gpu-resume.log"; exit 1; }
+grep -h -E "^(resumed|done)" "$OUT"/train-2gpu*.log
+cp /tmp/chat-pretrain-2gpu/log.jsonl "$OUT/train-2gpu-log.jsonl"

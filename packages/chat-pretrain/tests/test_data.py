@@ -44,6 +44,7 @@ def test_one_epoch_sees_every_row_once_across_ranks_in_equal_steps(tmp_path, tok
             n, width = x["input_ids"].shape
             assert n * width <= CFG.batch_size * CFG.max_seq_len and n * x["labels"].shape[1] <= 64
         counts.append(len(batches))
+        assert len(b) >= len(batches)  # fit() caps the run at len(): an upper bound, never below
         states.append(b.state_dict())
         paddings.append(sum(bool(x.get("is_padding")) for x in batches))
         seen += _ids(batches)
@@ -139,3 +140,17 @@ def test_pad_to_multiple_of_rounds_the_width(tok):
     b = collate([[5, 6, 7]], [[8] * 9], tok.pad_id, multiple_of=8)
     assert b["input_ids"].shape == (1, 8) and b["labels"].shape == (1, 16)
     assert b["attention_mask"].sum().item() == 3 and (b["labels"] != -100).sum().item() == 9
+
+
+def test_len_bounds_the_epoch_when_later_rows_are_longer(tmp_path, tok):
+    """The lr-schedule estimate samples the first rows; len() must still bound an epoch whose later
+    rows are much longer (fit() would otherwise end the last epoch early)."""
+    short = ["你好"] * 5000  # more than the 4096 rows the estimate samples
+    long = ["今天天气很好，我们去公园散步吧。" * 3] * 2000
+    path = tmp_path / "skewed.parquet"
+    pq.write_table(pa.table({"prompt": short + long, "response": short + long}), path, row_group_size=1000)
+    cfg = dataclasses.replace(CFG, id_column="", shuffle_buffer=0, bucket_rows=1000, max_batch_rows=64)
+    b = _batches(path, tok, cfg=cfg)
+    b.set_epoch(0)
+    actual = len(list(b))
+    assert b.estimate_batches() < actual <= len(b)

@@ -180,11 +180,21 @@ class PromptResponseBatches:
         self._resume = dict(state)
 
     def __len__(self) -> int:
-        """Micro-batches per epoch on this rank, an upper estimate (lengths are not known before
-        reading). fit() uses it for the progress bar and as a cap on steps; epochs end when the
-        data does, so over-estimating is safe and under-estimating is not."""
+        """An upper bound on this rank's micro-batches per epoch (lengths are not known before reading).
+
+        fit() stops a run after epochs * ceil(len / accum) optimizer steps, so this must never be below
+        the real count, or the last epoch would end early without a word; over-counting only makes the
+        progress bar's total too large. The bound: rows are at most max_seq_len tokens, so every batch
+        but the last of each length-sorted chunk (>= 100 rows, core's token_budget_batches) holds at
+        least min(batch_size, max_batch_rows) rows; each bucket adds at most one round on a rank.
+        `estimate_batches` gives the expected count (used for the lr schedule).
+        """
         if self.estimated_batches is None:
-            self.estimated_batches = self.estimate_batches()
+            min_rows = max(1, min(self.cfg.batch_size, self.max_batch_rows))
+            buckets = math.ceil(self.num_rows / self.cfg.bucket_rows)
+            partial = buckets * math.ceil(self.cfg.bucket_rows / 100)
+            global_batches = math.ceil(self.num_rows / min_rows) + partial
+            self.estimated_batches = max(1, math.ceil(global_batches / self.world_size) + buckets)
         return self.estimated_batches
 
     def estimate_batches(self, sample_rows: int = 4096, slack: float = 1.1) -> int:
