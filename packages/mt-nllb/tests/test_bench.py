@@ -13,7 +13,7 @@ def test_synthetic_lengths_follow_the_stated_distribution():
 
 def test_bench_ours_and_profile_variant_on_cpu(tmp_path, capsys):
     out = tmp_path / "b.json"
-    rc = main(["--model-config", "tiny", "--only", "ours,rtx4080s-16g", "--pairs", "600", "--warmup-steps", "1",
+    rc = main(["--model-config", "tiny", "--only", "ours,rtx4080s-16g-adamw", "--pairs", "300", "--fixed-length", "40", "--warmup-steps", "1",
                "--timed-steps", "1", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text
@@ -21,5 +21,5 @@ def test_bench_ours_and_profile_variant_on_cpu(tmp_path, capsys):
     import json
 
     res = {r["name"]: r for r in json.loads(out.read_text())["results"]}
-    assert res["ours"]["samples"] == 96 and res["rtx4080s-16g"]["samples"] == 96  # same effective batch
-    assert res["ours"]["real_tokens"] > 96 * 8
+    assert res["ours"]["samples"] == 96 and res["rtx4080s-16g-adamw"]["samples"] == 96  # same effective batch
+    assert res["ours"]["real_tokens"] == 96 * 80 and res["ours"]["extra"]["max_padded_len"] == 40

@@ -50,16 +50,45 @@ def test_train_writes_checkpoints_logs_bleu_and_test_predictions(trained):
     assert gc.max_new_tokens == 24
 
 
-def test_resume_continues_and_cache_is_reused(trained, capsys):
-    root, run_dir = trained
+def test_sigint_saves_exits_130_and_resume_is_exact(trained, monkeypatch, capsys):
+    """Ctrl-C at step 4 saves a checkpoint and exits 130; --resume then reaches step 12 with the same
+    losses and bit-identical weights as the uninterrupted run."""
+    import signal
+
+    import torch
+    from mt_nllb import loss as loss_mod
+
+    root, straight = trained
+    run_dir = root / "interrupted"
+    real_loss, calls = loss_mod.seq2seq_loss, [0]
+
+    def loss_then_ctrl_c(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 4:  # cpu-debug has no accumulation: micro-step 4 is optimizer step 4
+            signal.raise_signal(signal.SIGINT)
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(loss_mod, "seq2seq_loss", loss_then_ctrl_c)
+    args = ["train", "--profile", "cpu-debug", "--run-dir", str(run_dir), "--no-progress",
+            f"data.cache_dir={root / 'cache'}"]
     capsys.readouterr()
-    rc = main(["train", "--profile", "cpu-debug", "--run-dir", str(run_dir), "--no-progress", "--resume",
-               f"data.cache_dir={root / 'cache'}", "max_steps=15", "data.test="])
-    out = capsys.readouterr().out
-    assert rc == 0
-    assert "cache hit" in out and "resumed from" in out and "step-12" in out
-    steps = [r["step"] for r in _records(run_dir) if "loss" in r]
-    assert steps[-1] == 15 and steps.count(12) == 1  # continued, not restarted
+    assert main(args) == 130
+    assert "cache hit" in capsys.readouterr().out  # the tokenized data was reused, not rebuilt
+    assert (run_dir / "checkpoints" / "step-4" / "trainer_state.json").exists()
+    assert not (run_dir / "checkpoints" / "step-6").exists()
+    monkeypatch.setattr(loss_mod, "seq2seq_loss", real_loss)
+    assert main(args + ["--resume"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    losses = {r["step"]: r["loss"] for r in _records(run_dir) if "loss" in r}
+    reference = {r["step"]: r["loss"] for r in _records(straight) if "loss" in r}
+    assert sorted(losses) == sorted(set(losses)) and max(losses) == 12
+    for step in (9, 12):  # the window logged at step 6 is 5..6 here (step 4 was logged at the stop), 4..6 there
+        assert losses[step] == reference[step], step
+    a = torch.load(straight / "checkpoints" / "step-12" / "model.pt", map_location="cpu")
+    b = torch.load(run_dir / "checkpoints" / "step-12" / "model.pt", map_location="cpu")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # keep_last=2: the step-4 checkpoint of the stop was pruned once steps 6 and 12 were saved
+    assert {p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-")} == {"step-6", "step-12"}
 
 
 def test_translate_stdin_to_stdout(trained, monkeypatch, capsys):
@@ -93,6 +122,10 @@ def test_profiles_and_config_errors(capsys):
     assert "unknown key 'optim.lrr'" in capsys.readouterr().err
     assert main(["train", "--profile", "cpu-debug", "eval_every_steps=4", "save_every_steps=6"]) == 2
     assert "multiple of" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["bench", "--help"])
+    assert e.value.code == 0 and "--fixed-length" in capsys.readouterr().out
+    assert main(["nope"]) == 2 and "commands: train, evaluate, translate, profiles, bench" in capsys.readouterr().err
 
 
 def test_every_shipped_profile_loads_into_the_config():
@@ -122,3 +155,38 @@ def test_nllb_600m_architecture_and_flops():
     assert head > body
     f = pair_train_flops(c, 1, 1)
     assert f > 3 * 2 * (head / 6)
+
+
+def test_best_by_bleu_is_kept_beside_the_last_n(trained, capsys):
+    from trainstack.checkpoint import CheckpointManager
+
+    root, _ = trained
+    run_dir = root / "keep"
+    assert main(["train", "--profile", "cpu-debug", "--run-dir", str(run_dir), "--no-progress",
+                 f"data.cache_dir={root / 'cache'}", "data.test=", "max_steps=8", "eval_every_steps=2",
+                 "save_every_steps=2", "keep_last=1", "keep_best=1", "eval.max_rows=4",
+                 "eval.max_new_tokens=8"]) == 0
+    evals = {r["step"]: r["eval_bleu"] for r in _records(run_dir) if "eval_bleu" in r}
+    assert {2, 4, 6, 8} <= set(evals)  # (plus one at the epoch end, which saves nothing)
+    best = CheckpointManager(run_dir / "checkpoints", metric="eval_bleu", mode="max").best()
+    saved_bleu = max(evals[s] for s in (2, 4, 6, 8))
+    assert json.loads((best / "trainer_state.json").read_text())["metrics"]["eval_bleu"] == saved_bleu
+    kept = {p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-")}
+    assert kept == {"step-8", best.name}  # keep_last=1 plus the best by BLEU; the rest pruned
+
+
+def test_generation_forces_the_target_language_and_takes_its_length_from_config(trained):
+    import torch
+    from mt_nllb.model import load_for_inference, set_generation
+
+    _, run_dir = trained
+    model, tok = load_for_inference(run_dir / "checkpoints" / "step-12")
+    model.config.forced_bos_token_id = None  # only generation_config may carry it
+    set_generation(model, tok, "eng_Latn", num_beams=2, max_new_tokens=30)
+    ids = tok(["今天天气很好。"], add_special_tokens=False)["input_ids"][0]
+    src = torch.tensor([[tok.convert_tokens_to_ids("zho_Hans"), *ids, 2]])
+    with torch.no_grad():  # EOS suppressed so the length is the configured one, not transformers' 20
+        out = model.generate(input_ids=src, generation_config=model.generation_config, suppress_tokens=[2])
+    assert out[0, 0].item() == model.config.decoder_start_token_id
+    assert out[0, 1].item() == tok.convert_tokens_to_ids("eng_Latn")
+    assert out.shape[1] == 1 + 30

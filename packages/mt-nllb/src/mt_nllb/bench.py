@@ -36,11 +36,12 @@ def synthetic_lengths(n: int, seed: int, median: float = 38.0, sigma: float = 0.
     return np.clip(np.round(rng.lognormal(math.log(median), sigma, size=(n, 2))), lo, hi).astype(np.int64)
 
 
-def synthetic_pairs(n: int, vocab: int, seed: int):
-    """TokenizedPairs with NLLB's layout ([lang] ... </s>); lengths include the two special tokens."""
+def synthetic_pairs(n: int, vocab: int, seed: int, fixed_length: int = 0):
+    """TokenizedPairs with NLLB's layout ([lang] ... </s>); lengths include the two special tokens.
+    ``fixed_length`` > 0: every pair at that many tokens a side (the worst case for memory)."""
     from .data import TokenizedPairs, _flatten
 
-    lengths = synthetic_lengths(n, seed)
+    lengths = np.full((n, 2), fixed_length, dtype=np.int64) if fixed_length else synthetic_lengths(n, seed)
     rng = np.random.default_rng(seed + 1)
     src = [[256047 % vocab, *rng.integers(4, vocab, size=int(s) - 2).tolist(), 2] for s in lengths[:, 0]]
     tgt = [[256048 % vocab, *rng.integers(4, vocab, size=int(t) - 2).tolist(), 2] for t in lengths[:, 1]]
@@ -57,6 +58,12 @@ def _peak_reserved_gib():
     import torch
 
     return torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+
+
+def _peak_allocated_gib():
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
 def _flops_per_real_token(config, tp, batches) -> float:
@@ -96,7 +103,8 @@ def bench_ours(name, config, tp, *, batch_size, accum, steps, warmup, max_tokens
     config._attn_implementation = "sdpa"
     if dropout is not None:
         config.dropout = config.attention_dropout = dropout
-    model = M2M100ForConditionalGeneration(config).to(device).train()
+    with torch.device(device):  # random init on the GPU: seconds instead of ~10 s on the host for 600M
+        model = M2M100ForConditionalGeneration(config).train()
     if checkpointing:
         enable_checkpointing(model)
     if compile_body:
@@ -152,7 +160,8 @@ def bench_ours(name, config, tp, *, batch_size, accum, steps, warmup, max_tokens
     t0 = time.perf_counter()
     res = time_steps(step, warmup_steps=warmup, timed_steps=steps, real_tokens_per_step=lambda i: real_tokens[i],
                      samples_per_step=lambda i: samples[i], flops_per_token=fpt, name=name)
-    res.extra.update(peak_reserved_gib=_gib(_peak_reserved_gib()), wall_s=round(time.perf_counter() - t0, 1),
+    res.extra.update(peak_reserved_gib=_gib(_peak_reserved_gib()), peak_allocated_gib=_gib(_peak_allocated_gib()),
+                     max_padded_len=max(int(b["input_ids"].shape[1]) for b in batches), wall_s=round(time.perf_counter() - t0, 1),
                      batch_size=batch_size, accum=accum, max_tokens=max_tokens, checkpointing=checkpointing,
                      compile_body=compile_body, compile_loss=compile_loss, chunked_ce=chunked_ce, optim=optim,
                      memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt)
@@ -289,14 +298,34 @@ VARIANTS = {
     "ours-chunk4096": dict(batch_size=96, accum=1, ce_chunk=4096, compile_loss=True),
     "ours-nodropout": dict(batch_size=96, accum=1, dropout=0.0),
     "ours-profile": dict(batch_size=96, accum=1, profile=True),
-    # The shipped rtx4080s-16g profile (24 x 4, checkpointing, 256-row chunks) and the settings that
-    # ran out of memory under the 16 GiB cap (BENCHMARKS.md).
-    "rtx4080s-16g": dict(batch_size=24, accum=4, ce_chunk=256, checkpointing=True, compile_loss=False,
-                         memory_cap_gib=16.0),
+    # "rtx4080s-16g" (the shipped profile's settings, read from its YAML, under a 16 GiB cap) is added
+    # by profile_variant(); "-adamw" is the same with fp32 AdamW states. Below: settings that ran out
+    # of memory under the 16 GiB cap (BENCHMARKS.md).
     "rtx4080s-16g-48x2": dict(batch_size=48, accum=2, ce_chunk=1024, memory_cap_gib=16.0),
     "rtx4080s-16g-24x4-nockpt": dict(batch_size=24, accum=4, ce_chunk=512, memory_cap_gib=16.0),
     "rtx4080s-16g-48x2-ckpt": dict(batch_size=48, accum=2, ce_chunk=1024, checkpointing=True, memory_cap_gib=16.0),
 }
+
+
+def profile_variant(name: str, memory_cap_gib: float = 16.0, overrides=()) -> dict:
+    """bench_ours kwargs from a shipped profile's settings, so the bench measures what ships."""
+    from trainstack.config import load_config
+    from trainstack.hardware import load_profiles, resolve_profile
+
+    from .config import TrainConfig
+    from .profiles import profile_dir
+
+    cfg = load_config(TrainConfig, resolve_profile(name, load_profiles(profile_dir())).settings, list(overrides))
+    if not cfg.speed.batch_size:
+        raise ValueError(f"profile {name} uses a token budget; the bench needs a fixed speed.batch_size")
+    return dict(batch_size=cfg.speed.batch_size, accum=cfg.grad_accum_steps, ce_chunk=cfg.speed.ce_chunk_tokens,
+                chunked_ce=cfg.speed.chunked_ce, checkpointing=cfg.speed.gradient_checkpointing,
+                compile_loss=cfg.speed.compile_loss, compile_body=cfg.speed.compile, optim=cfg.optim.name,
+                memory_cap_gib=memory_cap_gib)
+
+
+VARIANTS["rtx4080s-16g"] = profile_variant("rtx4080s-16g")
+VARIANTS["rtx4080s-16g-adamw"] = profile_variant("rtx4080s-16g", overrides=["optim.name=adamw"])
 
 
 def main(argv=None) -> int:
@@ -309,6 +338,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
     p.add_argument("--users-timed-steps", type=int, default=4)
+    p.add_argument("--fixed-length", type=int, default=0,
+                   help="every pair at this many tokens a side (memory worst case) instead of the lognormal")
     p.add_argument("--out", default="", help="write results JSON here")
     p.add_argument("--workdir", default="/tmp/mt-nllb-bench")
     args = p.parse_args(argv)
@@ -323,11 +354,12 @@ def main(argv=None) -> int:
         p.error(f"unknown bench variant(s) {unknown}; choose from users-trainer, {', '.join(VARIANTS)}")
     print(device_banner(), flush=True)
     config = load_arch_config(args.model_config)
-    tp = synthetic_pairs(args.pairs, config.vocab_size, seed=0)
+    tp = synthetic_pairs(args.pairs, config.vocab_size, seed=0, fixed_length=args.fixed_length)
     print(f"synthetic pairs: {len(tp)}, mean real tokens/pair {np.diff(tp.src_offsets).mean() + np.diff(tp.tgt_offsets).mean():.1f}",
           flush=True)
     results, errors = [], {}
     for name in names:
+        _release_gpu()  # a failed variant's blocks must not count in the next one's peak reserved
         t0 = time.perf_counter()
         try:
             if name == "users-trainer":
@@ -356,6 +388,17 @@ def main(argv=None) -> int:
         base = "users-trainer" if any(r.name == "users-trainer" for r in results) else results[0].name
         print(compare(results, baseline=base))
     return 0 if not errors else 1
+
+
+def _release_gpu():
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
 
 
 def _write(path, results, errors):

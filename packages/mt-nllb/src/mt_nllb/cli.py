@@ -3,7 +3,7 @@
     mt-nllb train [--profile NAME|PATH|auto] [--run-dir DIR] [--resume] [key=value ...]
     mt-nllb evaluate CHECKPOINT --test FILE [--num-beams 4] [--predictions FILE]
     mt-nllb translate CHECKPOINT [--batch-size 32] [--num-beams 4] < zh.txt > en.txt
-    mt-nllb profiles
+    mt-nllb profiles [--memory]
     mt-nllb bench [--only users-trainer,ours,rtx4080s-16g]
 
 One GPU:  mt-nllb train --profile rtx4080s-16g data.train=[wmt19,opus100] data.caps=[5000000,500000]
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     if command == "profiles":
         from .profiles import print_profiles
 
-        return print_profiles()
+        return print_profiles(rest)
     if command == "bench":
         from .bench import main as run
 

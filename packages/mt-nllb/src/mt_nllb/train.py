@@ -228,6 +228,15 @@ def test_best(cfg: TrainConfig, run_dir: Path, model, tokenizer) -> dict:
     return {"checkpoint": str(best), "rows": len(pairs), **m}
 
 
+def check_optimizer_available(name: str) -> None:
+    """Fail at start-up, not after data preparation, when the optimizer's package is missing."""
+    from trainstack import optim
+
+    if name == "adamw8bit" and not optim.HAS_BITSANDBYTES:
+        raise ImportError("optim.name=adamw8bit (the rtx4080s-16g profile) needs bitsandbytes: "
+                          "pip install 'mt-nllb[bnb]', or pass optim.name=adamw (fp32 states: +3.4 GiB)")
+
+
 def main(argv=None) -> int:
     from trainstack.config import ConfigError, load_config
     from trainstack.hardware import NoProfileFits
@@ -240,7 +249,8 @@ def main(argv=None) -> int:
         profile, how = resolve(args.profile)
         print(f"profile {profile.name} ({how}): {profile.description}")
         cfg = load_config(TrainConfig, profile.settings, overrides)
-    except (ConfigError, NoProfileFits, FileNotFoundError, ValueError) as e:
+        check_optimizer_available(cfg.optim.name)
+    except (ConfigError, NoProfileFits, FileNotFoundError, ValueError, ImportError) as e:
         print(f"mt-nllb train: error: {e}", file=sys.stderr)
         return 2
     try:

@@ -22,12 +22,32 @@ def resolve(name_or_path: str):
     return resolve_profile(name_or_path, profiles), "as asked"
 
 
-def print_profiles() -> int:
+def print_profiles(argv=()) -> int:
+    """mt-nllb profiles [--memory]: each shipped profile, whether it fits this machine, and with
+    --memory the estimated peak GPU memory of its worst-case step (mt_nllb.memory)."""
+    import argparse
+
     from trainstack.hardware import detect_hardware, load_profiles, why_not_fits
 
+    p = argparse.ArgumentParser(prog="mt-nllb profiles", description=print_profiles.__doc__)
+    p.add_argument("--memory", action="store_true", help="estimated peak memory per GPU profile (worst case)")
+    args = p.parse_args(list(argv))
     hw = detect_hardware()
-    for p in sorted(load_profiles(profile_dir()), key=lambda p: p.name):
-        why = why_not_fits(p, hw)
+    profiles = sorted(load_profiles(profile_dir()), key=lambda p: p.name)
+    for prof in profiles:
+        why = why_not_fits(prof, hw)
         fits = "fits here" if not why else "not here: " + "; ".join(why)
-        print(f"{p.name:<14} {p.description}  [{fits}]")
+        print(f"{prof.name:<14} {prof.description}  [{fits}]")
+    if args.memory:
+        from ..memory import estimate_for_profile
+
+        for prof in profiles:
+            if prof.requires.gpu_count == 0:
+                continue
+            plan = estimate_for_profile(prof.name)
+            budget = prof.requires.min_gpu_memory_gib  # rtx4080s-16g: 15, the acceptance limit
+            verdict = "fits" if plan.reserved_gib <= budget else "DOES NOT FIT"
+            print()
+            print(plan.table())
+            print(f"  -> {verdict} in {budget:g} GiB (estimate; measured numbers in BENCHMARKS.md)")
     return 0
