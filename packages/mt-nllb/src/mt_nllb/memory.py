@@ -141,10 +141,10 @@ class MemoryPlan:
     def table(self) -> str:
         lines = [f"{self.label}: " + ", ".join(f"{k}={v}" for k, v in self.settings.items())]
         for k, v in self.parts.items():
-            lines.append(f"  {k:<34} {v / GIB:7.2f} GiB")
-        lines.append(f"  {'forward peak (allocated)':<34} {self.forward_peak / GIB:7.2f} GiB")
-        lines.append(f"  {'backward peak (allocated)':<34} {self.backward_peak / GIB:7.2f} GiB")
-        lines.append(f"  {'peak reserved (x' + str(RESERVED_OVER_ALLOCATED) + ')':<34} {self.reserved_gib:7.2f} GiB")
+            lines.append(f"  {k:<38} {v / GIB:7.2f} GiB")
+        lines.append(f"  {'forward peak (allocated)':<38} {self.forward_peak / GIB:7.2f} GiB")
+        lines.append(f"  {'backward peak (allocated)':<38} {self.backward_peak / GIB:7.2f} GiB")
+        lines.append(f"  {'peak reserved (x' + str(RESERVED_OVER_ALLOCATED) + ')':<38} {self.reserved_gib:7.2f} GiB")
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
