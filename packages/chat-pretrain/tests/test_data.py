@@ -128,6 +128,11 @@ def test_nulls_and_empty_rows_are_counted_or_fatal(tmp_path, tok):
     assert (b.skipped.null, b.skipped.empty) == (2, 1)
     assert sorted(b.skipped.first) == sorted(f"row {i} of {path} has {w}" for i, w in
                                              [(1, "a null 'prompt'"), (2, "a null 'response'"), (3, "an empty 'prompt'")])
+    from chat_pretrain.data import SkipCounts, read_valid_pairs
+
+    counts = SkipCounts()
+    valid = list(read_valid_pairs([path], CFG, tokenizer=tok.tokenizer, eos_id=tok.eos_id, skipped=counts))
+    assert [v[2] for v in valid] == ["好", "好", "不客气"] and (counts.null, counts.empty) == (2, 1)
     strict = _batches(path, tok, cfg=dataclasses.replace(CFG, on_bad_row="error", shuffle_buffer=0))
     strict.set_epoch(0)
     with pytest.raises(DataError, match=r"row 1 of .*nulls\.parquet has a null 'prompt'"):

@@ -82,8 +82,11 @@ def test_bleu_two_gloo_processes_equals_single(valid_set, chatlm_dir):
     assert two["loss"] == pytest.approx(single["loss"], rel=1e-6)
 
 
-def test_bleu_matches_sacrebleu_zh_directly(valid_set, chatlm_dir):
-    """The number is corpus BLEU-4 with sacrebleu's zh tokenizer over all rows (not one batch)."""
+@pytest.mark.parametrize("eval_cfg", [EVAL, EvalConfig(batch_size=4, max_new_tokens=12, num_beams=2, max_rows=7)],
+                         ids=["greedy-all-rows", "beam2-first-7-rows"])
+def test_bleu_matches_sacrebleu_zh_directly(valid_set, chatlm_dir, eval_cfg):
+    """The number is corpus BLEU-4 with sacrebleu's zh tokenizer over all rows (not one batch), greedy or
+    beam search, against generation one row at a time (no padding, no batching)."""
     import sacrebleu
     from chat_pretrain.data import collate, read_valid_pairs
 
@@ -91,14 +94,16 @@ def test_bleu_matches_sacrebleu_zh_directly(valid_set, chatlm_dir):
     tok = load_tokenizer(chatlm_dir)
     model = _model(tok)
     model.load_state_dict(torch.load(weights))
-    got = evaluate_model(model, tok, [valid], DATA, EVAL)
-    rows = list(read_valid_pairs([valid], DATA, tokenizer=tok.tokenizer, eos_id=tok.eos_id))
+    got = evaluate_model(model, tok, [valid], DATA, eval_cfg)
+    rows = list(read_valid_pairs([valid], DATA, tokenizer=tok.tokenizer, eos_id=tok.eos_id,
+                                 max_rows=eval_cfg.max_rows))
+    assert got["rows"] == len(rows) == (eval_cfg.max_rows or 23) and got["skipped_rows"] == 0
     hyps, refs = [], []
-    for s, t, _ in rows:  # one row at a time: no padding, no batching
+    for s, t, _ in rows:
         b = collate([s], [t], tok.pad_id)
         with torch.no_grad():
             g = model.generate(input_ids=b["input_ids"], attention_mask=b["attention_mask"], max_new_tokens=12,
-                               do_sample=False)
+                               num_beams=eval_cfg.num_beams, do_sample=False)
         hyps += tok.decode_batch(g.tolist())
         refs += tok.decode_batch([t])
     expected = sacrebleu.corpus_bleu(hyps, [refs], tokenize="zh").score

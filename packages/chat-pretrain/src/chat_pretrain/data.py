@@ -301,9 +301,11 @@ class PromptResponseBatches:
 
 
 def read_valid_pairs(files, cfg: DataConfig, rank: int = 0, world_size: int = 1, max_rows: int = 0,
-                     tokenizer=None, eos_id: int | None = None) -> Iterator[tuple[list[int], list[int], str]]:
+                     tokenizer=None, eos_id: int | None = None,
+                     skipped: SkipCounts | None = None) -> Iterator[tuple[list[int], list[int], str]]:
     """This rank's share of the validation rows, in file order: (prompt ids, response ids, response text).
-    Row i goes to rank i % world_size, so the union over ranks is the whole set, each row once."""
+    Row i goes to rank i % world_size, so the union over ranks is the whole set, each row once. Null or
+    empty rows are skipped and counted in `skipped` (every rank counts all of them)."""
     files = expand_files(files)
     columns = [cfg.prompt_column, cfg.response_column]
     check_schema(files, columns)
@@ -317,6 +319,11 @@ def read_valid_pairs(files, cfg: DataConfig, rank: int = 0, world_size: int = 1,
                 if max_rows and i >= max_rows:
                     break
                 ok = bool(p) and bool(r)
+                if not ok and skipped is not None:
+                    if p is None or r is None:
+                        skipped.null += 1
+                    else:
+                        skipped.empty += 1
                 if ok and i % world_size == rank:
                     mine_p.append(p)
                     mine_r.append(r)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from chat_pretrain.config import DataConfig, EvalConfig
-from chat_pretrain.data import collate, read_valid_pairs
+from chat_pretrain.data import SkipCounts, collate, read_valid_pairs
 
 
 def _dist():
@@ -30,7 +30,8 @@ def _unwrap(model):
 @torch.no_grad()
 def evaluate_model(model, tokenizer, files, data_cfg: DataConfig, eval_cfg: EvalConfig, precision=None,
                    progress: bool = False) -> dict:
-    """Returns {"loss", "bleu", "rows", "bleu_signature"}; identical on every rank."""
+    """Returns {"loss", "bleu", "rows", "skipped_rows", "bleu_signature"}; identical on every rank.
+    Null or empty validation rows are skipped and counted in "skipped_rows"."""
     from trainstack.metrics import bleu
 
     m = _unwrap(model)
@@ -66,7 +67,9 @@ def evaluate_model(model, tokenizer, files, data_cfg: DataConfig, eval_cfg: Eval
                 refs.extend(tokenizer.decode_batch([c[1] for c in chunk]))
 
     window: list = []
-    rows = read_valid_pairs(files, data_cfg, rank, world, eval_cfg.max_rows, tokenizer.tokenizer, tokenizer.eos_id)
+    skipped = SkipCounts()
+    rows = read_valid_pairs(files, data_cfg, rank, world, eval_cfg.max_rows, tokenizer.tokenizer, tokenizer.eos_id,
+                            skipped)
     for row in rows:
         window.append(row)
         if len(window) >= eval_cfg.batch_size * 16:
@@ -84,7 +87,8 @@ def evaluate_model(model, tokenizer, files, data_cfg: DataConfig, eval_cfg: Eval
         torch.distributed.all_gather_object(gathered, (hyps, refs))
         hyps = [h for part in gathered for h in part[0]]
         refs = [r for part in gathered for r in part[1]]
-    result = {"loss": float(loss_sum / tokens.clamp(min=1)), "rows": len(refs) if eval_cfg.bleu else None}
+    result = {"loss": float(loss_sum / tokens.clamp(min=1)), "rows": len(refs) if eval_cfg.bleu else None,
+              "skipped_rows": skipped.total}
     if eval_cfg.bleu:
         # References are the decoded (truncated) target ids, so that BLEU measures the model against
         # what it was trained to produce, decoded by the same tokenizer.

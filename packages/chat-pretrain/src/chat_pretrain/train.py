@@ -117,9 +117,9 @@ def run(job: Job):
 
         def evaluate(m):
             r = evaluate_model(m, tok, valid_files, cfg.data, cfg.eval, precision)
-            out = {"eval_loss": r["loss"]}
+            out = {"eval_loss": r["loss"], "eval_skipped_rows": r["skipped_rows"]}
             if "bleu" in r:
-                out["eval_bleu"] = r["bleu"]
+                out.update(eval_bleu=r["bleu"], eval_rows=r["rows"])
             return out
 
     def save_model_fn(directory):
