@@ -197,7 +197,9 @@ def iter_texts(files, columns=("prompt", "response"), batch_rows: int = 1024, ma
 
 def train_tokenizer(files, vocab_size: int, kind: str = "bpe", columns=("prompt", "response"),
                     max_texts: int = 0, out_dir=None) -> Tokenizer:
-    """Byte-level BPE or unigram, trained from an iterator (the trainer never holds the corpus)."""
+    """Byte-level BPE or unigram, trained from an iterator. The files are read in record batches, but
+    the trainer keeps a count per distinct pre-token, so RAM grows with the distinct texts seen:
+    `max_texts` is the bound (the CLI defaults to 300k texts)."""
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
     if kind == "bpe":
