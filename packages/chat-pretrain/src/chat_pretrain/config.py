@@ -75,7 +75,10 @@ class DataConfig:
 class OptimConfig:
     name: Literal["adamw", "adafactor"] = "adamw"
     lr: float = 1e-4
-    """Peak learning rate; also used by adafactor (never relative-step)."""
+    """Peak learning rate, warmed up and decayed by `schedule`. With adafactor (torch.optim.Adafactor) it
+    is the step size relative to each parameter's RMS: torch takes min(lr, 1/sqrt(step)), which is lr
+    for the first 1/lr^2 steps, so the lr and its schedule are honoured (the users' relative-step
+    Adafactor ignored both)."""
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     schedule: Literal["cosine", "linear", "constant"] = "cosine"

@@ -9,9 +9,13 @@
     chat-pretrain train --config cpu-tiny data.train_files=[train.parquet] tokenizer.path=...
     # resume from the latest checkpoint, data position included (the users' spelling works too)
     chat-pretrain train --config large ... --resume          # or --is_keep_training=True
+    # several CPU processes (gloo), as the tests do
+    torchrun --nproc_per_node 2 -m chat_pretrain train --config cpu-tiny ...
+
+Ctrl-C (SIGINT) or SIGTERM: the optimizer step finishes, a resumable checkpoint is saved, exit status 130.
 
 Steps: config -> hardware and precision -> tokenizer -> model (SDPA when supported) -> streamed
-token-budget batches sharded by rank -> AdamW + warmup/cosine (or Adafactor with an explicit lr) ->
+token-budget batches, every W-th to rank r -> AdamW + warmup/cosine (or Adafactor with the given lr) ->
 core's fit (accelerate, no_sync on non-final micro-steps, checkpoints with the data position, keep-N
 best by BLEU) with evaluation = validation loss + BLEU-4 over the whole validation set.
 """
