@@ -112,13 +112,29 @@ def test_gpu_fit16_script_runs_on_cpu_with_the_tiny_switch(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     verdict = json.loads((tmp_path / "verdict.json").read_text())
     assert verdict["arch"] == "tiny" and verdict["limit_gib"] == 15.0
-    fp32 = verdict["variants"]["rtx4080s-16g-adamw"]
+    fp32 = verdict["variants"]["rtx4080s-16g-adamw-uncapped"]
     assert fp32["steps"] == 2 and fp32["peak_reserved_gib"] is None  # no GPU: no memory figure invented
+    assert "implied_adamw8bit_reserved_gib" not in fp32
     shipped = verdict["variants"]["rtx4080s-16g"]
     from trainstack.optim import HAS_BITSANDBYTES
 
     assert ("steps" in shipped) if HAS_BITSANDBYTES else ("bitsandbytes" in shipped["error"])
     assert "rtx4080s-16g" in (tmp_path / "memory_estimate.txt").read_text()
     bench = json.loads((tmp_path / "fit16.json").read_text())
-    r = {x["name"]: x for x in bench["results"]}["rtx4080s-16g-adamw"]
+    r = {x["name"]: x for x in bench["results"]}["rtx4080s-16g-adamw-uncapped"]
     assert r["samples"] == 2 * 96 and r["extra"]["max_padded_len"] == 64 and r["extra"]["checkpointing"]
+
+
+def test_fit16_verdict_from_measured_figures():
+    from mt_nllb.bench import fit16_verdict
+
+    bench = {"results": [{"name": "rtx4080s-16g-adamw-uncapped", "steps": 2, "samples_per_s": 80.0,
+                          "extra": {"peak_reserved_gib": 17.0, "peak_allocated_gib": 14.0}}],
+             "errors": {"rtx4080s-16g": "OutOfMemoryError: CUDA out of memory. Tried to allocate 1002.00 MiB"}}
+    v = fit16_verdict(bench, "nllb-600m", 256)["variants"]
+    assert v["rtx4080s-16g"]["fits_15gib"] is False and v["rtx4080s-16g"]["estimate_reserved_gib"] < 15
+    fp32 = v["rtx4080s-16g-adamw-uncapped"]
+    assert fp32["fits_15gib"] is False and fp32["estimate_reserved_gib"] > 15
+    # fp32 AdamW states minus 8-bit states: 8 vs ~2 bytes per parameter over 615M parameters
+    assert fp32["implied_adamw8bit_reserved_gib"] == pytest.approx(17.0 - 3.41, abs=0.02)
+    assert fp32["implied_adamw8bit_fits_15gib"] is True

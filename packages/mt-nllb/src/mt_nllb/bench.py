@@ -307,7 +307,7 @@ VARIANTS = {
 }
 
 
-def profile_variant(name: str, memory_cap_gib: float = 16.0, overrides=()) -> dict:
+def profile_variant(name: str, memory_cap_gib: float | None = 16.0, overrides=()) -> dict:
     """bench_ours kwargs from a shipped profile's settings, so the bench measures what ships."""
     from trainstack.config import load_config
     from trainstack.hardware import load_profiles, resolve_profile
@@ -326,6 +326,49 @@ def profile_variant(name: str, memory_cap_gib: float = 16.0, overrides=()) -> di
 
 VARIANTS["rtx4080s-16g"] = profile_variant("rtx4080s-16g")
 VARIANTS["rtx4080s-16g-adamw"] = profile_variant("rtx4080s-16g", overrides=["optim.name=adamw"])
+# No cap: the true peak with fp32 states, to check the memory estimate (and, minus the states'
+# difference, what 8-bit states imply) on a machine without bitsandbytes.
+VARIANTS["rtx4080s-16g-adamw-uncapped"] = profile_variant("rtx4080s-16g", memory_cap_gib=None,
+                                                          overrides=["optim.name=adamw"])
+
+
+def fit16_verdict(bench: dict, arch: str, length: int) -> dict:
+    """scripts/gpu_fit16.sh's verdict from a bench results JSON: per rtx4080s-16g variant the measured
+    peak reserved / allocated memory next to the estimate (mt_nllb.memory) and fits_15gib. For the
+    uncapped fp32-states run also the peak that 8-bit states imply: measured minus the states' size
+    difference (exact, from parameter counts), labelled "implied": derived, not run."""
+    from .memory import FIT_LIMIT_GIB, estimate
+    from .model import load_arch_config
+
+    config = load_arch_config(arch)
+    measured = {r["name"]: r for r in bench.get("results", [])}
+    errors = bench.get("errors", {})
+    verdict = {"limit_gib": FIT_LIMIT_GIB, "arch": arch, "tokens_per_side": length, "variants": {}}
+    for name in [n for n in VARIANTS if n.startswith("rtx4080s-16g")]:
+        if name not in measured and name not in errors:
+            continue
+        v = VARIANTS[name]
+        plan = estimate(config, batch=v["batch_size"], src_len=length, tgt_len=length, optim=v["optim"],
+                        checkpointing=v["checkpointing"], chunked_ce=v["chunked_ce"], ce_chunk_rows=v["ce_chunk"])
+        row = {"memory_cap_gib": v["memory_cap_gib"], "estimate_allocated_gib": round(plan.allocated_gib, 2),
+               "estimate_reserved_gib": round(plan.reserved_gib, 2)}
+        if name in measured:
+            extra = measured[name]["extra"]
+            row.update(peak_reserved_gib=extra.get("peak_reserved_gib"), peak_allocated_gib=extra.get("peak_allocated_gib"),
+                       steps=measured[name]["steps"], samples_per_s=round(measured[name]["samples_per_s"], 1))
+            if row["peak_reserved_gib"] is not None:
+                row["fits_15gib"] = row["peak_reserved_gib"] <= FIT_LIMIT_GIB
+                if v["optim"] == "adamw" and v["memory_cap_gib"] is None:
+                    states = {o: estimate(config, batch=1, src_len=8, tgt_len=8, optim=o).parts[f"optimizer states ({o})"]
+                              for o in ("adamw", "adamw8bit")}
+                    implied = row["peak_reserved_gib"] - (states["adamw"] - states["adamw8bit"]) / 2**30
+                    row["implied_adamw8bit_reserved_gib"] = round(implied, 2)
+                    row["implied_adamw8bit_fits_15gib"] = implied <= FIT_LIMIT_GIB
+        else:
+            row["error"] = errors[name]
+            row["fits_15gib"] = False if "out of memory" in row["error"].lower() else None
+        verdict["variants"][name] = row
+    return verdict
 
 
 def main(argv=None) -> int:
