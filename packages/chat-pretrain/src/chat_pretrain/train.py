@@ -132,6 +132,10 @@ def run(job: Job):
         m.save_pretrained(directory, safe_serialization=True)
         tok.tokenizer.save(str(Path(directory) / "tokenizer.json"))
 
+    if job.resume and not any((run_dir / "checkpoints").glob("step-*/trainer_state.json")):
+        # fit() starts fresh when there is nothing to resume; say it so a wrong run_dir is noticed.
+        say(f"resume: no checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
+
     loop_cfg = LoopConfig(
         max_steps=cfg.max_steps or None,
         epochs=cfg.epochs,
