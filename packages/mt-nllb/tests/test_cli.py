@@ -190,3 +190,15 @@ def test_generation_forces_the_target_language_and_takes_its_length_from_config(
     assert out[0, 0].item() == model.config.decoder_start_token_id
     assert out[0, 1].item() == tok.convert_tokens_to_ids("eng_Latn")
     assert out.shape[1] == 1 + 30
+
+
+def test_scores_equal_sacrebleu_and_predictions_align():
+    import sacrebleu
+    from mt_nllb.evaluate import score
+
+    hyps = ["The cat sat on the mat.", "He visits his grandparents every Sunday.", "It is raining"]
+    refs = ["The cat sat on the mat.", "He visits his grandparents every weekend.", "It rains today."]
+    m = score(hyps, refs)
+    assert m["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score)
+    assert m["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score)
+    assert 20 < m["bleu"] < 100 and "nw:2" in m["chrf_signature"]
