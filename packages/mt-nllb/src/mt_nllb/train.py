@@ -1,6 +1,7 @@
 """mt-nllb train: the whole fine-tuning job, top to bottom.
 
 One GPU (16 GB):  mt-nllb train --profile rtx4080s-16g data.train=[wmt19,opus100] data.caps=[5000000,500000] data.test=wmt19
+                  (8-bit AdamW states: pip install 'mt-nllb[bnb]'; memory plan: mt-nllb profiles --memory)
 One H100:         mt-nllb train --profile h100-80g data.train=[pairs.tsv] data.test=test.tsv
 N GPUs:           accelerate launch --num_processes N -m mt_nllb train --profile h100-80g ...
 CPU (smoke):      mt-nllb train --profile cpu-debug --run-dir runs/debug
