@@ -202,3 +202,12 @@ def test_scores_equal_sacrebleu_and_predictions_align():
     assert m["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs], tokenize="13a").score)
     assert m["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score)
     assert 20 < m["bleu"] < 100 and "nw:2" in m["chrf_signature"]
+
+
+def test_16gb_profile_without_bitsandbytes_is_a_one_line_startup_error(monkeypatch, capsys):
+    from trainstack import optim
+
+    monkeypatch.setattr(optim, "HAS_BITSANDBYTES", False)
+    assert main(["train", "--profile", "rtx4080s-16g", "--run-dir", "/nonexistent/never-created"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs bitsandbytes" in err[0] and "mt-nllb[bnb]" in err[0]
