@@ -114,10 +114,12 @@ class Config:
     save_every_steps: int = 5000
     keep_last: int = 2
     save_checkpoints: bool = True
-    """False: no resumable checkpoints (benchmarks, smoke runs); the final export is still written."""
+    """False: no periodic checkpoints (benchmarks, smoke runs); the final export is still written,
+    and core's loop still writes one resumable checkpoint at the last step (the DeepSpeed loop
+    writes none). SIGINT/SIGTERM save one either way."""
     seed: int = 0
     fast_dev_run: bool = False
-    """One optimizer step of one micro-batch, one eval batch, no checkpoint kept beyond the run."""
+    """One optimizer step of one micro-batch, one eval batch."""
     overfit_batches: int = 0
     """Train on the first N micro-batches only (same crops and masks each epoch)."""
     run_dir: str = "runs/esm2ae"

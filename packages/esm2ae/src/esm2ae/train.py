@@ -449,8 +449,9 @@ def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, devic
                         rec["masked_accuracy"] = acc["mlm_correct"].item() / acc["mlm_tokens"].item()
                     if acc["ae_seqs"].item():
                         rec["ae_loss"] = acc["ae_loss_sum"].item() / acc["ae_seqs"].item()
-                    if precision.name == "fp16":
-                        rec["loss_scale"] = engine.optimizer.cur_scale if hasattr(engine.optimizer, "cur_scale") else None
+                    if precision.name == "fp16":   # overflow-skipped steps show up here first
+                        rec["loss_scale"] = getattr(engine.optimizer, "loss_scale", None)
+                        rec["skipped_steps"] = getattr(engine, "skipped_steps", None)
                     rec.update({k: v for k, v in meter.summary().items() if v is not None})
                     _log(rank, log_path, rec, history, pbar)
                     acc = {k: zero() for k in acc}
