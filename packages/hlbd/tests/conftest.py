@@ -22,10 +22,15 @@ def v1_path():
     return p
 
 
-def tiny(*extra):
+def tiny_overrides(*extra):
     """Overrides for a seconds-long CPU run."""
     return ["model.d_model=32", "model.n_heads=4", "model.d_ff=64", "model.n_encoder_layers=1",
             "model.n_decoder_layers=1", "threads=1", "precision=fp32", *extra]
+
+
+@pytest.fixture
+def tiny():
+    return tiny_overrides
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -2,7 +2,6 @@ import json
 import warnings
 
 import pytest
-
 from hlbd.data import HLBDError, build_pairs, bundled_sample_path, read_hlbd
 
 RECORD = {"concept": "下雨", "level_1": {"字卡": "雨", "emoji": "🌧️"}, "level_2": {"短语": "下雨了"},

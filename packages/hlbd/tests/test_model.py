@@ -1,5 +1,4 @@
 import torch
-
 from hlbd.autopoietic import autopoietic_transform, autopoietic_transform_loop
 from hlbd.model import APTConfig, APTModel, seq2seq_loss
 from hlbd.tokenizer import CharTokenizer

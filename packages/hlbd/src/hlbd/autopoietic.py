@@ -144,7 +144,7 @@ def autopoietic_transform_loop(scores, attn_mask, w1, b1, w2, b2, tau, sync_stat
             ap = torch.nan_to_num(ap, nan=0.0, posinf=2.0, neginf=-2.0).clamp(-5.0, 5.0)
         flags = None
         if attn_mask is not None:
-            flags = {2: lambda: attn_mask, 3: lambda: attn_mask[b], 4: lambda: attn_mask[b, 0]}[attn_mask.dim()]()
+            flags = attn_mask if attn_mask.dim() == 2 else attn_mask[b] if attn_mask.dim() == 3 else attn_mask[b, 0]
             flags = flags.to(torch.bool)
         taylor = (1.0 + 0.05 * (ap * 50.0)).clamp(0.5, 1.5)
         if flags is not None:

@@ -1,9 +1,10 @@
 """hlbd: train, evaluate and benchmark the APT model on HLBD pairs.
 
     hlbd train [--data FILE] [--profile fast|users-baseline|PATH.yaml] [key=value ...]
+    hlbd train --resume [run_dir=DIR] [key=value ...]     (continue an interrupted run)
     hlbd eval RUN_OR_CHECKPOINT [--data FILE]
     hlbd generate RUN_OR_CHECKPOINT "🌧️" ["I love you" ...] [--field emoji]
-    hlbd bench [--data FILE] [--users-epochs 2] [--out FILE.json]     (one GPU)
+    hlbd bench [--data FILE] [--stages users-loop,users-baseline,fast] [--out FILE.json]   (one GPU)
     hlbd profiles
 """
 
@@ -52,11 +53,32 @@ def _load_cfg(profile_name: str, overrides: list[str], data: str | None):
     return load_config(TrainConfig, profile.settings, overrides)
 
 
+def _resume_cfg(args, overrides):
+    """The interrupted run's own config.yaml, with any key=value overrides on top."""
+    from pathlib import Path
+
+    from trainstack.config import load_config
+
+    from hlbd.config import TrainConfig
+
+    if args.profile:
+        raise ValueError("--resume takes the run's saved config.yaml; drop --profile (key=value overrides still apply)")
+    run_dir = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "run_dir"), TrainConfig.run_dir)
+    saved = Path(run_dir) / "config.yaml"
+    if not saved.exists():
+        raise ValueError(f"{run_dir}: nothing to resume (no config.yaml; pass run_dir=DIR of the interrupted run)")
+    if args.data:
+        overrides = [*overrides, f"data.path={args.data}"]
+    return load_config(TrainConfig, saved, overrides)
+
+
 def cmd_train(args, overrides) -> int:
     from hlbd.train import train
 
-    cfg = _load_cfg(args.profile, overrides, args.data)
-    summary = train(cfg, progress=not args.no_progress)
+    cfg = _resume_cfg(args, overrides) if args.resume else _load_cfg(args.profile or "fast", overrides, args.data)
+    summary = train(cfg, progress=not args.no_progress, resume=args.resume)
+    if summary["interrupted"]:
+        return 130
     return 0 if summary["learned"] or cfg.stop_at_exact_match == 0 else 2
 
 
@@ -105,8 +127,9 @@ def cmd_generate(args, overrides) -> int:
 def cmd_bench(args, overrides) -> int:
     from hlbd.bench import run_bench
 
-    return run_bench(data=args.data, users_epochs=args.users_epochs, out=args.out, overrides=overrides,
-                     skip_users=args.skip_users, fast_only=args.fast_only, full_baseline=args.full_baseline)
+    return run_bench(data=args.data, stages=[s for s in args.stages.split(",") if s], users_epochs=args.users_epochs,
+                     users_seconds=args.users_seconds, baseline_epochs=args.baseline_epochs, out=args.out,
+                     overrides=overrides, fast_compile=args.fast_compile)
 
 
 def cmd_profiles(args, overrides) -> int:
@@ -124,7 +147,9 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train (default: recipe fast on the bundled sample)")
     p.add_argument("--data", help="HLBD .txt/.json/.jsonl (default: the bundled sample)")
-    p.add_argument("--profile", default="fast", help="fast | users-baseline | path to a YAML recipe")
+    p.add_argument("--profile", default=None, help="fast (default) | users-baseline | path to a YAML recipe")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in run_dir (default runs/hlbd) from its latest checkpoint")
     p.add_argument("--no-progress", action="store_true")
     p = sub.add_parser("eval", help="greedy-decode every training target: exact match and chrF")
     p.add_argument("checkpoint")
@@ -135,12 +160,15 @@ def main(argv=None) -> int:
     p.add_argument("--field", choices=["emoji", "phrase", "english", "pinyin", "japanese", "korean", "card", "math"],
                    help="the inputs' field (default: guessed from the script)")
     p = sub.add_parser("bench", help="users' loop vs users-baseline vs fast, one GPU")
-    p.add_argument("--data", default=None, help="default: ../shared/data/hlbd/hlbd_v1_600pairs.txt if present")
-    p.add_argument("--users-epochs", type=int, default=2)
-    p.add_argument("--out", default=None, help="write the results as JSON here")
-    p.add_argument("--skip-users", action="store_true")
-    p.add_argument("--fast-only", action="store_true")
-    p.add_argument("--full-baseline", action="store_true", help="also train users-baseline for its 50 epochs")
+    p.add_argument("--data", default=None, help="default: ../shared/data/hlbd/hlbd_v1_600pairs.txt")
+    p.add_argument("--stages", default="users-loop,users-baseline,fast",
+                   help="comma-separated: users-loop, users-baseline, fast; or 'report' (print from --out only)")
+    p.add_argument("--users-epochs", type=int, default=1, help="epochs of the users' loop (a)")
+    p.add_argument("--users-seconds", type=float, default=None,
+                   help="stop (a) after this many seconds and extrapolate the epoch from the micro-batches done")
+    p.add_argument("--baseline-epochs", type=int, default=4, help="epochs of (b); the first is warm-up")
+    p.add_argument("--fast-compile", action="store_true", help="also time fast with compile=true")
+    p.add_argument("--out", default=None, help="JSON results; each stage merges into it")
     sub.add_parser("profiles", help="list the shipped recipes")
     args = parser.parse_args(rest)
     if overrides and args.command not in ("train", "bench"):

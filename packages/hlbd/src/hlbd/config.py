@@ -55,6 +55,9 @@ class OptimConfig:
     schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0
     floor: float = 0.0
+    decay_all_params: bool = False
+    """Apply weight_decay to biases and norm weights too, as the users' Adam(model.parameters(),
+    weight_decay=0.01) does; core's default leaves 1-D parameters undecayed."""
 
 
 @dataclass
@@ -74,6 +77,8 @@ class TrainConfig:
     stop_at_exact_match: float = 0.95
     """Stop once teacher-forced exact match on the training pairs reaches this; 0 = run all epochs."""
     eval_every_epochs: int = 1
+    save_every_epochs: int = 0
+    """Also checkpoint every N epochs (0 = only at the end and on SIGINT/SIGTERM)."""
     seed: int = 0
     threads: int = 0
     """CPU threads for torch; 0 = torch's default."""
@@ -82,5 +87,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.batch_size < 1 or self.grad_accum_steps < 1 or self.epochs < 1:
             raise ValueError("batch_size, grad_accum_steps and epochs must be >= 1")
+        if self.eval_every_epochs < 1 or self.save_every_epochs < 0:
+            raise ValueError("eval_every_epochs must be >= 1 and save_every_epochs >= 0")
         if not 0.0 <= self.stop_at_exact_match <= 1.0:
             raise ValueError(f"stop_at_exact_match is a fraction in [0, 1], got {self.stop_at_exact_match}")

@@ -16,18 +16,20 @@ greedy-decode every training target (exact match + chrF) and save a checkpoint.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 from trainstack.checkpoint import CheckpointManager
-from trainstack.config import format_config, save_config
+from trainstack.config import save_config
 from trainstack.data import DeviceDataset
 from trainstack.hardware import detect_hardware
 from trainstack.optim import build_optimizer, build_scheduler
 from trainstack.precision import apply_precision, resolve_precision
-from tqdm import tqdm
 
 from hlbd.config import TrainConfig
 from hlbd.data import LANGUAGE_TAGS, Pair, build_pairs, bundled_sample_path, read_hlbd
@@ -111,7 +113,9 @@ def teacher_forced_exact(model, ds: DeviceDataset, precision, device, chunk: int
 
 @dataclass
 class Session:
-    """Everything one run needs, built by ``setup``; ``train_one_epoch`` advances it."""
+    """Everything one run needs, built by ``setup``; ``train_one_epoch`` advances it. The position
+    (epoch, micro-batch, the shuffling generators' state at the epoch's start) is what a checkpoint
+    stores, so an interrupted epoch resumes on exactly the batches it had left."""
     cfg: TrainConfig
     data: Prepared
     device: torch.device
@@ -127,6 +131,10 @@ class Session:
     host_generator: torch.Generator
     micro_per_epoch: int
     step: int = 0
+    epoch: int = 0                      # completed epochs
+    micro: int = 0                      # micro-batches done in the current epoch
+    loss_sum: torch.Tensor | None = None
+    epoch_start_rng: tuple | None = None
 
 
 def setup(cfg: TrainConfig, data: Prepared) -> Session:
@@ -140,6 +148,9 @@ def setup(cfg: TrainConfig, data: Prepared) -> Session:
     model = build_model(cfg, len(data.tokenizer)).to(device)
     opt = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                           betas=tuple(cfg.optim.betas))
+    if cfg.optim.decay_all_params:
+        for group in opt.param_groups:
+            group["weight_decay"] = cfg.optim.weight_decay
     n = len(data.pairs)
     micro_per_epoch = -(-n // cfg.batch_size)
     total_steps = -(-micro_per_epoch // cfg.grad_accum_steps) * cfg.epochs
@@ -153,11 +164,43 @@ def setup(cfg: TrainConfig, data: Prepared) -> Session:
                    micro_per_epoch)
 
 
-def train_one_epoch(s: Session) -> torch.Tensor:
-    """One pass over the pairs; returns the mean micro-batch loss as a device tensor (no sync)."""
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the epoch loop finishes the optimizer step, saves and returns.
+    A second Ctrl-C raises KeyboardInterrupt as usual. (Same contract as core's fit.)"""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def train_one_epoch(s: Session, stop: StopFlag | None = None, micro_losses: list | None = None):
+    """One pass over the pairs, from micro-batch ``s.micro`` on (non-zero after a resume). Returns the
+    mean micro-batch loss as a device tensor (no sync), or None when ``stop`` was raised: then the
+    epoch stopped right after an optimizer step and ``s`` holds the position to save.
+    ``micro_losses`` (bench only) collects each micro-batch loss as a device tensor."""
     cfg = s.cfg
     s.model.train()
-    loss_sum = torch.zeros((), device=s.device)
+    if s.micro == 0:
+        s.loss_sum = torch.zeros((), device=s.device)
+        s.epoch_start_rng = (s.generator.get_state(), s.host_generator.get_state())
+    else:  # resumed mid-epoch: replay this epoch's shuffle, skip what was done
+        s.generator.set_state(s.epoch_start_rng[0])
+        s.host_generator.set_state(s.epoch_start_rng[1])
     if cfg.data.batching == "length":
         batches = []
         for idx in length_batches(s.src_lengths, cfg.batch_size, s.host_generator):
@@ -167,25 +210,53 @@ def train_one_epoch(s: Session) -> torch.Tensor:
     else:
         batches = s.dataset.batches(cfg.batch_size, s.generator)
     for i, batch in enumerate(batches):
+        if i < s.micro:
+            continue
         with s.precision.autocast(s.device.type):
             loss, _, _ = seq2seq_loss(s.step_model, batch["src"], batch["tgt"])
         # Divided by the accumulation count even for a short last group, as the users' loop does.
         (loss / cfg.grad_accum_steps).backward()
-        loss_sum += loss.detach()
-        if (i + 1) % cfg.grad_accum_steps == 0 or i + 1 == s.micro_per_epoch:
+        s.loss_sum += loss.detach()
+        if micro_losses is not None:
+            micro_losses.append(loss.detach())
+        s.micro = i + 1
+        if s.micro % cfg.grad_accum_steps == 0 or s.micro == s.micro_per_epoch:
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
             s.optimizer.step()
             s.scheduler.step()
             s.optimizer.zero_grad(set_to_none=True)
             s.step += 1
-    return loss_sum / s.micro_per_epoch
+            if stop is not None and stop.signum is not None and s.micro < s.micro_per_epoch:
+                return None
+    s.micro = 0
+    return s.loss_sum / s.micro_per_epoch
 
 
-def train(cfg: TrainConfig, progress: bool = True, say=print) -> dict:
+def _position(s: Session) -> dict:
+    """What resuming needs besides model/optimizer/scheduler/RNG (those CheckpointManager keeps)."""
+    gen, host = s.epoch_start_rng if s.micro else (s.generator.get_state(), s.host_generator.get_state())
+    return {"epoch": s.epoch, "micro": s.micro, "step": s.step,
+            "loss_sum": float(s.loss_sum) if s.micro else 0.0,  # one sync, only when saving
+            "generator": gen, "host_generator": host}
+
+
+def _restore_position(s: Session, pos: dict) -> None:
+    s.step, s.epoch, s.micro = pos["step"], pos["epoch"], pos["micro"]
+    s.loss_sum = torch.tensor(pos["loss_sum"], device=s.device)
+    s.generator.set_state(pos["generator"])
+    s.host_generator.set_state(pos["host_generator"])
+    s.epoch_start_rng = (pos["generator"], pos["host_generator"])
+
+
+def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = False) -> dict:
     # 1. Data, validated before the run directory exists.
     data = prepare_data(cfg)
     n = len(data.pairs)
+    run_dir = Path(cfg.run_dir)
+    ckpt_root = run_dir / "checkpoints"
+    if resume and not any(p.is_dir() for p in ckpt_root.glob("step-*")):
+        raise ValueError(f"{run_dir}: nothing to resume (no checkpoint in {ckpt_root})")
 
     # 2. Hardware, precision (chosen once, said aloud), model, optimizer, device-resident data.
     s = setup(cfg, data)
@@ -195,34 +266,84 @@ def train(cfg: TrainConfig, progress: bool = True, say=print) -> dict:
     say(f"model: APT {cfg.model.attention} attention, {n_params / 1e6:.2f}M params | "
         f"batch {cfg.batch_size} x accum {cfg.grad_accum_steps} | {cfg.optim.name} lr {cfg.optim.lr:g}")
 
-    # 3. Run directory: only now that the data is known to be good.
-    run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    # 3. Run directory: only now that the data is known to be good. Resuming restores the position
+    #    and the history; the log is rewritten from that history so it matches the checkpoint.
+    history, learned_at, train_seconds = [], None, 0.0
+    manager = CheckpointManager(ckpt_root, keep_last=2)
+    if resume:
+        latest = manager.latest()
+        if latest is None:
+            raise ValueError(f"{run_dir}: nothing to resume (no complete checkpoint in {ckpt_root})")
+        extra = manager.load(latest, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
+                             map_location=s.device)
+        if extra.get("tokens") != data.tokenizer.tokens:
+            raise ValueError(f"{latest}: the data changed since this checkpoint (vocabulary differs); "
+                             f"resume with the run's data ({extra.get('data')})")
+        _restore_position(s, extra["position"])
+        history, train_seconds = list(extra["history"]), extra["train_seconds"]
+        learned_at = extra.get("learned_at")
+        where = f"epoch {s.epoch + 1}, micro-batch {s.micro}" if s.micro else f"end of epoch {s.epoch}"
+        say(f"resumed from {latest} at step {s.step} ({where})")
     save_config(cfg, run_dir)
-    (run_dir / "log.jsonl").write_text("")
+    with open(run_dir / "log.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+
+    def save_extras(d: Path):
+        data.tokenizer.save(d / "tokenizer.json")
+        (d / "model_config.json").write_text(json.dumps(s.model.cfg.to_dict(), indent=2))
+
+    def save(metrics: dict, finished: bool) -> Path:
+        return manager.save(
+            s.step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, metrics=metrics,
+            extra={"epoch": s.epoch, "data": str(data.data_path), "position": _position(s), "history": history,
+                   "train_seconds": train_seconds, "learned_at": learned_at, "tokens": data.tokenizer.tokens,
+                   "finished": finished},
+            save_model_fn=save_extras)
 
     # 4. Epochs: nothing reads a value back until the epoch ends, and then once.
-    history, learned_at, train_seconds = [], None, 0.0
-    bar = tqdm(range(cfg.epochs), desc="epochs", disable=not progress, leave=False)
-    for epoch in bar:
-        t0 = time.perf_counter()
-        loss = train_one_epoch(s)
-        check = cfg.stop_at_exact_match > 0 and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs)
-        right = teacher_forced_exact(s.step_model, s.dataset, s.precision, s.device) if check else loss * 0
-        mean_loss, n_right = torch.stack([loss, right.float()]).tolist()  # the one sync
-        train_seconds += time.perf_counter() - t0
-        record = {"epoch": epoch + 1, "step": s.step, "loss": mean_loss, "lr": s.scheduler.get_last_lr()[0],
-                  "seconds": round(train_seconds, 3), "samples_per_s": n * (epoch + 1) / train_seconds}
-        if check:
-            record["exact_match_tf"] = n_right / n
-        history.append(record)
-        with open(run_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        bar.set_postfix(loss=f"{mean_loss:.3f}", em=f"{record.get('exact_match_tf', float('nan')):.2f}")
-        if check and n_right / n >= cfg.stop_at_exact_match:
-            learned_at = train_seconds
-            break
-    bar.close()
+    interrupted = False
+    already_done = bool(history) and s.micro == 0 and (
+        learned_at is not None or s.epoch >= cfg.epochs)
+    bar = tqdm(total=cfg.epochs, initial=s.epoch, desc="epochs", disable=not progress, leave=False)
+    with StopFlag() as stop:
+        while s.epoch < cfg.epochs and not already_done:
+            t0 = time.perf_counter()
+            loss = train_one_epoch(s, stop)
+            if loss is None:  # stopped mid-epoch, right after an optimizer step
+                train_seconds += time.perf_counter() - t0
+                interrupted = True
+                break
+            epoch = s.epoch
+            check = cfg.stop_at_exact_match > 0 and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs)
+            right = teacher_forced_exact(s.step_model, s.dataset, s.precision, s.device) if check else loss * 0
+            mean_loss, n_right = torch.stack([loss, right.float()]).tolist()  # the one sync
+            train_seconds += time.perf_counter() - t0
+            s.epoch += 1
+            record = {"epoch": s.epoch, "step": s.step, "loss": mean_loss, "lr": s.scheduler.get_last_lr()[0],
+                      "seconds": round(train_seconds, 3), "samples_per_s": n * s.epoch / train_seconds}
+            if check:
+                record["exact_match_tf"] = n_right / n
+            history.append(record)
+            with open(run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            bar.update(1)
+            bar.set_postfix(loss=f"{mean_loss:.3f}", em=f"{record.get('exact_match_tf', float('nan')):.2f}")
+            if check and n_right / n >= cfg.stop_at_exact_match:
+                learned_at = train_seconds
+                break
+            if stop.signum is not None:
+                interrupted = True
+                break
+            if cfg.save_every_epochs and s.epoch % cfg.save_every_epochs == 0:
+                save({"loss": mean_loss}, finished=False)
+        bar.close()
+        if interrupted:
+            ckpt = save({"loss": history[-1]["loss"] if history else None}, finished=False)
+            where = f"in epoch {s.epoch + 1} (micro-batch {s.micro})" if s.micro else f"after epoch {s.epoch}"
+            say(f"interrupted by signal {stop.signum} at step {s.step} {where}; checkpoint: {ckpt}")
+            say(f"resume with: hlbd train --resume run_dir={run_dir}")
+            return {"interrupted": True, "learned": False, "epochs": s.epoch, "steps": s.step,
+                    "train_seconds": round(train_seconds, 2), "checkpoint": str(ckpt), "history": history}
 
     # 5. Evaluation that means something: greedy decoding of every training target.
     result = evaluate_pairs(s.model, data.tokenizer, data.pairs)
@@ -231,17 +352,10 @@ def train(cfg: TrainConfig, progress: bool = True, say=print) -> dict:
                "seconds_to_learned": round(learned_at, 2) if learned_at is not None and learned else None,
                "final_loss": history[-1]["loss"], "exact_match": result["exact_match"], "chrf": result["chrf"],
                "learned": learned, "pairs": n, "params": n_params, "device": str(s.device),
-               "precision": s.precision.name, "history": history}
+               "precision": s.precision.name, "interrupted": False, "history": history}
 
-    # 6. Checkpoint: weights, optimizer, tokenizer and model config together.
-    def save_extras(d: Path):
-        data.tokenizer.save(d / "tokenizer.json")
-        (d / "model_config.json").write_text(json.dumps(s.model.cfg.to_dict(), indent=2))
-
-    ckpt = CheckpointManager(run_dir / "checkpoints", keep_last=1).save(
-        s.step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
-        metrics={k: v for k, v in summary.items() if k != "history"},
-        extra={"epoch": len(history), "data": str(data.data_path)}, save_model_fn=save_extras)
+    # 6. Checkpoint: weights, optimizer, scheduler, position, tokenizer and model config together.
+    ckpt = save({k: v for k, v in summary.items() if k != "history"}, finished=True)
     summary["checkpoint"] = str(ckpt)
     (run_dir / "summary.json").write_text(json.dumps({**{k: v for k, v in summary.items() if k != "history"},
                                                       "wrong_examples": result["wrong_examples"]},

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -52,7 +53,7 @@ def _nan_check_hook(grad):
 
 
 class UsersLoop:
-    def __init__(self, pairs, tokenizer, device, seed=0, num_workers=4, debug_dir=None):
+    def __init__(self, pairs, tokenizer, device, seed=0, num_workers=4, debug_dir=None, model_sizes=None):
         torch.manual_seed(seed)
         self.device = device
         self._tmp = None
@@ -60,7 +61,8 @@ class UsersLoop:
             self._tmp = tempfile.TemporaryDirectory()
             debug_dir = self._tmp.name
         self.debug_log = os.path.join(debug_dir, "autopoietic_debug.log")
-        cfg = APTConfig(vocab_size=len(tokenizer), attention="users-loop", padding_masks=False)
+        # model_sizes (tests only) shrinks d_model/layers on both sides of a comparison
+        cfg = APTConfig(vocab_size=len(tokenizer), attention="users-loop", padding_masks=False, **(model_sizes or {}))
         self.model = APTModel(cfg, debug_log=self.debug_log).to(device)
         for p in self.model.parameters():
             if p.requires_grad:
@@ -72,10 +74,15 @@ class UsersLoop:
         self.accumulation = 8
         self._null = open(os.devnull, "w")  # the progress bar is drawn, to nowhere
 
-    def train_epoch(self) -> float:
+    def train_epoch(self, max_seconds: float | None = None) -> dict:
+        """One epoch of their loop. With ``max_seconds`` it stops after the first micro-batch past the
+        budget (their loop syncs on every micro-batch, so stopping costs nothing extra) and reports
+        how far it got: ``micro_batches`` of ``micro_per_epoch`` in ``seconds``, and each loss."""
         model, acc = self.model, self.accumulation
         model.train()
-        total, steps = 0.0, 0
+        total, steps, losses = 0.0, 0, []
+        t0 = time.perf_counter()
+        stamps = []
         bar = tqdm(self.loader, desc="Training", leave=False, mininterval=0.1, ascii=True, file=self._null)
         i = -1
         for i, (src, tgt) in enumerate(bar):
@@ -89,12 +96,22 @@ class UsersLoop:
                 self.optimizer.zero_grad()
             total += loss.item() * acc
             steps += 1
+            losses.append(loss.item() * acc)
             bar.set_postfix({"loss": f"{loss.item() * acc:.4f}"})
-        if (i + 1) % acc != 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            self.optimizer.step()
-            self.optimizer.zero_grad()
-        return total / max(steps, 1)
+            stamps.append(time.perf_counter() - t0)
+            if max_seconds is not None and stamps[-1] > max_seconds and i + 1 < len(self.loader):
+                bar.close()  # stops the loader's iterator; persistent workers stay for the next epoch
+                break
+        else:
+            if (i + 1) % acc != 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return {"loss": total / max(steps, 1), "micro_losses": losses, "micro_batches": steps,
+                "micro_per_epoch": len(self.loader), "seconds": time.perf_counter() - t0, "stamps": stamps,
+                "complete": steps == len(self.loader)}
 
     def close(self):
         self._null.close()

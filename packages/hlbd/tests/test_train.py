@@ -1,0 +1,129 @@
+"""The real entry point, small: `hlbd train` learns, bad input writes nothing, interruption resumes exactly."""
+
+import json
+import os
+import re
+import signal
+
+import hlbd.train as train_mod
+import pytest
+import torch
+from hlbd.cli import main
+from hlbd.data import SAMPLES_MARKER, bundled_sample_path
+
+
+def _sample_records():
+    text = bundled_sample_path().read_text(encoding="utf-8")
+    return json.loads(text[text.index(SAMPLES_MARKER) + len("samples = "):])
+
+
+def test_hlbd_train_with_no_arguments_learns_the_bundled_sample(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the default run_dir (runs/hlbd) lands here
+    rc = main(["train"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    m = re.search(r"^learned: exact match ([\d.]+)% \(72 pairs, greedy\)", out, re.M)
+    assert m and float(m.group(1)) >= 95.0, out
+    summary = json.loads((tmp_path / "runs" / "hlbd" / "summary.json").read_text())
+    assert summary["learned"] and summary["exact_match"] >= 0.95
+    # the checkpoint is usable on its own
+    assert main(["eval", str(tmp_path / "runs" / "hlbd")]) == 0
+    assert capsys.readouterr().out.startswith("learned: exact match")
+
+
+def test_fast_learns_the_real_600_pairs_well_above_chance(v1_path, tmp_path):
+    # A real learning check, not a timing: the fast recipe (AdamW, standard attention, scaled embeddings)
+    # at a smaller width and a bounded number of epochs. A whole Chinese sentence right by chance has
+    # probability ~0 (vocabulary of ~970 characters, ~15 characters per target).
+    from hlbd.cli import _profiles
+    from hlbd.config import TrainConfig
+    from trainstack.config import load_config
+    from trainstack.hardware import resolve_profile
+
+    cfg = load_config(TrainConfig, resolve_profile("fast", _profiles()).settings, [
+        f"data.path={v1_path}", "data.batching=length", "model.d_model=128", "model.d_ff=256", "model.n_heads=4",
+        "model.n_encoder_layers=2", "model.n_decoder_layers=2", "model.dropout=0.0", "batch_size=16",
+        "optim.lr=2e-3", "epochs=12", "stop_at_exact_match=0.3", "precision=fp32", f"run_dir={tmp_path / 'run'}"])
+    summary = train_mod.train(cfg, progress=False, say=lambda *_: None)
+    assert summary["pairs"] == 600
+    assert summary["history"][0]["loss"] > 4.0 > summary["final_loss"] + 2.5
+    assert summary["exact_match"] >= 0.25, summary  # greedy decoding of all 600 targets
+
+
+@pytest.mark.parametrize("case", ["missing file", "truncated list", "empty list", "no 中文"])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, tiny):
+    records = _sample_records()[:2]
+    path = tmp_path / "data.txt"
+    if case == "truncated list":
+        body, expect = json.dumps(records, ensure_ascii=False, indent=1)[:-30], "truncated"
+    elif case == "empty list":
+        body, expect = "[]", "the samples list is empty"
+    elif case == "no 中文":
+        del records[1]["level_6"]
+        body, expect = json.dumps(records, ensure_ascii=False), f"concept '{records[1]['concept']}' .*no level_6.中文"
+    else:
+        body, expect = None, "file not found"
+    if body is not None:
+        path.write_text("HLBD\nprose header\n\nsamples = " + body, encoding="utf-8")
+    run_dir = tmp_path / "run"
+    rc = main(["train", "--data", str(path), f"run_dir={run_dir}", *tiny()])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert len(err.splitlines()) == 1 and err.startswith("hlbd: error:"), err
+    assert re.search(expect, err) and str(path) in err, err
+    assert not run_dir.exists()
+
+
+def test_resume_without_a_run_writes_nothing(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["train", "--resume", f"run_dir={run_dir}"]) == 1
+    assert "nothing to resume" in capsys.readouterr().err
+    assert not run_dir.exists()
+
+
+def _interrupt_at_call(monkeypatch, call: int, signum: int):
+    """Deliver a real signal to this process during the call-th training forward pass."""
+    real, calls = train_mod.seq2seq_loss, [0]
+
+    def wrapped(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(os.getpid(), signum)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "seq2seq_loss", wrapped)
+
+
+# 72 pairs, batch 16 -> 5 micro-batches per epoch; accumulation 2 -> 3 optimizer steps per epoch.
+RESUME_CFG = ("model.d_model=32", "model.n_heads=4", "model.d_ff=64", "model.n_encoder_layers=1",
+              "model.n_decoder_layers=1", "threads=1", "precision=fp32", "epochs=4", "batch_size=16", "grad_accum_steps=2", "stop_at_exact_match=0", "optim.lr=3e-3")
+
+
+@pytest.mark.parametrize("signum,call,where", [
+    (signal.SIGINT, 7, "in epoch 2 (micro-batch 2)"),   # mid-epoch, mid-accumulation window: finishes the step
+    (signal.SIGTERM, 10, "after epoch 2"),             # the epoch's last micro-batch
+])
+def test_interrupt_saves_and_resume_is_exact(tmp_path, monkeypatch, capsys, signum, call, where):
+    straight = tmp_path / "straight"
+    assert main(["train", "--no-progress", f"run_dir={straight}", *RESUME_CFG]) == 0
+    want = [json.loads(x) for x in (straight / "log.jsonl").read_text().splitlines()]
+    capsys.readouterr()
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as m:
+        _interrupt_at_call(m, call, signum)
+        rc = main(["train", "--no-progress", f"run_dir={run}", *RESUME_CFG])
+    out = capsys.readouterr().out
+    assert rc == 130, out
+    assert f"interrupted by signal {int(signum)}" in out and where in out, out
+    assert (run / "checkpoints").is_dir() and len(list((run / "log.jsonl").read_text().splitlines())) < 4
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+    assert main(["train", "--resume", "--no-progress", f"run_dir={run}"]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    got = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in got] == [r["loss"] for r in want]  # bit for bit: CPU, fp32, same thread count
+    assert [r["step"] for r in got] == [r["step"] for r in want] == [3, 6, 9, 12]
+    a = torch.load(straight / "checkpoints" / "step-12" / "model.pt", weights_only=True)
+    b = torch.load(run / "checkpoints" / "step-12" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
