@@ -56,7 +56,11 @@ def test_users_baseline_matches_the_users_loop_step_for_step():
         moved = max((a - b).abs().max() for a, b in zip(ours.model.state_dict().values(), init, strict=True))
         assert moved > 1e-4  # six Adam steps of ~lr each: the weights did move, so the comparison below bites
         for (name, a), b in zip(ours.model.state_dict().items(), theirs.model.state_dict().values(), strict=True):
-            torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)  # 1/50 of one lr-sized Adam step
+            # Key biases barely reach the loss (softmax ignores a shift shared by all keys; only the
+            # autopoietic transform's non-linearity sees it), so their gradients are mostly rounding
+            # noise and Adam turns noise into lr-sized steps: bounded by the 6 steps taken, not by 1e-6.
+            atol = 6 * cfg.optim.lr if name.endswith("k_proj.bias") else 1e-6   # 1e-6: 1/50 of one Adam step
+            torch.testing.assert_close(a, b, rtol=0, atol=atol, msg=name)
     finally:
         theirs.close()
 
