@@ -153,3 +153,99 @@ def test_sigterm_mid_epoch_then_resume(tmp_path):
     seen_ref = json.loads((tmp_path / "ref" / "seen.json").read_text())
     seen_resumed = json.loads((tmp_path / "run" / "seen.json").read_text())
     assert seen_ref[-len(seen_resumed):] == seen_resumed and len(seen_resumed) == 2 * (total - stopped)
+
+
+def _torchrun(script, *args, timeout=180):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(script), *map(str, args)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_one_rank_signalled_all_ranks_stop_together_and_resume_their_own_rows(tmp_path):
+    script = Path(__file__).parent / "_toy_ranks.py"
+    first = _torchrun(script, tmp_path, 0, 7)  # rank 1 alone gets SIGTERM at its 7th micro-step
+    assert "exitcode  : 130" in first.stderr, first.stderr[-3000:]  # a rank returned "interrupted"
+    runs = [json.loads((tmp_path / f"seen-{r}-0.json").read_text()) for r in (0, 1)]
+    assert runs[0]["steps"] == runs[1]["steps"] == 4  # both stopped at the end of the signalled step
+    (ckpt,) = sorted((tmp_path / "checkpoints").iterdir())
+    extra = torch.load(ckpt / "extra.pt", weights_only=False)
+    assert [s["consumed"] for s in extra["data_per_rank"]] == [32, 32]
+
+    second = _torchrun(script, tmp_path, 1, 0)
+    assert second.returncode == 0, second.stderr[-3000:]
+    for rank in (0, 1):
+        before = json.loads((tmp_path / f"seen-{rank}-0.json").read_text())["seen"]
+        after = json.loads((tmp_path / f"seen-{rank}-1.json").read_text())["seen"]
+        rows = [i for batch in before + after for i in batch]
+        mine = list(range(rank, 96, 2))
+        assert rows == mine + mine  # epoch 1 finished with exactly the unseen rows, then epoch 2
+
+
+def test_an_underestimated_len_does_not_end_an_epochs_bound_run(tmp_path):
+    class Short(list):
+        def set_epoch(self, epoch):
+            pass
+
+        def __len__(self):  # an estimate, like a stream's: half the truth
+            return super().__len__() // 2
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    torch.manual_seed(0)
+    batches = Short(_toy.make_batches("tokens"))
+    n = list.__len__(batches)
+    model = _toy.Toy()
+    res = fit(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=None,
+              train_batches=batches, loss_fn=_toy.loss_fn, config=LoopConfig(epochs=2, tensorboard=False),
+              run_dir=tmp_path, precision=resolve_precision("fp32"), progress=False)
+    assert res.steps == 2 * n and res.epochs_completed == 2
+
+
+class _Listed(list):
+    def set_epoch(self, epoch):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def test_short_last_window_is_a_mean_and_keeps_the_save_cadence(tmp_path):
+    torch.manual_seed(0)
+    xs = [torch.randn(4, 3) for _ in range(5)]  # accumulation 3: windows [0, 1, 2] and [3, 4]
+    model = torch.nn.Linear(3, 1)
+    reference = torch.nn.Linear(3, 1)
+    reference.load_state_dict(model.state_dict())
+
+    def loss_fn(m, x):
+        return m(x).pow(2).mean(), x.shape[0]
+
+    cfg = LoopConfig(epochs=2, grad_accum_steps=3, max_grad_norm=None, save_every_steps=2, keep_last=10,
+                     tensorboard=False)
+    res = fit(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=None,
+              train_batches=_Listed(xs), loss_fn=loss_fn, config=cfg, run_dir=tmp_path,
+              precision=resolve_precision("fp32"), progress=False)
+
+    opt = torch.optim.SGD(reference.parameters(), lr=0.1)
+    for _ in range(2):
+        for window in (xs[:3], xs[3:]):
+            opt.zero_grad()
+            torch.stack([loss_fn(reference, x)[0] for x in window]).mean().backward()
+            opt.step()
+    assert res.steps == 4
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-2", "step-4"]  # step 2 ends epoch 1 with the short window

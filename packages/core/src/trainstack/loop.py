@@ -43,12 +43,18 @@ class LoopConfig:
     """Seeds torch/numpy/python at the start of a fresh run (a resumed run restores saved RNG states)."""
     tensorboard: bool = True
     """Write TensorBoard events to run_dir/tb when tensorboard is importable."""
+    stop_check_every_steps: int = 1
+    """With several processes, how often (optimizer steps) the ranks agree on a Ctrl-C/SIGTERM seen by
+    any of them. Each check is a one-element all-reduce read on the host (a sync); a rank that stopped
+    alone would wait in the save barrier while the others wait in a gradient all-reduce."""
 
     def __post_init__(self):
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.log_every_steps < 1:
             raise ValueError(f"log_every_steps must be >= 1, got {self.log_every_steps}")
+        if self.stop_check_every_steps < 1:
+            raise ValueError(f"stop_check_every_steps must be >= 1, got {self.stop_check_every_steps}")
         if self.best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
 
@@ -81,8 +87,11 @@ def _batch_size(batch) -> int:
     return len(batch)
 
 
-class _StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes the optimizer step, saves and returns."""
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop finishes the optimizer step, saves and returns.
+
+    Public for loops that cannot use ``fit`` (a DeepSpeed engine loop): ``with StopFlag() as stop:``
+    then check ``stop.signum`` after each optimizer step. A second Ctrl-C raises KeyboardInterrupt."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -160,7 +169,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         extra = ckpts.load(resume_path, model=accelerator.unwrap_model(model), optimizer=optimizer,
                            scheduler=scheduler, scaler=scaler)
         step, epoch, best = extra["step"], extra["epoch"], extra.get("best_metric")
-        train_batches.load_state_dict(extra["data"])
+        train_batches.load_state_dict(_this_ranks_data_state(extra, accelerator))
         if main:
             print(f"resumed from {resume_path} at step {step}, epoch {epoch}")
 
@@ -168,9 +177,10 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         steps_per_epoch = math.ceil(len(train_batches) / config.grad_accum_steps)  # type: ignore[arg-type]
     except TypeError:
         steps_per_epoch = None
-    total_steps = config.max_steps or (config.epochs * steps_per_epoch if steps_per_epoch else None)
-    if total_steps is None:
-        raise ValueError("train_batches has no len(): set config.max_steps")
+    # Only max_steps ends a run early; an epochs-bound run ends when its last epoch's batches run out,
+    # so a len() that is an estimate (a stream) sizes the progress bar, never the run.
+    max_steps = config.max_steps
+    bar_total = max_steps or (config.epochs * steps_per_epoch if steps_per_epoch else None)
 
     device = accelerator.device
     gpu = None
@@ -182,7 +192,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     cleanup = CleanupPolicy(config.cleanup_every_steps)
     tb = _tb_writer(run_dir, config.tensorboard) if main else None
     log_file = (run_dir / "log.jsonl").open("a") if main else None
-    bar = tqdm(total=total_steps, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
+    bar = tqdm(total=bar_total, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     history: list[dict] = []
     last_loss = float("nan")
     last_ckpt: Path | None = None
@@ -207,12 +217,16 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     def save(metrics: dict | None = None) -> Path | None:
         nonlocal last_ckpt
         accelerator.wait_for_everyone()
+        # Every rank's position: a stream split by rank is at a different row on each.
+        data_states = _gather_objects(accelerator, train_batches.state_dict())
         if main:
-            last_ckpt = ckpts.save(step, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                                   scheduler=scheduler, scaler=scaler, metrics=metrics,
-                                   extra={"step": step, "epoch": epoch, "best_metric": best,
-                                          "data": train_batches.state_dict()},
-                                   save_model_fn=save_model_fn)
+            ckpts.save(step, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
+                       scaler=scaler, metrics=metrics,
+                       extra={"step": step, "epoch": epoch, "best_metric": best,
+                              "data": data_states[0], "data_per_rank": data_states},
+                       save_model_fn=save_model_fn)
+        # Every rank records it: the final-save decision below must be the same on all of them.
+        last_ckpt = ckpts.root / f"step-{step}"
         accelerator.wait_for_everyone()
         meter.restart_clock()
         return last_ckpt
@@ -233,8 +247,14 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         meter.restart_clock()
         return metrics
 
-    def optimizer_step() -> None:
+    def optimizer_step(window: int) -> None:
         nonlocal step, grad_norm
+        if window < config.grad_accum_steps:
+            # An epoch's last window is short: its micro-losses were divided by grad_accum_steps, so
+            # rescale to the mean over the micro-batches it really had.
+            grads = [p.grad for p in model.parameters() if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, config.grad_accum_steps / window)
         if config.max_grad_norm is not None:
             grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -262,9 +282,22 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         bar.set_postfix(loss=f"{last_loss:.4f}")
         loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
 
+    def should_stop() -> bool:
+        if max_steps is not None and step >= max_steps:
+            return True
+        if accelerator.num_processes == 1:
+            return stop.signum is not None
+        if step % config.stop_check_every_steps:
+            return False
+        flag = torch.tensor(0.0 if stop.signum is None else 1.0, device=device)
+        if float(accelerator.reduce(flag, "sum")) > 0:
+            stop.signum = stop.signum or signal.SIGTERM  # another rank was signalled: stop together
+            return True
+        return False
+
     model.train()
-    done = step >= total_steps
-    with _StopFlag() as stop:
+    done = max_steps is not None and step >= max_steps
+    with StopFlag() as stop:
         try:
             while not done:
                 if config.max_steps is None and epoch >= config.epochs:
@@ -272,10 +305,19 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                 train_batches.set_epoch(epoch)
                 pending = 0  # micro-steps since the last optimizer step
                 n_in_epoch = 0
-                for batch in train_batches:
+                batches = iter(train_batches)
+                upcoming = next(batches, _END)
+                while upcoming is not _END:
+                    batch, upcoming = upcoming, _NOT_FETCHED
                     n_in_epoch += 1
                     pending += 1
                     final_micro = pending == config.grad_accum_steps
+                    if not final_micro:
+                        # Look one batch ahead only inside a window, so that the epoch's last batch closes
+                        # (and syncs) its window, while the data position at a save (always right after
+                        # a window) is exactly the batches trained on.
+                        upcoming = next(batches, _END)
+                        final_micro = upcoming is _END
                     ctx = accelerator.no_sync(model) if not final_micro else _null()
                     with ctx, accelerator.autocast():
                         loss, real_tokens = loss_fn(model, batch)
@@ -286,10 +328,12 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                     micro_count += 1
                     if not final_micro:
                         continue
+                    optimizer_step(pending)
                     pending = 0
-                    optimizer_step()
-                    done = step >= total_steps or stop.signum is not None
-                    pos = epoch + (n_in_epoch / len(train_batches) if steps_per_epoch else 0.0)
+                    done = should_stop()
+                    pos = epoch + (min(1.0, n_in_epoch / len(train_batches)) if steps_per_epoch else 0.0)
+                    if upcoming is _END:
+                        pos = epoch + 1.0
                     if step % config.log_every_steps == 0 or done:
                         log(pos)
                     if config.eval_every_steps and evaluate is not None and step % config.eval_every_steps == 0:
@@ -301,14 +345,12 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                     cleanup.maybe_cleanup(step)
                     if done:
                         break
+                    if upcoming is _NOT_FETCHED:
+                        upcoming = next(batches, _END)
                 if done:
                     break
-                if pending:  # the epoch ended inside an accumulation window
-                    optimizer_step()
-                    done = step >= total_steps or stop.signum is not None
-                    log(epoch + 1.0)
                 epoch += 1
-                if evaluate is not None and not done:
+                if evaluate is not None and not history_has_eval_at(history, step):
                     run_eval()
             interrupted = stop.signum is not None
             final_metrics = None
@@ -327,6 +369,30 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     epochs_completed = epoch + 0.0
     return FitResult(steps=step, epochs_completed=epochs_completed, last_loss=last_loss, best_metric=best,
                      checkpoint=last_ckpt, interrupted=interrupted, history=history)
+
+
+_END = object()
+_NOT_FETCHED = object()
+
+
+def _gather_objects(accelerator, obj) -> list:
+    if accelerator.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def _this_ranks_data_state(extra: dict, accelerator) -> dict:
+    per_rank = extra.get("data_per_rank")
+    if per_rank is None:
+        return extra["data"]
+    if len(per_rank) != accelerator.num_processes:
+        if all(state == per_rank[0] for state in per_rank):
+            return per_rank[0]  # a position shared by all ranks (a global sampler) fits any world size
+        raise ValueError(f"the checkpoint holds data positions for {len(per_rank)} processes but this run has "
+                         f"{accelerator.num_processes}: resume with the same number of processes")
+    return per_rank[accelerator.process_index]
 
 
 def history_has_eval_at(history: list[dict], step: int) -> bool:
