@@ -4,13 +4,15 @@
     hlbd train --data ../shared/data/hlbd/hlbd_v1_600pairs.txt   # the real 600 pairs
     hlbd train --profile users-baseline --data FILE              # the users' recipe, our implementation
     hlbd train optim.lr=2e-3 batch_size=128 compile=true         # any config key, dotted
+    hlbd train --resume run_dir=runs/hlbd                        # after Ctrl-C / SIGTERM (exit 130)
     CPU only:    CUDA_VISIBLE_DEVICES= hlbd train    (or device=cpu)
     N GPUs:      not supported: the whole dataset is a few hundred pairs and fits one GPU.
 
 The whole job, top to bottom: read and validate the data (before anything is written), build the
 tokenizer and model, choose precision once, train with the dataset resident on the device and at
 most one host sync per epoch, stop when teacher-forced exact match reaches the target, then
-greedy-decode every training target (exact match + chrF) and save a checkpoint.
+greedy-decode every training target (exact match + chrF) and save a checkpoint. SIGINT/SIGTERM
+finish the optimizer step and save a checkpoint that resumes exactly, mid-epoch included.
 """
 
 from __future__ import annotations
