@@ -29,7 +29,7 @@ else
     [ -z "$DATA" ] && [ -f "$c" ] && DATA=$c
   done
   OVR=(compile=false)
-  USERS_S=55; T_USERS=85; T_BASE=45; T_FAST=60
+  USERS_S=55; T_USERS=85; T_BASE=50; T_FAST=55
 fi
 if [ -z "$DATA" ] || [ ! -f "$DATA" ]; then
   say "error: HLBD data not found: neither ../shared/data/hlbd/hlbd_v1_600pairs.txt nor .hlbd-data/hlbd_v1_600pairs.txt" \
@@ -54,5 +54,5 @@ stage "$T_USERS" --stages users-loop --users-epochs 1 --users-seconds "$USERS_S"
 stage "$T_BASE" --stages users-baseline --baseline-epochs 3 "${OVR[@]}"
 stage "$T_FAST" --stages fast "${OVR[@]}"
 say "== summary =="
-stage 30 --stages report
+stage 20 --stages report
 say "total ${SECONDS} s"
