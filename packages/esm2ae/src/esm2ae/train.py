@@ -22,8 +22,6 @@ import math
 import os
 import random
 import shutil
-import signal
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -312,31 +310,6 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                run_dir, resume, max_steps, world, rank)
 
 
-class _StopOnSignal:
-    """SIGINT/SIGTERM set a flag; the loop finishes the optimizer step, saves and stops (the CLI
-    then exits 130). The same contract as core's fit, for the DeepSpeed loop below."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt   # a second Ctrl-C means now
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
 def _save_deepspeed_checkpoint(run_dir: Path, step: int, engine, model, state: dict, keep_last: int,
                                rank: int, world: int) -> Path:
     """Atomic like core's CheckpointManager: rank 0 owns the temporary directory and the rename;
@@ -372,6 +345,7 @@ def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, devic
     backward/step drive this loop (accumulation, clipping and the loss scale are the engine's);
     checkpoints use the engine's sharded format. Logs, evals, resume and SIGINT follow fit."""
     from trainstack.config import config_to_dict
+    from trainstack.loop import StopFlag
     from trainstack.metrics import ThroughputMeter
 
     step, epoch = 0, 0
@@ -411,7 +385,7 @@ def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, devic
     autocast = (lambda: precision.autocast(device.type)) if precision.name == "bf16" else \
         (lambda: torch.autocast(device.type, enabled=False))
     done = step >= max_steps
-    with _StopOnSignal() as stop:
+    with StopFlag() as stop:  # core's: same Ctrl-C/SIGTERM contract as fit
         while not done:
             batches.set_epoch(epoch)
             for batch in batches:
