@@ -19,8 +19,10 @@ class DataConfig:
     """Start each source with a tag token naming its field (<en>, <py>, ...), as the users do."""
     pad_to: int = 0
     """Pad every sequence to this length (the users pad to 64); 0 = the longest in the data."""
-    batching: Literal["random", "length"] = "random"
-    """length: batches of similar source length, trimmed to their longest (saves compute on CPU)."""
+    batching: Literal["random", "length", "auto"] = "random"
+    """random: shuffled batches of fixed width (no host work per batch; what a GPU wants).
+    length: batches of similar source length, trimmed to their longest (saves real compute on CPU,
+    but builds each batch on the host). auto: length on CPU, random on GPU."""
 
     def __post_init__(self):
         for f in (*self.sources, *self.targets):

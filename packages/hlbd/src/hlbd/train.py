@@ -132,6 +132,7 @@ class Session:
     generator: torch.Generator
     host_generator: torch.Generator
     micro_per_epoch: int
+    length_batching: bool = False
     step: int = 0
     epoch: int = 0                      # completed epochs
     micro: int = 0                      # micro-batches done in the current epoch
@@ -163,7 +164,8 @@ def setup(cfg: TrainConfig, data: Prepared) -> Session:
     tgt_lengths = torch.tensor([sum(1 for t in s if t != PAD) for s in data.tgt])
     return Session(cfg, data, device, precision, model, step_model, opt, sched, ds, src_lengths, tgt_lengths,
                    torch.Generator(device=device).manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed),
-                   micro_per_epoch)
+                   micro_per_epoch,
+                   length_batching=cfg.data.batching == "length" or (cfg.data.batching == "auto" and device.type == "cpu"))
 
 
 class StopFlag:
@@ -203,7 +205,7 @@ def train_one_epoch(s: Session, stop: StopFlag | None = None, micro_losses: list
     else:  # resumed mid-epoch: replay this epoch's shuffle, skip what was done
         s.generator.set_state(s.epoch_start_rng[0])
         s.host_generator.set_state(s.epoch_start_rng[1])
-    if cfg.data.batching == "length":
+    if s.length_batching:
         batches = []
         for idx in length_batches(s.src_lengths, cfg.batch_size, s.host_generator):
             ls, lt = int(s.src_lengths[idx].max()), int(s.tgt_lengths[idx].max())
@@ -266,7 +268,8 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     say(f"data: {data.data_path} | {n} pairs | vocab {len(data.tokenizer)}")
     say(f"device: {s.device} | precision: {s.precision.reason}")
     say(f"model: APT {cfg.model.attention} attention, {n_params / 1e6:.2f}M params | "
-        f"batch {cfg.batch_size} x accum {cfg.grad_accum_steps} | {cfg.optim.name} lr {cfg.optim.lr:g}")
+        f"batch {cfg.batch_size} x accum {cfg.grad_accum_steps} ({'length' if s.length_batching else 'random'} "
+        f"batches) | {cfg.optim.name} lr {cfg.optim.lr:g}")
 
     # 3. Run directory: only now that the data is known to be good. Resuming restores the position
     #    and the history; the log is rewritten from that history so it matches the checkpoint.
