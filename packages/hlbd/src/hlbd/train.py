@@ -18,8 +18,6 @@ finish the optimizer step and save a checkpoint that resumes exactly, mid-epoch 
 from __future__ import annotations
 
 import json
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from trainstack.checkpoint import CheckpointManager
 from trainstack.config import save_config
 from trainstack.data import DeviceDataset
 from trainstack.hardware import detect_hardware
+from trainstack.loop import StopFlag
 from trainstack.optim import build_optimizer, build_scheduler
 from trainstack.precision import apply_precision, resolve_precision
 
@@ -166,30 +165,6 @@ def setup(cfg: TrainConfig, data: Prepared) -> Session:
                    torch.Generator(device=device).manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed),
                    micro_per_epoch,
                    length_batching=cfg.data.batching == "length" or (cfg.data.batching == "auto" and device.type == "cpu"))
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the epoch loop finishes the optimizer step, saves and returns.
-    A second Ctrl-C raises KeyboardInterrupt as usual. (Same contract as core's fit.)"""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self._old: dict = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
 
 
 def train_one_epoch(s: Session, stop: StopFlag | None = None, micro_losses: list | None = None):
