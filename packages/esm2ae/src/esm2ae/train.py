@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
+from trainstack.checkpoint import capture_rng_state, restore_rng_state
 
 from esm2ae.config import Config, deepspeed_json
 from esm2ae.data import PackedMLMBatches, read_sequences, split_windows, train_val_split
@@ -155,21 +156,6 @@ def evaluate(model: Esm2AE, sequences: list[str], cfg: Config, device, precision
 
 
 # ------------------------------------------------------------------------------ checkpoints
-
-def _rng_state() -> dict:
-    s = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        s["cuda"] = torch.cuda.get_rng_state_all()
-    return s
-
-
-def _set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
     # only complete checkpoints: trainer_state.json is written last
@@ -323,7 +309,7 @@ def _save_deepspeed_checkpoint(run_dir: Path, step: int, engine, model, state: d
     if world > 1:
         torch.distributed.barrier()
     engine.save_checkpoint(str(tmp), tag="ds")
-    torch.save(_rng_state(), tmp / f"rng-{rank}.pt")
+    torch.save(capture_rng_state(), tmp / f"rng-{rank}.pt")
     if world > 1:
         torch.distributed.barrier()
     if rank == 0:
@@ -355,7 +341,7 @@ def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, devic
             state = json.loads((ckpt / "trainer_state.json").read_text())
             engine.load_checkpoint(str(ckpt), tag="ds")
             rng_file = ckpt / f"rng-{rank}.pt"
-            _set_rng_state(torch.load(rng_file if rng_file.exists() else ckpt / "rng.pt", weights_only=False))
+            restore_rng_state(torch.load(rng_file if rng_file.exists() else ckpt / "rng.pt", weights_only=False))
             step, epoch = state["step"], state["epoch"]
             batches.load_state_dict(state["batches"])
             if rank == 0:

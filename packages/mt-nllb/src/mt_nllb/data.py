@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from trainstack.data import token_budget_batches
 
 CACHE_VERSION = 1
 HUB_SOURCES = {
@@ -334,38 +335,6 @@ def length_bucketed_batches(lengths, max_tokens: int, seed: int, epoch: int, max
         budget = fixed_batch_size * max(lengths)  # never binding: the size cap decides
         return token_budget_batches(lengths, budget, seed=seed, epoch=epoch, max_batch_size=fixed_batch_size)
     return token_budget_batches(lengths, max_tokens, seed=seed, epoch=epoch, max_batch_size=max_batch_size or None)
-
-
-def _token_budget_batches_fallback(lengths, max_tokens, seed, epoch=0, bucket_size_multiplier=100,
-                                   max_batch_size=None):
-    """Stand-in with core's contract until trainstack.data lands (docs/core-api.md): length-bucketed,
-    len(batch) * max(len) <= max_tokens, every index once, deterministic per (seed, epoch)."""
-    rng = random.Random(seed * 1000003 + epoch)
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    cap = max_batch_size or len(lengths)
-    bucket = max(1, bucket_size_multiplier * max(1, min(cap, max_tokens // max(1, max(lengths, default=1)))))
-    batches = []
-    for start in range(0, len(order), bucket):
-        chunk = sorted(order[start:start + bucket], key=lambda i: lengths[i])
-        batch, longest = [], 0
-        for i in chunk:
-            new_longest = max(longest, lengths[i])
-            if batch and (len(batch) + 1 > cap or (len(batch) + 1) * new_longest > max_tokens):
-                batches.append(batch)
-                batch, new_longest = [], lengths[i]
-            batch.append(i)
-            longest = new_longest
-        if batch:
-            batches.append(batch)
-    rng.shuffle(batches)
-    return batches
-
-
-try:
-    from trainstack.data import token_budget_batches
-except ImportError:  # core's data module is being written; same signature
-    token_budget_batches = _token_budget_batches_fallback
 
 
 class TranslationBatches:
