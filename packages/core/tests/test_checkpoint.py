@@ -1,11 +1,23 @@
 import json
+import os
 import random
+import signal
 
 import numpy as np
 import pytest
 import torch
 import trainstack.checkpoint as ckpt
-from trainstack.checkpoint import CheckpointManager, capture_rng_state, restore_rng_state
+from trainstack.checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    ModelMismatch,
+    ResumeMismatch,
+    capture_rng_state,
+    check_fingerprint,
+    files_fingerprint,
+    load_model_state,
+    restore_rng_state,
+)
 
 
 class Tied(torch.nn.Module):
@@ -100,14 +112,23 @@ def test_tied_weights(tmp_path):
     m.load(p, model=other)
     assert torch.equal(other.head.weight, model.emb.weight) and other.head.weight is other.emb.weight
     # HF-style files drop the tied key: accepted because head.weight is tied to emb.weight
-    torch.save({"emb.weight": torch.ones(10, 4)}, p / "model.pt")
-    m.load(p, model=other)
+    load_model_state(other, {"emb.weight": torch.ones(10, 4)})
     assert torch.equal(other.head.weight, torch.ones(10, 4))
     # a missing key that is not tied is an error
-    lin = torch.nn.Linear(4, 10)
-    torch.save({"weight": torch.ones(10, 4)}, p / "model.pt")
-    with pytest.raises(KeyError, match="bias"):
-        m.load(p, model=lin)
+    with pytest.raises(ModelMismatch, match="bias"):
+        load_model_state(torch.nn.Linear(4, 10), {"weight": torch.ones(10, 4)})
+
+
+def test_changed_model_size_is_one_line_naming_key_and_shapes(tmp_path):
+    m = CheckpointManager(tmp_path)
+    p = m.save(1, model=torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 1)))
+    bigger = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Linear(8, 1))
+    with pytest.raises(ModelMismatch) as e:
+        m.load(p, model=bigger)
+    msg = str(e.value)
+    assert "\n" not in msg and "0.weight" in msg and "[4, 3]" in msg and "[8, 3]" in msg
+    with pytest.raises(ModelMismatch, match="lacks, first '1.weight'"):  # a key the model lacks
+        m.load(p, model=torch.nn.Sequential(torch.nn.Linear(3, 4)))
 
 
 def test_save_model_fn_and_rng_helpers(tmp_path):
@@ -119,3 +140,183 @@ def test_save_model_fn_and_rng_helpers(tmp_path):
     a = torch.rand(3)
     restore_rng_state(s)
     assert torch.equal(torch.rand(3), a)
+
+
+def test_every_file_loads_with_weights_only(tmp_path):
+    model, opt, sched = _objs()
+    p = CheckpointManager(tmp_path).save(1, model=model, optimizer=opt, scheduler=sched,
+                                         scaler=torch.amp.GradScaler("cpu"), extra={"data": {"pos": 3}})
+    manifest = json.loads((p / "manifest.json").read_text())
+    assert set(manifest["files"]) >= {"model.pt", "optimizer.pt", "scheduler.pt", "scaler.pt", "rng.pt",
+                                      "extra.pt", "trainer_state.json"}
+    for name in manifest["files"]:
+        if name.endswith(".pt"):
+            torch.load(p / name, weights_only=True)
+
+
+def test_extra_that_could_not_be_loaded_back_fails_at_save(tmp_path):
+    m = CheckpointManager(tmp_path)
+    with pytest.raises(TypeError, match=r"extra\['data'\]\['order'\] is a numpy.ndarray"):
+        m.save(1, model=torch.nn.Linear(2, 2), extra={"data": {"order": np.arange(3)}})
+    assert m.checkpoints() == [] and not list(tmp_path.glob(".tmp-*"))
+
+
+class _Evil:
+    """Unpickling calls open(marker, "w"): the file appears only if the pickle was executed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["extra.pt", "rng.pt", "optimizer.pt", "model.pt"])
+def test_crafted_pickle_in_a_checkpoint_does_not_execute(tmp_path, name):
+    model, opt, sched = _objs()
+    m = CheckpointManager(tmp_path / "ckpts")
+    p = m.save(1, model=model, optimizer=opt, extra={"epoch": 0})
+    marker = tmp_path / "pwned"
+    torch.save({"state": _Evil(marker)}, p / name)
+    # an attacker can fix the manifest too: the load itself must refuse
+    manifest = json.loads((p / "manifest.json").read_text())
+    manifest["files"][name] = (p / name).stat().st_size
+    (p / "manifest.json").write_text(json.dumps(manifest))
+    assert m.latest() == p
+    with pytest.raises(CheckpointError) as e:
+        m.load(p, model=model, optimizer=opt)
+    assert "\n" not in str(e.value) and name in str(e.value) and "refused" in str(e.value)
+    assert not marker.exists()
+
+
+def test_a_directory_without_manifest_is_never_latest_nor_loaded(tmp_path):
+    model, _, _ = _objs()
+    m = CheckpointManager(tmp_path)
+    good = m.save(1, model=model)
+    legacy = tmp_path / "step-5"  # trainer_state.json only: an older core's layout, or a half-deleted copy
+    legacy.mkdir()
+    (legacy / "trainer_state.json").write_text(json.dumps({"step": 5}))
+    torch.save(model.state_dict(), legacy / "model.pt")
+    assert m.latest() == good and m.checkpoints() == [good]
+    with pytest.raises(CheckpointError, match="no valid manifest.json"):
+        m.load(legacy, model=model)
+    # a listed file that shrank (a torn copy) makes a checkpoint incomplete too
+    with open(good / "model.pt", "r+b") as f:
+        f.truncate(10)
+    assert m.latest() is None
+
+
+def _toy(value: float):
+    """A model and optimizer whose weights are all ``value``, so a test can tell which copy survived."""
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(value)
+    return model, opt
+
+
+def _save_in_a_child_killed_at(phase, root, run_id, step, value) -> int:
+    """Fork a process (torch is already imported: no start-up cost) that saves one checkpoint and
+    SIGKILLs itself when the save reaches ``phase``; return the child's wait status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            def crash_at(name):
+                if name == phase:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            ckpt._reached = crash_at
+            model, opt = _toy(value)
+            CheckpointManager(root, keep_last=2, run_id=run_id).save(step, model=model, optimizer=opt,
+                                                                      extra={"value": value})
+        finally:
+            os._exit(3)  # reached only if the phase never came: the parent fails the test
+    return os.waitpid(pid, 0)[1]
+
+
+# (save kind, phase where the child is killed, the step and value a fresh manager must find as latest)
+CRASHES = [
+    ("new", "tmp_files", 2, 2.0),     # only model.pt written: the previous checkpoint is latest
+    ("new", "tmp_complete", 3, 3.0),  # complete but not renamed: recovery renames it into place
+    ("new", "renamed", 3, 3.0),
+    ("new", "trashed", 3, 3.0),       # while pruning step-1
+    ("resave", "tmp_files", 2, 2.0),
+    ("resave", "tmp_complete", 2, 2.0),  # both copies complete: the committed one stays
+    ("resave", "old_moved", 2, 5.0),     # no step-2 at all for a moment: the new copy is promoted
+    ("resave", "renamed", 2, 5.0),
+    ("resave", "trashed", 2, 5.0),       # while the old copy is being deleted
+]
+
+
+@pytest.mark.parametrize("kind,phase,want_step,want_value", CRASHES)
+def test_sigkill_during_a_save_keeps_a_complete_latest(tmp_path, kind, phase, want_step, want_value):
+    m = CheckpointManager(tmp_path, keep_last=2, run_id="run-a")
+    for step, value in ((1, 1.0), (2, 2.0)):
+        model, opt = _toy(value)
+        m.save(step, model=model, optimizer=opt, extra={"value": value})
+    step, value = (3, 3.0) if kind == "new" else (2, 5.0)
+    status = _save_in_a_child_killed_at(phase, tmp_path, "run-a", step, value)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # really killed at that moment
+
+    fresh = CheckpointManager(tmp_path, keep_last=2)
+    latest = fresh.latest()
+    assert latest is not None and latest.name == f"step-{want_step}"
+    model, opt = _toy(0.0)
+    extra = fresh.load(latest, model=model, optimizer=opt)
+    assert extra == {"value": want_value} and torch.all(model.weight == want_value)
+    assert fresh.run_id == "run-a"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left over
+    # and the run goes on: a re-save of the same step and a new step both work
+    fresh.save(want_step, model=model, optimizer=opt, extra=extra)
+    fresh.save(want_step + 1, model=model, optimizer=opt, extra=extra)
+    assert [p.name for p in fresh.checkpoints()][-2:] == [f"step-{want_step}", f"step-{want_step + 1}"]
+
+
+def test_recovery_promotes_a_complete_temp_copy_over_a_half_deleted_final(tmp_path):
+    """The state the old core left when killed between deleting step-N and renaming its temp copy."""
+    model, _, _ = _objs()
+    m = CheckpointManager(tmp_path, run_id="r")
+    p = m.save(4, model=model, extra={"epoch": 1})
+    os.rename(p, tmp_path / ".tmp-step-4")
+    (tmp_path / "step-4").mkdir()  # what was left of the old copy
+    (tmp_path / "step-4" / "trainer_state.json").write_text("{}")
+    again = CheckpointManager(tmp_path)
+    assert again.latest() == tmp_path / "step-4" and not (tmp_path / ".tmp-step-4").exists()
+    assert again.load(again.latest(), model=model) == {"epoch": 1}
+
+
+def test_pruning_keeps_this_runs_checkpoints_in_a_reused_directory(tmp_path):
+    model, _, _ = _objs()
+    old = CheckpointManager(tmp_path, keep_last=2, run_id="old")
+    for step in (20, 40, 60):
+        old.save(step, model=model)
+    new = CheckpointManager(tmp_path, keep_last=2, run_id="new")
+    for step in (10, 20, 24):
+        new.save(step, model=model)
+    names = [p.name for p in new.checkpoints()]
+    assert names == ["step-40", "step-60", "step-20", "step-24"]  # save order; the new run's last two
+    assert new.latest().name == "step-24"
+
+
+def test_fingerprint_helpers(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("x")
+    fp = files_fingerprint([data, "hub/dataset"])
+    assert fp == files_fingerprint([data, "hub/dataset"]) and fp != files_fingerprint([data])
+    (data / "a.txt").write_text("xy")
+    assert files_fingerprint([data, "hub/dataset"]) != fp
+
+    m = CheckpointManager(tmp_path / "ckpts")
+    p = m.save(1, model=torch.nn.Linear(2, 2), fingerprint={"data": "abc", "max_length": 128, "vocab_size": 10})
+    # a field only one side has (another version of the caller) is not compared
+    check_fingerprint(p, {"data": "abc", "max_length": 128, "vocab_size": 10, "new_field": 1})
+    with pytest.raises(ResumeMismatch) as e:
+        check_fingerprint(p, {"data": "abc", "max_length": 256, "vocab_size": 11})
+    assert "\n" not in str(e.value) and "max_length is 256 now but 128" in str(e.value)
+    said = []
+    check_fingerprint(p, {"data": "zzz", "max_length": 256}, ignore_mismatch=True, say=said.append)
+    assert len(said) == 2 and "data differs" in said[0]

@@ -174,7 +174,7 @@ def test_one_rank_signalled_all_ranks_stop_together_and_resume_their_own_rows(tm
     runs = [json.loads((tmp_path / f"seen-{r}-0.json").read_text()) for r in (0, 1)]
     assert runs[0]["steps"] == runs[1]["steps"] == 4  # both stopped at the end of the signalled step
     (ckpt,) = sorted((tmp_path / "checkpoints").iterdir())
-    extra = torch.load(ckpt / "extra.pt", weights_only=False)
+    extra = torch.load(ckpt / "extra.pt", weights_only=True)
     assert [s["consumed"] for s in extra["data_per_rank"]] == [32, 32]
 
     second = _torchrun(script, tmp_path, 1, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import signal
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,15 @@ from typing import Any, Protocol
 
 import torch
 
-from .checkpoint import CheckpointManager
+from .checkpoint import (
+    CheckpointError,
+    CheckpointManager,
+    capture_rng_state,
+    check_fingerprint,
+    checkpoint_dirs,
+    model_fingerprint,
+    restore_rng_state,
+)
 from .memory import CleanupPolicy, memory_report
 from .metrics import ThroughputMeter
 from .precision import Precision
@@ -49,6 +58,13 @@ class LoopConfig:
     alone would wait in the save barrier while the others wait in a gradient all-reduce."""
 
     def __post_init__(self):
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 (or None to run `epochs` epochs), got {self.max_steps}")
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        for name in ("eval_every_steps", "save_every_steps", "keep_last", "keep_best", "cleanup_every_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
         if self.log_every_steps < 1:
@@ -57,6 +73,74 @@ class LoopConfig:
             raise ValueError(f"stop_check_every_steps must be >= 1, got {self.stop_check_every_steps}")
         if self.best_mode not in ("min", "max"):
             raise ValueError(f"best_mode must be 'min' or 'max', got {self.best_mode!r}")
+
+
+class RunDirError(CheckpointError):
+    """A run directory that cannot be used as asked (it holds another run's checkpoints, or is a file)."""
+
+
+class NoUsableData(ValueError):
+    """An epoch yielded no batch at all: nothing to train on."""
+
+
+def check_run_dir(run_dir, *, resume: bool, overwrite: bool = False, resume_hint: str | None = None,
+                  overwrite_hint: str = "overwrite=true") -> None:
+    """Refuse, before anything is written, a fresh start in a directory that holds checkpoints.
+
+    Read-only; ``fit`` calls it, and a package can call it first thing so that nothing (config.yaml,
+    caches) is written into another run's directory. ``resume`` skips the check; ``overwrite`` allows the
+    fresh start (``fit`` then removes only what it wrote: see ``clear_run_outputs``)."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: exists and is not a directory; pick another run directory")
+    if resume or overwrite:
+        return
+    found = checkpoint_dirs(run_dir / "checkpoints")
+    if found:
+        names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
+        how = f"resume it ({resume_hint})" if resume_hint else "resume it"
+        raise RunDirError(f"{run_dir}: already holds checkpoints of a run ({names}); {how}, pass {overwrite_hint} "
+                          f"to start over (removes its checkpoints and logs), or choose another run directory")
+
+
+def clear_run_outputs(run_dir) -> list[str]:
+    """Remove what ``fit`` writes in ``run_dir`` (checkpoint directories, log.jsonl, TensorBoard event
+    files); unknown files stay. Returns the paths removed, relative to ``run_dir``."""
+    run_dir = Path(run_dir)
+    removed = []
+    if (run_dir / "checkpoints").is_dir():
+        removed += [f"checkpoints/{n}" for n in CheckpointManager(run_dir / "checkpoints").remove_all()]
+    if (run_dir / "log.jsonl").is_file():
+        (run_dir / "log.jsonl").unlink()
+        removed.append("log.jsonl")
+    for f in sorted((run_dir / "tb").glob("events.out.tfevents.*")) if (run_dir / "tb").is_dir() else []:
+        f.unlink()
+        removed.append(f"tb/{f.name}")
+    return removed
+
+
+def truncate_log(path, last_step: int) -> int:
+    """Keep the records of ``path`` (JSONL) whose step is <= ``last_step`` (records without a step stay;
+    unreadable lines go); atomic. Returns the number of lines dropped."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        step = record.get("step") if isinstance(record, dict) else None
+        if not isinstance(record, dict) or (isinstance(step, (int, float)) and step > last_step):
+            dropped += bool(line.strip())
+            continue
+        kept.append(line + "\n")
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
 
 
 class Batches(Protocol):
@@ -138,7 +222,9 @@ def _seed_everything(seed: int) -> None:
 
 def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config: LoopConfig, run_dir,
         precision: Precision, accelerator=None, evaluate=None, flops_per_token=None,
-        resume: bool | str | Path = False, save_model_fn=None, progress: bool = True) -> FitResult:
+        resume: bool | str | Path = False, save_model_fn=None, progress: bool = True, overwrite: bool = False,
+        resume_fingerprint: dict | None = None, ignore_resume_mismatch: bool = False,
+        resume_hint: str | None = None) -> FitResult:
     """Train ``model`` for ``config.max_steps`` optimizer steps (or ``config.epochs``).
 
     ``loss_fn(model, batch) -> (loss, real_tokens)``; ``evaluate(model) -> dict``. The scheduler is
@@ -149,11 +235,23 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     from tqdm.auto import tqdm
 
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_run_dir(run_dir, resume=bool(resume), overwrite=overwrite, resume_hint=resume_hint)
+    # JSON round trip: tuples become lists, as they read back from the checkpoint
+    fingerprint = json.loads(json.dumps({"model": model_fingerprint(model), **(resume_fingerprint or {})}))
     if accelerator is None:
         accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision,
                                   cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
+    say = print if main else (lambda *a, **k: None)
+    accelerator.wait_for_everyone()  # every rank checked the directory before the main one clears it
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite and not resume and checkpoint_dirs(run_dir / "checkpoints"):
+            removed = clear_run_outputs(run_dir)
+            if removed:
+                say(f"overwrite: removed {len(removed)} entries of the earlier run in {run_dir}: "
+                    f"{', '.join(removed[:5])}{', ...' if len(removed) > 5 else ''}")
+    accelerator.wait_for_everyone()
     ckpts = CheckpointManager(run_dir / "checkpoints", keep_last=config.keep_last, keep_best=config.keep_best,
                               metric=config.best_metric, mode=config.best_mode)
 
@@ -161,17 +259,31 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     resume_path = None
     if resume:
         resume_path = ckpts.latest() if resume is True else Path(resume)
+        if resume_path is None:
+            found = checkpoint_dirs(ckpts.root)
+            if found:
+                raise CheckpointError(f"{ckpts.root}: nothing complete to resume ({found[-1].name} has no valid "
+                                      f"manifest.json: a save that crashed, or an older trainstack-core)")
+            say(f"resume: no checkpoint in {ckpts.root}; starting from step 0")
     if resume_path is None:
         _seed_everything(config.seed)
+    else:
+        # Before anything is loaded; the model's own names and shapes are checked by the load itself.
+        check_fingerprint(resume_path, fingerprint, ignore_mismatch=ignore_resume_mismatch, say=say)
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = getattr(accelerator, "scaler", None)
+    last_ckpt: Path | None = None
     if resume_path is not None:
         extra = ckpts.load(resume_path, model=accelerator.unwrap_model(model), optimizer=optimizer,
                            scheduler=scheduler, scaler=scaler)
         step, epoch, best = extra["step"], extra["epoch"], extra.get("best_metric")
         train_batches.load_state_dict(_this_ranks_data_state(extra, accelerator))
-        if main:
-            print(f"resumed from {resume_path} at step {step}, epoch {epoch}")
+        if resume_path.parent.resolve() == ckpts.root.resolve():
+            last_ckpt = resume_path  # nothing new to save unless a step or an evaluation happens
+        say(f"resumed from {resume_path} at step {step}, epoch {epoch}")
+    if main:
+        # The log holds each step once: records after the checkpoint belong to the lost stretch.
+        truncate_log(run_dir / "log.jsonl", step)
 
     try:
         steps_per_epoch = math.ceil(len(train_batches) / config.grad_accum_steps)  # type: ignore[arg-type]
@@ -195,8 +307,13 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     bar = tqdm(total=bar_total, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     history: list[dict] = []
     last_loss = float("nan")
-    last_ckpt: Path | None = None
     interrupted = False
+    # One process with accumulation: a stop seen mid-window drops the window and saves the state of its
+    # start (data position, RNG, log sums), so a long window cannot delay a stop and resume stays exact.
+    stop_mid_window = accelerator.num_processes == 1 and config.grad_accum_steps > 1
+    window_start = None
+    data_state_at_stop = None
+    logged_step = -1
 
     def zeros():
         return torch.zeros((), device=device, dtype=torch.float32)
@@ -218,13 +335,14 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         nonlocal last_ckpt
         accelerator.wait_for_everyone()
         # Every rank's position: a stream split by rank is at a different row on each.
-        data_states = _gather_objects(accelerator, train_batches.state_dict())
+        data_state = data_state_at_stop if data_state_at_stop is not None else train_batches.state_dict()
+        data_states = _gather_objects(accelerator, data_state)
         if main:
             ckpts.save(step, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
                        scaler=scaler, metrics=metrics,
                        extra={"step": step, "epoch": epoch, "best_metric": best,
                               "data": data_states[0], "data_per_rank": data_states},
-                       save_model_fn=save_model_fn)
+                       save_model_fn=save_model_fn, fingerprint=fingerprint)
         # Every rank records it: the final-save decision below must be the same on all of them.
         last_ckpt = ckpts.root / f"step-{step}"
         accelerator.wait_for_everyone()
@@ -265,7 +383,8 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         bar.update(1)
 
     def log(epoch_pos: float) -> None:
-        nonlocal loss_sum, tokens_sum, samples_sum, micro_count, last_loss
+        nonlocal loss_sum, tokens_sum, samples_sum, micro_count, last_loss, logged_step
+        logged_step = step
         # the one host sync per log interval
         loss_mean = accelerator.reduce(loss_sum, "sum") / max(1, micro_count) / accelerator.num_processes
         tokens = accelerator.reduce(tokens_sum, "sum")
@@ -281,6 +400,28 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         write(record)
         bar.set_postfix(loss=f"{last_loss:.4f}")
         loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
+
+    def mark_window_start() -> None:
+        nonlocal window_start
+        if stop_mid_window:
+            window_start = (train_batches.state_dict(), capture_rng_state(), loss_sum.clone(), tokens_sum.clone(),
+                            samples_sum.clone(), micro_count)
+
+    def drop_window() -> None:
+        """Forget the micro-batches of the open window: gradients, RNG draws, log sums, data position."""
+        nonlocal data_state_at_stop, loss_sum, tokens_sum, samples_sum, micro_count
+        optimizer.zero_grad(set_to_none=True)
+        data_state_at_stop, rng, loss_sum, tokens_sum, samples_sum, micro_count = window_start
+        restore_rng_state(rng)
+
+    def stop_agreed() -> bool:
+        if accelerator.num_processes == 1:
+            return stop.signum is not None
+        flag = torch.tensor(0.0 if stop.signum is None else 1.0, device=device)
+        if float(accelerator.reduce(flag, "sum")) > 0:
+            stop.signum = stop.signum or signal.SIGTERM
+            return True
+        return False
 
     def should_stop() -> bool:
         if max_steps is not None and step >= max_steps:
@@ -299,15 +440,23 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     done = max_steps is not None and step >= max_steps
     with StopFlag() as stop:
         try:
+            first_epoch = True
             while not done:
                 if config.max_steps is None and epoch >= config.epochs:
+                    break
+                if stop_agreed():  # checked once per epoch too: an epoch may hold no optimizer step
                     break
                 train_batches.set_epoch(epoch)
                 pending = 0  # micro-steps since the last optimizer step
                 n_in_epoch = 0
+                mark_window_start()
                 batches = iter(train_batches)
                 upcoming = next(batches, _END)
                 while upcoming is not _END:
+                    if pending and stop_mid_window and stop.signum is not None:
+                        drop_window()
+                        done = True
+                        break
                     batch, upcoming = upcoming, _NOT_FETCHED
                     n_in_epoch += 1
                     pending += 1
@@ -346,9 +495,15 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                     if done:
                         break
                     if upcoming is _NOT_FETCHED:
+                        mark_window_start()  # after this step's log/eval/save: the state a save would hold
                         upcoming = next(batches, _END)
                 if done:
                     break
+                if n_in_epoch == 0 and not (first_epoch and resume_path is not None):
+                    # (the epoch a run resumes in may have no batch left; any other must have some)
+                    raise NoUsableData(f"epoch {epoch} yielded no batch: no usable training data (check the data "
+                                       f"files and the filters that drop rows)")
+                first_epoch = False
                 epoch += 1
                 if evaluate is not None and not history_has_eval_at(history, step):
                     run_eval()
@@ -356,10 +511,13 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
             final_metrics = None
             if evaluate is not None and not interrupted and not history_has_eval_at(history, step):
                 final_metrics = run_eval()
+            if interrupted and logged_step != step and micro_count:
+                log(epoch + 0.0)  # the steps since the last log record (a dropped window is not in it)
             if last_ckpt is None or last_ckpt.name != f"step-{step}" or final_metrics is not None:
                 save(final_metrics)
-            if interrupted and main:
-                print(f"stopped by signal {stop.signum} at step {step}; resume with resume=True")
+            if interrupted:
+                say(f"stopped by signal {stop.signum} at step {step}; checkpoint {last_ckpt}; "
+                    f"{resume_hint or 'resume from it to continue'}")
         finally:
             bar.close()
             if log_file is not None:
