@@ -69,7 +69,8 @@ def make_batches(kind, parquet_dir=None):
     return ResumableLoader(stream, batch_size=8, collate_fn=collate_parquet)
 
 
-def run(run_dir, max_steps, total_steps, kind="tokens", resume=False, parquet_dir=None, accum=2):
+def run(run_dir, max_steps, total_steps, kind="tokens", resume=False, parquet_dir=None, accum=2, loop=None,
+        **fit_kwargs):
     torch.manual_seed(0)
     model = Toy()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-2)
@@ -82,9 +83,11 @@ def run(run_dir, max_steps, total_steps, kind="tokens", resume=False, parquet_di
         seen.append(batch["index"].tolist())
         return inner(model, batch)
 
-    cfg = LoopConfig(max_steps=max_steps, grad_accum_steps=accum, log_every_steps=1, seed=7, tensorboard=False)
+    cfg = LoopConfig(max_steps=max_steps, grad_accum_steps=accum, log_every_steps=1, seed=7, tensorboard=False,
+                     **(loop or {}))
     res = fit(model=model, optimizer=opt, scheduler=sched, train_batches=batches, loss_fn=recording_loss,
-              config=cfg, run_dir=run_dir, precision=resolve_precision("fp32"), resume=resume, progress=False)
+              config=cfg, run_dir=run_dir, precision=resolve_precision("fp32"), resume=resume, progress=False,
+              **fit_kwargs)
     return res, seen
 
 

@@ -115,6 +115,21 @@ def test_report_missing_log_and_out_dir(tmp_path, capsys):
     assert "No data for: loss.png, lr.png, tokens_per_s.png, memory.png" in md and "eval_acc: 0.5" in md
 
 
+def test_report_draws_each_step_once_after_a_resume(tmp_path):
+    """A run killed after logging steps 4-6 resumed from its step-3 checkpoint and logged 4-6 again."""
+    from trainstack.report import _series, read_log, write_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    first = [{"step": s, "loss": 10.0 - s} for s in range(1, 7)]
+    again = [{"step": s, "loss": 20.0 - s} for s in range(4, 9)]
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in first + again))
+    xs, ys = _series(read_log(run / "log.jsonl"), "loss")
+    assert xs == list(range(1, 9)) and ys == [9.0, 8.0, 7.0, 16.0, 15.0, 14.0, 13.0, 12.0]
+    md = write_report(run).read_text()
+    assert "3 training rows repeat an earlier step" in md and "loss: first 9, last 12" in md
+
+
 def test_doctor_reports_an_impossible_precision(capsys, monkeypatch):
     monkeypatch.delenv("TRAINSTACK_PRECISION", raising=False)
     assert main(["doctor", "--simulate", "rtx2080s-8g", "--precision", "bf16"]) == 0

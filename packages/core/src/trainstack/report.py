@@ -3,6 +3,7 @@
 Training rows carry step, loss, lr, tokens_per_s and memory (flat ``gpu_peak_gib`` / ``rss_gib`` keys,
 or nested under ``memory``); eval rows carry ``eval_*`` keys. A run killed mid-write can leave a
 partial last line, so unreadable lines are skipped with a warning instead of failing the report.
+Every curve has one point per step, in step order (the last value of a step logged twice).
 """
 
 from __future__ import annotations
@@ -37,13 +38,26 @@ def read_log(path: Path) -> list[dict]:
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
+    """(steps, values) of ``key``, one value per step in step order. A step logged twice (a run that
+    crashed after logging it and was resumed from an earlier checkpoint) keeps its last value, so no
+    curve goes back in time."""
+    by_step: dict = {}
     for i, row in enumerate(rows):
         v = row.get(key)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            xs.append(row.get("step", i))
-            ys.append(float(v))
-    return xs, ys
+            x = row.get("step", i)
+            by_step[x if isinstance(x, (int, float)) and not isinstance(x, bool) else i] = float(v)
+    xs = sorted(by_step)
+    return xs, [by_step[x] for x in xs]
+
+
+def _repeated_steps(rows: list[dict]) -> int:
+    seen, repeated = set(), 0
+    for row in rows:
+        if "loss" in row and "step" in row:
+            repeated += row["step"] in seen
+            seen.add(row["step"])
+    return repeated
 
 
 def _memory_series(rows: list[dict]) -> dict:
@@ -105,6 +119,10 @@ def write_report(run_dir, out_dir=None) -> Path:
         losses = _series(train, "loss")[1]
         if steps:
             lines.append(f"- steps: {min(steps)} to {max(steps)}")
+        repeated = _repeated_steps(train)
+        if repeated:
+            lines.append(f"- {repeated} training rows repeat an earlier step (a resumed run): the last value "
+                         f"per step is used")
         if losses:
             lines.append(f"- loss: first {losses[0]:.4g}, last {losses[-1]:.4g}, min {min(losses):.4g}")
         lrs = _series(train, "lr")[1]
