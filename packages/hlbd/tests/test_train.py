@@ -127,3 +127,32 @@ def test_interrupt_saves_and_resume_is_exact(tmp_path, monkeypatch, capsys, sign
     a = torch.load(straight / "checkpoints" / "step-12" / "model.pt", weights_only=True)
     b = torch.load(run / "checkpoints" / "step-12" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_used_run_dir_is_refused_overwrite_starts_over_and_resume_checks_the_data(tmp_path, capsys, tiny):
+    run = tmp_path / "run"
+    quick = [*tiny(), "epochs=1", "stop_at_exact_match=0", f"run_dir={run}", "--no-progress"]
+    assert main(["train", *quick]) == 0
+    (run / "notes.txt").write_text("mine")
+    config_before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+
+    assert main(["train", *quick, "seed=3"]) == 1  # a fresh start over that run
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds checkpoints" in err and "overwrite=true" in err
+    assert f"hlbd train --resume run_dir={run}" in err
+    assert (run / "config.yaml").read_text() == config_before  # nothing written
+
+    assert main(["train", *quick, "seed=3", "overwrite=true"]) == 0
+    assert (run / "notes.txt").read_text() == "mine" and "seed: 3" in (run / "config.yaml").read_text()
+
+    # resuming on other data: one line naming the field; the override resumes anyway
+    other = tmp_path / "other.txt"
+    text = bundled_sample_path().read_text(encoding="utf-8")
+    other.write_text(text.replace("hand-written sample", "hand-written copy"), encoding="utf-8")  # same pairs
+    capsys.readouterr()
+    assert main(["train", "--resume", "--data", str(other), f"run_dir={run}", "epochs=2", "--no-progress"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot resume: data is" in err, err
+    assert main(["train", "--resume", "--data", str(other), f"run_dir={run}", "epochs=2",
+                 "ignore_resume_mismatch=true", "--no-progress"]) == 0

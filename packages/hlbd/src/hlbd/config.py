@@ -85,6 +85,11 @@ class TrainConfig:
     threads: int = 0
     """CPU threads for torch; 0 = torch's default."""
     run_dir: str = "runs/hlbd"
+    overwrite: bool = False
+    """Start afresh in a run_dir that holds another run's checkpoints: removes its checkpoints and log
+    (other files stay). Without it such a start is refused; --resume continues that run instead."""
+    ignore_resume_mismatch: bool = False
+    """--resume even though the data file or vocabulary differs from the checkpoint's."""
 
     def __post_init__(self):
         if self.batch_size < 1 or self.grad_accum_steps < 1 or self.epochs < 1:

@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 import torch
-from trainstack.checkpoint import load_model_state
+from trainstack.checkpoint import latest_checkpoint, load_model_state
 from trainstack.metrics import chrf
 
 from hlbd.model import APTConfig, APTModel
@@ -78,11 +78,10 @@ def resolve_checkpoint(path) -> Path:
     if (path / "trainer_state.json").exists():
         return path
     root = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    steps = sorted((p for p in root.glob("step-*") if (p / "trainer_state.json").exists()),
-                   key=lambda p: int(p.name.split("-")[1]))
-    if not steps:
-        raise FileNotFoundError(f"{path}: no checkpoint inside (expected checkpoints/step-N/trainer_state.json)")
-    return steps[-1]
+    latest = latest_checkpoint(root)  # complete ones only (manifest.json written last)
+    if latest is None:
+        raise FileNotFoundError(f"{path}: no complete checkpoint inside (expected checkpoints/step-N/manifest.json)")
+    return latest
 
 
 def load_checkpoint(path, device="cpu"):

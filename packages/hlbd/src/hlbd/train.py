@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
-from trainstack.checkpoint import CheckpointManager
+from trainstack.checkpoint import CheckpointManager, check_fingerprint, checkpoint_dirs, files_fingerprint
 from trainstack.config import save_config
 from trainstack.data import DeviceDataset
 from trainstack.hardware import detect_hardware
-from trainstack.loop import StopFlag
+from trainstack.loop import StopFlag, check_run_dir, clear_run_outputs
 from trainstack.optim import build_optimizer, build_scheduler
 from trainstack.precision import apply_precision, resolve_precision
 
@@ -236,6 +236,10 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     ckpt_root = run_dir / "checkpoints"
     if resume and not any(p.is_dir() for p in ckpt_root.glob("step-*")):
         raise ValueError(f"{run_dir}: nothing to resume (no checkpoint in {ckpt_root})")
+    check_run_dir(run_dir, resume=resume, overwrite=cfg.overwrite, resume_hint=f"hlbd train --resume run_dir={run_dir}")
+    # What a resumed run must share with the checkpoint, or its position means something else.
+    fingerprint = {"data": files_fingerprint([data.data_path]), "pairs": n, "vocab_size": len(data.tokenizer),
+                   "max_len": cfg.model.max_len}
 
     # 2. Hardware, precision (chosen once, said aloud), model, optimizer, device-resident data.
     s = setup(cfg, data)
@@ -249,11 +253,15 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     # 3. Run directory: only now that the data is known to be good. Resuming restores the position
     #    and the history; the log is rewritten from that history so it matches the checkpoint.
     history, learned_at, train_seconds = [], None, 0.0
+    if cfg.overwrite and not resume and checkpoint_dirs(ckpt_root):
+        removed = clear_run_outputs(run_dir)
+        say(f"overwrite: removed {len(removed)} entries of the earlier run in {run_dir}")
     manager = CheckpointManager(ckpt_root, keep_last=2)
     if resume:
         latest = manager.latest()
         if latest is None:
             raise ValueError(f"{run_dir}: nothing to resume (no complete checkpoint in {ckpt_root})")
+        check_fingerprint(latest, fingerprint, ignore_mismatch=cfg.ignore_resume_mismatch, say=say)
         extra = manager.load(latest, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
                              map_location=s.device)
         if extra.get("tokens") != data.tokenizer.tokens:
@@ -278,7 +286,7 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
             extra={"epoch": s.epoch, "data": str(data.data_path), "position": _position(s), "history": history,
                    "train_seconds": train_seconds, "learned_at": learned_at, "tokens": data.tokenizer.tokens,
                    "finished": finished},
-            save_model_fn=save_extras)
+            save_model_fn=save_extras, fingerprint=fingerprint)
 
     # 4. Epochs: nothing reads a value back until the epoch ends, and then once.
     interrupted = False
