@@ -91,6 +91,25 @@ def test_sigint_saves_exits_130_and_resume_is_exact(trained, monkeypatch, capsys
     assert {p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-")} == {"step-6", "step-12"}
 
 
+def test_a_used_run_dir_is_refused_and_resume_checks_what_it_resumes(trained, capsys, tmp_path):
+    import shutil
+
+    root, run_dir = trained
+    before = (run_dir / "config.yaml").read_text()
+    args = ["train", "--profile", "cpu-debug", "--no-progress", f"data.cache_dir={root / 'cache'}"]
+    capsys.readouterr()
+    assert main([*args, "--run-dir", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds checkpoints" in err and "overwrite=true" in err, err
+    assert "--resume" in err and (run_dir / "config.yaml").read_text() == before  # nothing written
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    assert main([*args, "--run-dir", str(copy), "data.max_length=24", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot resume: max_length is 24 now but" in err, err
+
+
 def test_translate_stdin_to_stdout(trained, monkeypatch, capsys):
     _, run_dir = trained
     monkeypatch.setattr(sys, "stdin", io.StringIO("今天天气很好。\n\n我想去北京。\n"))

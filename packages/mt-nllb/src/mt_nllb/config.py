@@ -113,6 +113,11 @@ class TrainConfig:
     keep_last: int = 1
     keep_best: int = 1
     seed: int = 42
+    overwrite: bool = False
+    """Start afresh in a --run-dir that holds another run's checkpoints: removes its checkpoints and logs
+    (other files stay). Without it such a start is refused; --resume continues that run instead."""
+    ignore_resume_mismatch: bool = False
+    """--resume even though the data, vocabulary, max_length or batching differ from the checkpoint's."""
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:

@@ -92,7 +92,7 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     import torch
     from trainstack.config import format_config, save_config
     from trainstack.hardware import detect_hardware
-    from trainstack.loop import LoopConfig, fit
+    from trainstack.loop import LoopConfig, check_run_dir, fit
     from trainstack.optim import build_optimizer, build_scheduler
     from trainstack.precision import apply_precision, resolve_precision
 
@@ -108,6 +108,9 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     )
 
     run_dir = Path(run_dir)
+    resume_hint = "the same mt-nllb train command plus --resume"
+    # Before anything is written: a fresh start must not overwrite another run's config and logs.
+    check_run_dir(run_dir, resume=resume is not None, overwrite=cfg.overwrite, resume_hint=resume_hint)
     run_dir.mkdir(parents=True, exist_ok=True)
     hw = detect_hardware()
     precision = resolve_precision(cfg.precision, hw)
@@ -186,10 +189,17 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
                           keep_last=cfg.keep_last, keep_best=cfg.keep_best, best_metric="eval_bleu", best_mode="max",
                           seed=cfg.seed)
     resume_arg = False if resume is None else (True if resume == "latest" else Path(resume))
+    # A saved data position only means something on the same tokenized data cut into the same batches.
+    # (the specific fields first: the first difference is the one named)
+    fingerprint = {"max_length": cfg.data.max_length, "vocab_size": len(tokenizer),
+                   "batching": [cfg.speed.max_tokens_per_batch, cfg.speed.max_batch_size, cfg.speed.batch_size],
+                   "train_rows": len(train_tp), "data": data_report["fingerprint"]}
     result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches, loss_fn=loss_fn,
                  config=loop_cfg, run_dir=run_dir, precision=precision, evaluate=evaluate,
                  flops_per_token=flops_per_token, resume=resume_arg,
-                 save_model_fn=lambda d: save_model_and_tokenizer(model, tokenizer, d), progress=progress)
+                 save_model_fn=lambda d: save_model_and_tokenizer(model, tokenizer, d), progress=progress,
+                 overwrite=cfg.overwrite, resume_fingerprint=fingerprint,
+                 ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=resume_hint)
     summary = {"steps": result.steps, "last_loss": result.last_loss, "best_bleu": result.best_metric,
                "checkpoint": str(result.checkpoint) if result.checkpoint else None, "interrupted": result.interrupted}
 
@@ -239,8 +249,10 @@ def check_optimizer_available(name: str) -> None:
 
 
 def main(argv=None) -> int:
+    from trainstack.checkpoint import CheckpointError
     from trainstack.config import ConfigError, load_config
     from trainstack.hardware import NoProfileFits
+    from trainstack.loop import NoUsableData
 
     from .data import DataError
     from .profiles import resolve
@@ -256,7 +268,7 @@ def main(argv=None) -> int:
         return 2
     try:
         summary = run(cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress)
-    except DataError as e:
+    except (DataError, CheckpointError, NoUsableData) as e:
         print(f"mt-nllb train: error: {e}", file=sys.stderr)
         return 2
     return 130 if summary["interrupted"] else 0
