@@ -44,8 +44,9 @@ def test_train_sigint_resume_mid_epoch_sees_exactly_the_unseen_rows(tmp_path, ch
               f"tokenizer.path={chatlm_dir}", f"run_dir={run}", "data.id_column=id", "data.bucket_rows=64",
               "data.max_batch_rows=8", "grad_accum_steps=2", "log_every_steps=1", "eval.max_new_tokens=8"]
 
-    # 1. Ctrl-C at the 5th micro-batch: fit finishes that optimizer step (micro-batch 6), saves, exit 130.
-    interrupt_at[0] = 5
+    # 1. Ctrl-C at the 6th micro-batch, the last of window 3: fit takes that optimizer step, saves, exit 130.
+    # (Ctrl-C earlier in a window drops the window, which core's tests cover.)
+    interrupt_at[0] = 6
     seen.append([])
     assert main(["train", *common, "memory_log_every_steps=1"]) == 130
     interrupt_at[0] = 0
@@ -113,3 +114,20 @@ def test_two_gloo_processes_train_an_epoch_in_step(tmp_path, chatlm_dir):
     assert len(ckpts) == 1 and (ckpts[0] / "model.pt").is_file()
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert any("eval_bleu" in r for r in records) and all(r.get("loss", 0) == r.get("loss", 0) for r in records)
+
+
+def test_a_used_run_dir_is_refused_and_resume_checks_max_seq_len(tmp_path, chatlm_dir, capsys):
+    train = make_parquet(tmp_path / "train.parquet", 24, median_chars=10, task="copy")
+    run = tmp_path / "run"
+    common = ["--config", "cpu-tiny", f"data.train_files=[{train}]", f"tokenizer.path={chatlm_dir}",
+              f"run_dir={run}", "max_steps=2", "data.max_batch_rows=8"]
+    assert main(["train", *common]) == 0
+    before = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["train", *common, "seed=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds checkpoints" in err and "overwrite=true" in err, err
+    assert (run / "config.yaml").read_text() == before  # nothing written
+    assert main(["train", *common, "--resume", "max_steps=3", "data.max_seq_len=24"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot resume: max_seq_len is 24 now but" in err, err

@@ -120,6 +120,11 @@ class TrainConfig:
     memory_log_every_steps: int = 200
     cleanup_every_steps: int = 0
     seed: int = 42
+    overwrite: bool = False
+    """Start afresh in a run_dir that holds another run's checkpoints: removes its checkpoints and logs
+    (other files stay). Without it such a start is refused; --resume continues that run instead."""
+    ignore_resume_mismatch: bool = False
+    """--resume even though the data files, vocabulary, max_seq_len or batching differ from the checkpoint's."""
 
     def __post_init__(self):
         if self.grad_accum_steps < 1:

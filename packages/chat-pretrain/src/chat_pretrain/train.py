@@ -12,7 +12,8 @@
     # several CPU processes (gloo), as the tests do
     torchrun --nproc_per_node 2 -m chat_pretrain train --config cpu-tiny ...
 
-Ctrl-C (SIGINT) or SIGTERM: the optimizer step finishes, a resumable checkpoint is saved, exit status 130.
+Ctrl-C (SIGINT) or SIGTERM: a resumable checkpoint is saved, exit status 130 (one process: at the next
+micro-batch, a partly accumulated window is dropped and replayed on resume; several: after the step).
 
 Steps: config -> hardware and precision -> tokenizer -> model (SDPA when supported) -> streamed
 token-budget batches, every W-th to rank r -> AdamW + warmup/cosine (or Adafactor with the given lr) ->
@@ -25,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,9 +64,10 @@ class Job:
 
 def run(job: Job):
     from accelerate import Accelerator
+    from trainstack.checkpoint import files_fingerprint
     from trainstack.config import format_config, save_config
     from trainstack.hardware import detect_hardware
-    from trainstack.loop import LoopConfig, fit
+    from trainstack.loop import LoopConfig, check_run_dir, fit
     from trainstack.optim import build_optimizer, build_scheduler
     from trainstack.precision import apply_precision, resolve_precision
 
@@ -82,6 +85,9 @@ def run(job: Job):
     main = accelerator.is_main_process
     run_dir = Path(cfg.run_dir)
     say = print if main else (lambda *a, **k: None)
+    resume_hint = "the same chat-pretrain train command plus --resume"
+    # Before anything is written: a fresh start must not overwrite another run's config and logs.
+    check_run_dir(run_dir, resume=job.resume, overwrite=cfg.overwrite, resume_hint=resume_hint)
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir)
@@ -132,10 +138,6 @@ def run(job: Job):
         m.save_pretrained(directory, safe_serialization=True)
         tok.tokenizer.save(str(Path(directory) / "tokenizer.json"))
 
-    if job.resume and not any((run_dir / "checkpoints").glob("step-*/trainer_state.json")):
-        # fit() starts fresh when there is nothing to resume; say it so a wrong run_dir is noticed.
-        say(f"resume: no checkpoint in {run_dir / 'checkpoints'}; starting from step 0")
-
     loop_cfg = LoopConfig(
         max_steps=cfg.max_steps or None,
         epochs=cfg.epochs,
@@ -151,11 +153,18 @@ def run(job: Job):
         cleanup_every_steps=cfg.cleanup_every_steps,
         seed=cfg.seed,
     )
+    # A saved data position only means something on the same rows cut into the same batches.
+    d = cfg.data
+    fingerprint = {"max_seq_len": d.max_seq_len, "vocab_size": tok.vocab_size,
+                   "batching": [d.batch_size, d.max_batch_rows, d.bucket_rows, d.shuffle_buffer, d.pad_to_multiple_of],
+                   "data": files_fingerprint(batches.files)}
     result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches,
                  loss_fn=make_loss_fn(), config=loop_cfg, run_dir=run_dir, precision=precision,
                  accelerator=accelerator, evaluate=evaluate,
                  flops_per_token=flops_per_token(model, cfg.data.max_seq_len) / 2,
-                 resume=job.resume, save_model_fn=save_model_fn, progress=job.progress and main)
+                 resume=job.resume, save_model_fn=save_model_fn, progress=job.progress and main,
+                 overwrite=cfg.overwrite, resume_fingerprint=fingerprint,
+                 ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=resume_hint)
     if batches.skipped.total:
         say(f"skipped rows: {batches.skipped.null} null, {batches.skipped.empty} empty; first: "
             f"{batches.skipped.first[0]}")
@@ -170,10 +179,17 @@ def run(job: Job):
 
 
 def main(argv: list[str]) -> int:
+    from trainstack.checkpoint import CheckpointError
+    from trainstack.loop import NoUsableData
+
     from chat_pretrain.cli import parse_train_args
 
     cfg, resume = parse_train_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    result = run(Job(cfg, resume=resume))
+    try:
+        result = run(Job(cfg, resume=resume))
+    except (CheckpointError, NoUsableData) as e:
+        print(f"chat-pretrain: error: {e}", file=sys.stderr)
+        return 2
     # fit() saved a resumable checkpoint on SIGINT/SIGTERM; 130 is the shell's "stopped by Ctrl-C".
     return 130 if result.interrupted else 0
