@@ -86,6 +86,23 @@ def test_sigint_saves_exits_130_and_resume_matches(mlm_run, tmp_path, capsys, mo
     assert (run / "final" / "config.json").exists()
 
 
+def test_a_used_run_dir_is_refused_and_resume_checks_max_length(mlm_run, tmp_path, capsys):
+    import shutil
+
+    args = ["train", "--profile", "cpu-debug", *TINY, "max_steps=30", "eval_every_steps=30", "save_every_steps=15"]
+    before = (mlm_run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main([*args, f"run_dir={mlm_run}", "seed=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "already holds checkpoints" in err and "overwrite=true" in err, err
+    assert (mlm_run / "config.yaml").read_text() == before  # nothing written
+    copy = tmp_path / "copy"
+    shutil.copytree(mlm_run, copy)
+    assert main([*args, f"run_dir={copy}", "data.max_length=64", "max_steps=31", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot resume: max_length is 64 now but 128" in err, err
+
+
 @pytest.fixture
 def one_rank_deepspeed(monkeypatch):
     """DeepSpeed on CPU (gloo), one rank, without building its shared-memory all-reduce op (a

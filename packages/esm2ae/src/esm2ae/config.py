@@ -124,6 +124,11 @@ class Config:
     """Train on the first N micro-batches only (same crops and masks each epoch)."""
     run_dir: str = "runs/esm2ae"
     device: str = "auto"
+    overwrite: bool = False
+    """Start afresh in a run_dir that holds another run's checkpoints: removes its checkpoints and logs
+    (other files stay). Without it such a start is refused; --resume continues that run instead."""
+    ignore_resume_mismatch: bool = False
+    """--resume even though the data, max_length, task or batching differ from the checkpoint's."""
 
     def __post_init__(self):
         if not 8 <= self.data.max_length <= 1024:

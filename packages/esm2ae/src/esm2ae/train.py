@@ -27,13 +27,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from tqdm import tqdm
-from trainstack.checkpoint import capture_rng_state, restore_rng_state
+from trainstack.checkpoint import capture_rng_state, checkpoint_dirs, files_fingerprint, restore_rng_state
+from trainstack.loop import check_run_dir, clear_run_outputs
 
 from esm2ae.config import Config, deepspeed_json
 from esm2ae.data import PackedMLMBatches, read_sequences, split_windows, train_val_split
 from esm2ae.model import Esm2AE, esm_flops_per_token, load_esm
 
 SAMPLE_FASTA = Path(__file__).parent / "data" / "sample_proteins.fasta"
+RESUME_HINT = "the same esm2ae train command plus --resume auto"
 
 
 # ------------------------------------------------------------------------------------ setup
@@ -219,6 +221,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     precision = resolve_precision(cfg.precision, hw if device.type == "cuda" else None)
     apply_precision(precision)
     run_dir = Path(cfg.run_dir)
+    # Before anything is written: a fresh start must not overwrite another run's config and logs.
+    check_run_dir(run_dir, resume=bool(resume), overwrite=cfg.overwrite, resume_hint=RESUME_HINT)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         print(format_config(cfg))
@@ -277,6 +281,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         if rank == 0:
             print(f"deepspeed: ZeRO-{cfg.deepspeed.zero_stage}, optimizer offload {cfg.deepspeed.offload_optimizer}")
 
+    if rank == 0 and cfg.overwrite and not resume and checkpoint_dirs(run_dir / "checkpoints"):
+        # here, not in fit: the untrained baseline eval below goes into the fresh log
+        print(f"overwrite: removed {len(clear_run_outputs(run_dir))} entries of the earlier run in {run_dir}")
     fixed_len = device.type == "cuda" and cfg.model.compile   # static shapes: one compiled graph
     if cfg.data.streaming:
         from esm2ae.data import StreamingMLMBatches
@@ -341,7 +348,7 @@ def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, devic
             state = json.loads((ckpt / "trainer_state.json").read_text())
             engine.load_checkpoint(str(ckpt), tag="ds")
             rng_file = ckpt / f"rng-{rank}.pt"
-            restore_rng_state(torch.load(rng_file if rng_file.exists() else ckpt / "rng.pt", weights_only=False))
+            restore_rng_state(torch.load(rng_file if rng_file.exists() else ckpt / "rng.pt", weights_only=True))
             step, epoch = state["step"], state["epoch"]
             batches.load_state_dict(state["batches"])
             if rank == 0:
@@ -478,9 +485,16 @@ def _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_se
             f.write(json.dumps({"step": 0, **base}) + "\n")
     mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in (train_seqs or val_seqs)]))
     # logged tokens are summed over ranks; dividing the FLOPs by the world size keeps MFU per GPU
+    # A saved data position only means something on the same sequences cut into the same batches.
+    fingerprint = {"max_length": cfg.data.max_length, "task": cfg.task,
+                   "batching": [cfg.batch.max_tokens_per_batch, accum, cfg.overfit_batches],
+                   "train_sequences": len(train_seqs), "data": files_fingerprint([cfg.data.train or str(SAMPLE_FASTA)])}
     result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches, loss_fn=loss_fn,
                  config=loop_cfg, run_dir=run_dir, precision=precision, evaluate=run_eval if val_seqs else None,
-                 flops_per_token=esm_flops_per_token(model.backbone.config, mean_len) / world, resume=resume_arg)
+                 flops_per_token=esm_flops_per_token(model.backbone.config, mean_len) / world, resume=resume_arg,
+                 overwrite=cfg.overwrite, resume_fingerprint=fingerprint,
+                 ignore_resume_mismatch=cfg.ignore_resume_mismatch,
+                 resume_hint=RESUME_HINT)
     evals = [r for r in result.history if any(k.startswith("eval_") for k in r)]
     metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if evals else {}
     if rank == 0 and result.interrupted:
