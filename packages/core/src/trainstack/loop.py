@@ -172,7 +172,8 @@ def _batch_size(batch) -> int:
 
 
 class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop finishes the optimizer step, saves and returns.
+    """SIGINT/SIGTERM set a flag; ``fit`` saves and returns at the next micro-batch (one process) or
+    after the optimizer step the ranks agree on (several).
 
     Public for loops that cannot use ``fit`` (a DeepSpeed engine loop): ``with StopFlag() as stop:``
     then check ``stop.signum`` after each optimizer step. A second Ctrl-C raises KeyboardInterrupt."""
