@@ -251,6 +251,13 @@ def latest_checkpoint(root) -> Path | None:
     return cps[-1] if cps else None
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def _locked(root: Path):
     """One writer or recoverer at a time per root (several ranks, or a reader's manager beside a
@@ -310,7 +317,7 @@ class CheckpointManager:
 
     def _recover(self) -> None:
         for p in self.root.glob(_TRASH + "*"):
-            shutil.rmtree(p, ignore_errors=True)
+            _remove(p)
         steps = set()
         for p in self.root.iterdir():
             for prefix in (_PREFIX, _TMP, _OLD):
@@ -340,7 +347,7 @@ class CheckpointManager:
         trash = self.root / f"{_TRASH}{path.name.lstrip('.')}-{uuid.uuid4().hex[:6]}"
         os.rename(path, trash)
         _reached("trashed")
-        shutil.rmtree(trash, ignore_errors=True)
+        _remove(trash)
 
     # ----------------------------------------------------------------------------- queries
     def checkpoints(self) -> list[Path]:

@@ -231,6 +231,12 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     ``loss_fn(model, batch) -> (loss, real_tokens)``; ``evaluate(model) -> dict``. The scheduler is
     stepped once per optimizer step (not handed to accelerate, which would step it once per process).
     Loss, token and sample counts stay on the device until the log cadence.
+
+    A fresh start over another run's checkpoints is refused unless ``overwrite`` (which removes only
+    fit's own outputs). On resume, ``resume_fingerprint`` (plain JSON: data, vocabulary, lengths...) is
+    compared with the checkpoint's, field by field (``ignore_resume_mismatch`` to accept differences),
+    and log.jsonl is cut back to the checkpoint's step. ``resume_hint`` tells a stopped run's user how
+    to continue (the CLI's own spelling). See docs/core-api.md for the stop and crash guarantees.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
