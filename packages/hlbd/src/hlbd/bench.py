@@ -226,9 +226,10 @@ def run_bench(data=None, stages=STAGES, users_epochs=1, users_seconds=None, base
             elif stage == "users-baseline":
                 report[stage] = stage_users_baseline(base_cfg, baseline_epochs)
             elif stage == "fast":
-                report["fast"] = stage_fast(_cfg("fast", data, [*overrides, "run_dir=/tmp/hlbd-bench-fast"]), "fast")
+                scratch = [*overrides, "overwrite=true"]  # the bench's own run directories: a rerun starts over
+                report["fast"] = stage_fast(_cfg("fast", data, [*scratch, "run_dir=/tmp/hlbd-bench-fast"]), "fast")
                 if fast_compile:
-                    cfg = _cfg("fast", data, [*overrides, "compile=true", "run_dir=/tmp/hlbd-bench-fast-compile"])
+                    cfg = _cfg("fast", data, [*scratch, "compile=true", "run_dir=/tmp/hlbd-bench-fast-compile"])
                     report["fast+compile"] = stage_fast(cfg, "fast+compile")
             _save(out, report)  # after each stage: a later stage's timeout loses nothing
     print_report(report)
