@@ -25,6 +25,15 @@ from trainstack.speed import (
 from trainstack.speed.config import Speed
 
 
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles new models through the same functions: Dynamo's per-function cache (and its
+    recompile limit) must not carry over from one test to the next."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
 # ---- buckets -------------------------------------------------------------------------------------
 def test_bucket_specs():
     assert LengthBuckets.parse("pow2", 200).sizes == (16, 32, 64, 128, 200)
@@ -265,3 +274,37 @@ def test_inductor_compiled_step_equals_eager_on_cpu(tmp_path, monkeypatch):
     for p, q in zip(params, ref_params, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
     assert step.stats.compiled_graphs == 1 and step.stats.recompiles == 0
+
+
+def test_fit_on_the_fast_path_equals_fit_eager(tmp_path):
+    """fit(speed=...) goes through TrainStep (compiled here) and keeps the eager run's losses."""
+    from trainstack.loop import LoopConfig, fit
+    from trainstack.precision import resolve_precision
+
+    def run(speed, name):
+        torch.manual_seed(0)
+        model = Tiny()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sched = build_scheduler(opt, "cosine", warmup_steps=2, total_steps=6)
+
+        class Data(list):
+            def set_epoch(self, epoch):
+                pass
+
+            def state_dict(self):
+                return {}
+
+            def load_state_dict(self, state):
+                pass
+
+        cfg = LoopConfig(max_steps=6, grad_accum_steps=2, log_every_steps=1, tensorboard=False, max_grad_norm=0.5)
+        res = fit(model=model, optimizer=opt, scheduler=sched, train_batches=Data(batches(12)), loss_fn=token_loss,
+                  config=cfg, run_dir=tmp_path / name, precision=resolve_precision("fp32"), progress=False,
+                  speed=speed)
+        return [r["loss"] for r in res.history if "loss" in r], res.history
+
+    ref, _ = run(None, "eager")
+    fast, history = run(_speed(compile=True), "fast")
+    assert fast == pytest.approx(ref, rel=1e-5)
+    assert history[-1]["compiled_graphs"] == 2 and history[-1]["recompiles"] == 0
+    assert history[-1]["first_step_seconds"] > 0

@@ -104,6 +104,7 @@ class TrainStep:
         self._seen: dict[tuple, int] = {}     # shape key -> runs so far
         self._graphs: dict[tuple, _Captured] = {}
         self._optimizer_graph: _Captured | None = None
+        self._device: torch.device | None = None
 
         self._compute = loss_fn
         if speed.compile:
@@ -124,7 +125,10 @@ class TrainStep:
     # ---- micro-steps -------------------------------------------------------------------------------
     def micro(self, batch: dict[str, torch.Tensor]):
         """Forward, loss and backward of ``loss / grad_accum_steps``; gradients accumulate."""
+        batch = self._on_device(batch)
         key = _shape_key(batch)
+        if self._graph_backend is not None and any(not isinstance(v, torch.Tensor) for v in batch.values()):
+            self._graphs_impossible("the batch holds values that are not tensors; a graph would freeze them")
         if self._graph_backend is None:
             return self._counted(key, lambda: self._forward_backward(batch))
         captured = self._graphs.get(key)
@@ -139,6 +143,13 @@ class TrainStep:
             captured.inputs[name].copy_(value, non_blocking=True)
         captured.replay()
         return _clone(captured.outputs)
+
+    def _on_device(self, batch: dict) -> dict:
+        # The captured step reads from device buffers; a host-to-device copy inside a capture is not allowed.
+        if self._device is None:
+            self._device = next(self.model.parameters()).device
+        return {k: v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
 
     def _forward_backward(self, batch):
         with self.autocast():
@@ -285,7 +296,7 @@ def eager_optimizer_state(optimizer) -> None:
 
 
 def _shape_key(batch: dict) -> tuple:
-    return tuple((name, tuple(v.shape), v.dtype) for name, v in sorted(batch.items()))
+    return tuple((name, tuple(v.shape), v.dtype) for name, v in sorted(batch.items()) if isinstance(v, torch.Tensor))
 
 
 def _describe(key: tuple) -> str:
