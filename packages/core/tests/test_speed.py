@@ -9,6 +9,8 @@ in-place gradient zeroing, the optimizer captured after its first run, schedules
 import contextlib
 import copy
 import logging
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,6 +25,9 @@ from trainstack.speed import (
     resolve_speed,
 )
 from trainstack.speed.config import Speed
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _toy  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -287,19 +292,9 @@ def test_fit_on_the_fast_path_equals_fit_eager(tmp_path):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
         sched = build_scheduler(opt, "cosine", warmup_steps=2, total_steps=6)
 
-        class Data(list):
-            def set_epoch(self, epoch):
-                pass
-
-            def state_dict(self):
-                return {}
-
-            def load_state_dict(self, state):
-                pass
-
         cfg = LoopConfig(max_steps=6, grad_accum_steps=2, log_every_steps=1, tensorboard=False, max_grad_norm=0.5)
-        res = fit(model=model, optimizer=opt, scheduler=sched, train_batches=Data(batches(12)), loss_fn=token_loss,
-                  config=cfg, run_dir=tmp_path / name, precision=resolve_precision("fp32"), progress=False,
+        res = fit(model=model, optimizer=opt, scheduler=sched, train_batches=_toy.ListBatches(batches(12)),
+                  loss_fn=token_loss, config=cfg, run_dir=tmp_path / name, precision=resolve_precision("fp32"), progress=False,
                   speed=speed)
         return [r["loss"] for r in res.history if "loss" in r], res.history
 
