@@ -40,6 +40,19 @@ class SeqData(torch.utils.data.Dataset):
         return i, self.seqs[i]
 
 
+class ListBatches(list):
+    """A list of ready batches with the loop's Batches protocol (no shuffling, nothing to resume)."""
+
+    def set_epoch(self, epoch):
+        pass
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
 def collate(items):
     width = max(len(s) for _, s in items)
     ids = torch.zeros(len(items), width, dtype=torch.long)

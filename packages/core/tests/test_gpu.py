@@ -66,7 +66,61 @@ def test_fused_adamw_bench_and_memory():
     print("memory:", rep.as_dict())
 
 
+def _train_tiny(speed, steps=12, accum=2, dropout=0.0):
+    """A tiny transformer-ish model for ``steps`` micro-batches of two shapes, fp32, fused AdamW with
+    a warm-up + cosine schedule and clipping: what a package's step does, small."""
+    import time
+
+    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.speed import TrainStep
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(50, 64), nn.Dropout(dropout), nn.Linear(64, 256), nn.GELU(),
+                          nn.Linear(256, 64), nn.LayerNorm(64), nn.Linear(64, 50)).cuda()
+    opt = build_optimizer(model, "adamw", lr=3e-3, weight_decay=0.1)
+    sched = build_scheduler(opt, "cosine", warmup_steps=2, total_steps=steps // accum)
+
+    def loss_fn(m, batch):
+        logits = m(batch["ids"])
+        return nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 50), batch["ids"][:, 1:].reshape(-1))
+
+    step = TrainStep(model, loss_fn, opt, speed, scheduler=sched, grad_accum_steps=accum, max_grad_norm=1.0)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    losses = []
+    t0 = time.perf_counter()
+    for i in range(steps):
+        ids = torch.randint(0, 50, (8, (16, 32)[i % 2]), device="cuda", generator=g)
+        losses.append(step.micro({"ids": ids}))
+        if (i + 1) % accum == 0:
+            step.optimizer_step()
+    torch.cuda.synchronize()
+    return torch.stack(losses), [p.detach().clone() for p in model.parameters()], step, time.perf_counter() - t0
+
+
+def test_captured_and_compiled_steps_equal_the_eager_step():
+    from trainstack.speed import SpeedConfig, resolve_speed
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 arithmetic on both sides: differences are rounding
+    eager = resolve_speed(SpeedConfig(compile=False, cuda_graphs=False), "cuda")
+    ref_losses, ref_params, _, _ = _train_tiny(eager)
+    for name, cfg in (("graphs", SpeedConfig(compile=False, cuda_graphs=True)),
+                      ("compile", SpeedConfig(compile=True, cuda_graphs=False)),
+                      ("compile+graphs", SpeedConfig(compile=True, cuda_graphs=True))):
+        losses, params, step, seconds = _train_tiny(resolve_speed(cfg, "cuda"))
+        loss_diff = float((losses - ref_losses).abs().max())
+        param_diff = max(float((p - q).abs().max()) for p, q in zip(params, ref_params, strict=True))
+        print(f"{name}: max |loss diff| {loss_diff:.2e}, max |weight diff| {param_diff:.2e}, "
+              f"{step.stats.as_dict()}, {seconds:.1f} s")
+        assert loss_diff < 1e-4 and param_diff < 1e-4, name
+        if cfg.cuda_graphs:
+            assert step.stats.captured_graphs == 3  # two shapes and the optimizer step
+        if cfg.compile:
+            assert step.stats.recompiles == 0
+    torch.backends.cuda.matmul.allow_tf32 = True
+
+
 if __name__ == "__main__":
     test_detect_and_precision_on_gpu()
     test_fused_adamw_bench_and_memory()
+    test_captured_and_compiled_steps_equal_the_eager_step()
     print("GPU checks passed")

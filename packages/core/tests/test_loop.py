@@ -211,17 +211,6 @@ def test_an_underestimated_len_does_not_end_an_epochs_bound_run(tmp_path):
     assert res.steps == 2 * n and res.epochs_completed == 2
 
 
-class _Listed(list):
-    def set_epoch(self, epoch):
-        pass
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-
 def test_short_last_window_is_a_mean_and_keeps_the_save_cadence(tmp_path):
     torch.manual_seed(0)
     xs = [torch.randn(4, 3) for _ in range(5)]  # accumulation 3: windows [0, 1, 2] and [3, 4]
@@ -235,7 +224,7 @@ def test_short_last_window_is_a_mean_and_keeps_the_save_cadence(tmp_path):
     cfg = LoopConfig(epochs=2, grad_accum_steps=3, max_grad_norm=None, save_every_steps=2, keep_last=10,
                      tensorboard=False)
     res = fit(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=None,
-              train_batches=_Listed(xs), loss_fn=loss_fn, config=cfg, run_dir=tmp_path,
+              train_batches=_toy.ListBatches(xs), loss_fn=loss_fn, config=cfg, run_dir=tmp_path,
               precision=resolve_precision("fp32"), progress=False)
 
     opt = torch.optim.SGD(reference.parameters(), lr=0.1)

@@ -188,3 +188,61 @@ def test_resume_of_a_run_dir_whose_checkpoints_are_all_incomplete_is_refused(tmp
     (tmp_path / "checkpoints" / "step-5").mkdir(parents=True)
     with pytest.raises(CheckpointError, match="nothing complete to resume"):
         _linear_fit(tmp_path, [torch.randn(4, 3)], resume=True)
+
+
+class _Positioned(list):
+    """Fixed-shape batches with a resumable position (what fit saves and restores)."""
+
+    def __init__(self, items):
+        super().__init__(items)
+        self.pos = 0
+
+    def set_epoch(self, epoch):
+        pass
+
+    def __iter__(self):
+        while self.pos < len(self):
+            self.pos += 1
+            yield list.__getitem__(self, self.pos - 1)
+        self.pos = 0
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.pos = state["pos"]
+
+
+def test_a_signal_inside_a_window_on_the_fast_path_drops_it_and_resumes_exactly(tmp_path):
+    from trainstack.speed import Speed
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"x": torch.randn(4, 6, generator=g), "y": torch.randn(4, 1, generator=g)} for _ in range(16)]
+
+    def run(run_dir, max_steps, signal_at=None, resume=False):
+        calls = []
+
+        def loss_fn(model, batch):
+            calls.append(1)
+            if len(calls) == signal_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return (model(batch["x"]) - batch["y"]).pow(2).mean(), batch["x"].shape[0]
+
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Dropout(0.2), torch.nn.Linear(8, 1))
+        speed = Speed(compile=True, cuda_graphs=False, compile_mode="default", compile_backend="aot_eager",
+                      warmup_runs=1, length_buckets="pow2", reason="test")
+        res = fit(model=model, optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2), scheduler=None,
+                  train_batches=_Positioned(data), loss_fn=loss_fn, resume=resume, progress=False, speed=speed,
+                  config=LoopConfig(max_steps=max_steps, grad_accum_steps=4, log_every_steps=1, seed=1,
+                                    tensorboard=False),
+                  run_dir=run_dir, precision=resolve_precision("fp32"))
+        return res, model, calls
+
+    _, ref, _ = run(tmp_path / "ref", 3)
+    res, _, calls = run(tmp_path / "run", 3, signal_at=6)  # the 2nd micro-batch of window 2
+    assert res.interrupted and res.steps == 1 and len(calls) == 6
+    res, model, _ = run(tmp_path / "run", 3, resume=True)
+    assert res.steps == 3 and _losses(tmp_path / "run") == _losses(tmp_path / "ref")
+    for a, b in zip(model.parameters(), ref.parameters(), strict=True):
+        assert torch.equal(a, b)

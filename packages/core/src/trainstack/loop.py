@@ -223,10 +223,14 @@ def _seed_everything(seed: int) -> None:
 
 def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config: LoopConfig, run_dir,
         precision: Precision, accelerator=None, evaluate=None, flops_per_token=None,
-        resume: bool | str | Path = False, save_model_fn=None, progress: bool = True, overwrite: bool = False,
-        resume_fingerprint: dict | None = None, ignore_resume_mismatch: bool = False,
+        resume: bool | str | Path = False, save_model_fn=None, progress: bool = True, speed=None,
+        overwrite: bool = False, resume_fingerprint: dict | None = None, ignore_resume_mismatch: bool = False,
         resume_hint: str | None = None) -> FitResult:
     """Train ``model`` for ``config.max_steps`` optimizer steps (or ``config.epochs``).
+
+    ``speed`` (a resolved ``trainstack.speed.Speed``) switches on core's fast path: with one process
+    the micro-steps and optimizer steps run through ``TrainStep`` (compiled, CUDA graphs); with
+    several processes the model is compiled and the step stays accelerate's.
 
     ``loss_fn(model, batch) -> (loss, real_tokens)``; ``evaluate(model) -> dict``. The scheduler is
     stepped once per optimizer step (not handed to accelerate, which would step it once per process).
@@ -279,6 +283,11 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         check_fingerprint(resume_path, fingerprint, ignore_mismatch=ignore_resume_mismatch, say=say)
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = getattr(accelerator, "scaler", None)
+    train_step = _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config)
+    if speed is not None and speed.compile and train_step is None:
+        model = torch.compile(model, dynamic=False, backend=speed.compile_backend)
+    if speed is not None and main:
+        print(speed.reason)
     last_ckpt: Path | None = None
     if resume_path is not None:
         extra = ckpts.load(resume_path, model=accelerator.unwrap_model(model), optimizer=optimizer,
@@ -327,6 +336,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
 
     loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
     grad_norm = None
+    announced: list = []  # the first-step line is printed once
 
     def write(record: dict) -> None:
         history.append(record)
@@ -374,6 +384,15 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
 
     def optimizer_step(window: int) -> None:
         nonlocal step, grad_norm
+        if train_step is not None:
+            grad_norm = train_step.optimizer_step(window)  # rescale, clip, update, schedule, zero
+            step += 1
+            bar.update(1)
+            if train_step.stats.first_step_seconds is not None and main and not announced:
+                announced.append(True)
+                print(f"first optimizer step after {train_step.stats.first_step_seconds:.1f} s "
+                      f"(compilation and CUDA-graph capture included)")
+            return
         if window < config.grad_accum_steps:
             # An epoch's last window is short: its micro-losses were divided by grad_accum_steps, so
             # rescale to the mean over the micro-batches it really had.
@@ -404,6 +423,8 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                   "grad_norm": None if grad_norm is None else float(grad_norm),
                   "tokens_per_s": rates["tokens_per_s"], "samples_per_s": rates["samples_per_s"],
                   "mfu": rates["mfu"], **memory_report().as_dict()}
+        if train_step is not None:  # time to the first step, compilations, recompiles (warned when they happen)
+            record.update(train_step.stats.as_dict())
         write(record)
         bar.set_postfix(loss=f"{last_loss:.4f}")
         loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
@@ -417,7 +438,11 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     def drop_window() -> None:
         """Forget the micro-batches of the open window: gradients, RNG draws, log sums, data position."""
         nonlocal data_state_at_stop, loss_sum, tokens_sum, samples_sum, micro_count
-        optimizer.zero_grad(set_to_none=True)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if train_step is not None and grads:
+            torch._foreach_zero_(grads)  # in place: captured CUDA graphs accumulate into these tensors
+        else:
+            optimizer.zero_grad(set_to_none=True)
         data_state_at_stop, rng, loss_sum, tokens_sum, samples_sum, micro_count = window_start
         restore_rng_state(rng)
 
@@ -474,10 +499,13 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                         # a window) is exactly the batches trained on.
                         upcoming = next(batches, _END)
                         final_micro = upcoming is _END
-                    ctx = accelerator.no_sync(model) if not final_micro else _null()
-                    with ctx, accelerator.autocast():
-                        loss, real_tokens = loss_fn(model, batch)
-                        accelerator.backward(loss / config.grad_accum_steps)
+                    if train_step is not None:
+                        loss, real_tokens = train_step.micro(batch)
+                    else:
+                        ctx = accelerator.no_sync(model) if not final_micro else _null()
+                        with ctx, accelerator.autocast():
+                            loss, real_tokens = loss_fn(model, batch)
+                            accelerator.backward(loss / config.grad_accum_steps)
                     loss_sum += loss.detach().float()
                     tokens_sum += real_tokens if isinstance(real_tokens, int) else real_tokens.detach().float()
                     samples_sum += _batch_size(batch)
@@ -538,6 +566,22 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
 
 _END = object()
 _NOT_FETCHED = object()
+
+
+def _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config):
+    """A TrainStep when the fast path is on and one plain process trains (DDP, FSDP and DeepSpeed
+    keep accelerate's step: their gradient hooks and sharding live outside our graphs)."""
+    from accelerate.utils import DistributedType
+
+    if speed is None or not speed.fast or accelerator.num_processes > 1 \
+            or accelerator.distributed_type != DistributedType.NO:
+        return None
+    from .speed import TrainStep
+
+    # The bare optimizer: TrainStep does the loss scaling itself, which accelerate's wrapper would repeat.
+    return TrainStep(model, loss_fn, getattr(optimizer, "optimizer", optimizer), speed, scheduler=scheduler,
+                     grad_accum_steps=config.grad_accum_steps, max_grad_norm=config.max_grad_norm,
+                     autocast=accelerator.autocast, scaler=scaler)
 
 
 def _gather_objects(accelerator, obj) -> list:

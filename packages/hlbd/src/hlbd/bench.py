@@ -12,7 +12,14 @@
                     time over --baseline-epochs epochs (the first is warm-up), and its loss curve
                     next to (a)'s: same seed, so the same initial weights; batch order and dropout
                     masks differ, so the curves agree within noise, not bit for bit
-(c) fast            profiles/fast.yaml trained until greedy exact match >= 95%: seconds of training
+(c) fast            profiles/fast.yaml trained until greedy exact match >= 95%: seconds of training,
+                    time to the first optimizer step (compile and capture included), whole call
+(d) fast-vs-eager   users-baseline without dropout for one epoch, twice from the same initial
+                    weights on the same batches: the fast path (speed.*: auto) and the eager path
+                    (speed.compile=false speed.cuda_graphs=false); the largest loss and weight
+                    differences say whether the fast path learns the same thing
+(b) and (c) run `train`'s own setup and epoch function (hlbd.train.setup / train_one_epoch / train):
+what the bench times is what `hlbd train` runs.
 Each stage merges its results into --out, so stages can run as separate processes (each under its own
 `timeout`) and a later stage or `--stages report` prints the ratios. key=value overrides apply to
 (b) and (c) (the users' loop is their fixed recipe).
@@ -21,6 +28,7 @@ Each stage merges its results into --out, so stages can run as separate processe
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -35,7 +43,8 @@ from hlbd.train import prepare_data, setup, train, train_one_epoch
 from hlbd.users_loop import UsersLoop
 
 SHARED_DATA = Path(__file__).resolve().parents[4] / ".." / "shared" / "data" / "hlbd" / "hlbd_v1_600pairs.txt"
-STAGES = ("users-loop", "users-baseline", "fast")
+STAGES = ("users-loop", "users-baseline", "fast", "fast-vs-eager")
+EAGER = ("speed.compile=false", "speed.cuda_graphs=false")
 
 
 def _cfg(name: str, data: str, overrides) -> TrainConfig:
@@ -124,9 +133,35 @@ def stage_users_baseline(cfg: TrainConfig, epochs: int) -> dict:
     epoch_losses = torch.stack(losses).tolist()
     micro = torch.stack(first_epoch_micro).tolist()
     print(f"users-baseline: {res.seconds / res.steps:.3f} s/epoch over {res.steps} timed epoch(s) after 1 warm-up; "
-          f"epoch losses {[round(x, 4) for x in epoch_losses]}", flush=True)
+          f"epoch losses {[round(x, 4) for x in epoch_losses]}; {s.speed.reason}; "
+          f"first optimizer step after {s.train_step.stats.first_step_seconds:.1f} s", flush=True)
     return {"result": asdict(res), "init_checksum": checksum, "accum": cfg.grad_accum_steps, "micro_losses": micro,
-            "epoch_losses": epoch_losses}
+            "epoch_losses": epoch_losses, "speed": s.speed.reason, **s.train_step.stats.as_dict()}
+
+
+def stage_fast_vs_eager(cfg: TrainConfig, eager_cfg: TrainConfig) -> dict:
+    """One epoch each from the same initial weights on the same batches; dropout off in both (the
+    compiled step draws its dropout masks from another random stream, so only no dropout compares
+    bit for bit up to rounding)."""
+    runs = {}
+    for name, c in (("fast", cfg), ("eager", eager_cfg)):
+        s = setup(c, prepare_data(c))
+        micro: list = []
+        train_one_epoch(s, micro_losses=micro)
+        runs[name] = {"losses": torch.stack(micro).double().cpu(), "speed": s.speed.reason,
+                      "params": [p.detach().double().cpu() for p in s.model.parameters()]}
+    loss_diff = float((runs["fast"]["losses"] - runs["eager"]["losses"]).abs().max())
+    param_diff = max(float((a - b).abs().max()) for a, b in zip(runs["fast"]["params"], runs["eager"]["params"],
+                                                              strict=True))
+    param_scale = max(float(b.abs().max()) for b in runs["eager"]["params"])
+    print(f"fast-vs-eager: {len(runs['fast']['losses'])} micro-batches; max |loss difference| {loss_diff:.2e} "
+          f"(losses {float(runs['eager']['losses'][0]):.4f} -> {float(runs['eager']['losses'][-1]):.4f}); "
+          f"max |weight difference| {param_diff:.2e} (largest weight {param_scale:.2f}); "
+          f"fast: {runs['fast']['speed']}; eager: {runs['eager']['speed']}", flush=True)
+    return {"micro_batches": len(runs["fast"]["losses"]), "max_abs_loss_diff": loss_diff,
+            "max_abs_param_diff": param_diff, "largest_param": param_scale,
+            "fast_losses": runs["fast"]["losses"].tolist(), "eager_losses": runs["eager"]["losses"].tolist(),
+            "speed": {k: runs[k]["speed"] for k in runs}}
 
 
 def stage_fast(cfg: TrainConfig, name: str) -> dict:
@@ -148,7 +183,8 @@ def stage_fast(cfg: TrainConfig, name: str) -> dict:
                       extra={"device": _device_name(), "timer": "host"})
     print(f"{name}: learned={summary['learned']} exact match {summary['exact_match']:.1%} (chrF {summary['chrf']:.1f}) "
           f"after {summary['epochs']} epochs, {summary['train_seconds']:.1f} s of training "
-          f"({per_epoch:.3f} s/epoch; {wall:.1f} s with set-up and final greedy eval)", flush=True)
+          f"({per_epoch:.3f} s/epoch; first optimizer step after {summary['first_step_seconds']:.1f} s; "
+          f"{wall:.1f} s with set-up and final greedy eval)", flush=True)
     return {"result": asdict(res), "summary": {k: v for k, v in summary.items() if k != "history"},
             "loss_curve": [h["loss"] for h in hist], "exact_match_curve": [h.get("exact_match_tf") for h in hist],
             "wall_seconds": wall}
@@ -157,7 +193,7 @@ def stage_fast(cfg: TrainConfig, name: str) -> dict:
 def print_report(report: dict) -> None:
     """The table (core's compare) and the ratio lines, from whatever stages the JSON holds."""
     results = [BenchResult(**report[k]["result"]) for k in STAGES if k in report and "result" in report[k]]
-    results += [BenchResult(**report[k]["result"]) for k in report if k.startswith("fast+") and "result" in report[k]]
+    results += [BenchResult(**report[k]["result"]) for k in report if k.startswith("fast (") and "result" in report[k]]
     if not results:
         print("hlbd bench: no stage results yet")
         return
@@ -188,22 +224,29 @@ def print_report(report: dict) -> None:
             report["loss_curve_epoch1"] = {"users-loop": ca, "users-baseline": cb, "max_abs_diff": max(diffs),
                                            "same_initial_weights": same_init}
         report["ratio_users_baseline_vs_users_loop"] = ratio
-    for k in [k for k in report if k == "fast" or k.startswith("fast+")]:
+    for k in [k for k in report if k == "fast" or k.startswith("fast (")]:
         if report[k].get("interrupted"):
             print(f"{k}: interrupted (timeout) after {report[k]['epochs']} epochs, "
                   f"{report[k]['train_seconds']:.1f} s of training; exact match curve {report[k]['exact_match_curve']}")
             continue
         s = report[k]["summary"]
         line = (f"{k}: {'learned' if s['learned'] else 'NOT learned'} (exact match {s['exact_match']:.1%}) in "
-                f"{s['train_seconds']:.1f} s of training, {s['epochs']} epochs")
+                f"{s['train_seconds']:.1f} s of training, {s['epochs']} epochs; first optimizer step after "
+                f"{s['first_step_seconds']:.1f} s, {s['train_seconds'] - s['first_step_seconds']:.1f} s of training "
+                f"after it; {report[k]['wall_seconds']:.1f} s for the whole call")
         if "users-loop" in report:
             line += f"; users' loop for 50 epochs: {50 * per_epoch['users-loop']:.0f} s"
         print(line)
+    if "fast-vs-eager" in report:
+        e = report["fast-vs-eager"]
+        print(f"fast-vs-eager ({e['micro_batches']} micro-batches, no dropout, same initial weights and batches): "
+              f"max |loss difference| {e['max_abs_loss_diff']:.2e}, max |weight difference| "
+              f"{e['max_abs_param_diff']:.2e}")
     report["per_epoch_seconds"] = per_epoch
 
 
 def run_bench(data=None, stages=STAGES, users_epochs=1, users_seconds=None, baseline_epochs=4, out=None,
-              overrides=(), fast_compile=False) -> int:
+              overrides=(), fast_eager=False) -> int:
     stages = tuple(stages)
     unknown = [s for s in stages if s not in (*STAGES, "report")]
     if unknown:
@@ -226,11 +269,15 @@ def run_bench(data=None, stages=STAGES, users_epochs=1, users_seconds=None, base
             elif stage == "users-baseline":
                 report[stage] = stage_users_baseline(base_cfg, baseline_epochs)
             elif stage == "fast":
-                scratch = [*overrides, "overwrite=true"]  # the bench's own run directories: a rerun starts over
-                report["fast"] = stage_fast(_cfg("fast", data, [*scratch, "run_dir=/tmp/hlbd-bench-fast"]), "fast")
-                if fast_compile:
-                    cfg = _cfg("fast", data, [*scratch, "compile=true", "run_dir=/tmp/hlbd-bench-fast-compile"])
-                    report["fast+compile"] = stage_fast(cfg, "fast+compile")
+                runs = Path(tempfile.mkdtemp(prefix="hlbd-bench-"))
+                report["fast"] = stage_fast(_cfg("fast", data, [*overrides, f"run_dir={runs / 'fast'}"]), "fast")
+                if fast_eager:
+                    cfg = _cfg("fast", data, [*overrides, *EAGER, f"run_dir={runs / 'fast-eager'}"])
+                    report["fast (eager)"] = stage_fast(cfg, "fast (eager)")
+            elif stage == "fast-vs-eager":
+                no_dropout = [*overrides, "model.dropout=0"]
+                report[stage] = stage_fast_vs_eager(_cfg("users-baseline", data, no_dropout),
+                                                    _cfg("users-baseline", data, [*no_dropout, *EAGER]))
             _save(out, report)  # after each stage: a later stage's timeout loses nothing
     print_report(report)
     _save(out, report)

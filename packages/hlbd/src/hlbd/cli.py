@@ -129,7 +129,7 @@ def cmd_bench(args, overrides) -> int:
 
     return run_bench(data=args.data, stages=[s for s in args.stages.split(",") if s], users_epochs=args.users_epochs,
                      users_seconds=args.users_seconds, baseline_epochs=args.baseline_epochs, out=args.out,
-                     overrides=overrides, fast_compile=args.fast_compile)
+                     overrides=overrides, fast_eager=args.fast_eager)
 
 
 def cmd_profiles(args, overrides) -> int:
@@ -162,12 +162,14 @@ def main(argv=None) -> int:
     p = sub.add_parser("bench", help="users' loop vs users-baseline vs fast, one GPU")
     p.add_argument("--data", default=None, help="default: ../shared/data/hlbd/hlbd_v1_600pairs.txt")
     p.add_argument("--stages", default="users-loop,users-baseline,fast",
-                   help="comma-separated: users-loop, users-baseline, fast; or 'report' (print from --out only)")
+                   help="comma-separated: users-loop, users-baseline, fast, fast-vs-eager; "
+                        "or 'report' (print from --out only)")
     p.add_argument("--users-epochs", type=int, default=1, help="epochs of the users' loop (a)")
     p.add_argument("--users-seconds", type=float, default=None,
                    help="stop (a) after this many seconds and extrapolate the epoch from the micro-batches done")
     p.add_argument("--baseline-epochs", type=int, default=4, help="epochs of (b); the first is warm-up")
-    p.add_argument("--fast-compile", action="store_true", help="also time fast with compile=true")
+    p.add_argument("--fast-eager", action="store_true",
+                   help="also time fast with the fast path off (speed.compile=false speed.cuda_graphs=false)")
     p.add_argument("--out", default=None, help="JSON results; each stage merges into it")
     sub.add_parser("profiles", help="list the shipped recipes")
     args = parser.parse_args(rest)

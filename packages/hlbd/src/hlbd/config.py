@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trainstack.speed import SpeedConfig
+
 from hlbd.data import DEFAULT_SOURCES, DEFAULT_TARGET, FIELDS
 
 
@@ -74,8 +76,10 @@ class TrainConfig:
     """0 disables clipping."""
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    compile: bool = False
-    """torch.compile the model (GPU; fixed shapes with data.batching=random)."""
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
+    """Core's fast path (compile, CUDA graphs, length buckets); auto = on with CUDA. On the GPU every
+    batch has one shape (random batching, the last batch padded with empty rows), so the step
+    compiles and is captured once."""
     stop_at_exact_match: float = 0.95
     """Stop once teacher-forced exact match on the training pairs reaches this; 0 = run all epochs."""
     eval_every_epochs: int = 1

@@ -3,14 +3,15 @@
     hlbd train                                                   # bundled sample, recipe "fast", CPU or GPU
     hlbd train --data ../shared/data/hlbd/hlbd_v1_600pairs.txt   # the real 600 pairs
     hlbd train --profile users-baseline --data FILE              # the users' recipe, our implementation
-    hlbd train optim.lr=2e-3 batch_size=128 compile=true         # any config key, dotted
+    hlbd train optim.lr=2e-3 batch_size=128 speed.compile=false  # any config key, dotted
     hlbd train --resume run_dir=runs/hlbd                        # after Ctrl-C / SIGTERM (exit 130)
     CPU only:    CUDA_VISIBLE_DEVICES= hlbd train    (or device=cpu)
     N GPUs:      not supported: the whole dataset is a few hundred pairs and fits one GPU.
 
 The whole job, top to bottom: read and validate the data (before anything is written), build the
-tokenizer and model, choose precision once, train with the dataset resident on the device and at
-most one host sync per epoch, stop when teacher-forced exact match reaches the target, then
+tokenizer and model, choose precision and the fast path once (on a GPU: one batch shape, a compiled
+step replayed from CUDA graphs), train with the dataset resident on the device and at most one host
+sync per epoch, stop when teacher-forced exact match reaches the target, then
 greedy-decode every training target (exact match + chrF) and save a checkpoint. SIGINT/SIGTERM
 finish the optimizer step and save a checkpoint that resumes exactly, mid-epoch included.
 """
@@ -31,12 +32,13 @@ from trainstack.hardware import detect_hardware
 from trainstack.loop import StopFlag, check_run_dir, clear_run_outputs
 from trainstack.optim import build_optimizer, build_scheduler
 from trainstack.precision import apply_precision, resolve_precision
+from trainstack.speed import LengthBuckets, Speed, TrainStep, resolve_speed
 
 from hlbd.config import TrainConfig
 from hlbd.data import LANGUAGE_TAGS, Pair, build_pairs, bundled_sample_path, read_hlbd
 from hlbd.evaluate import evaluate_pairs
 from hlbd.model import APTConfig, APTModel, seq2seq_loss
-from hlbd.tokenizer import PAD, CharTokenizer
+from hlbd.tokenizer import BOS, PAD, CharTokenizer
 
 LEARNED = 0.95  # "learned" = greedy exact match on every training target >= 95%
 
@@ -121,8 +123,9 @@ class Session:
     data: Prepared
     device: torch.device
     precision: object
+    speed: Speed
     model: APTModel
-    step_model: torch.nn.Module
+    train_step: TrainStep
     optimizer: torch.optim.Optimizer
     scheduler: object
     dataset: DeviceDataset
@@ -132,6 +135,7 @@ class Session:
     host_generator: torch.Generator
     micro_per_epoch: int
     length_batching: bool = False
+    buckets: LengthBuckets | None = None
     step: int = 0
     epoch: int = 0                      # completed epochs
     micro: int = 0                      # micro-batches done in the current epoch
@@ -157,14 +161,38 @@ def setup(cfg: TrainConfig, data: Prepared) -> Session:
     micro_per_epoch = -(-n // cfg.batch_size)
     total_steps = -(-micro_per_epoch // cfg.grad_accum_steps) * cfg.epochs
     sched = build_scheduler(opt, cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.floor)
-    step_model = torch.compile(model) if cfg.compile else model
+    speed = resolve_speed(cfg.speed, device, use_grad_scaler=precision.use_grad_scaler, max_len=cfg.model.max_len)
+    train_step = TrainStep(model, pair_loss, opt, speed, scheduler=sched, grad_accum_steps=cfg.grad_accum_steps,
+                           max_grad_norm=cfg.max_grad_norm, autocast=lambda: precision.autocast(device.type))
     ds = DeviceDataset({"src": data.src, "tgt": data.tgt}, pad_id=PAD, device=device)
     src_lengths = torch.tensor([sum(1 for t in s if t != PAD) for s in data.src])
     tgt_lengths = torch.tensor([sum(1 for t in s if t != PAD) for s in data.tgt])
-    return Session(cfg, data, device, precision, model, step_model, opt, sched, ds, src_lengths, tgt_lengths,
+    return Session(cfg, data, device, precision, speed, model, train_step, opt, sched, ds, src_lengths, tgt_lengths,
                    torch.Generator(device=device).manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed),
                    micro_per_epoch,
-                   length_batching=cfg.data.batching == "length" or (cfg.data.batching == "auto" and device.type == "cpu"))
+                   length_batching=cfg.data.batching == "length" or (cfg.data.batching == "auto" and device.type == "cpu"),
+                   buckets=speed.buckets(cfg.model.max_len) if speed.fast else None)
+
+
+def pair_loss(model, batch):
+    """The training loss of a batch {"src", "tgt"}: what the (compiled, captured) step computes."""
+    return seq2seq_loss(model, batch["src"], batch["tgt"])[0]
+
+
+def full_rows(batch: dict, batch_size: int) -> dict:
+    """Pad a short batch to ``batch_size`` rows, so the fast path sees one shape. A filler row is
+    BOS then padding on both sides: its targets are all ignored (no loss, zero gradient, and the
+    mean over real tokens is unchanged), and the BOS keeps every attention row from being fully
+    masked (which would give NaN, and NaN times a zero gradient is still NaN)."""
+    missing = batch_size - batch["src"].shape[0]
+    if missing <= 0:
+        return batch
+    out = {}
+    for name, t in batch.items():
+        filler = t.new_full((missing, t.shape[1]), PAD)
+        filler[:, 0] = BOS
+        out[name] = torch.cat([t, filler])
+    return out
 
 
 def train_one_epoch(s: Session, stop: StopFlag | None = None, micro_losses: list | None = None):
@@ -184,27 +212,25 @@ def train_one_epoch(s: Session, stop: StopFlag | None = None, micro_losses: list
         batches = []
         for idx in length_batches(s.src_lengths, cfg.batch_size, s.host_generator):
             ls, lt = int(s.src_lengths[idx].max()), int(s.tgt_lengths[idx].max())
+            if s.buckets is not None:  # a compiled step: a few widths, each compiled once
+                ls, lt = s.buckets.bucket(ls), s.buckets.bucket(lt)
             idx = idx.to(s.device)
             batches.append({"src": s.dataset.tensors["src"][idx, :ls], "tgt": s.dataset.tensors["tgt"][idx, :lt]})
     else:
-        batches = s.dataset.batches(cfg.batch_size, s.generator)
+        batches = ({"src": b["src"], "tgt": b["tgt"]} for b in s.dataset.batches(cfg.batch_size, s.generator))
     for i, batch in enumerate(batches):
         if i < s.micro:
             continue
-        with s.precision.autocast(s.device.type):
-            loss, _, _ = seq2seq_loss(s.step_model, batch["src"], batch["tgt"])
+        if s.speed.fast:
+            batch = full_rows(batch, cfg.batch_size)
         # Divided by the accumulation count even for a short last group, as the users' loop does.
-        (loss / cfg.grad_accum_steps).backward()
-        s.loss_sum += loss.detach()
+        loss = s.train_step.micro(batch)
+        s.loss_sum += loss
         if micro_losses is not None:
-            micro_losses.append(loss.detach())
+            micro_losses.append(loss)
         s.micro = i + 1
         if s.micro % cfg.grad_accum_steps == 0 or s.micro == s.micro_per_epoch:
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(s.model.parameters(), cfg.max_grad_norm)
-            s.optimizer.step()
-            s.scheduler.step()
-            s.optimizer.zero_grad(set_to_none=True)
+            s.train_step.optimizer_step()  # clip, update, schedule, zero
             s.step += 1
             if stop is not None and stop.signum is not None and s.micro < s.micro_per_epoch:
                 return None
@@ -246,6 +272,7 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     n_params = sum(p.numel() for p in s.model.parameters())
     say(f"data: {data.data_path} | {n} pairs | vocab {len(data.tokenizer)}")
     say(f"device: {s.device} | precision: {s.precision.reason}")
+    say(s.speed.reason)
     say(f"model: APT {cfg.model.attention} attention, {n_params / 1e6:.2f}M params | "
         f"batch {cfg.batch_size} x accum {cfg.grad_accum_steps} ({'length' if s.length_batching else 'random'} "
         f"batches) | {cfg.optim.name} lr {cfg.optim.lr:g}")
@@ -293,6 +320,7 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     already_done = bool(history) and s.micro == 0 and (
         learned_at is not None or s.epoch >= cfg.epochs)
     bar = tqdm(total=cfg.epochs, initial=s.epoch, desc="epochs", disable=not progress, leave=False)
+    s.train_step.start_clock()  # time to the first step counts from here: compilation and capture
     with StopFlag() as stop:
         while s.epoch < cfg.epochs and not already_done:
             t0 = time.perf_counter()
@@ -303,12 +331,13 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
                 break
             epoch = s.epoch
             check = cfg.stop_at_exact_match > 0 and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs)
-            right = teacher_forced_exact(s.step_model, s.dataset, s.precision, s.device) if check else loss * 0
+            right = teacher_forced_exact(s.model, s.dataset, s.precision, s.device) if check else loss * 0
             mean_loss, n_right = torch.stack([loss, right.float()]).tolist()  # the one sync
             train_seconds += time.perf_counter() - t0
             s.epoch += 1
-            record = {"epoch": s.epoch, "step": s.step, "loss": mean_loss, "lr": s.scheduler.get_last_lr()[0],
-                      "seconds": round(train_seconds, 3), "samples_per_s": n * s.epoch / train_seconds}
+            record = {"epoch": s.epoch, "step": s.step, "loss": mean_loss, "lr": float(s.scheduler.get_last_lr()[0]),
+                      "seconds": round(train_seconds, 3), "samples_per_s": n * s.epoch / train_seconds,
+                      **_speed_record(s)}
             if check:
                 record["exact_match_tf"] = n_right / n
             history.append(record)
@@ -340,7 +369,8 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
                "seconds_to_learned": round(learned_at, 2) if learned_at is not None and learned else None,
                "final_loss": history[-1]["loss"], "exact_match": result["exact_match"], "chrf": result["chrf"],
                "learned": learned, "pairs": n, "params": n_params, "device": str(s.device),
-               "precision": s.precision.name, "interrupted": False, "history": history}
+               "precision": s.precision.name, "speed": s.speed.reason, **s.train_step.stats.as_dict(),
+               "interrupted": False, "history": history}
 
     # 6. Checkpoint: weights, optimizer, scheduler, position, tokenizer and model config together.
     ckpt = save({k: v for k, v in summary.items() if k != "history"}, finished=True)
@@ -351,8 +381,22 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     verdict = "learned" if learned else "not learned yet"
     say(f"{verdict}: exact match {result['exact_match']:.1%} ({n} pairs, greedy), chrF {result['chrf']:.1f}, "
         f"loss {summary['final_loss']:.3f}, {len(history)} epochs, {train_seconds:.1f} s of training")
+    stats = s.train_step.stats
+    if stats.first_step_seconds is not None:
+        say(f"first optimizer step after {stats.first_step_seconds:.1f} s ({stats.compiled_graphs} compiled graphs, "
+            f"{stats.captured_graphs} CUDA graphs, {stats.recompiles} recompiles); "
+            f"{train_seconds - stats.first_step_seconds:.1f} s of training after it")
     say(f"checkpoint: {ckpt}")
     return summary
+
+
+def _speed_record(s: Session) -> dict:
+    """The fast path's figures for the log: time to the first optimizer step (compile and capture
+    included) and compilations; a recompile for a shape already compiled is warned about."""
+    stats = s.train_step.stats
+    if not s.speed.fast and stats.first_step_seconds is None:
+        return {}
+    return {k: v for k, v in stats.as_dict().items() if v is not None}
 
 
 def detect_cpu_only(hw):

@@ -1,0 +1,18 @@
+"""The fast path: length buckets, a compiled step, CUDA-graph replay, a compile cache on disk.
+
+    from trainstack.speed import SpeedConfig, TrainStep, resolve_speed
+    speed = resolve_speed(cfg.speed, device, use_grad_scaler=precision.use_grad_scaler)
+    print(speed.reason)
+    step = TrainStep(model, loss_fn, optimizer, speed, scheduler=sched, grad_accum_steps=8, max_grad_norm=1.0,
+                     autocast=lambda: precision.autocast(device.type))
+
+See docs/core-api.md (trainstack.speed) for the contract.
+"""
+
+from .buckets import LengthBuckets
+from .cache import cache_root, compiled_graphs, enable_compile_cache
+from .config import Speed, SpeedConfig, SpeedError, resolve_speed
+from .step import CudaGraphs, StepStats, TrainStep, eager_optimizer_state
+
+__all__ = ["CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
+           "cache_root", "compiled_graphs", "eager_optimizer_state", "enable_compile_cache", "resolve_speed"]

@@ -1,0 +1,319 @@
+"""``TrainStep``: one training step as two calls, the same math eager, compiled, or replayed from CUDA graphs.
+
+    step = TrainStep(model, loss_fn, optimizer, speed, scheduler=sched, grad_accum_steps=8,
+                     max_grad_norm=1.0, autocast=lambda: precision.autocast("cuda"))
+    for batch in window:
+        loss = step.micro(batch)        # forward, loss, backward(loss / grad_accum_steps)
+    step.optimizer_step()               # clip, update, schedule, zero the gradients
+
+``loss_fn(model, batch)`` returns the loss or a tuple whose first item is the loss (the rest, e.g.
+a real-token count, must be tensors when graphs are on); ``batch`` is a dict of tensors already on
+the device. ``micro`` returns the same structure, detached, as new tensors the caller may keep.
+
+With ``speed.compile`` the loss function (and the model inside it) is compiled once per input
+shape (``dynamic=False``: padded length buckets keep the shapes few). With ``speed.cuda_graphs``
+each new shape first runs ``speed.warmup_runs`` times as a normal step (compiling, allocating the
+gradients and optimizer state), then its forward+backward is captured as one CUDA graph and every
+later batch of that shape is copied into the graph's input buffers and replayed. The optimizer
+step (clip, update, zero) is captured likewise after its first run, with the learning rate held in
+a device tensor that the scheduler fills, so schedules keep working. Nothing in a step reads a
+value back to the host; the one sync is at the end of the first optimizer step, to time it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .cache import compiled_graphs, enable_compile_cache
+from .config import Speed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Captured:
+    replay: object
+    inputs: dict[str, torch.Tensor]
+    outputs: tuple
+
+
+@dataclass
+class StepStats:
+    first_step_seconds: float | None = None
+    """From the TrainStep's clock start (construction, or ``clock_start``) to the end of the first
+    optimizer step, compilation and capture included."""
+    compiled_graphs: int = 0
+    recompiles: int = 0
+    """Compilations for an input shape that had already been compiled: each one is a bug to fix."""
+    captured_graphs: int = 0
+    shapes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"first_step_seconds": self.first_step_seconds, "compiled_graphs": self.compiled_graphs,
+                "recompiles": self.recompiles, "captured_graphs": self.captured_graphs}
+
+
+class CudaGraphs:
+    """Capture with torch.cuda.graph into one memory pool shared by this step's graphs. Sharing is
+    safe because they never run concurrently and every value read after a replay is either copied
+    out (``micro`` returns clones) or lives outside the pool (parameters, gradients, optimizer state)."""
+
+    needs_capturable_optimizer = True
+
+    def __init__(self):
+        self.pool = torch.cuda.graph_pool_handle()
+        self._side = torch.cuda.Stream()
+
+    @contextlib.contextmanager
+    def warmup(self):
+        # Warm-up runs on a side stream, as PyTorch's capture recipe does, so that lazy set-up
+        # (cuBLAS workspaces, autograd streams) does not happen inside the capture.
+        self._side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self._side):
+            yield
+        torch.cuda.current_stream().wait_stream(self._side)
+
+    def capture(self, fn):
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            outputs = fn()
+        return graph.replay, outputs
+
+
+class TrainStep:
+    def __init__(self, model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, speed: Speed, *,
+                 scheduler=None, grad_accum_steps: int = 1, max_grad_norm: float | None = None, autocast=None,
+                 scaler=None, clock_start: float | None = None, graphs=None):
+        if grad_accum_steps < 1:
+            raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
+        self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
+        self.speed = speed
+        self.grad_accum_steps = grad_accum_steps
+        self.max_grad_norm = max_grad_norm if max_grad_norm and max_grad_norm > 0 else None
+        self.autocast = autocast or contextlib.nullcontext
+        self.scaler = scaler if scaler is not None and getattr(scaler, "is_enabled", lambda: True)() else None
+        self.stats = StepStats()
+        self.grad_norm: torch.Tensor | None = None
+        self._clock_start = time.perf_counter() if clock_start is None else clock_start
+        self._optimizer_steps = 0
+        self._seen: dict[tuple, int] = {}     # shape key -> runs so far
+        self._graphs: dict[tuple, _Captured] = {}
+        self._optimizer_graph: _Captured | None = None
+        self._device: torch.device | None = None
+
+        self._compute = loss_fn
+        if speed.compile:
+            enable_compile_cache()
+            # Inductor alone takes a mode; the tracing backends take none.
+            mode = speed.compile_mode if speed.compile_backend == "inductor" else None
+            self._compute = torch.compile(loss_fn, dynamic=False, backend=speed.compile_backend, mode=mode)
+        self._graph_backend = None
+        if speed.cuda_graphs:
+            if self.scaler is not None:
+                raise ValueError("CUDA graphs cannot capture fp16 loss scaling; resolve_speed turns them off")
+            self._graph_backend = graphs if graphs is not None else CudaGraphs()
+
+    def start_clock(self) -> None:
+        """Time to the first optimizer step counts from now (default: from construction)."""
+        self._clock_start = time.perf_counter()
+
+    # ---- micro-steps -------------------------------------------------------------------------------
+    def micro(self, batch: dict[str, torch.Tensor]):
+        """Forward, loss and backward of ``loss / grad_accum_steps``; gradients accumulate."""
+        batch = self._on_device(batch)
+        key = _shape_key(batch)
+        if self._graph_backend is not None and any(not isinstance(v, torch.Tensor) for v in batch.values()):
+            self._graphs_impossible("the batch holds values that are not tensors; a graph would freeze them")
+        if self._graph_backend is None:
+            return self._counted(key, lambda: self._forward_backward(batch))
+        captured = self._graphs.get(key)
+        if captured is None:
+            if self._seen.get(key, 0) < self.speed.warmup_runs:
+                with self._graph_backend.warmup():
+                    return self._counted(key, lambda: self._forward_backward(batch))
+            captured = self._capture_micro(key, batch)
+            if captured is None:  # graphs switched off (see _graphs_impossible): this step runs as it is
+                return self._counted(key, lambda: self._forward_backward(batch))
+        for name, value in batch.items():
+            captured.inputs[name].copy_(value, non_blocking=True)
+        captured.replay()
+        return _clone(captured.outputs)
+
+    def _on_device(self, batch: dict) -> dict:
+        # The captured step reads from device buffers; a host-to-device copy inside a capture is not allowed.
+        if self._device is None:
+            self._device = next(self.model.parameters()).device
+        return {k: v.to(self._device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                for k, v in batch.items()}
+
+    def _forward_backward(self, batch):
+        with self.autocast():
+            out = self._compute(self.model, batch)
+        loss = out[0] if isinstance(out, (tuple, list)) else out
+        scaled = loss / self.grad_accum_steps
+        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
+        return _detach(out)
+
+    def _counted(self, key, run):
+        before = compiled_graphs() if self.speed.compile else 0
+        out = run()
+        if self.speed.compile:
+            new = compiled_graphs() - before
+            self.stats.compiled_graphs += new
+            if new and key in self._seen:
+                self.stats.recompiles += new
+                log.warning("recompiled for an input shape already compiled (%s): %d recompilation(s) so far; "
+                            "a recompile per step is a bug (a Python value in the step changes?)",
+                            _describe(key), self.stats.recompiles)
+        if key not in self._seen:
+            self.stats.shapes.append(_describe(key))
+        self._seen[key] = self._seen.get(key, 0) + 1
+        return out
+
+    def _capture_micro(self, key, batch) -> _Captured | None:
+        missing = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
+        if missing:
+            return self._graphs_impossible(f"parameters without gradients after warm-up ({', '.join(missing[:3])}"
+                                           f"{'...' if len(missing) > 3 else ''}): a graph would overwrite "
+                                           "instead of accumulating them; freeze unused parameters")
+        inputs = {name: value.clone() for name, value in batch.items()}
+        replay, outputs = self._graph_backend.capture(lambda: self._forward_backward(inputs))
+        if any(not isinstance(o, torch.Tensor) for o in _as_tuple(outputs)):
+            return self._graphs_impossible("the loss function returns Python values; a graph would freeze them")
+        captured = _Captured(replay, inputs, outputs)
+        self._graphs[key] = captured
+        self.stats.captured_graphs += 1
+        return captured
+
+    def _graphs_impossible(self, why: str):
+        log.warning("CUDA graphs switched off for this run: %s", why)
+        self._graph_backend = None
+        return None
+
+    # ---- optimizer step ----------------------------------------------------------------------------
+    def optimizer_step(self, window: int | None = None) -> torch.Tensor | None:
+        """Clip, update, schedule, zero. ``window`` < grad_accum_steps (an epoch's short last window)
+        rescales the gradients to the mean over the micro-batches it really had. Returns the
+        gradient norm before clipping (a device tensor) when clipping is on."""
+        if window is not None and window < self.grad_accum_steps:
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:
+                torch._foreach_mul_(grads, self.grad_accum_steps / window)
+        if self._optimizer_steps == 0:
+            self._prepare_optimizer()  # after any checkpoint was loaded into it
+        backend = self._graph_backend
+        if backend is None:
+            self.grad_norm = self._update(set_to_none=True)
+        elif self._optimizer_graph is None and self._optimizer_steps < self.speed.warmup_runs:
+            with backend.warmup():
+                self.grad_norm = self._update(set_to_none=False)  # graphs accumulate into these tensors
+        else:
+            if self._optimizer_graph is None:
+                replay, norm = backend.capture(lambda: self._update(set_to_none=False))
+                self._optimizer_graph = _Captured(replay, {}, (norm,))
+                self.stats.captured_graphs += 1
+            self._optimizer_graph.replay()
+            self.grad_norm = self._optimizer_graph.outputs[0]
+        if self.scheduler is not None and not self._skipped_by_scaler():
+            self.scheduler.step()
+        self._optimizer_steps += 1
+        if self._optimizer_steps == 1:
+            if any(p.is_cuda for p in self.model.parameters()):
+                torch.cuda.synchronize()  # the one sync: time to the first step is a figure we report
+            self.stats.first_step_seconds = time.perf_counter() - self._clock_start
+        return self.grad_norm
+
+    def _update(self, set_to_none: bool):
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = None
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        if self.max_grad_norm is not None:
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self._scale_before = self.scaler.get_scale() if self.scheduler is not None else None
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if set_to_none:
+            self.optimizer.zero_grad(set_to_none=True)
+        elif params:
+            torch._foreach_zero_([p.grad for p in params])
+        return norm
+
+    def _skipped_by_scaler(self) -> bool:
+        # GradScaler skips the update when gradients overflowed (and lowers the scale); the schedule
+        # must not advance then, as accelerate and HF Trainer do.
+        if self.scaler is None or getattr(self, "_scale_before", None) is None:
+            return False
+        return self.scaler.get_scale() < self._scale_before
+
+    def _prepare_optimizer(self) -> None:
+        backend = self._graph_backend
+        if backend is None:
+            eager_optimizer_state(self.optimizer)
+        elif backend.needs_capturable_optimizer:
+            if all("capturable" in g for g in self.optimizer.param_groups):
+                self._make_capturable()
+            else:
+                self._graphs_impossible(f"{type(self.optimizer).__name__} has no capturable mode")
+
+    def _make_capturable(self) -> None:
+        """The optimizer as a graph can replay it: step counters and the learning rate on the device
+        (the scheduler fills the lr tensor in place), ``capturable`` set before the first update."""
+        device = next(p.device for g in self.optimizer.param_groups for p in g["params"])
+        for group in self.optimizer.param_groups:
+            group["capturable"] = True
+            if not isinstance(group["lr"], torch.Tensor):
+                group["lr"] = torch.tensor(float(group["lr"]), device=device)
+            elif group["lr"].device != device:
+                group["lr"] = group["lr"].to(device)
+        for state in self.optimizer.state.values():  # restored from a checkpoint on the CPU
+            if isinstance(state.get("step"), torch.Tensor) and state["step"].device != device:
+                state["step"] = state["step"].to(device)
+
+
+def eager_optimizer_state(optimizer) -> None:
+    """Undo ``_make_capturable`` for an optimizer that runs outside graphs: a checkpoint saved by a
+    CUDA-graph run carries device-tensor learning rates and ``capturable=True``, which an eager run
+    (on a CPU, say) cannot use."""
+    for group in optimizer.param_groups:
+        if isinstance(group.get("lr"), torch.Tensor):
+            group["lr"] = float(group["lr"])
+        if group.get("capturable"):
+            group["capturable"] = False
+            if not group.get("fused"):
+                for p in group["params"]:
+                    state = optimizer.state.get(p, {})
+                    if isinstance(state.get("step"), torch.Tensor) and state["step"].device.type != "cpu":
+                        state["step"] = state["step"].cpu()
+
+
+def _shape_key(batch: dict) -> tuple:
+    return tuple((name, tuple(v.shape), v.dtype) for name, v in sorted(batch.items()) if isinstance(v, torch.Tensor))
+
+
+def _describe(key: tuple) -> str:
+    return " ".join(f"{name}{list(shape)}" for name, shape, _ in key)
+
+
+def _as_tuple(out) -> tuple:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def _detach(out):
+    if isinstance(out, (tuple, list)):
+        return tuple(o.detach() if isinstance(o, torch.Tensor) else o for o in out)
+    return out.detach()
+
+
+def _clone(out):
+    if isinstance(out, (tuple, list)):
+        return tuple(o.clone() for o in out)
+    return out.clone()

@@ -1,0 +1,305 @@
+"""The fast path on CPU: buckets, resolution, and TrainStep's equality with the eager step.
+
+Real CUDA-graph capture needs a GPU (test_gpu.py runs it there); here a stand-in backend replays a
+"graph" by re-running the captured function on the same static input buffers, which exercises
+everything TrainStep itself does around capture: warm-up counts, input copies, cloned outputs,
+in-place gradient zeroing, the optimizer captured after its first run, schedules that keep moving.
+"""
+
+import contextlib
+import copy
+import logging
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from trainstack.optim import build_scheduler
+from trainstack.speed import (
+    LengthBuckets,
+    SpeedConfig,
+    SpeedError,
+    TrainStep,
+    eager_optimizer_state,
+    enable_compile_cache,
+    resolve_speed,
+)
+from trainstack.speed.config import Speed
+
+sys.path.insert(0, str(Path(__file__).parent))
+import _toy  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test compiles new models through the same functions: Dynamo's per-function cache (and its
+    recompile limit) must not carry over from one test to the next."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+# ---- buckets -------------------------------------------------------------------------------------
+def test_bucket_specs():
+    assert LengthBuckets.parse("pow2", 200).sizes == (16, 32, 64, 128, 200)
+    assert LengthBuckets.parse("multiple:64", 200).sizes == (64, 128, 192, 200)
+    assert LengthBuckets.parse("48, 96", 128).sizes == (48, 96, 128)
+    assert LengthBuckets.parse("off", 128) is None
+    b = LengthBuckets.parse("pow2", 64)
+    assert [b.bucket(n) for n in (1, 16, 17, 33, 64)] == [16, 16, 32, 64, 64]
+    with pytest.raises(ValueError, match="exceeds the longest bucket 64"):
+        b.bucket(65)
+    with pytest.raises(ValueError, match="not a positive integer"):
+        LengthBuckets.parse("multiple:x", 64)
+    with pytest.raises(ValueError, match=r"exceed the maximum length 64"):
+        LengthBuckets.parse("32,100", 64)
+
+
+def test_bucket_pad_keeps_tokens():
+    ids = torch.tensor([[5, 6, 7], [8, 0, 0]])
+    out = LengthBuckets.parse("pow2", 64).pad(ids, pad_id=0)
+    assert out.shape == (2, 16) and torch.equal(out[:, :3], ids) and not out[:, 3:].any()
+
+
+def test_bad_bucket_spec_fails_at_config_time():
+    with pytest.raises(ValueError, match="not a positive integer"):
+        SpeedConfig(length_buckets="multiple:0")
+
+
+# ---- resolution ----------------------------------------------------------------------------------
+def test_auto_is_off_on_cpu_and_says_so():
+    s = resolve_speed(SpeedConfig(), "cpu", max_len=64)
+    assert not s.compile and not s.cuda_graphs and not s.fast
+    assert s.reason == "speed: compile off, CUDA graphs off, length buckets 16,32,64 (CPU)"
+
+
+def test_compile_can_be_forced_on_cpu_but_graphs_cannot():
+    assert resolve_speed(SpeedConfig(compile=True), "cpu").compile
+    with pytest.raises(SpeedError, match="no CUDA device"):
+        resolve_speed(SpeedConfig(cuda_graphs=True), "cpu")
+
+
+def test_graphs_off_with_loss_scaling_or_several_processes(monkeypatch):
+    # resolution only reads the device type: a CUDA device object needs no GPU
+    s = resolve_speed(SpeedConfig(), torch.device("cuda"), use_grad_scaler=True)
+    assert s.compile and not s.cuda_graphs and "fp16 loss scaling" in s.reason
+    assert not resolve_speed(SpeedConfig(), torch.device("cuda"), world_size=2).cuda_graphs
+    assert resolve_speed(SpeedConfig(), torch.device("cuda")).cuda_graphs
+
+
+def test_compile_cache_goes_under_trainstack_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRAINSTACK_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    assert enable_compile_cache() == tmp_path / "compile"
+    import os
+
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice wins
+    assert enable_compile_cache() == tmp_path
+
+
+# ---- TrainStep equals the eager step ---------------------------------------------------------------
+class Tiny(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = torch.nn.Embedding(20, 12)
+        self.mix = torch.nn.Linear(12, 12)
+        self.norm = torch.nn.LayerNorm(12)
+        self.head = torch.nn.Linear(12, 20)
+
+    def forward(self, ids):
+        return self.head(self.norm(torch.nn.functional.gelu(self.mix(self.emb(ids)))))
+
+
+def token_loss(model, batch):
+    logits = model(batch["ids"])
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 20), batch["ids"][:, 1:].reshape(-1),
+                                             ignore_index=0)
+    return loss, (batch["ids"][:, 1:] != 0).sum()
+
+
+def batches(n, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        width = (8, 16)[i % 2]  # two shapes, as two length buckets give
+        ids = torch.randint(1, 20, (4, width), generator=g)
+        ids[0, width // 2:] = 0  # some padding
+        out.append({"ids": ids})
+    return out
+
+
+class ReplayByCall:
+    """Stands in for CudaGraphs on CPU: capture records the function and undoes its effects (a real
+    capture runs nothing); replay runs it again on the same input buffers and writes its results
+    into the same output tensors, as a graph replay does."""
+
+    needs_capturable_optimizer = False
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer, self.captures = model, optimizer, 0
+
+    @contextlib.contextmanager
+    def warmup(self):
+        yield
+
+    def capture(self, fn):
+        saved = ([None if p.grad is None else p.grad.clone() for p in self.model.parameters()],
+                 [p.detach().clone() for p in self.model.parameters()],
+                 copy.deepcopy(self.optimizer.state_dict()))
+        outputs = fn()
+        for p, g, w in zip(self.model.parameters(), saved[0], saved[1], strict=True):
+            p.data.copy_(w)
+            if g is not None:
+                p.grad.copy_(g)
+        self.optimizer.load_state_dict(saved[2])
+        self.captures += 1
+        static = None if outputs is None else tuple(o.clone() for o in _as_tuple(outputs))
+
+        def replay():
+            fresh = fn()
+            if static is not None:
+                for s, f in zip(static, _as_tuple(fresh), strict=True):
+                    s.copy_(f)
+
+        return replay, (static if isinstance(outputs, tuple) else (static[0] if static else None))
+
+
+def _as_tuple(x):
+    return x if isinstance(x, tuple) else (x,)
+
+
+def _speed(compile=False, graphs=False, backend="aot_eager"):
+    return Speed(compile=compile, cuda_graphs=graphs, compile_mode="default", compile_backend=backend,
+                 warmup_runs=1, length_buckets="pow2", reason="test")
+
+
+def train(speed, data, accum=2, graphs_backend=None):
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    sched = build_scheduler(opt, "cosine", warmup_steps=2, total_steps=len(data) // accum)
+    backend = graphs_backend(model, opt) if graphs_backend else None
+    step = TrainStep(model, token_loss, opt, speed, scheduler=sched, grad_accum_steps=accum, max_grad_norm=0.5,
+                     graphs=backend)
+    losses, tokens, lrs = [], [], []
+    for i, batch in enumerate(data):
+        loss, real = step.micro(batch)
+        losses.append(loss)
+        tokens.append(int(real))
+        if (i + 1) % accum == 0:
+            step.optimizer_step()
+            lrs.append(float(opt.param_groups[0]["lr"]))
+    return torch.stack(losses), tokens, lrs, [p.detach().clone() for p in model.parameters()], step, backend
+
+
+def test_compiled_step_equals_eager_step():
+    data = batches(12)
+    ref_losses, ref_tokens, ref_lrs, ref_params, _, _ = train(_speed(), data)
+    losses, tokens, lrs, params, step, _ = train(_speed(compile=True), data)
+    # fp32, same kernels traced: equal up to float rounding of a reordered sum
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert tokens == ref_tokens and lrs == pytest.approx(ref_lrs)
+    assert step.stats.compiled_graphs == 2 and step.stats.recompiles == 0  # one per shape
+    assert step.stats.first_step_seconds is not None and len(step.stats.shapes) == 2
+
+
+def test_replayed_step_equals_eager_step():
+    data = batches(12)
+    ref_losses, _, ref_lrs, ref_params, _, _ = train(_speed(), data)
+    losses, _, lrs, params, step, backend = train(_speed(graphs=True), data, graphs_backend=ReplayByCall)
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-7)
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert lrs == pytest.approx(ref_lrs)  # the schedule still moves under the captured optimizer
+    assert backend.captures == 3 and step.stats.captured_graphs == 3  # two shapes + the optimizer
+    assert len({id(x) for x in losses}) == len(losses)  # each loss is the caller's own tensor
+
+
+def test_short_window_is_rescaled_to_its_mean():
+    data = batches(3)
+    torch.manual_seed(0)
+    a, b = Tiny(), Tiny()
+    b.load_state_dict(a.state_dict())
+    step = TrainStep(a, token_loss, torch.optim.SGD(a.parameters(), lr=0.0), _speed(), grad_accum_steps=4)
+    for batch in data:
+        step.micro(batch)
+    grads = [p.grad.clone() for p in a.parameters()]
+    step.optimizer_step(window=3)
+    ref = [torch.zeros_like(p) for p in b.parameters()]
+    for batch in data:
+        b.zero_grad()
+        token_loss(b, batch)[0].backward()
+        for r, p in zip(ref, b.parameters(), strict=True):
+            r += p.grad / 3
+    for g, r in zip(grads, ref, strict=True):
+        torch.testing.assert_close(g * 4 / 3, r, rtol=1e-5, atol=1e-7)
+
+
+def test_a_recompile_for_a_known_shape_is_counted_and_warned(caplog):
+    flag = {"scale": 1.0}
+
+    def loss_reading_a_python_value(model, batch):
+        return token_loss(model, batch)[0] * flag["scale"]
+
+    torch.manual_seed(0)
+    model = Tiny()
+    step = TrainStep(model, loss_reading_a_python_value, torch.optim.SGD(model.parameters(), lr=0.1),
+                     _speed(compile=True))
+    batch = batches(1)[0]
+    step.micro(batch)
+    flag["scale"] = 2.0  # a guard on the value fails: Dynamo compiles again for the same shape
+    with caplog.at_level(logging.WARNING):
+        step.micro(batch)
+    assert step.stats.recompiles == 1
+    assert "recompiled for an input shape already compiled" in caplog.text
+
+
+def test_eager_optimizer_state_undoes_capturable_settings():
+    model = Tiny()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for g in opt.param_groups:
+        g["lr"], g["capturable"] = torch.tensor(1e-3), True
+    eager_optimizer_state(opt)
+    assert all(type(g["lr"]) is float and not g["capturable"] for g in opt.param_groups)
+
+
+@pytest.mark.slow
+def test_inductor_compiled_step_equals_eager_on_cpu(tmp_path, monkeypatch):
+    """The real code generator (C++ on CPU, Triton on GPU): about a minute of compiling on 2 cores."""
+    monkeypatch.setenv("TRAINSTACK_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    data = [b for b in batches(8) if b["ids"].shape[1] == 8]  # one shape: one compilation
+    ref_losses, _, _, ref_params, _, _ = train(_speed(), data)
+    losses, _, _, params, step, _ = train(_speed(compile=True, backend="inductor"), data)
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-4, atol=1e-5)
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    assert step.stats.compiled_graphs == 1 and step.stats.recompiles == 0
+
+
+def test_fit_on_the_fast_path_equals_fit_eager(tmp_path):
+    """fit(speed=...) goes through TrainStep (compiled here) and keeps the eager run's losses."""
+    from trainstack.loop import LoopConfig, fit
+    from trainstack.precision import resolve_precision
+
+    def run(speed, name):
+        torch.manual_seed(0)
+        model = Tiny()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        sched = build_scheduler(opt, "cosine", warmup_steps=2, total_steps=6)
+
+        cfg = LoopConfig(max_steps=6, grad_accum_steps=2, log_every_steps=1, tensorboard=False, max_grad_norm=0.5)
+        res = fit(model=model, optimizer=opt, scheduler=sched, train_batches=_toy.ListBatches(batches(12)),
+                  loss_fn=token_loss, config=cfg, run_dir=tmp_path / name, precision=resolve_precision("fp32"), progress=False,
+                  speed=speed)
+        return [r["loss"] for r in res.history if "loss" in r], res.history
+
+    ref, _ = run(None, "eager")
+    fast, history = run(_speed(compile=True), "fast")
+    assert fast == pytest.approx(ref, rel=1e-5)
+    assert history[-1]["compiled_graphs"] == 2 and history[-1]["recompiles"] == 0
+    assert history[-1]["first_step_seconds"] > 0
