@@ -172,3 +172,38 @@ def test_format_save_and_round_trip(tmp_path):
     path = save_config(cfg, tmp_path / "run")
     assert path == tmp_path / "run" / "config.yaml" and path.read_text() == text
     assert load_config(TrainConfig, path) == cfg
+
+
+def test_check_limits_names_the_dotted_key():
+    from trainstack.config import check_limits
+
+    @dataclass
+    class Limited:
+        optim: OptimConfig = field(default_factory=OptimConfig)
+        max_steps: int | None = None
+
+        def __post_init__(self):
+            check_limits(self, {"optim.lr": "> 0", "max_steps": ">= 0"})
+
+    assert load_config(Limited, {}, ["max_steps=0"]).max_steps == 0
+    assert load_config(Limited, {}, []).max_steps is None  # an unset optional passes
+    with pytest.raises(ConfigError, match=r"^config key 'optim.lr': must be > 0, got 0.0$"):
+        load_config(Limited, {}, ["optim.lr=0"])
+    with pytest.raises(ConfigError, match=r"^config key 'max_steps': must be >= 0, got -5$"):
+        load_config(Limited, {}, ["max_steps=-5"])
+
+
+def test_make_run_dir_creates_it_or_says_why_not_in_one_line(tmp_path, read_only_dir):
+    from trainstack.config import make_run_dir
+
+    assert make_run_dir(tmp_path / "a" / "b").is_dir()
+    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == []  # the write test leaves nothing
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for where in (blocker, blocker / "run"):
+        with pytest.raises(ConfigError, match=r"run_dir=.*file.txt.*: a file is in the way"):
+            make_run_dir(where)
+    for where in (read_only_dir, read_only_dir / "run"):
+        with pytest.raises(ConfigError, match=r"--run-dir=.*read-only.*: cannot write there") as e:
+            make_run_dir(where, key="--run-dir")
+        assert "\n" not in str(e.value)
