@@ -193,17 +193,39 @@ def test_check_limits_names_the_dotted_key():
         load_config(Limited, {}, ["max_steps=-5"])
 
 
-def test_make_run_dir_creates_it_or_says_why_not_in_one_line(tmp_path, read_only_dir):
-    from trainstack.config import make_run_dir
+@pytest.mark.parametrize("check", ["check_run_dir", "make_run_dir"])
+def test_run_dir_checks_say_why_not_in_one_line(tmp_path, read_only_dir, check):
+    import trainstack.config as C
 
-    assert make_run_dir(tmp_path / "a" / "b").is_dir()
-    assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == []  # the write test leaves nothing
+    fn = getattr(C, check)
+    assert fn(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    if check == "check_run_dir":
+        assert not (tmp_path / "a").exists()  # checks only
+    else:
+        assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == []  # the write test leaves nothing
     blocker = tmp_path / "file.txt"
     blocker.write_text("x")
     for where in (blocker, blocker / "run"):
         with pytest.raises(ConfigError, match=r"run_dir=.*file.txt.*: a file is in the way"):
-            make_run_dir(where)
+            fn(where)
     for where in (read_only_dir, read_only_dir / "run"):
         with pytest.raises(ConfigError, match=r"--run-dir=.*read-only.*: cannot write there") as e:
-            make_run_dir(where, key="--run-dir")
+            fn(where, key="--run-dir")
         assert "\n" not in str(e.value)
+    assert blocker.read_text() == "x" and not list(read_only_dir.iterdir())
+
+
+def test_make_run_dir_finds_what_os_access_misses(tmp_path, monkeypatch):
+    # root passes os.access on a chattr +i directory on some kernels; the real write decides
+    import trainstack.config as C
+
+    monkeypatch.setattr(C.os, "access", lambda *a, **k: True)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(C.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(ConfigError, match=r"run_dir=.*ro: cannot write there \(Permission denied\)"):
+        C.make_run_dir(ro)

@@ -12,7 +12,8 @@
 
     overrides, rest = parse_cli_overrides(sys.argv[1:])     # ["optim.lr=3e-4", ...]
     cfg = load_config(TrainConfig, profile.settings, overrides)
-    ... validate the data (read only) ...
+    check_run_dir(cfg.run_dir)                                # fail fast, writes nothing
+    ... validate the data (read only), build the model ...
     make_run_dir(cfg.run_dir)                                 # the run's first write
     print(format_config(cfg)); save_config(cfg, run_dir)
 
@@ -376,14 +377,31 @@ def check_limits(cfg, limits: Mapping[str, str]) -> None:
             raise ConfigError(f"config key '{key}': must be {op} {bound}, got {value}")
 
 
+def check_run_dir(path, key: str = "run_dir") -> Path:
+    """Fail fast, writing nothing: ``path`` is a directory or can become one (no file in the way, the
+    nearest existing parent writable). Call it right after the config loads, before slow set-up;
+    ``make_run_dir`` repeats the check with a real write later."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={path}: a file is in the way (a run directory must be a directory); "
+                          f"choose another {key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: cannot write there ({existing} is read-only); choose a writable {key}")
+    return path
+
+
 def make_run_dir(path, key: str = "run_dir") -> Path:
     """Create the run directory and check that it takes files: call it after the config and the data
     validated, as the run's first write. A file in the way or a read-only location is a one-line
     ConfigError naming ``key``, instead of a traceback from whichever write comes first."""
-    path = Path(path)
+    path = check_run_dir(path, key)
     try:
         path.mkdir(parents=True, exist_ok=True)
-        # mkdir succeeds on an existing read-only directory; only creating a file there tells.
+        # mkdir succeeds on an existing read-only directory, and root passes os.access where a
+        # write fails (chattr +i); only creating a file tells.
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except (FileExistsError, NotADirectoryError):
