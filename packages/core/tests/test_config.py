@@ -193,13 +193,13 @@ def test_check_limits_names_the_dotted_key():
         load_config(Limited, {}, ["max_steps=-5"])
 
 
-@pytest.mark.parametrize("check", ["check_run_dir", "make_run_dir"])
+@pytest.mark.parametrize("check", ["check_writable_dir", "make_run_dir"])
 def test_run_dir_checks_say_why_not_in_one_line(tmp_path, read_only_dir, check):
     import trainstack.config as C
 
     fn = getattr(C, check)
     assert fn(tmp_path / "a" / "b") == tmp_path / "a" / "b"
-    if check == "check_run_dir":
+    if check == "check_writable_dir":
         assert not (tmp_path / "a").exists()  # checks only
     else:
         assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == []  # the write test leaves nothing

@@ -72,14 +72,14 @@ def check_inputs(job: Job):
     given, the run directory usable, something to resume when asked, the tokenizer loads, every file is
     readable parquet with the columns and at least one usable row. Returns (tokenizer, train files,
     validation files); raises ConfigError or DataError with one line."""
-    from trainstack.config import ConfigError, check_run_dir
+    from trainstack.config import ConfigError, check_writable_dir
 
     cfg = job.cfg
     if not cfg.data.train_files:
         raise ConfigError("data.train_files is empty (give data.train_files=[path, ...])")
     if not cfg.tokenizer.path:
         raise ConfigError(f"tokenizer.path is empty (a tokenizer.json or its directory); {_GET_A_TOKENIZER}")
-    run_dir = check_run_dir(cfg.run_dir, "run_dir")
+    run_dir = check_writable_dir(cfg.run_dir, "run_dir")
     if job.resume and not any((run_dir / "checkpoints").glob("step-*/trainer_state.json")):
         raise ConfigError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; check run_dir, or drop "
                           f"--resume to start fresh")

@@ -12,7 +12,7 @@
 
     overrides, rest = parse_cli_overrides(sys.argv[1:])     # ["optim.lr=3e-4", ...]
     cfg = load_config(TrainConfig, profile.settings, overrides)
-    check_run_dir(cfg.run_dir)                                # fail fast, writes nothing
+    check_writable_dir(cfg.run_dir)                           # fail fast, writes nothing
     ... validate the data (read only), build the model ...
     make_run_dir(cfg.run_dir)                                 # the run's first write
     print(format_config(cfg)); save_config(cfg, run_dir)
@@ -377,7 +377,7 @@ def check_limits(cfg, limits: Mapping[str, str]) -> None:
             raise ConfigError(f"config key '{key}': must be {op} {bound}, got {value}")
 
 
-def check_run_dir(path, key: str = "run_dir") -> Path:
+def check_writable_dir(path, key: str = "run_dir") -> Path:
     """Fail fast, writing nothing: ``path`` is a directory or can become one (no file in the way, the
     nearest existing parent writable). Call it right after the config loads, before slow set-up;
     ``make_run_dir`` repeats the check with a real write later."""
@@ -397,7 +397,7 @@ def make_run_dir(path, key: str = "run_dir") -> Path:
     """Create the run directory and check that it takes files: call it after the config and the data
     validated, as the run's first write. A file in the way or a read-only location is a one-line
     ConfigError naming ``key``, instead of a traceback from whichever write comes first."""
-    path = check_run_dir(path, key)
+    path = check_writable_dir(path, key)
     try:
         path.mkdir(parents=True, exist_ok=True)
         # mkdir succeeds on an existing read-only directory, and root passes os.access where a

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 from trainstack.checkpoint import CheckpointManager
-from trainstack.config import check_run_dir, make_run_dir, save_config
+from trainstack.config import check_writable_dir, make_run_dir, save_config
 from trainstack.data import DeviceDataset
 from trainstack.hardware import detect_hardware
 from trainstack.loop import StopFlag
@@ -256,7 +256,7 @@ def _restore_position(s: Session, pos: dict) -> None:
 
 def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = False) -> dict:
     # 1. Data, validated before the run directory exists (a run_dir that can never work fails first).
-    run_dir = check_run_dir(cfg.run_dir, "run_dir")
+    run_dir = check_writable_dir(cfg.run_dir, "run_dir")
     data = prepare_data(cfg)
     n = len(data.pairs)
     ckpt_root = run_dir / "checkpoints"

@@ -53,7 +53,7 @@ class DataPlan:
 
 def read_data(cfg: TrainConfig, run_dir: Path) -> DataPlan:
     """Read and validate the data and load the tokenizer, or find them in the cache; writes nothing."""
-    from trainstack.config import ConfigError, check_run_dir
+    from trainstack.config import ConfigError, check_writable_dir
 
     from . import data as D
     from .model import build_sample_tokenizer, lang_id, load_tokenizer
@@ -70,7 +70,7 @@ def read_data(cfg: TrainConfig, run_dir: Path) -> DataPlan:
         report = json.loads((cache / "report.json").read_text())
         tokenizer = load_tokenizer(str(cache / "tokenizer")) if tok_spec == "sample" else load_tokenizer(tok_spec, tok_key)
         return DataPlan(tokenizer, cache, fp, tok_spec == "sample", cached_report=report)
-    check_run_dir(cache_root, "data.cache_dir")  # written after tokenizing: fail now, not then
+    check_writable_dir(cache_root, "data.cache_dir")  # written after tokenizing: fail now, not then
     pairs, reports = D.read_pairs(cfg.data.train, cfg.data.caps, cfg.data.src_key, cfg.data.tgt_key,
                                   cfg.data.min_chars, cfg.data.max_chars, cfg.data.dedup)
     for r in reports:
@@ -159,7 +159,7 @@ def resume_target(resume: str | None, run_dir: Path) -> bool | Path:
 
 def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> dict:
     import torch
-    from trainstack.config import ConfigError, check_run_dir, format_config, make_run_dir, save_config
+    from trainstack.config import ConfigError, check_writable_dir, format_config, make_run_dir, save_config
     from trainstack.hardware import detect_hardware
     from trainstack.loop import LoopConfig, fit
     from trainstack.optim import build_optimizer, build_scheduler
@@ -178,7 +178,7 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
 
     # Everything that can be wrong with the input is found before the first write: the run directory,
     # --resume, the data, the tokenizer and the model (a hub name while offline).
-    run_dir = check_run_dir(run_dir, "--run-dir")
+    run_dir = check_writable_dir(run_dir, "--run-dir")
     resume_arg = resume_target(resume, run_dir)
     hw = detect_hardware()
     precision = resolve_precision(cfg.precision, hw)
