@@ -122,3 +122,34 @@ def test_resume_on_a_missing_dir_is_an_error_not_a_fresh_start(tmp_path, chatlm_
     line = _one_line(capsys.readouterr().err)
     assert f"--resume: no checkpoint in {tmp_path / 'run' / 'checkpoints'}" in line
     assert not (tmp_path / "run").exists()
+
+
+def test_double_ctrl_c_exits_130_in_one_line(tmp_path, chatlm_dir, capsys, monkeypatch):
+    import os
+
+    import chat_pretrain.train as train_mod
+
+    real = train_mod.make_loss_fn
+
+    def ctrl_c_twice_at_the_second_micro_batch():
+        fn, calls = real(), [0]
+
+        def loss_fn(model, batch):
+            calls[0] += 1
+            if calls[0] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+            return fn(model, batch)
+
+        return loss_fn
+
+    monkeypatch.setattr(train_mod, "make_loss_fn", ctrl_c_twice_at_the_second_micro_batch)
+    data = make_parquet(tmp_path / "train.parquet", 64, median_chars=10)
+    try:
+        rc = _train(tmp_path, f"data.train_files=[{data}]", f"tokenizer.path={chatlm_dir}", "data.max_batch_rows=8")
+    except KeyboardInterrupt:  # escaping would end the whole pytest session, not fail this test
+        pytest.fail("KeyboardInterrupt escaped chat-pretrain's main")
+    assert rc == 130
+    err = [x for x in capsys.readouterr().err.strip().splitlines() if not x.startswith("train:")]  # tqdm
+    assert len(err) == 1 and err[0].startswith("chat-pretrain: interrupted twice: stopped without saving"), err
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-*"))

@@ -131,3 +131,29 @@ def test_resume_on_a_missing_dir_is_an_error_not_a_fresh_start(tmp_path, capsys,
     line = _one_line(capsys.readouterr().err)
     assert expect in line and (str(tmp_path / "run") in line or resume[0] in line)
     _nothing_written(tmp_path)
+
+
+def test_double_ctrl_c_exits_130_in_one_line(tmp_path, capsys, monkeypatch):
+    import os
+    import signal
+
+    from mt_nllb import loss as loss_mod
+
+    real, calls = loss_mod.seq2seq_loss, [0]
+
+    def ctrl_c_twice(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loss_mod, "seq2seq_loss", ctrl_c_twice)
+    try:
+        rc = _train(tmp_path)
+    except KeyboardInterrupt:  # escaping would end the whole pytest session, not fail this test
+        pytest.fail("KeyboardInterrupt escaped mt-nllb's main")
+    assert rc == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mt-nllb train: interrupted twice: stopped without saving"), err
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-*"))

@@ -231,5 +231,10 @@ def main(argv: list[str]) -> int:
     except (ConfigError, DataError) as e:  # bad usage, config or data: one line, exit 2
         print(f"chat-pretrain: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # A second Ctrl-C means "now": no save. Saves are atomic, so the last complete checkpoint stands.
+        print(f"chat-pretrain: interrupted twice: stopped without saving; the last complete checkpoint in "
+              f"{Path(cfg.run_dir) / 'checkpoints'} (if any) continues with --resume", file=sys.stderr)
+        return 130
     # fit() saved a resumable checkpoint on SIGINT/SIGTERM; 130 is the shell's "stopped by Ctrl-C".
     return 130 if result.interrupted else 0

@@ -334,4 +334,9 @@ def main(argv=None) -> int:
     except (DataError, ConfigError) as e:  # bad input, found before training starts
         print(f"mt-nllb train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # A second Ctrl-C means "now": no save. Saves are atomic, so the last complete checkpoint stands.
+        print(f"mt-nllb train: interrupted twice: stopped without saving; the last complete checkpoint in "
+              f"{Path(args.run_dir) / 'checkpoints'} (if any) continues with --resume", file=sys.stderr)
+        return 130
     return 130 if summary["interrupted"] else 0
