@@ -130,13 +130,6 @@ def tokenize_data(cfg: TrainConfig, plan: DataPlan, progress: bool = True):
     return train_tp, val_tp, report
 
 
-def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = True):
-    """(tokenizer, train TokenizedPairs, validation TokenizedPairs, data report dict), from the cache
-    when the fingerprint matches."""
-    plan = read_data(cfg, run_dir)
-    return (plan.tokenizer, *tokenize_data(cfg, plan, progress))
-
-
 def resume_target(resume: str | None, run_dir: Path) -> bool | Path:
     """fit's ``resume`` argument from --resume, checked before anything is read or written: asking to
     resume where there is nothing to resume is an error, never a silent fresh start."""
