@@ -29,3 +29,35 @@ def _restore_environment():
     yield
     os.environ.clear()
     os.environ.update(saved)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A directory this process cannot create files in, also when tests run as root (which chmod does
+    not stop): then the immutable attribute is set with chattr. Skips where neither works."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    path = tmp_path / "read-only"
+    path.mkdir()
+    path.chmod(0o555)
+    immutable = False
+
+    def writable() -> bool:
+        try:
+            with tempfile.NamedTemporaryFile(dir=path):
+                return True
+        except OSError:
+            return False
+
+    if writable() and shutil.which("chattr"):
+        immutable = subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+    try:
+        if writable():
+            pytest.skip("cannot make a read-only directory here (root without chattr +i)")
+        yield path
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(path)], check=False)
+        path.chmod(0o755)

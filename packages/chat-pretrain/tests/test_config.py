@@ -41,11 +41,23 @@ def test_overrides_and_the_users_flags():
     (["optim.name=sgd"], "adafactor"),
     (["--config", "nope"], "nope"),
     (["save_every_steps=150", "eval.every_steps=100"], "multiple"),
+    (["data.batch_size=-4"], "config key 'data.batch_size': must be >= 1, got -4"),
+    (["--batch_size_per_gpu=0"], "config key 'data.batch_size': must be >= 1, got 0"),
+    (["optim.lr=0"], "config key 'optim.lr': must be > 0, got 0.0"),
+    (["--learn_rate=-1e-4"], "config key 'optim.lr': must be > 0, got -0.0001"),
+    (["max_steps=-5"], "config key 'max_steps': must be >= 0, got -5"),
+    (["data.max_seq_len=0"], "config key 'data.max_seq_len': must be >= 2, got 0"),
+    (["stray"], "unexpected argument 'stray'"),
 ])
-def test_bad_config_fails_in_one_line(argv, needle):
-    with pytest.raises(SystemExit) as e:
+def test_bad_config_fails_in_one_line(argv, needle, capsys):
+    from trainstack.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
         parse_train_args(argv)
     assert needle in str(e.value) and "\n" not in str(e.value)
+    assert main(["train", *argv]) == 2  # through the CLI: exit 2, one line on stderr
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("chat-pretrain: error:") and needle in err[0]
 
 
 def test_configs_command(capsys):

@@ -29,7 +29,7 @@ def _worker(rank, world, init_file, tok_dir, weights, valid, out):
         torch.set_num_threads(1)
         tok = load_tokenizer(tok_dir)
         model = _model(tok)
-        model.load_state_dict(torch.load(weights))
+        model.load_state_dict(torch.load(weights, weights_only=True))
         r = evaluate_model(model, tok, [valid], DATA, EVAL)
         if rank == 0:
             with open(out, "w") as f:
@@ -68,7 +68,7 @@ def test_bleu_two_gloo_processes_equals_single(valid_set, chatlm_dir):
     tmp, valid, weights = valid_set
     tok = load_tokenizer(chatlm_dir)
     model = _model(tok)
-    model.load_state_dict(torch.load(weights))
+    model.load_state_dict(torch.load(weights, weights_only=True))
     single = evaluate_model(model, tok, [valid], DATA, EVAL)
     assert single["rows"] == 23
     assert 5 < single["bleu"] < 95, single
@@ -93,7 +93,7 @@ def test_bleu_matches_sacrebleu_zh_directly(valid_set, chatlm_dir, eval_cfg):
     tmp, valid, weights = valid_set
     tok = load_tokenizer(chatlm_dir)
     model = _model(tok)
-    model.load_state_dict(torch.load(weights))
+    model.load_state_dict(torch.load(weights, weights_only=True))
     got = evaluate_model(model, tok, [valid], DATA, eval_cfg)
     rows = list(read_valid_pairs([valid], DATA, tokenizer=tok.tokenizer, eos_id=tok.eos_id,
                                  max_rows=eval_cfg.max_rows))

@@ -78,8 +78,10 @@ def test_train_sigint_resume_mid_epoch_sees_exactly_the_unseen_rows(tmp_path, ch
 
 
 def test_train_needs_data_and_tokenizer():
+    from trainstack.config import ConfigError
+
     cfg, _ = parse_train_args(["--config", "cpu-tiny"])
-    with pytest.raises(SystemExit, match="train_files"):
+    with pytest.raises(ConfigError, match="train_files"):
         train_mod.run(train_mod.Job(cfg))
 
 

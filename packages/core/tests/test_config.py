@@ -172,3 +172,60 @@ def test_format_save_and_round_trip(tmp_path):
     path = save_config(cfg, tmp_path / "run")
     assert path == tmp_path / "run" / "config.yaml" and path.read_text() == text
     assert load_config(TrainConfig, path) == cfg
+
+
+def test_check_limits_names_the_dotted_key():
+    from trainstack.config import check_limits
+
+    @dataclass
+    class Limited:
+        optim: OptimConfig = field(default_factory=OptimConfig)
+        max_steps: int | None = None
+
+        def __post_init__(self):
+            check_limits(self, {"optim.lr": "> 0", "max_steps": ">= 0"})
+
+    assert load_config(Limited, {}, ["max_steps=0"]).max_steps == 0
+    assert load_config(Limited, {}, []).max_steps is None  # an unset optional passes
+    with pytest.raises(ConfigError, match=r"^config key 'optim.lr': must be > 0, got 0.0$"):
+        load_config(Limited, {}, ["optim.lr=0"])
+    with pytest.raises(ConfigError, match=r"^config key 'max_steps': must be >= 0, got -5$"):
+        load_config(Limited, {}, ["max_steps=-5"])
+
+
+@pytest.mark.parametrize("check", ["check_writable_dir", "make_run_dir"])
+def test_run_dir_checks_say_why_not_in_one_line(tmp_path, read_only_dir, check):
+    import trainstack.config as C
+
+    fn = getattr(C, check)
+    assert fn(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    if check == "check_writable_dir":
+        assert not (tmp_path / "a").exists()  # checks only
+    else:
+        assert [p.name for p in (tmp_path / "a" / "b").iterdir()] == []  # the write test leaves nothing
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for where in (blocker, blocker / "run"):
+        with pytest.raises(ConfigError, match=r"run_dir=.*file.txt.*: a file is in the way"):
+            fn(where)
+    for where in (read_only_dir, read_only_dir / "run"):
+        with pytest.raises(ConfigError, match=r"--run-dir=.*read-only.*: cannot write there") as e:
+            fn(where, key="--run-dir")
+        assert "\n" not in str(e.value)
+    assert blocker.read_text() == "x" and not list(read_only_dir.iterdir())
+
+
+def test_make_run_dir_finds_what_os_access_misses(tmp_path, monkeypatch):
+    # root passes os.access on a chattr +i directory on some kernels; the real write decides
+    import trainstack.config as C
+
+    monkeypatch.setattr(C.os, "access", lambda *a, **k: True)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(C.tempfile, "NamedTemporaryFile", refuse)
+    with pytest.raises(ConfigError, match=r"run_dir=.*ro: cannot write there \(Permission denied\)"):
+        C.make_run_dir(ro)

@@ -68,7 +68,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, tiny):
     run_dir = tmp_path / "run"
     rc = main(["train", "--data", str(path), f"run_dir={run_dir}", *tiny()])
     err = capsys.readouterr().err.strip()
-    assert rc == 1
+    assert rc == 2
     assert len(err.splitlines()) == 1 and err.startswith("hlbd: error:"), err
     assert re.search(expect, err) and str(path) in err, err
     assert not run_dir.exists()
@@ -76,7 +76,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case, tiny):
 
 def test_resume_without_a_run_writes_nothing(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    assert main(["train", "--resume", f"run_dir={run_dir}"]) == 1
+    assert main(["train", "--resume", f"run_dir={run_dir}"]) == 2
     assert "nothing to resume" in capsys.readouterr().err
     assert not run_dir.exists()
 

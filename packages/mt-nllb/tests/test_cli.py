@@ -84,8 +84,8 @@ def test_sigint_saves_exits_130_and_resume_is_exact(trained, monkeypatch, capsys
     assert sorted(losses) == sorted(set(losses)) and max(losses) == 12
     for step in (9, 12):  # the window logged at step 6 is 5..6 here (step 4 was logged at the stop), 4..6 there
         assert losses[step] == reference[step], step
-    a = torch.load(straight / "checkpoints" / "step-12" / "model.pt", map_location="cpu")
-    b = torch.load(run_dir / "checkpoints" / "step-12" / "model.pt", map_location="cpu")
+    a = torch.load(straight / "checkpoints" / "step-12" / "model.pt", map_location="cpu", weights_only=True)
+    b = torch.load(run_dir / "checkpoints" / "step-12" / "model.pt", map_location="cpu", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # keep_last=2: the step-4 checkpoint of the stop was pruned once steps 6 and 12 were saved
     assert {p.name for p in (run_dir / "checkpoints").iterdir() if p.name.startswith("step-")} == {"step-6", "step-12"}

@@ -214,9 +214,15 @@ def main(argv: list[str]) -> int:
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 steps first")
     args = p.parse_args(rest)
 
+    from trainstack.config import ConfigError
+
     from chat_pretrain.cli import parse_train_args
 
-    cfg, _ = parse_train_args(["--config", args.config, *overrides])
+    try:
+        cfg, _ = parse_train_args(["--config", args.config, *overrides])
+    except ConfigError as e:
+        print(f"chat-pretrain bench: error: {e}", file=sys.stderr)
+        return 2
     if args.arm != "both":
         result = run_arm(args.arm, args, cfg)
         if result:

@@ -29,7 +29,8 @@ def _flag_value(token: str) -> tuple[str, str | None]:
 
 def parse_train_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     """(config, resume) from `--config NAME`, `--resume`, `--is_keep_training[=True]`,
-    `--use_large_config=True`, `--key=value` (users' flags) and `key=value` overrides."""
+    `--use_large_config=True`, `--key=value` (users' flags) and `key=value` overrides. Bad usage or
+    config raises ConfigError (one line; the CLI exits 2)."""
     from trainstack.config import ConfigError, load_config, parse_cli_overrides
     from trainstack.hardware import load_profiles, resolve_profile
 
@@ -42,12 +43,12 @@ def parse_train_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     while i < len(rest):
         token = rest[i]
         if not token.startswith("--"):
-            raise SystemExit(f"chat-pretrain: error: unexpected argument {token!r} (overrides look like key=value)")
+            raise ConfigError(f"unexpected argument {token!r} (overrides look like key=value)")
         key, value = _flag_value(token)
         takes_value = key not in ("resume", "is_keep_training", "use_large_config")
         if value is None and takes_value:
             if i + 1 >= len(rest):
-                raise SystemExit(f"chat-pretrain: error: {token} needs a value")
+                raise ConfigError(f"{token} needs a value")
             value = rest[i + 1]
             i += 1
         i += 1
@@ -67,8 +68,10 @@ def parse_train_args(argv: list[str]) -> tuple[TrainConfig, bool]:
     try:
         profile = resolve_profile(config_name or "small", profiles)
         cfg = load_config(TrainConfig, profile.settings, overrides)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"chat-pretrain: error: {e}") from None
+    except ConfigError:
+        raise
+    except (ValueError, FileNotFoundError) as e:  # an unknown --config name or a missing YAML file
+        raise ConfigError(str(e)) from None
     return cfg, resume
 
 

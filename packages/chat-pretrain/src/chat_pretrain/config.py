@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trainstack.config import check_limits
+
 
 @dataclass
 class ModelConfig:
@@ -62,10 +64,7 @@ class DataConfig:
     about a millisecond. Kept as a field so the users' low-memory setting can be written down."""
 
     def __post_init__(self):
-        if self.max_seq_len < 2:
-            raise ValueError(f"max_seq_len must be >= 2 (one token plus EOS), got {self.max_seq_len}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        # Ranges are checked in TrainConfig, which knows the dotted keys.
         if self.num_workers != 0:
             raise ValueError(f"data.num_workers must be 0 (rows are read in the training process so the data "
                              f"position is exact), got {self.num_workers}")
@@ -127,8 +126,17 @@ class TrainConfig:
     """--resume even though the data files, vocabulary, max_seq_len or batching differ from the checkpoint's."""
 
     def __post_init__(self):
-        if self.grad_accum_steps < 1:
-            raise ValueError(f"grad_accum_steps must be >= 1, got {self.grad_accum_steps}")
+        check_limits(self, {
+            "data.max_seq_len": ">= 2",  # one token plus EOS
+            "data.batch_size": ">= 1", "data.pad_to_multiple_of": ">= 1", "data.max_batch_rows": ">= 0",
+            "data.bucket_rows": ">= 1", "data.shuffle_buffer": ">= 0", "data.read_batch_rows": ">= 1",
+            "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup_steps": ">= 0", "optim.floor": ">= 0",
+            "eval.every_steps": ">= 0", "eval.max_rows": ">= 0", "eval.batch_size": ">= 1", "eval.num_beams": ">= 1",
+            "eval.max_new_tokens": ">= 0", "model.dropout_rate": ">= 0",
+            "epochs": ">= 1", "max_steps": ">= 0", "grad_accum_steps": ">= 1", "max_grad_norm": ">= 0",
+            "log_every_steps": ">= 1", "save_every_steps": ">= 0", "keep_last": ">= 0", "keep_best": ">= 0",
+            "memory_log_every_steps": ">= 0", "cleanup_every_steps": ">= 0",
+        })
         if self.eval.every_steps and self.save_every_steps and self.save_every_steps % self.eval.every_steps:
             # Best-by-BLEU pruning needs a BLEU at every save.
             raise ValueError(f"save_every_steps ({self.save_every_steps}) must be a multiple of "

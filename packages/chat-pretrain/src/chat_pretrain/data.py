@@ -70,7 +70,8 @@ def check_schema(files: Sequence[Path], columns: Sequence[str]) -> int:
         try:
             meta = pq.ParquetFile(f)
         except Exception as e:  # pyarrow raises several types for a non-parquet file
-            raise DataError(f"{f}: not a readable parquet file ({e})") from None
+            raise DataError(f"{f}: not a readable parquet file ({e}); a truncated copy, or JSON/CSV saved "
+                            f"as .parquet? Re-export it as parquet") from None
         schema = meta.schema_arrow
         for c in columns:
             if c not in schema.names:
@@ -81,6 +82,26 @@ def check_schema(files: Sequence[Path], columns: Sequence[str]) -> int:
                 raise DataError(f"{f}: column '{c}' has type {t}, expected string")
         rows += meta.metadata.num_rows
     return rows
+
+
+def has_usable_row(files: Sequence[Path], columns: Sequence[str], read_batch_rows: int = 65536) -> bool:
+    """Whether any row has a non-null, non-empty value in every column (what training skips otherwise).
+    Reads only those columns and stops at the first usable row; an all-null file is scanned through
+    its validity bitmaps, fast."""
+    import pyarrow.compute as pc
+
+    for f in files:
+        try:
+            for rb in pq.ParquetFile(f).iter_batches(batch_size=read_batch_rows, columns=list(columns)):
+                ok = None
+                for col in rb.columns:
+                    col_ok = pc.fill_null(pc.greater(pc.utf8_length(col), 0), False)
+                    ok = col_ok if ok is None else pc.and_(ok, col_ok)
+                if ok is not None and pc.any(ok).as_py():
+                    return True
+        except (pa.ArrowException, OSError) as e:  # a page cut short in a file whose footer reads fine
+            raise DataError(f"{f}: not a readable parquet file ({e})") from None
+    return False
 
 
 @dataclass

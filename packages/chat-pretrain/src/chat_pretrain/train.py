@@ -33,9 +33,16 @@ from pathlib import Path
 import torch
 
 from chat_pretrain.config import TrainConfig
-from chat_pretrain.data import MemoryLog, PromptResponseBatches, expand_files
+from chat_pretrain.data import (
+    DataError,
+    MemoryLog,
+    PromptResponseBatches,
+    check_schema,
+    expand_files,
+    has_usable_row,
+)
 from chat_pretrain.evaluate import evaluate_model
-from chat_pretrain.model import build_model, count_params, flops_per_token
+from chat_pretrain.model import SHIPPED, build_model, count_params, flops_per_token
 from chat_pretrain.tokenizer import load_tokenizer
 
 
@@ -62,20 +69,69 @@ class Job:
     progress: bool = True
 
 
+def check_inputs(job: Job):
+    """Everything about the input that can be wrong, found before the first write: data and tokenizer
+    given, the run directory usable, something to resume when asked, the tokenizer loads, every file is
+    readable parquet with the columns and at least one usable row. Returns (tokenizer, train files,
+    validation files); raises ConfigError or DataError with one line."""
+    from trainstack.config import ConfigError, check_writable_dir
+
+    cfg = job.cfg
+    if not cfg.data.train_files:
+        raise ConfigError("data.train_files is empty (give data.train_files=[path, ...])")
+    if not cfg.tokenizer.path:
+        raise ConfigError(f"tokenizer.path is empty (a tokenizer.json or its directory); {_GET_A_TOKENIZER}")
+    run_dir = check_writable_dir(cfg.run_dir, "run_dir")
+    if job.resume and not any((run_dir / "checkpoints").glob("step-*/trainer_state.json")):
+        raise ConfigError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; check run_dir, or drop "
+                          f"--resume to start fresh")
+    try:
+        tok = load_tokenizer(cfg.tokenizer.path, fix=cfg.tokenizer.fix_metaspace)
+    except FileNotFoundError:
+        raise ConfigError(f"tokenizer.path={cfg.tokenizer.path}: no tokenizer.json there; {_GET_A_TOKENIZER}") from None
+    except Exception as e:  # the tokenizers library raises plain Exception on a malformed file
+        raise ConfigError(f"tokenizer.path={cfg.tokenizer.path}: not a usable tokenizer ({e})") from None
+    columns = [cfg.data.prompt_column, cfg.data.response_column]
+    train_files = expand_files(cfg.data.train_files)
+    rows = check_schema(train_files, columns)
+    if not has_usable_row(train_files, columns):
+        what = "no rows" if rows == 0 else f"{rows:,} rows, none with a non-empty '{columns[0]}' and '{columns[1]}'"
+        raise DataError(f"nothing to train on in {', '.join(map(str, train_files))}: {what}")
+    valid_files = expand_files(cfg.data.valid_files) if cfg.data.valid_files else []
+    if valid_files:
+        check_schema(valid_files, columns)
+    return tok, train_files, valid_files
+
+
+_GET_A_TOKENIZER = ("train one with `chat-pretrain tokenizer train --files TRAIN.parquet --vocab-size 32000 --out DIR` "
+                    "and pass tokenizer.path=DIR, or point tokenizer.path at an existing tokenizer.json or its directory")
+
+
+def build_model_or_explain(cfg: TrainConfig, tok):
+    from trainstack.config import ConfigError
+
+    try:
+        return build_model(cfg.model.name, tok.vocab_size, tok.pad_id, tok.eos_id, cfg.model.attn_implementation,
+                           cfg.model.dropout_rate)
+    except (ValueError, OSError) as e:
+        if Path(cfg.model.name).is_dir():
+            raise ConfigError(f"model.name={cfg.model.name}: cannot load this directory ({e})") from None
+        raise ConfigError(f"model.name={cfg.model.name}: not a shipped config ({', '.join(SHIPPED)}) nor a local "
+                          f"directory; chat-pretrain reads models from disk only: download the model where there "
+                          f"is network, then pass model.name=DIR") from None
+
+
 def run(job: Job):
     from accelerate import Accelerator
     from trainstack.checkpoint import files_fingerprint
-    from trainstack.config import format_config, save_config
+    from trainstack.config import format_config, make_run_dir, save_config
     from trainstack.hardware import detect_hardware
     from trainstack.loop import LoopConfig, check_run_dir, fit
     from trainstack.optim import build_optimizer, build_scheduler
     from trainstack.precision import apply_precision, resolve_precision
 
     cfg = job.cfg
-    if not cfg.data.train_files:
-        raise SystemExit("chat-pretrain: error: data.train_files is empty (give data.train_files=[path, ...])")
-    if not cfg.tokenizer.path:
-        raise SystemExit("chat-pretrain: error: tokenizer.path is empty (a tokenizer.json or its directory)")
+    tok, train_files, valid_files = check_inputs(job)
     hw = detect_hardware()
     precision = resolve_precision(cfg.precision, hw)
     apply_precision(precision)
@@ -88,27 +144,24 @@ def run(job: Job):
     resume_hint = "the same chat-pretrain train command plus --resume"
     # Before anything is written: a fresh start must not overwrite another run's config and logs.
     check_run_dir(run_dir, resume=job.resume, overwrite=cfg.overwrite, resume_hint=resume_hint)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model, how = build_model_or_explain(cfg, tok)
+    if main:  # the first write, now that the config, the data and the model are known to be good
+        make_run_dir(run_dir, "run_dir")
         save_config(cfg, run_dir)
         say(format_config(cfg))
         say(f"hardware: {hw.describe()}; processes: {world}")
         say(f"precision: {precision.reason}")
         if precision.name == "fp16":
             say("warning: T5 activations overflow in fp16 (it was trained in bf16); expect NaN losses")
-
-    tok = load_tokenizer(cfg.tokenizer.path, fix=cfg.tokenizer.fix_metaspace)
     if tok.fixed:
         say(f"tokenizer: {tok.fixed}")
-    torch.manual_seed(cfg.seed)
-    model, how = build_model(cfg.model.name, tok.vocab_size, tok.pad_id, tok.eos_id, cfg.model.attn_implementation,
-                             cfg.model.dropout_rate)
     n_params = count_params(model)
     say(f"model: {how}; {n_params / 1e6:.1f}M parameters")
 
     memory_log = MemoryLog(run_dir / f"memory.rank{rank}.jsonl",
                            cfg.memory_log_every_steps * cfg.grad_accum_steps) if cfg.memory_log_every_steps else None
-    batches = PromptResponseBatches(cfg.data.train_files, tok.tokenizer, cfg.data, pad_id=tok.pad_id,
+    batches = PromptResponseBatches(train_files, tok.tokenizer, cfg.data, pad_id=tok.pad_id,
                                     eos_id=tok.eos_id, seed=cfg.seed, rank=rank, world_size=world,
                                     memory_log=memory_log)
     # The schedule's length: micro-batches per epoch estimated from the token lengths of the first rows.
@@ -122,8 +175,7 @@ def run(job: Job):
     scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.floor)
 
     evaluate = None
-    if cfg.data.valid_files:
-        valid_files = expand_files(cfg.data.valid_files)
+    if valid_files:
 
         def evaluate(m):
             r = evaluate_model(m, tok, valid_files, cfg.data, cfg.eval, precision)
@@ -179,17 +231,24 @@ def run(job: Job):
 
 
 def main(argv: list[str]) -> int:
+
     from trainstack.checkpoint import CheckpointError
+    from trainstack.config import ConfigError
     from trainstack.loop import NoUsableData
 
     from chat_pretrain.cli import parse_train_args
 
-    cfg, resume = parse_train_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        cfg, resume = parse_train_args(argv)
         result = run(Job(cfg, resume=resume))
-    except (CheckpointError, NoUsableData) as e:
+    except (ConfigError, DataError, CheckpointError, NoUsableData) as e:  # bad usage, config, data: exit 2
         print(f"chat-pretrain: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # A second Ctrl-C means "now": no save. Saves are atomic, so the last complete checkpoint stands.
+        print(f"chat-pretrain: interrupted twice: stopped without saving; the last complete checkpoint in "
+              f"{Path(cfg.run_dir) / 'checkpoints'} (if any) continues with --resume", file=sys.stderr)
+        return 130
     # fit() saved a resumable checkpoint on SIGINT/SIGTERM; 130 is the shell's "stopped by Ctrl-C".
     return 130 if result.interrupted else 0

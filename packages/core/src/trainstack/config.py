@@ -12,7 +12,12 @@
 
     overrides, rest = parse_cli_overrides(sys.argv[1:])     # ["optim.lr=3e-4", ...]
     cfg = load_config(TrainConfig, profile.settings, overrides)
+    check_writable_dir(cfg.run_dir)                           # fail fast, writes nothing
+    ... validate the data (read only), build the model ...
+    make_run_dir(cfg.run_dir)                                 # the run's first write
     print(format_config(cfg)); save_config(cfg, run_dir)
+
+Ranges go in the config's ``__post_init__``: ``check_limits(self, {"optim.lr": "> 0", "max_steps": ">= 0"})``.
 
 Every value is checked against its annotation: an unknown key or a wrong type stops the run at
 start-up with the dotted path and what is allowed, instead of being dropped or kept as a string.
@@ -25,8 +30,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import operator
 import os
 import re
+import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -350,3 +357,56 @@ def save_config(cfg, run_dir) -> Path:
     tmp.write_text(format_config(cfg), encoding="utf-8")
     os.replace(tmp, target)
     return target
+
+
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
+
+
+def check_limits(cfg, limits: Mapping[str, str]) -> None:
+    """Refuse numbers out of range with their dotted key: ``{"optim.lr": "> 0", "data.batch_size": ">= 1"}``.
+
+    For a config's ``__post_init__``; a ``None`` value (an unset optional) passes. The ConfigError
+    names the full key, which a nested section's own ``__post_init__`` cannot know."""
+    for key, rule in limits.items():
+        op, _, bound = rule.partition(" ")
+        compare = _COMPARE[op]
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and not compare(value, float(bound)):
+            raise ConfigError(f"config key '{key}': must be {op} {bound}, got {value}")
+
+
+def check_writable_dir(path, key: str = "run_dir") -> Path:
+    """Fail fast, writing nothing: ``path`` is a directory or can become one (no file in the way, the
+    nearest existing parent writable). Call it right after the config loads, before slow set-up;
+    ``make_run_dir`` repeats the check with a real write later."""
+    path = Path(path)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{key}={path}: a file is in the way (a run directory must be a directory); "
+                          f"choose another {key}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: cannot write there ({existing} is read-only); choose a writable {key}")
+    return path
+
+
+def make_run_dir(path, key: str = "run_dir") -> Path:
+    """Create the run directory and check that it takes files: call it after the config and the data
+    validated, as the run's first write. A file in the way or a read-only location is a one-line
+    ConfigError naming ``key``, instead of a traceback from whichever write comes first."""
+    path = check_writable_dir(path, key)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # mkdir succeeds on an existing read-only directory, and root passes os.access where a
+        # write fails (chattr +i); only creating a file tells.
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except (FileExistsError, NotADirectoryError):
+        raise ConfigError(f"{key}={path}: a file is in the way (a run directory must be a directory); "
+                          f"choose another {key}") from None
+    except OSError as e:
+        raise ConfigError(f"{key}={path}: cannot write there ({e.strerror}); choose a writable {key}") from None
+    return path

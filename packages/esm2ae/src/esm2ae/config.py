@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trainstack.config import check_limits
+
 
 @dataclass
 class ModelConfig:
@@ -131,6 +133,15 @@ class Config:
     """--resume even though the data, max_length, task or batching differ from the checkpoint's."""
 
     def __post_init__(self):
+        check_limits(self, {
+            "max_steps": ">= 1", "optim.lr": "> 0", "optim.eps": "> 0", "optim.weight_decay": ">= 0",
+            "optim.warmup_steps": ">= 0", "optim.lr_floor": ">= 0", "optim.max_grad_norm": ">= 0",
+            "batch.tokens_per_step": ">= 1", "batch.max_tokens_per_batch": ">= 1",
+            "data.val_fraction": ">= 0", "data.max_val_sequences": ">= 0", "data.limit": ">= 1",
+            "ae.lr": "> 0", "ae.mlm_weight": ">= 0", "ae.ae_weight": ">= 0",
+            "log_every_steps": ">= 1", "eval_every_steps": ">= 0", "save_every_steps": ">= 0", "keep_last": ">= 0",
+            "overfit_batches": ">= 0",
+        })
         if not 8 <= self.data.max_length <= 1024:
             raise ValueError(f"data.max_length={self.data.max_length}: must be in [8, 1024] "
                              "(ESM-2 has 1026 rotary-free positions; the paper crops at 1024)")

@@ -99,12 +99,46 @@ def iter_parquet(path, column: str = "sequence", id_column: str = "id") -> Itera
         raise DataError(f"{path}: no '{column}' column; columns: {', '.join(names)}")
     cols = [column] + ([id_column] if id_column in names else [])
     row = 0
-    for rb in pf.iter_batches(columns=cols, batch_size=4096):
+    batches = pf.iter_batches(columns=cols, batch_size=4096)
+    while True:
+        try:
+            rb = next(batches, None)
+        except (OSError, ValueError) as e:  # pyarrow's errors: a page cut short behind a readable footer
+            raise DataError(f"{path}: unreadable after row {row}: {e}") from None
+        if rb is None:
+            return
         seqs = rb.column(column).to_pylist()
         ids = rb.column(id_column).to_pylist() if id_column in names else [None] * len(seqs)
         for s, i in zip(seqs, ids, strict=True):
             yield Record(str(i) if i is not None else f"row{row}", s or "")
             row += 1
+
+
+def check_parquet_source(path, column: str = "sequence") -> int:
+    """For streamed input, before training: every parquet file under ``path`` opens and has the
+    column, and at least one row is usable (the scan stops at the first). Returns the file count;
+    raises DataError naming the file or the path."""
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or directory")
+    files = sorted(p.rglob("*.parquet")) if p.is_dir() else [p]
+    if not files:
+        raise DataError(f"{p}: no *.parquet files inside")
+    for f in files:
+        try:
+            names = pq.ParquetFile(f).schema_arrow.names
+        except Exception as e:  # pyarrow raises several types for a file that is not parquet
+            raise DataError(f"{f}: not a readable parquet file: {e}") from None
+        if column not in names:
+            raise DataError(f"{f}: no '{column}' column; columns: {', '.join(names)}")
+    report = ReadReport(str(p))
+    for f in files:
+        for rec in iter_parquet(f, column):
+            if clean(rec, report) is not None:
+                return len(files)
+    raise DataError(f"{p}: no usable sequences" + (f" ({report.summary()})" if report.records else " (no rows)"))
 
 
 def iter_records(path) -> Iterator[Record]:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from trainstack.checkpoint import capture_rng_state, checkpoint_dirs, files_fing
 from trainstack.loop import check_run_dir, clear_run_outputs
 
 from esm2ae.config import Config, deepspeed_json
-from esm2ae.data import PackedMLMBatches, read_sequences, split_windows, train_val_split
+from esm2ae.data import PackedMLMBatches, check_parquet_source, read_sequences, split_windows, train_val_split
 from esm2ae.model import Esm2AE, esm_flops_per_token, load_esm
 
 SAMPLE_FASTA = Path(__file__).parent / "data" / "sample_proteins.fasta"
@@ -181,14 +182,32 @@ def export_final(model: Esm2AE, cfg: Config, out_dir: Path, metrics: dict) -> Pa
     return out_dir
 
 
+def _load_tensors(file: Path) -> dict:
+    """A state dict, unpickled with ``weights_only=True`` (explicit: torch 2.4-2.5 default to False):
+    a file that holds anything but tensors and plain data is refused, so a crafted file cannot run code."""
+    import pickle
+
+    from esm2ae.data import DataError
+
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a paragraph; its "Unsupported global: GLOBAL x" part says what was refused
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"it references {found.group(1)}" if found else "not plain tensors"
+        raise DataError(f"{file}: refused to load ({what}); only tensors and plain data are loaded from "
+                        f"checkpoints, so re-export it from a trusted run") from None
+
+
 def load_for_inference(checkpoint: str, device="cpu", attention="auto") -> tuple[Esm2AE, dict]:
     """A final export directory (config.json + ae.pt + esm2ae.json) or a step-N checkpoint."""
     path = Path(checkpoint)
     if (path / "esm2ae.json").exists():
         meta = json.loads((path / "esm2ae.json").read_text())
+        ae_state = _load_tensors(path / "ae.pt")  # first: a refused file stops before the backbone loads
         hf, _ = load_esm(str(path))
         model = Esm2AE(hf, meta["ae_widths"], meta["pooling"], attention)
-        model.ae.load_state_dict(torch.load(path / "ae.pt", map_location="cpu"))
+        model.ae.load_state_dict(ae_state)
         return model.to(device).eval(), meta
     if (path / "trainer_state.json").exists():
         from trainstack.config import load_config
@@ -199,7 +218,7 @@ def load_for_inference(checkpoint: str, device="cpu", attention="auto") -> tuple
             from safetensors.torch import load_file
             state = load_file(path / "model.safetensors")
         else:
-            state = torch.load(path / "model.pt", map_location="cpu")
+            state = _load_tensors(path / "model.pt")
         model.load_state_dict(state, strict=False)   # tied LM-head weight may be stored once
         model.backbone.hf.tie_weights()
         return model.to(device).eval(), {"ae_widths": cfg.ae.widths, "pooling": cfg.ae.pooling,
@@ -209,25 +228,44 @@ def load_for_inference(checkpoint: str, device="cpu", attention="auto") -> tuple
 
 # ------------------------------------------------------------------------------------- train
 
+def resume_target(resume: str | None, run_dir: Path) -> str | None:
+    """--resume checked before anything is read or written: asking to resume where there is nothing
+    to resume is an error, never a silent fresh start."""
+    from trainstack.config import ConfigError
+
+    if not resume:
+        return None
+    if resume == "auto":
+        if latest_checkpoint(run_dir) is None:
+            raise ConfigError(f"--resume auto: no checkpoint in {run_dir / 'checkpoints'}; check run_dir, or drop "
+                              f"--resume to start fresh")
+        return resume
+    if not (Path(resume) / "trainer_state.json").is_file():
+        raise ConfigError(f"--resume {resume}: not a checkpoint (expected a directory like "
+                          f"{run_dir / 'checkpoints' / 'step-N'} holding trainer_state.json)")
+    return resume
+
+
 def train(cfg: Config, resume: str | None = None) -> dict:
-    from trainstack.config import format_config, save_config
+    from trainstack.config import check_writable_dir, format_config, make_run_dir, save_config
     from trainstack.hardware import detect_hardware
     from trainstack.optim import build_optimizer, build_scheduler
     from trainstack.precision import apply_precision, resolve_precision
 
+    # Everything that can be wrong with the input is found before the first write: the run directory,
+    # --resume, the data and the model.
+    run_dir = check_writable_dir(cfg.run_dir, "run_dir")
+    resume = resume_target(resume, run_dir)
     rank, local_rank, world = _distributed()
     device = _device(cfg, local_rank)
     hw = detect_hardware()
     precision = resolve_precision(cfg.precision, hw if device.type == "cuda" else None)
     apply_precision(precision)
-    run_dir = Path(cfg.run_dir)
     # Before anything is written: a fresh start must not overwrite another run's config and logs.
     check_run_dir(run_dir, resume=bool(resume), overwrite=cfg.overwrite, resume_hint=RESUME_HINT)
     if rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
         print(format_config(cfg))
         print(f"precision: {precision.name} ({precision.reason})")
-        save_config(cfg, run_dir)
     _seed_everything(cfg.seed + rank)
 
     if cfg.data.streaming:
@@ -235,6 +273,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             raise ValueError(f"data.streaming needs parquet input (a file or a directory), got '{cfg.data.train}'")
         if not cfg.data.val:
             raise ValueError("data.streaming needs a held-out file in data.val (a split would read the whole input)")
+        check_parquet_source(cfg.data.train)
         val_records, vreport = read_sequences(cfg.data.val, cfg.data.max_length)
         if rank == 0:
             print(f"val data: {vreport.summary()}")
@@ -243,6 +282,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         train_seqs, val_seqs, _ = load_training_data(cfg, rank)
 
     hf, source = load_esm(cfg.model.name, cfg.model.pretrained)
+    if rank == 0:  # the first write, now that the config, the data and the model are known to be good
+        make_run_dir(run_dir, "run_dir")
+        save_config(cfg, run_dir)
     model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
     model.backbone.compile = cfg.model.compile and device.type == "cuda"
     model.backbone.gradient_checkpointing = cfg.model.gradient_checkpointing
@@ -353,8 +395,6 @@ def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, devic
             batches.load_state_dict(state["batches"])
             if rank == 0:
                 print(f"resumed from {ckpt} at step {step}")
-        elif rank == 0:
-            print(f"resume: no checkpoint under {run_dir / 'checkpoints'}; starting fresh")
 
     mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in (train_seqs or val_seqs)]))
     # logged tokens are summed over ranks; dividing the FLOPs by the world size keeps MFU per GPU
@@ -474,10 +514,7 @@ def _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_se
     def run_eval(m):
         return evaluate(_unwrap(m), val_seqs, cfg, device, precision)
 
-    resume_arg = False if not resume else (True if resume == "auto" else Path(resume))
-    if resume_arg is True and not list((run_dir / "checkpoints").glob("step-*")):
-        print(f"resume: no checkpoint under {run_dir / 'checkpoints'}; starting fresh")
-        resume_arg = False
+    resume_arg = False if not resume else (True if resume == "auto" else Path(resume))  # checked in train()
     if not resume_arg and cfg.eval_every_steps and rank == 0 and not cfg.fast_dev_run:
         # the untrained baseline, so "perplexity falls" is visible in the log itself
         base = evaluate(model, val_seqs, cfg, device, precision)

@@ -73,13 +73,23 @@ def _resume_cfg(args, overrides):
 
 
 def cmd_train(args, overrides) -> int:
-    from hlbd.train import train
+    from hlbd.train import latest_checkpoint, train
 
     cfg = _resume_cfg(args, overrides) if args.resume else _load_cfg(args.profile or "fast", overrides, args.data)
-    summary = train(cfg, progress=not args.no_progress, resume=args.resume)
+    try:
+        summary = train(cfg, progress=not args.no_progress, resume=args.resume)
+    except KeyboardInterrupt:
+        # A second Ctrl-C means "now": stop without finishing the save. Saves are atomic (a temporary
+        # directory renamed into place), so the last complete checkpoint is intact either way.
+        latest = latest_checkpoint(cfg.run_dir)
+        kept = f"resume from {latest} with: hlbd train --resume run_dir={cfg.run_dir}" if latest else \
+            "no checkpoint was saved"
+        print(f"hlbd: interrupted twice: stopped without saving; {kept}", file=sys.stderr)
+        return 130
     if summary["interrupted"]:
         return 130
-    return 0 if summary["learned"] or cfg.stop_at_exact_match == 0 else 2
+    # 1, not 2: the run itself was fine but did not reach its goal (2 is bad input or config)
+    return 0 if summary["learned"] or cfg.stop_at_exact_match == 0 else 1
 
 
 def cmd_eval(args, overrides) -> int:
@@ -190,4 +200,4 @@ def main(argv=None) -> int:
         return handlers[args.command](args, overrides)
     except (HLBDError, ConfigError, ProfileError, PrecisionError, FileNotFoundError, ValueError) as e:
         print(f"hlbd: error: {e}", file=sys.stderr)
-        return 1
+        return 2  # bad input, config or usage; 1 is left to failures of a run that started fine

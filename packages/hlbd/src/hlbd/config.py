@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trainstack.config import check_limits
 from trainstack.speed import SpeedConfig
 
 from hlbd.data import DEFAULT_SOURCES, DEFAULT_TARGET, FIELDS
@@ -96,9 +97,13 @@ class TrainConfig:
     """--resume even though the data file or vocabulary differs from the checkpoint's."""
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.grad_accum_steps < 1 or self.epochs < 1:
-            raise ValueError("batch_size, grad_accum_steps and epochs must be >= 1")
-        if self.eval_every_epochs < 1 or self.save_every_epochs < 0:
-            raise ValueError("eval_every_epochs must be >= 1 and save_every_epochs >= 0")
+        check_limits(self, {
+            "batch_size": ">= 1", "grad_accum_steps": ">= 1", "epochs": ">= 1", "eval_every_epochs": ">= 1",
+            "save_every_epochs": ">= 0", "max_grad_norm": ">= 0", "threads": ">= 0",
+            "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup_steps": ">= 0",
+            "model.d_model": ">= 1", "model.n_heads": ">= 1", "model.d_ff": ">= 1", "model.max_len": ">= 2",
+            "model.n_encoder_layers": ">= 1", "model.n_decoder_layers": ">= 1",
+            "model.dropout": ">= 0", "data.pad_to": ">= 0",
+        })
         if not 0.0 <= self.stop_at_exact_match <= 1.0:
             raise ValueError(f"stop_at_exact_match is a fraction in [0, 1], got {self.stop_at_exact_match}")

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 from trainstack.checkpoint import CheckpointManager, check_fingerprint, checkpoint_dirs, files_fingerprint
-from trainstack.config import save_config
+from trainstack.config import check_writable_dir, make_run_dir, save_config
 from trainstack.data import DeviceDataset
 from trainstack.hardware import detect_hardware
 from trainstack.loop import StopFlag, check_run_dir, clear_run_outputs
@@ -77,7 +77,7 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
 
 def pick_device(cfg: TrainConfig, hw) -> torch.device:
     if cfg.device == "cuda" and not hw.has_gpu:
-        raise RuntimeError("device=cuda asked for but no CUDA GPU is visible")
+        raise ValueError("device=cuda asked for but no CUDA GPU is visible; use device=auto or device=cpu")
     return torch.device("cuda" if cfg.device in ("auto", "cuda") and hw.has_gpu else "cpu")
 
 
@@ -255,10 +255,10 @@ def _restore_position(s: Session, pos: dict) -> None:
 
 
 def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = False) -> dict:
-    # 1. Data, validated before the run directory exists.
+    # 1. Data, validated before the run directory exists (a run_dir that can never work fails first).
+    run_dir = check_writable_dir(cfg.run_dir, "run_dir")
     data = prepare_data(cfg)
     n = len(data.pairs)
-    run_dir = Path(cfg.run_dir)
     ckpt_root = run_dir / "checkpoints"
     if resume and not any(p.is_dir() for p in ckpt_root.glob("step-*")):
         raise ValueError(f"{run_dir}: nothing to resume (no checkpoint in {ckpt_root})")
@@ -280,6 +280,7 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     # 3. Run directory: only now that the data is known to be good. Resuming restores the position
     #    and the history; the log is rewritten from that history so it matches the checkpoint.
     history, learned_at, train_seconds = [], None, 0.0
+    make_run_dir(run_dir, "run_dir")  # a file in the way or a read-only place: one line, nothing written
     if cfg.overwrite and not resume and checkpoint_dirs(ckpt_root):
         removed = clear_run_outputs(run_dir)
         say(f"overwrite: removed {len(removed)} entries of the earlier run in {run_dir}")
@@ -397,6 +398,12 @@ def _speed_record(s: Session) -> dict:
     if not s.speed.fast and stats.first_step_seconds is None:
         return {}
     return {k: v for k, v in stats.as_dict().items() if v is not None}
+
+
+def latest_checkpoint(run_dir) -> Path | None:
+    """The run's last complete checkpoint, or None (for messages; creates nothing when there is none)."""
+    root = Path(run_dir) / "checkpoints"
+    return CheckpointManager(root).latest() if root.is_dir() else None
 
 
 def detect_cpu_only(hw):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from trainstack.config import ConfigError, check_limits
+
 
 @dataclass
 class ModelConfig:
@@ -120,6 +122,22 @@ class TrainConfig:
     """--resume even though the data, vocabulary, max_length or batching differ from the checkpoint's."""
 
     def __post_init__(self):
+        check_limits(self, {
+            "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup_ratio": ">= 0",
+            "speed.max_tokens_per_batch": ">= 1", "speed.max_batch_size": ">= 0", "speed.batch_size": ">= 0",
+            "speed.ce_chunk_tokens": ">= 1", "data.validation_rows": ">= 0", "data.min_chars": ">= 0",
+            "data.max_length": ">= 3",  # language code, one token, </s>
+            "eval.num_beams": ">= 1", "eval.max_new_tokens": ">= 1", "eval.batch_size": ">= 1",
+            "eval.max_rows": ">= 0", "epochs": ">= 1", "max_steps": ">= 0", "grad_accum_steps": ">= 1",
+            "max_grad_norm": ">= 0", "log_every_steps": ">= 1", "eval_every_steps": ">= 0",
+            "save_every_steps": ">= 0", "keep_last": ">= 0", "keep_best": ">= 0",
+        })
+        if any(cap < 0 for cap in self.data.caps):
+            raise ConfigError(f"config key 'data.caps': row caps must be >= 0 (0 = no cap), got {self.data.caps}")
+        if not self.speed.batch_size and self.speed.max_tokens_per_batch < self.data.max_length:
+            # A pair may be data.max_length tokens long; it must fit one batch.
+            raise ConfigError(f"config key 'speed.max_tokens_per_batch': {self.speed.max_tokens_per_batch} is below "
+                              f"data.max_length={self.data.max_length}; raise it to at least that")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.data.caps and len(self.data.caps) != len(self.data.train):

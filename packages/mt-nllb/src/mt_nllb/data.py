@@ -94,17 +94,7 @@ def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, s
     """Yield (src, tgt, where) raw pairs; malformed rows go to ``report``."""
     source = resolve_source(source)
     if _is_hub_name(source):
-        from datasets import load_dataset
-
-        dataset_id, config, train_split, test_split = HUB_SOURCES[source.lower()]
-        ds = load_dataset(dataset_id, config, split=train_split if split == "train" else test_split, streaming=True)
-        for i, row in enumerate(ds):
-            report.read += 1
-            pair, err = _pairs_from_translation(row, src_key, tgt_key)
-            if err:
-                report.bad_row(f"{source}:{i}", err)
-                continue
-            yield pair[0], pair[1], f"{source}:{i}"
+        yield from _iter_hub(source, src_key, tgt_key, report, split)
         return
     path = Path(source)
     if not path.exists():
@@ -146,10 +136,40 @@ def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, s
                     continue
                 yield pair[0], pair[1], where
     elif suffix == ".parquet":
-        import pyarrow.parquet as pq
+        yield from _iter_parquet(path, src_key, tgt_key, report)
+    else:
+        raise DataError(f"{source}: unsupported file type {suffix!r} (use .tsv, .jsonl or .parquet)")
 
+
+def _iter_hub(source: str, src_key: str, tgt_key: str, report: SourceReport, split: str):
+    from datasets import load_dataset
+
+    dataset_id, config, train_split, test_split = HUB_SOURCES[source.lower()]
+    try:
+        ds = load_dataset(dataset_id, config, split=train_split if split == "train" else test_split, streaming=True)
+        rows = iter(ds)
+        i = 0
+        while (row := next(rows, None)) is not None:
+            report.read += 1
+            pair, err = _pairs_from_translation(row, src_key, tgt_key)
+            if err:
+                report.bad_row(f"{source}:{i}", err)
+            else:
+                yield pair[0], pair[1], f"{source}:{i}"
+            i += 1
+    except (ConnectionError, OSError) as e:  # offline, or the hub did not answer
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"data source {source} ({dataset_id} on the Hugging Face hub): cannot load it ({first}); "
+                        f"give local files instead (.tsv, .jsonl or .parquet) or run with network access") from None
+
+
+def _iter_parquet(path: Path, src_key: str, tgt_key: str, report: SourceReport):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = 0
+    try:
         pf = pq.ParquetFile(path)
-        n = 0
         for batch in pf.iter_batches(batch_size=8192):
             for row in batch.to_pylist():
                 n += 1
@@ -159,8 +179,9 @@ def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, s
                     report.bad_row(f"{path.name}:row {n}", err)
                     continue
                 yield pair[0], pair[1], f"{path.name}:row {n}"
-    else:
-        raise DataError(f"{source}: unsupported file type {suffix!r} (use .tsv, .jsonl or .parquet)")
+    except (pa.ArrowException, OSError) as e:  # truncated, or another format under a .parquet name
+        raise DataError(f"{path}: not a readable parquet file after {n} rows ({e}); a truncated copy, or JSON/TSV "
+                        f"saved as .parquet? Re-export it, or name it by its format (.jsonl, .tsv)") from None
 
 
 def read_pairs(sources, caps, src_key, tgt_key, min_chars, max_chars, dedup=True, split="train"):

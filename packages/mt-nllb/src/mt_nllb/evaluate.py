@@ -110,6 +110,17 @@ def _load(args):
     return model, tokenizer, src, tgt
 
 
+def _load_or_say(args, command: str):
+    """``_load``, or None after one line on stderr when the checkpoint cannot be loaded."""
+    from trainstack.config import ConfigError
+
+    try:
+        return _load(args)
+    except ConfigError as e:
+        print(f"mt-nllb {command}: error: {e}", file=sys.stderr)
+        return None
+
+
 def main_evaluate(argv) -> int:
     from .data import DataError, read_pairs
 
@@ -132,7 +143,10 @@ def main_evaluate(argv) -> int:
     if not pairs:
         print(f"mt-nllb evaluate: error: {args.test}: no usable pairs", file=sys.stderr)
         return 2
-    model, tokenizer, src, tgt = _load(args)
+    loaded = _load_or_say(args, "evaluate")
+    if loaded is None:
+        return 2
+    model, tokenizer, src, tgt = loaded
     ckpt = Path(args.checkpoint)
     pred = Path(args.predictions) if args.predictions else (ckpt if ckpt.is_dir() else Path(".")) / "predictions.test.jsonl"
     metrics = evaluate_pairs(model, tokenizer, pairs, src_lang=src, tgt_lang=tgt, num_beams=args.num_beams,
@@ -150,7 +164,10 @@ def main_translate(argv) -> int:
     _common(p)
     args = p.parse_args(argv)
     lines = [line.rstrip("\n") for line in sys.stdin]
-    model, tokenizer, src, tgt = _load(args)
+    loaded = _load_or_say(args, "translate")
+    if loaded is None:
+        return 2
+    model, tokenizer, src, tgt = loaded
     # Empty lines stay empty lines so the output aligns with the input.
     keep = [i for i, line in enumerate(lines) if line.strip()]
     hyps = translate_texts(model, tokenizer, [lines[i] for i in keep], src_lang=src, tgt_lang=tgt,

@@ -54,10 +54,31 @@ def build_sample_tokenizer(texts, lang_codes):
     return fast
 
 
-def load_tokenizer(source: str):
+def hub_or_dir(load, name: str, key: str):
+    """``load(name)`` for a hub name or a local directory; when that fails (offline, no such model, a
+    directory without the files), a one-line ConfigError naming ``key=name`` and what to do."""
+    import os
+
+    from trainstack.config import ConfigError
+
+    try:
+        return load(name)
+    except OSError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if Path(name).exists():
+            raise ConfigError(f"{key}={name}: cannot load this directory ({first})") from None
+        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+        todo = ("the hub is off (HF_HUB_OFFLINE is set): give a local model directory, or unset HF_HUB_OFFLINE "
+                "with network access" if offline else
+                "give a local model directory, or check the name and the network")
+        raise ConfigError(f"{key}={name}: no local directory of that name, and the Hugging Face hub did not "
+                          f"provide it ({first}); {todo}") from None
+
+
+def load_tokenizer(source: str, key: str = "model.tokenizer"):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(source)
+    return hub_or_dir(AutoTokenizer.from_pretrained, source, key)
 
 
 def lang_id(tokenizer, code: str) -> int:
@@ -85,7 +106,7 @@ def build_model(cfg, tokenizer):
         kwargs = {"attn_implementation": cfg.attn_implementation, "dtype": torch.float32}
         if cfg.dropout is not None:
             kwargs["dropout"] = cfg.dropout
-        model = AutoModelForSeq2SeqLM.from_pretrained(name, **kwargs)
+        model = hub_or_dir(lambda n: AutoModelForSeq2SeqLM.from_pretrained(n, **kwargs), name, "model.name_or_path")
     return model
 
 
@@ -125,8 +146,9 @@ def load_for_inference(checkpoint: str | Path, attn_implementation: str = "sdpa"
     if (path / "hf" / "config.json").exists():
         path = path / "hf"
     source = str(path) if path.exists() else str(checkpoint)
-    model = AutoModelForSeq2SeqLM.from_pretrained(source, attn_implementation=attn_implementation)
-    tokenizer = load_tokenizer(source)
+    model = hub_or_dir(lambda n: AutoModelForSeq2SeqLM.from_pretrained(n, attn_implementation=attn_implementation),
+                       source, "checkpoint")
+    tokenizer = load_tokenizer(source, "checkpoint")
     return model, tokenizer
 
 

@@ -18,6 +18,7 @@ import argparse
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
@@ -36,13 +37,29 @@ def parse_args(argv):
     return p.parse_args(rest), overrides
 
 
-def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = True):
-    """(tokenizer, train TokenizedPairs, validation TokenizedPairs, data report dict), from the cache
-    when the fingerprint matches."""
+@dataclass
+class DataPlan:
+    """What ``read_data`` validated (nothing written yet): the tokenizer, and either a cache hit or the
+    split pairs to tokenize."""
+    tokenizer: object
+    cache: Path
+    fingerprint: str
+    sample_tokenizer: bool
+    cached_report: dict | None = None
+    train_pairs: list | None = None
+    val_pairs: list | None = None
+    reports: list | None = None
+
+
+def read_data(cfg: TrainConfig, run_dir: Path) -> DataPlan:
+    """Read and validate the data and load the tokenizer, or find them in the cache; writes nothing."""
+    from trainstack.config import ConfigError, check_writable_dir
+
     from . import data as D
     from .model import build_sample_tokenizer, lang_id, load_tokenizer
 
     tok_spec = cfg.model.tokenizer or cfg.model.name_or_path
+    tok_key = "model.tokenizer" if cfg.model.tokenizer else "model.name_or_path"
     if tok_spec in ("nllb-600m", "tiny"):
         raise D.DataError(f"model.name_or_path={tok_spec} is an architecture, not a tokenizer: set "
                           f"model.tokenizer to a hub name / dir, or to 'sample'")
@@ -51,9 +68,9 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = True):
     cache = cache_root / fp
     if (cache / "report.json").exists():
         report = json.loads((cache / "report.json").read_text())
-        tokenizer = load_tokenizer(str(cache / "tokenizer")) if tok_spec == "sample" else load_tokenizer(tok_spec)
-        print(f"data: cache hit {cache} ({report['train_rows']} train, {report['validation_rows']} validation)")
-        return tokenizer, D.load_tokenized(cache / "train.parquet"), D.load_tokenized(cache / "validation.parquet"), report
+        tokenizer = load_tokenizer(str(cache / "tokenizer")) if tok_spec == "sample" else load_tokenizer(tok_spec, tok_key)
+        return DataPlan(tokenizer, cache, fp, tok_spec == "sample", cached_report=report)
+    check_writable_dir(cache_root, "data.cache_dir")  # written after tokenizing: fail now, not then
     pairs, reports = D.read_pairs(cfg.data.train, cfg.data.caps, cfg.data.src_key, cfg.data.tgt_key,
                                   cfg.data.min_chars, cfg.data.max_chars, cfg.data.dedup)
     for r in reports:
@@ -61,36 +78,82 @@ def prepare_data(cfg: TrainConfig, run_dir: Path, progress: bool = True):
         for ex in r.examples:
             print(f"  bad row {ex}")
     if len(pairs) < 2:
-        raise D.DataError(f"only {len(pairs)} usable pairs in {cfg.data.train}: nothing to train on")
+        raise D.DataError(f"only {len(pairs)} usable pairs in {cfg.data.train}: nothing to train on "
+                          f"(the lines above say why rows were dropped)")
     train_pairs, val_pairs = D.split_validation(pairs, cfg.data.validation_rows, cfg.data.seed)
     if tok_spec == "sample":
         # Trained on the training split only, so validation text stays unseen.
         tokenizer = build_sample_tokenizer([t for p in train_pairs for t in p], [cfg.model.src_lang, cfg.model.tgt_lang])
     else:
-        tokenizer = load_tokenizer(tok_spec)
+        tokenizer = load_tokenizer(tok_spec, tok_key)
+    for key, code in (("model.src_lang", cfg.model.src_lang), ("model.tgt_lang", cfg.model.tgt_lang)):
+        try:
+            lang_id(tokenizer, code)
+        except ValueError as e:
+            raise ConfigError(f"{key}={code}: {e}") from None
+    return DataPlan(tokenizer, cache, fp, tok_spec == "sample", train_pairs=train_pairs, val_pairs=val_pairs,
+                    reports=reports)
+
+
+def tokenize_data(cfg: TrainConfig, plan: DataPlan, progress: bool = True):
+    """(train TokenizedPairs, validation TokenizedPairs, data report): from the cache, or tokenized and
+    written to it (the cache's first write happens here, after validation)."""
+    from trainstack.config import make_run_dir
+
+    from . import data as D
+    from .model import lang_id
+
+    cache, tokenizer = plan.cache, plan.tokenizer
+    if plan.cached_report is not None:
+        report = plan.cached_report
+        print(f"data: cache hit {cache} ({report['train_rows']} train, {report['validation_rows']} validation)")
+        return D.load_tokenized(cache / "train.parquet"), D.load_tokenized(cache / "validation.parquet"), report
     src_id, tgt_id = lang_id(tokenizer, cfg.model.src_lang), lang_id(tokenizer, cfg.model.tgt_lang)
     eos = tokenizer.eos_token_id
-    train_tp = D.tokenize_pairs(train_pairs, tokenizer, src_id, tgt_id, eos, cfg.data.max_length, progress=progress)
-    val_tp = D.tokenize_pairs(val_pairs, tokenizer, src_id, tgt_id, eos, cfg.data.max_length)
-    report = {"fingerprint": fp, "sources": [r.as_dict() for r in reports], "train_rows": len(train_tp),
-              "validation_rows": len(val_tp), "truncated": train_tp.truncated + val_tp.truncated}
-    tmp = cache_root / f".tmp-{fp}"
+    train_tp = D.tokenize_pairs(plan.train_pairs, tokenizer, src_id, tgt_id, eos, cfg.data.max_length, progress=progress)
+    val_tp = D.tokenize_pairs(plan.val_pairs, tokenizer, src_id, tgt_id, eos, cfg.data.max_length)
+    report = {"fingerprint": plan.fingerprint, "sources": [r.as_dict() for r in plan.reports],
+              "train_rows": len(train_tp), "validation_rows": len(val_tp),
+              "truncated": train_tp.truncated + val_tp.truncated}
+    make_run_dir(cache.parent, "data.cache_dir")
+    tmp = cache.parent / f".tmp-{plan.fingerprint}"
     tmp.mkdir(parents=True, exist_ok=True)
     D.save_tokenized(train_tp, tmp / "train.parquet")
     D.save_tokenized(val_tp, tmp / "validation.parquet")
-    if tok_spec == "sample":
+    if plan.sample_tokenizer:
         tokenizer.save_pretrained(tmp / "tokenizer")
     (tmp / "report.json").write_text(json.dumps(report, indent=1))
     if not cache.exists():
         tmp.rename(cache)  # atomic: a crashed run never leaves a half cache under the fingerprint
     print(f"data: {len(train_tp)} train, {len(val_tp)} validation, {report['truncated']} truncated to "
           f"{cfg.data.max_length} tokens; cached at {cache}")
-    return tokenizer, train_tp, val_tp, report
+    return train_tp, val_tp, report
+
+
+def resume_target(resume: str | None, run_dir: Path) -> bool | Path:
+    """fit's ``resume`` argument from --resume, checked before anything is read or written: asking to
+    resume where there is nothing to resume is an error, never a silent fresh start."""
+    from trainstack.checkpoint import latest_checkpoint, read_manifest
+    from trainstack.config import ConfigError
+
+    if resume is None:
+        return False
+    if resume == "latest":
+        root = run_dir / "checkpoints"
+        if latest_checkpoint(root) is None:
+            raise ConfigError(f"--resume: no complete checkpoint in {root}; check --run-dir, or drop --resume to "
+                              "start fresh")
+        return True
+    path = Path(resume)
+    if read_manifest(path) is None:
+        raise ConfigError(f"--resume {resume}: not a complete checkpoint (expected a directory like "
+                          f"{run_dir / 'checkpoints' / 'step-N'} holding manifest.json)")
+    return path
 
 
 def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> dict:
     import torch
-    from trainstack.config import format_config, save_config
+    from trainstack.config import ConfigError, check_writable_dir, format_config, make_run_dir, save_config
     from trainstack.hardware import detect_hardware
     from trainstack.loop import LoopConfig, check_run_dir, fit
     from trainstack.optim import build_optimizer, build_scheduler
@@ -107,26 +170,33 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
         set_generation,
     )
 
-    run_dir = Path(run_dir)
+    # Everything that can be wrong with the input is found before the first write: the run directory,
+    # --resume, the data, the tokenizer and the model (a hub name while offline).
+    run_dir = check_writable_dir(run_dir, "--run-dir")
+    resume_arg = resume_target(resume, run_dir)
     resume_hint = "the same mt-nllb train command plus --resume"
-    # Before anything is written: a fresh start must not overwrite another run's config and logs.
+    # A fresh start must not overwrite another run's config and logs.
     check_run_dir(run_dir, resume=resume is not None, overwrite=cfg.overwrite, resume_hint=resume_hint)
-    run_dir.mkdir(parents=True, exist_ok=True)
     hw = detect_hardware()
     precision = resolve_precision(cfg.precision, hw)
     apply_precision(precision)
     print(f"precision: {precision.name} ({precision.reason})")
     print(format_config(cfg))
-    save_config(cfg, run_dir)
-    (run_dir / "mt_nllb.json").write_text(json.dumps({"src_lang": cfg.model.src_lang, "tgt_lang": cfg.model.tgt_lang}))
-
-    tokenizer, train_tp, val_tp, data_report = prepare_data(cfg, run_dir, progress)
-    (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=1))
+    plan = read_data(cfg, run_dir)
+    tokenizer = plan.tokenizer
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, tokenizer)
     if model.config.vocab_size < len(tokenizer):
-        raise ValueError(f"tokenizer has {len(tokenizer)} tokens, model vocab {model.config.vocab_size}")
+        raise ConfigError(f"model.name_or_path={cfg.model.name_or_path}: vocabulary of {model.config.vocab_size} "
+                          f"tokens, but the tokenizer has {len(tokenizer)}; use the model's own tokenizer")
+
+    make_run_dir(run_dir, "--run-dir")
+    save_config(cfg, run_dir)
+    (run_dir / "mt_nllb.json").write_text(json.dumps({"src_lang": cfg.model.src_lang, "tgt_lang": cfg.model.tgt_lang}))
+    train_tp, val_tp, data_report = tokenize_data(cfg, plan, progress)
+    (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=1))
+
     set_generation(model, tokenizer, cfg.model.tgt_lang, cfg.eval.num_beams, cfg.eval.max_new_tokens)
     if cfg.speed.gradient_checkpointing:
         enable_checkpointing(model)
@@ -188,7 +258,6 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
                           eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,
                           keep_last=cfg.keep_last, keep_best=cfg.keep_best, best_metric="eval_bleu", best_mode="max",
                           seed=cfg.seed)
-    resume_arg = False if resume is None else (True if resume == "latest" else Path(resume))
     # A saved data position only means something on the same tokenized data cut into the same batches.
     # (the specific fields first: the first difference is the one named)
     fingerprint = {"max_length": cfg.data.max_length, "vocab_size": len(tokenizer),
@@ -268,7 +337,12 @@ def main(argv=None) -> int:
         return 2
     try:
         summary = run(cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress)
-    except (DataError, CheckpointError, NoUsableData) as e:
+    except (DataError, ConfigError, CheckpointError, NoUsableData) as e:  # bad input, found before training
         print(f"mt-nllb train: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # A second Ctrl-C means "now": no save. Saves are atomic, so the last complete checkpoint stands.
+        print(f"mt-nllb train: interrupted twice: stopped without saving; the last complete checkpoint in "
+              f"{Path(args.run_dir) / 'checkpoints'} (if any) continues with --resume", file=sys.stderr)
+        return 130
     return 130 if summary["interrupted"] else 0
