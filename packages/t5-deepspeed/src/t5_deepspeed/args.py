@@ -181,7 +181,12 @@ def parse_args(argv: list[str], profile_settings_fn=None) -> ParsedArgs:
                                                     for s in a.option_strings)}
     values = vars(ns)
     if profile_settings_fn is not None and values.get("hardware_profile"):
-        settings, profile_note = profile_settings_fn(values["hardware_profile"])
+        from trainstack.hardware import ProfileError
+
+        try:
+            settings, profile_note = profile_settings_fn(values["hardware_profile"])
+        except ProfileError as err:  # names the shipped profiles
+            raise ArgsError(f"--hardware_profile: {err}") from None
         notes.append(profile_note)
         for key, value in settings.items():
             if key not in values:
@@ -204,4 +209,22 @@ def parse_args(argv: list[str], profile_settings_fn=None) -> ParsedArgs:
         raise ArgsError("pass --dataset_name (e.g. wmt16 --dataset_config ro-en) or --train_file/--validation_file/--test_file")
     if model.model_name_or_path is None and model.config_name is None:
         raise ArgsError("pass --model_name_or_path (pretrained) or --config_name (random init, e.g. t5-small)")
+    check_training_numbers(training)
     return ParsedArgs(model, data, training, extra, notes, given)
+
+
+def check_training_numbers(training: dict) -> None:
+    """Refuse values the Trainer would accept and then crash on, or train wrongly with, without a word
+    (a negative batch size fails deep in the DataLoader; a negative lr trains uphill)."""
+    for key in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        if training.get(key) is not None and training[key] < 1:
+            raise ArgsError(f"--{key} must be a positive integer, got {training[key]}")
+    lr = training.get("learning_rate")
+    if lr is not None and not lr > 0:  # also catches nan
+        raise ArgsError(f"--learning_rate must be > 0, got {lr:g}")
+    max_steps = training.get("max_steps", -1)
+    if max_steps == 0 or max_steps < -1:
+        raise ArgsError(f"--max_steps must be a positive number of optimizer steps, or -1 (the default: "
+                        f"train --num_train_epochs), got {max_steps}")
+    if max_steps == -1 and training.get("do_train") and not training.get("num_train_epochs", 1) > 0:
+        raise ArgsError(f"--num_train_epochs must be > 0, got {training['num_train_epochs']:g}")

@@ -43,8 +43,18 @@ def read_jsonl_pairs(path, source_lang: str, target_lang: str, max_samples: int 
     if path.suffix not in (".json", ".jsonl"):
         raise DataError(f"{path}: expected a .jsonl file of translation pairs")
     pairs = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    offset = 0  # byte offset of the current line, so a decoding error can name the exact byte
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataError(
+                    f"{path}:{lineno}: not UTF-8 (byte 0x{raw[err.start]:02x} at byte offset {offset + err.start} "
+                    "of the file); re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+            offset += len(raw)
+            if lineno == 1:
+                line = line.removeprefix("\ufeff")  # a UTF-8 byte-order mark is UTF-8, not data
             if not line.strip():
                 continue
             try:

@@ -9,18 +9,24 @@ N GPUs:  deepspeed --num_gpus=N -m t5_deepspeed ...   or   accelerate launch --n
 CPU (one process, gloo, tiny random-init model and the shipped sample):
     t5-deepspeed --deepspeed zero2 --config_name tiny-t5 --train_file DATA/en-ro.train.jsonl ...
 
-Steps: arguments -> distributed env -> precision (core) -> output dir -> DeepSpeed config ->
-TrainingArguments (DeepSpeed config in place BEFORE the model, so ZeRO-3 loads it partitioned) ->
-tokenizer, model -> data -> Seq2SeqTrainer -> train / save (16-bit gathered) / eval / predict.
+Resume (only when asked): the same command plus --resume_from_checkpoint latest (the newest complete
+checkpoint in --output_dir) or --resume_from_checkpoint OUT/checkpoint-N. Ctrl-C or SIGTERM saves a
+checkpoint after the current optimizer step and exits 130/143.
+
+Steps: arguments -> distributed env -> precision (core) -> data -> DeepSpeed config -> output dir and
+resume checked (nothing is written before this) -> TrainingArguments (DeepSpeed config in place BEFORE
+the model, so ZeRO-3 loads it partitioned) -> seed -> tokenizer, model -> Seq2SeqTrainer -> train /
+save (16-bit gathered) / eval / predict.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-import shutil
+import signal
 import socket
 import sys
 import time
@@ -28,6 +34,7 @@ from importlib import resources
 from pathlib import Path
 
 from .args import ArgsError, ParsedArgs
+from .checkpoints import CheckpointError, checkpoint_step, resolve_resume, weights_only_loading
 from .data import DataError, PairsDataset, load_split
 from .ds_config import (
     DeepSpeedConfigError,
@@ -36,6 +43,15 @@ from .ds_config import (
     load_ds_config,
     offload_devices,
     zero_stage,
+)
+from .outputs import (
+    FINAL_MODEL_STAGING,
+    OutputDirError,
+    OutputLedger,
+    apply_plan,
+    plan_output_dir,
+    result_files,
+    save_final_model,
 )
 
 log = logging.getLogger("t5_deepspeed")
@@ -48,6 +64,14 @@ T5_PREFIXES = {("en", "ro"): "translate English to Romanian: ", ("en", "de"): "t
 
 class RunError(RuntimeError):
     """A problem found at start-up (model path, output dir...); one line."""
+
+
+class StoppedBySignal(Exception):
+    """Training stopped on SIGINT/SIGTERM after saving a checkpoint; the exit code is 128 + signum."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 # Set-up helpers, each small; the job itself is `run` below.
@@ -142,35 +166,6 @@ def choose_precision(training: dict, extra, model_type: str, hw):
     return p, None
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool, do_train: bool, resume) -> str | None:
-    """run_translation's rule, made explicit: a non-empty output dir is resumed from its last
-    checkpoint, cleared with --overwrite_output_dir, or refused. Returns a checkpoint to resume."""
-    out = Path(output_dir).expanduser()
-    if not out.is_dir() or not any(out.iterdir()) or not do_train:
-        return resume
-    if overwrite:
-        resolved = out.resolve()
-        if resolved in (Path("/"), Path.home().resolve()) or Path.cwd().resolve().is_relative_to(resolved):
-            raise RunError(f"--overwrite_output_dir refuses to clear {out} (it is /, your home, or holds the cwd)")
-        if is_main_process():
-            n = 0
-            for child in resolved.iterdir():
-                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
-                n += 1
-            log.warning("--overwrite_output_dir: cleared %d entries from %s", n, out)
-        return resume
-    if resume:
-        return resume
-    from transformers.trainer_utils import get_last_checkpoint
-
-    last = get_last_checkpoint(str(out))
-    if last is not None:
-        log.warning("output dir %s has %s: resuming from it (pass --overwrite_output_dir to start over)", out, last)
-        return last
-    raise RunError(f"output dir {out} is not empty; pass --overwrite_output_dir to clear it "
-                   "(transformers 5 removed the flag; t5-deepspeed deletes the contents) or choose another dir")
-
-
 def postprocess_text(texts):
     return [t.strip() for t in texts]
 
@@ -252,10 +247,23 @@ def run(parsed: ParsedArgs) -> dict:
         training["deepspeed"] = ds_cfg
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 
-    # 4b. output dir (after every input check, so a typo never clears it) (overwrite / resume / refuse)
-    training["resume_from_checkpoint"] = prepare_output_dir(
-        training["output_dir"], extra.overwrite_output_dir, training.get("do_train", False),
-        training.get("resume_from_checkpoint"))
+    # 4b. output dir and resume, decided here but acted on only once the model is built (step 9), so a
+    # typo or a bad checkpoint never clears a dir. Resume only when asked, only complete checkpoints.
+    out_dir = Path(training["output_dir"]).expanduser()
+    training["output_dir"] = str(out_dir)
+    ledger = OutputLedger(out_dir, writer=is_main_process())
+    resume_ckpt = None
+    if training.get("do_train"):
+        resume_ckpt = resolve_resume(training.get("resume_from_checkpoint"), out_dir, model_config)
+    training["resume_from_checkpoint"] = str(resume_ckpt) if resume_ckpt is not None else None
+    this_run_writes = result_files(training, extra) | {FINAL_MODEL_STAGING}
+    inputs = [Path(f).expanduser() for f in files.values() if f]
+    inputs += [Path(p).expanduser() for p in (model_args.model_name_or_path, model_args.tokenizer_name,
+                                              model_args.config_name, ds_request if isinstance(ds_request, str) else None)
+               if p and Path(p).expanduser().exists()]
+    output_plan = plan_output_dir(out_dir, overwrite=extra.overwrite_output_dir, do_train=bool(training.get("do_train")),
+                                  resume=resume_ckpt is not None, inputs=inputs, this_run_writes=this_run_writes,
+                                  ledger=ledger)
 
     # 5. run_translation's generation defaults
     if data_args.val_max_target_length is None:
@@ -280,8 +288,11 @@ def run(parsed: ParsedArgs) -> dict:
 
         log.info("ZeRO-3 model construction: %s", "partitioned (zero.Init)" if is_deepspeed_zero3_enabled() else "not needed")
 
-    # 7. tokenizer and model
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    # 7. seed, then tokenizer and model: a random init (and any weights a checkpoint lacks) draws from
+    # the seeded generator, so two fresh runs with one --seed are the same run from step 1
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, enable_full_determinism, set_seed
+
+    enable_full_determinism(args.seed) if args.full_determinism else set_seed(args.seed)
 
     tok_name = model_args.tokenizer_name or (model_args.model_name_or_path if model_args.model_name_or_path
                                              else str(resources.files("t5_deepspeed") / "data" / "tokenizer"))
@@ -319,10 +330,16 @@ def run(parsed: ParsedArgs) -> dict:
     datasets = {split: PairsDataset(pairs, tokenizer, prefix or "", data_args.max_source_length, max_target[split])
                 for split, pairs in raw_pairs.items()}
 
-    # 9. the trainer
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+    # 9. everything is checked: from here the run writes. First what --overwrite_output_dir removes
+    # (only what this program wrote), then the record of the names this run writes, then the trainer.
+    apply_plan(output_plan, ledger)
+    ledger.record(*result_files(training, extra))
+
+    from trainstack.loop import StopFlag
+    from transformers import DataCollatorForSeq2Seq
 
     from .callbacks import BenchCallback, JsonlLogCallback, TokenCountingCollator
+    from .trainer import CompleteCheckpointsTrainer, SaveOnSignalCallback
 
     label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
     collator = DataCollatorForSeq2Seq(
@@ -349,23 +366,28 @@ def run(parsed: ParsedArgs) -> dict:
         gen_len = float(np.mean([np.count_nonzero(p != tokenizer.pad_token_id) for p in preds]))
         return {"bleu": round(b.score, 4), "chrf": round(c.score, 4), "gen_len": round(gen_len, 4)}
 
-    callbacks = []
+    stop_flag = StopFlag()
+    save_on_signal = SaveOnSignalCallback(stop_flag)
+    callbacks = [save_on_signal]
     if extra.log_jsonl:
-        callbacks.append(JsonlLogCallback(Path(args.output_dir) / "log.jsonl"))
+        jsonl_log = JsonlLogCallback(Path(args.output_dir) / "log.jsonl")
+        if resume_ckpt is not None and is_main_process():
+            jsonl_log.resume_at(checkpoint_step(resume_ckpt) or 0)
+        callbacks.append(jsonl_log)
     bench_cb = None
     if extra.bench_json:
         bench_cb = BenchCallback(collator, extra.bench_warmup_steps, extra.bench_json, precision.name, n_params)
         callbacks.append(bench_cb)
-    trainer = Seq2SeqTrainer(
+    trainer = CompleteCheckpointsTrainer(
         model=model, args=args, train_dataset=datasets.get("train"), eval_dataset=datasets.get("validation"),
         data_collator=collator, processing_class=tokenizer,
         compute_metrics=compute_metrics if args.predict_with_generate else None, callbacks=callbacks)
+    trainer.output_ledger = ledger
 
     if ds_cfg is not None and not trainer.is_deepspeed_enabled:
         raise RunError("--deepspeed was given but the Trainer did not enable DeepSpeed (launcher settings "
                        "override it?); run under `deepspeed --module t5_deepspeed` or without a launcher")
     results = {}
-    out_dir = Path(args.output_dir)
     gen_kwargs = {}
     if ds_cfg is not None and zero_stage(ds_cfg) == 3:
         # Under ZeRO-3 every rank holds a slice of each layer, so every rank must run every forward
@@ -375,9 +397,18 @@ def run(parsed: ParsedArgs) -> dict:
     # 10. train, then save: under ZeRO-3 the 16-bit weights are gathered into one normal HF checkpoint
     if args.do_train:
         t0 = time.perf_counter()
-        train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        # a resume loads DeepSpeed's pickles: every torch.load in it is forced to weights_only
+        loading = weights_only_loading() if resume_ckpt is not None else contextlib.nullcontext()
+        with stop_flag, loading:
+            train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        if save_on_signal.stopped_by is not None:
+            log.warning("stopped by %s after step %d: saved %s; continue with the same command plus "
+                        "--resume_from_checkpoint latest", signal.Signals(save_on_signal.stopped_by).name,
+                        trainer.state.global_step, out_dir / f"checkpoint-{trainer.state.global_step}")
+            raise StoppedBySignal(save_on_signal.stopped_by)
         if not extra.bench_json:  # a benchmark does not need (say) 5.7 GB of t5-3b weights on disk
-            trainer.save_model()  # stage3_gather_16bit_weights_on_model_save in the shipped ZeRO-3 configs
+            # stage3_gather_16bit_weights_on_model_save in the shipped ZeRO-3 configs
+            save_final_model(trainer, out_dir, ledger)
         metrics = dict(train_result.metrics)
         metrics["train_samples"] = len(datasets["train"])
         metrics["wall_s"] = round(time.perf_counter() - t0, 3)
@@ -432,7 +463,14 @@ def main(argv=None) -> int:
     try:
         parsed = parse_args(sys.argv[1:] if argv is None else argv, profile_settings)
         run(parsed)
-    except (ArgsError, DataError, DeepSpeedConfigError, RunError, PrecisionError, NoProfileFits) as err:
+    except (ArgsError, DataError, DeepSpeedConfigError, RunError, PrecisionError, NoProfileFits, CheckpointError,
+            OutputDirError) as err:
         print(f"t5-deepspeed: error: {err}", file=sys.stderr)
         return 2
+    except StoppedBySignal as stop:
+        return 128 + stop.signum
+    except KeyboardInterrupt:  # a second Ctrl-C while the first one's save runs: stop now, say so
+        print("t5-deepspeed: interrupted again: stopped without saving; resume from the last complete checkpoint "
+              "with --resume_from_checkpoint latest", file=sys.stderr)
+        return 128 + signal.SIGINT
     return 0
