@@ -33,14 +33,20 @@ def tiny_model_dir(tmp_path_factory):
     return out
 
 
-def run_cli(args, cwd=None, timeout=240):
-    """Run `python -m t5_deepspeed ARGS` on CPU; return the CompletedProcess (text)."""
+def cli_env() -> dict:
+    """The environment of a CPU run of the CLI: offline, no GPU, no rendezvous left from this process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TORCH_EXTENSIONS_DIR": EXT_DIR, "CUDA_VISIBLE_DEVICES": "",
            "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "2", "TOKENIZERS_PARALLELISM": "false"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
-    return subprocess.run([sys.executable, "-m", "t5_deepspeed", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return env
+
+
+def run_cli(args, cwd=None, timeout=240, **kwargs):
+    """Run `python -m t5_deepspeed ARGS` on CPU; return the CompletedProcess (text)."""
+    kwargs.setdefault("env", cli_env())
+    return subprocess.run([sys.executable, "-m", "t5_deepspeed", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 @pytest.fixture

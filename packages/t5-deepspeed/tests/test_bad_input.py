@@ -1,9 +1,12 @@
 """Bad input fails at start-up with one line naming the file, key or name (exit code 2)."""
 
 import json
+from pathlib import Path
 
 import pytest
 from t5_deepspeed.cli import main
+
+from .conftest import cli_env
 
 
 @pytest.fixture
@@ -54,3 +57,80 @@ def test_removed_argument(base, capsys):
 def test_fp16_on_cpu_for_non_t5_is_refused_clearly(base, capsys):
     err = _one_line_error(capsys, base + ["--fp16", "--force_fp16"])
     assert "fp16 is not supported on CPU" in err
+
+
+# Issue 12, item 7: each of these was a traceback; now one line, exit 2, nothing written.
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("--per_device_train_batch_size", "-4", "--per_device_train_batch_size must be a positive integer, got -4"),
+    ("--learning_rate", "-0.001", "--learning_rate must be > 0, got -0.001"),
+    ("--learning_rate=-1e-3", None, "--learning_rate must be > 0, got -0.001"),
+])
+def test_negative_batch_size_or_lr(base, capsys, tmp_path, flag, value, says):
+    err = _one_line_error(capsys, base + ([flag, value] if value is not None else [flag]))
+    assert says in err and not (tmp_path / "out").exists()
+
+
+def test_non_utf8_training_file_names_file_line_and_byte(base, capsys, tmp_path):
+    f = tmp_path / "latin1.jsonl"
+    good = json.dumps({"translation": {"en": "The book.", "ro": "Cartea."}}).encode() + b"\n"
+    latin1 = b'{"translation": {"en": "The table.", "ro": "Mas\xe3."}}\n'  # "Masă" in Latin-1/CP1250
+    f.write_bytes(good + latin1)
+    argv = base.copy()
+    argv[argv.index("--train_file") + 1] = str(f)
+    err = _one_line_error(capsys, argv)
+    offset = len(good) + latin1.index(b"\xe3")
+    assert f"{f}:2: not UTF-8 (byte 0xe3 at byte offset {offset} of the file)" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_hardware_profile_lists_the_shipped_ones(base, capsys, tmp_path):
+    err = _one_line_error(capsys, base + ["--hardware_profile", "rtx9090-64g"])
+    assert "unknown profile 'rtx9090-64g'" in err and all(p in err for p in ("cpu", "rtx4080s-16g", "h100-80g"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_dir_that_is_a_file(base, capsys, tmp_path):
+    f = tmp_path / "out"
+    f.write_text("a file")
+    err = _one_line_error(capsys, base)
+    assert f"--output_dir {f} is a file, not a directory" in err and f.read_text() == "a file"
+
+
+def _read_only_runner(directory: Path) -> list[str]:
+    """A command prefix under which `directory` cannot be written: a chmod for a normal user; for root
+    (whom a chmod does not stop) a read-only bind mount in a private mount namespace."""
+    import os
+    import subprocess
+
+    directory.chmod(0o555)
+    if os.geteuid() != 0:
+        return []
+    remount = 'mount --bind "$1" "$1" && mount -o remount,bind,ro "$1"'
+    try:
+        probe = subprocess.run(["unshare", "-m", "sh", "-c", remount, "sh", str(directory)], capture_output=True)
+    except FileNotFoundError:
+        pytest.skip("running as root without unshare(1): cannot make a directory read-only for root")
+    if probe.returncode != 0:
+        pytest.skip(f"running as root and cannot bind-mount read-only: {probe.stderr.decode().strip()[:200]}")
+    return ["unshare", "-m", "sh", "-c", remount + ' && shift && exec "$@"', "sh", str(directory)]
+
+
+def test_read_only_output_dir(data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    read_only = tmp_path / "ro"
+    read_only.mkdir()
+    try:
+        prefix = _read_only_runner(read_only)
+        r = subprocess.run(prefix + [sys.executable, "-m", "t5_deepspeed", "--config_name", "tiny-t5", "--train_file",
+                                     str(data_dir / "en-ro.train.jsonl"), "--source_lang", "en", "--target_lang", "ro",
+                                     "--do_train", "--output_dir", str(read_only / "out")],
+                           env=cli_env(), capture_output=True, text=True, timeout=240)
+        assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+        assert r.stderr.strip().count("\n") == 0, r.stderr
+        assert f"--output_dir {read_only / 'out'} cannot be created ({read_only} is not writable)" in r.stderr
+        assert list(read_only.iterdir()) == []
+    finally:
+        read_only.chmod(0o755)

@@ -112,11 +112,13 @@ def test_users_commands_run(name, cli, data_dir, tiny_model_dir, tmp_path):
     argv += ["--train_file", train16, "--validation_file", data_dir / "en-ro.validation.jsonl",
              "--test_file", data_dir / "en-ro.test.jsonl", "--val_max_target_length", "12", "--save_strategy", "no"]
     (tmp_path / "output_dir").mkdir()
-    (tmp_path / "output_dir" / "stale.txt").write_text("from an earlier run")  # --overwrite_output_dir clears it
+    # not written by t5-deepspeed, so --overwrite_output_dir keeps it and says so
+    (tmp_path / "output_dir" / "stale.txt").write_text("the user's file")
     r = cli(argv, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     out = tmp_path / "output_dir"
-    assert not (out / "stale.txt").exists() and "--overwrite_output_dir: cleared 1 entries" in r.stdout
+    assert (out / "stale.txt").read_text() == "the user's file"
+    assert "--overwrite_output_dir: removed nothing from output_dir (t5-deepspeed wrote none of it); kept 1" in r.stdout
     assert (out / "model.safetensors").is_file() and (out / "train_results.json").is_file()
     if "--fp16" in argv:
         # CPU has no fp16; T5 + --fp16 becomes bf16 with the reason in the log
@@ -139,7 +141,8 @@ def test_output_dir_refused_without_overwrite(cli, data_dir, tmp_path):
     r = cli(["--config_name", "tiny-t5", "--train_file", data_dir / "en-ro.train.jsonl", "--source_lang", "en",
              "--target_lang", "ro", "--do_train", "--output_dir", out])
     assert r.returncode == 2 and (out / "keep.txt").exists()
-    assert r.stderr.strip().count("\n") == 0 and "not empty; pass --overwrite_output_dir" in r.stderr
+    assert r.stderr.strip().count("\n") == 0 and f"output dir {out} is not empty (keep.txt)" in r.stderr
+    assert "--resume_from_checkpoint latest" in r.stderr and "--overwrite_output_dir" in r.stderr
 
 
 @pytest.mark.parametrize("launcher", ["deepspeed", "accelerate"])
