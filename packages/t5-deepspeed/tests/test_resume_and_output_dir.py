@@ -196,3 +196,21 @@ def test_overwrite_refuses_to_write_over_a_file_it_did_not_write(data_dir, inter
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "holds model.safetensors, not written by this program" in err
     assert _tree(out) == before
+
+
+def test_sigterm_asks_for_a_save_and_a_stop_after_the_step():
+    """The SIGTERM half of the path the SIGINT run above takes (a real signal, core's StopFlag)."""
+    import os
+
+    from t5_deepspeed.trainer import SaveOnSignalCallback
+    from trainstack.loop import StopFlag
+    from transformers import TrainerControl, TrainerState
+
+    flag = StopFlag()
+    callback, control = SaveOnSignalCallback(flag), TrainerControl()
+    with flag:
+        callback.on_step_end(None, TrainerState(), control)
+        assert not control.should_save and not control.should_training_stop
+        os.kill(os.getpid(), signal.SIGTERM)
+        callback.on_step_end(None, TrainerState(), control)
+    assert control.should_save and control.should_training_stop and callback.stopped_by == signal.SIGTERM

@@ -69,7 +69,8 @@ class ExtraArguments:
     force_fp16: bool = field(default=False, metadata={
         "help": "Run T5 in fp16 as asked (it overflows to NaN in fp16; without this --fp16 becomes bf16)."})
     overwrite_output_dir: bool = field(default=False, metadata={
-        "help": "Removed from transformers 5; here: delete the contents of a non-empty --output_dir first."})
+        "help": "Removed from transformers 5; here: remove from a non-empty --output_dir what t5-deepspeed wrote "
+                "there (recorded in t5-deepspeed-outputs.json), keeping every other file."})
     hardware_profile: str | None = field(default=None, metadata={
         "help": "Shipped profile name, a YAML path, or 'auto': its settings become defaults."})
     log_jsonl: bool = field(default=True, metadata={"help": "Write OUTPUT_DIR/log.jsonl."})
@@ -153,6 +154,10 @@ def build_parser():
 
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, ExtraArguments),
                               prog="t5-deepspeed", description=__doc__.splitlines()[0])
+    for action in parser._actions:
+        if action.dest == "resume_from_checkpoint":  # our meaning: only when asked, only complete ones
+            action.help = ("'latest' (the newest complete checkpoint-N in --output_dir) or a checkpoint dir. "
+                           "Without it nothing is resumed.")
     return parser
 
 
