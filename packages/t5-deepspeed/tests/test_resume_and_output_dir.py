@@ -201,16 +201,17 @@ def test_overwrite_refuses_to_write_over_a_file_it_did_not_write(data_dir, inter
 def test_sigterm_asks_for_a_save_and_a_stop_after_the_step():
     """The SIGTERM half of the path the SIGINT run above takes (a real signal, core's StopFlag)."""
     import os
+    from types import SimpleNamespace
 
     from t5_deepspeed.trainer import SaveOnSignalCallback
     from trainstack.loop import StopFlag
     from transformers import TrainerControl, TrainerState
 
-    flag = StopFlag()
+    flag, args = StopFlag(), SimpleNamespace(device="cpu")
     callback, control = SaveOnSignalCallback(flag), TrainerControl()
     with flag:
-        callback.on_step_end(None, TrainerState(), control)
+        callback.on_step_end(args, TrainerState(), control)
         assert not control.should_save and not control.should_training_stop
         os.kill(os.getpid(), signal.SIGTERM)
-        callback.on_step_end(None, TrainerState(), control)
+        callback.on_step_end(args, TrainerState(), control)
     assert control.should_save and control.should_training_stop and callback.stopped_by == signal.SIGTERM

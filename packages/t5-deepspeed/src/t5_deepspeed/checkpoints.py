@@ -61,9 +61,10 @@ def why_incomplete(path: Path) -> str | None:
     if not marker.is_file():
         return "no completion marker (its save was interrupted, or another program wrote it)"
     try:
-        manifest = json.loads(marker.read_text(encoding="utf-8"))
-        files = manifest["files"]
+        files = json.loads(marker.read_text(encoding="utf-8"))["files"]
     except (OSError, ValueError, KeyError, TypeError):
+        files = None
+    if not isinstance(files, dict):
         return f"unreadable {COMPLETE_MARKER}"
     for rel, size in files.items():
         f = path / rel
@@ -179,8 +180,9 @@ def check_pickles_are_plain(ckpt: Path) -> None:
                     raise CheckpointError(f"cannot read {f}: {first}") from None
                 if unsafe:
                     raise CheckpointError(
-                        f"{f} asks to unpickle {', '.join(unsafe[:3])}, which is not checkpoint state; "
-                        "t5-deepspeed does not load it (it runs code). Resume only checkpoints you trust")
+                        f"{f} asks to unpickle {', '.join(unsafe[:3])}, which is outside what a checkpoint holds "
+                        "(tensors, numbers, DeepSpeed's ZeRO stage, loss scaler, fragment address); t5-deepspeed "
+                        "does not load it, as unpickling it could run code. Resume only checkpoints you trust")
 
 
 def _torch_loads_safely() -> bool:

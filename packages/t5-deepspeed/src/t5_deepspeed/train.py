@@ -339,7 +339,7 @@ def run(parsed: ParsedArgs) -> dict:
     from transformers import DataCollatorForSeq2Seq
 
     from .callbacks import BenchCallback, JsonlLogCallback, TokenCountingCollator
-    from .trainer import CompleteCheckpointsTrainer, SaveOnSignalCallback
+    from .trainer import CompleteCheckpointsTrainer, SaveOnSignalCallback, agreed_signal
 
     label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
     collator = DataCollatorForSeq2Seq(
@@ -422,6 +422,11 @@ def run(parsed: ParsedArgs) -> dict:
             resolved = trainer.accelerator.state.deepspeed_plugin.deepspeed_config
             (out_dir / "ds_config.resolved.json").write_text(json.dumps(resolved, indent=2, default=str))
         results["train"] = metrics
+        late_signal = agreed_signal(stop_flag.signum, args.device)
+        if late_signal:  # came after the last step: training is done and saved
+            log.warning("stopped by %s after training finished: the final model is saved; eval and predict skipped",
+                        signal.Signals(late_signal).name)
+            raise StoppedBySignal(late_signal)
 
     # 11. evaluate and predict with generate
     if args.do_eval:
@@ -469,8 +474,8 @@ def main(argv=None) -> int:
         return 2
     except StoppedBySignal as stop:
         return 128 + stop.signum
-    except KeyboardInterrupt:  # a second Ctrl-C while the first one's save runs: stop now, say so
-        print("t5-deepspeed: interrupted again: stopped without saving; resume from the last complete checkpoint "
-              "with --resume_from_checkpoint latest", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C during training, or one outside it: stop now, say so
+        print("t5-deepspeed: interrupted: stopped without saving the current step; resume from the last complete "
+              "checkpoint with --resume_from_checkpoint latest", file=sys.stderr)
         return 128 + signal.SIGINT
     return 0

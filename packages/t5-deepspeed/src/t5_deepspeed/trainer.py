@@ -81,24 +81,31 @@ class CompleteCheckpointsTrainer(Seq2SeqTrainer):
                     shutil.rmtree(ckpt, ignore_errors=True)
 
 
+def agreed_signal(signum: int | None, device) -> int:
+    """The signal any rank received (0 for none): ranks must take the same branch, since saving and
+    evaluating are collective under DeepSpeed."""
+    import torch.distributed as dist
+
+    signum = signum or 0
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        import torch
+
+        flag = torch.tensor([signum], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        signum = int(flag.item())
+    return signum
+
+
 class SaveOnSignalCallback(TrainerCallback):
     """SIGINT/SIGTERM (caught by core's StopFlag) end training after the current optimizer step, with a
-    checkpoint. Ranks agree on the stop at every step, since saving is collective under DeepSpeed."""
+    checkpoint. Checked at every step end, on every rank."""
 
     def __init__(self, stop_flag):
         self.stop_flag = stop_flag
         self.stopped_by: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        signum = self.stop_flag.signum or 0
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            import torch
-
-            flag = torch.tensor([signum], device=args.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            signum = int(flag.item())
+        signum = agreed_signal(self.stop_flag.signum, args.device)
         if signum:
             self.stopped_by = signum
             control.should_save = True
