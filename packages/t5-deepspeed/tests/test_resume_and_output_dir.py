@@ -40,6 +40,18 @@ def _losses(out) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in _logged(out) if "loss" in r}
 
 
+def _last_logged_step(out) -> int:
+    """Read while the run writes: a line being written is not complete JSON yet, and is skipped."""
+    steps = [0]
+    if (out / "log.jsonl").is_file():
+        for line in (out / "log.jsonl").read_text(encoding="utf-8").splitlines():
+            try:
+                steps.append(json.loads(line)["step"])
+            except (ValueError, KeyError):
+                pass
+    return max(steps)
+
+
 def _tree(path) -> dict:
     """Every file under path with its size and mtime: 'nothing was written' means this is unchanged."""
     return {str(p.relative_to(path)): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))}
@@ -54,7 +66,7 @@ def interrupted(data_dir, tmp_path_factory):
                             env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
-        if (out / "log.jsonl").is_file() and max(_losses(out), default=0) >= 3:
+        if _last_logged_step(out) >= 3:
             proc.send_signal(signal.SIGINT)
             break
         time.sleep(0.05)

@@ -70,8 +70,9 @@ class OutputLedger:
                 self._write(current | set(names))
 
     def forget(self, names) -> None:
-        if self.writer:
-            self._write(self.names() - set(names))
+        names = set(names)
+        if self.writer and self.names() & names:
+            self._write(self.names() - names)
 
 
 def result_files(training: dict, extra) -> set[str]:

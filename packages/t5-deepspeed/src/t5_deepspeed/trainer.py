@@ -60,6 +60,8 @@ class CompleteCheckpointsTrainer(Seq2SeqTrainer):
             write_manifest(ckpt, self.state.global_step, parameter_shapes(self.model), __version__)
             if previous.exists():
                 shutil.rmtree(previous)
+            if self.output_ledger is not None:
+                self.output_ledger.forget([previous.name])
             self._prune(run_dir, ckpt)
 
     def _prune(self, run_dir: Path, newest: Path) -> None:
@@ -67,18 +69,20 @@ class CompleteCheckpointsTrainer(Seq2SeqTrainer):
         checkpoint is complete), then complete ones beyond save_total_limit, keeping the best one."""
         keep = self.args.save_total_limit
         best = self.state.best_model_checkpoint
-        complete = []
+        complete, removed = [], []
         for ckpt in checkpoints_in(run_dir):
             if ckpt.name.endswith(PREVIOUS_SUFFIX) and why_incomplete(ckpt.with_name(ckpt.name[:-len(PREVIOUS_SUFFIX)])) is None:
-                shutil.rmtree(ckpt, ignore_errors=True)
+                removed.append(ckpt)
             elif why_incomplete(ckpt) is None:
                 complete.append(ckpt)
             elif checkpoint_step(ckpt) < checkpoint_step(newest):
-                shutil.rmtree(ckpt, ignore_errors=True)
+                removed.append(ckpt)
         if keep:
-            for ckpt in complete[keep:]:
-                if best is None or Path(best).resolve() != ckpt.resolve():
-                    shutil.rmtree(ckpt, ignore_errors=True)
+            removed += [c for c in complete[keep:] if best is None or Path(best).resolve() != c.resolve()]
+        for ckpt in removed:
+            shutil.rmtree(ckpt, ignore_errors=True)
+        if removed and self.output_ledger is not None:
+            self.output_ledger.forget(c.name for c in removed)
 
 
 def agreed_signal(signum: int | None, device) -> int:
