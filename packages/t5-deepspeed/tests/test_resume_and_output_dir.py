@@ -126,7 +126,7 @@ def test_half_written_newest_checkpoint_falls_back_to_the_previous(data_dir, int
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
     r = run_cli(_args(data_dir, out, 3) + ["--resume_from_checkpoint", "latest"])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert f"checkpoint-{step} is incomplete (no completion marker" in r.stdout
+    assert f"checkpoint-{step} is incomplete: no completion marker" in r.stdout
     assert "resuming from the previous complete one, checkpoint-2" in r.stdout
     assert _losses(out)[3] == reference[3]
 

@@ -82,7 +82,7 @@ def latest_complete(output_dir: Path) -> tuple[Path | None, list[str]]:
         reason = why_incomplete(ckpt)
         if reason is None:
             return ckpt, skipped
-        skipped.append(f"{ckpt.name} is incomplete ({reason})")
+        skipped.append(f"{ckpt.name} is incomplete: {reason}")
     return None, skipped
 
 
