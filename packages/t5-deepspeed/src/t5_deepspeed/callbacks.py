@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -17,18 +16,6 @@ class JsonlLogCallback(TrainerCallback):
     def __init__(self, path):
         self.path = Path(path)
 
-    def resume_at(self, step: int) -> None:
-        """Drop records after `step` (what a stopped or crashed run logged past its checkpoint), so each
-        step appears once in the log of a resumed run."""
-        if not self.path.is_file():
-            return
-        lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-        kept = [line for line in lines if _step_of(line) <= step]
-        if len(kept) != len(lines):
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
-            os.replace(tmp, self.path)
-
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
@@ -38,13 +25,6 @@ class JsonlLogCallback(TrainerCallback):
             record[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-
-
-def _step_of(line: str) -> float:
-    try:
-        return json.loads(line)["step"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf  # a torn last line from a crash: dropped with the steps after the checkpoint
 
 
 class TokenCountingCollator:

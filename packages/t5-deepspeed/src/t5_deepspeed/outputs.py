@@ -91,20 +91,6 @@ def result_files(training: dict, extra) -> set[str]:
     return names
 
 
-def check_writable(out: Path) -> None:
-    """A file, or a directory this user cannot write, fails here in one line, before anything is written."""
-    if out.exists() and not out.is_dir():
-        raise OutputDirError(f"--output_dir {out} is a file, not a directory; pass a directory (it is created if missing)")
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputDirError(f"--output_dir {out} cannot be created: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        what = "is not writable" if existing == out else f"cannot be created ({existing} is not writable)"
-        raise OutputDirError(f"--output_dir {out} {what}; choose a directory you can write to")
-
-
 @dataclass
 class OutputPlan:
     """What to remove from the output dir before the run writes (computed first, done after validation)."""
@@ -132,7 +118,9 @@ def plan_output_dir(out: Path, *, overwrite: bool, do_train: bool, resume: bool,
     Fresh training into a non-empty dir is refused unless --overwrite_output_dir (remove what we wrote)
     or a resume (continue writing). Eval/predict-only runs write their result files into any dir.
     """
-    check_writable(out)
+    from trainstack.config import check_writable_dir
+
+    check_writable_dir(out, "--output_dir")  # a file in the way or a read-only place: one line, nothing written
     plan = OutputPlan(out)
     if not out.is_dir() or not any(out.iterdir()) or not do_train:
         return plan

@@ -332,6 +332,10 @@ def run(parsed: ParsedArgs) -> dict:
 
     # 9. everything is checked: from here the run writes. First what --overwrite_output_dir removes
     # (only what this program wrote), then the record of the names this run writes, then the trainer.
+    from trainstack.config import make_run_dir
+
+    if is_main_process():
+        make_run_dir(out_dir, "--output_dir")  # the first write: a failure here is one line too
     apply_plan(output_plan, ledger)
     ledger.record(*result_files(training, extra))
 
@@ -370,10 +374,12 @@ def run(parsed: ParsedArgs) -> dict:
     save_on_signal = SaveOnSignalCallback(stop_flag)
     callbacks = [save_on_signal]
     if extra.log_jsonl:
-        jsonl_log = JsonlLogCallback(Path(args.output_dir) / "log.jsonl")
         if resume_ckpt is not None and is_main_process():
-            jsonl_log.resume_at(checkpoint_step(resume_ckpt) or 0)
-        callbacks.append(jsonl_log)
+            from trainstack.loop import truncate_log
+
+            # what a stopped or crashed run logged past its checkpoint goes: each step once in the log
+            truncate_log(out_dir / "log.jsonl", checkpoint_step(resume_ckpt) or 0)
+        callbacks.append(JsonlLogCallback(out_dir / "log.jsonl"))
     bench_cb = None
     if extra.bench_json:
         bench_cb = BenchCallback(collator, extra.bench_warmup_steps, extra.bench_json, precision.name, n_params)
@@ -459,6 +465,7 @@ def run(parsed: ParsedArgs) -> dict:
 
 
 def main(argv=None) -> int:
+    from trainstack.config import ConfigError
     from trainstack.hardware import NoProfileFits
     from trainstack.precision import PrecisionError
 
@@ -469,7 +476,7 @@ def main(argv=None) -> int:
         parsed = parse_args(sys.argv[1:] if argv is None else argv, profile_settings)
         run(parsed)
     except (ArgsError, DataError, DeepSpeedConfigError, RunError, PrecisionError, NoProfileFits, CheckpointError,
-            OutputDirError) as err:
+            OutputDirError, ConfigError) as err:
         print(f"t5-deepspeed: error: {err}", file=sys.stderr)
         return 2
     except StoppedBySignal as stop:
