@@ -137,7 +137,7 @@ def test_a_used_run_dir_is_refused_overwrite_starts_over_and_resume_checks_the_d
     config_before = (run / "config.yaml").read_text()
     capsys.readouterr()
 
-    assert main(["train", *quick, "seed=3"]) == 1  # a fresh start over that run
+    assert main(["train", *quick, "seed=3"]) == 2  # a fresh start over that run
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "already holds checkpoints" in err and "overwrite=true" in err
     assert f"hlbd train --resume run_dir={run}" in err
@@ -151,7 +151,7 @@ def test_a_used_run_dir_is_refused_overwrite_starts_over_and_resume_checks_the_d
     text = bundled_sample_path().read_text(encoding="utf-8")
     other.write_text(text.replace("hand-written sample", "hand-written copy"), encoding="utf-8")  # same pairs
     capsys.readouterr()
-    assert main(["train", "--resume", "--data", str(other), f"run_dir={run}", "epochs=2", "--no-progress"]) == 1
+    assert main(["train", "--resume", "--data", str(other), f"run_dir={run}", "epochs=2", "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "cannot resume: data is" in err, err
     assert main(["train", "--resume", "--data", str(other), f"run_dir={run}", "epochs=2",
