@@ -141,12 +141,12 @@ def resume_target(resume: str | None, run_dir: Path) -> bool | Path:
     if resume == "latest":
         root = run_dir / "checkpoints"
         if latest_checkpoint(root) is None:
-            raise ConfigError(f"--resume: no complete checkpoint in {root}; check --run-dir, or drop --resume to "
-                              "start fresh")
+            raise ConfigError(f"--resume: no checkpoint in {root} (none complete); check --run-dir, or drop "
+                              "--resume to start fresh")
         return True
     path = Path(resume)
     if read_manifest(path) is None:
-        raise ConfigError(f"--resume {resume}: not a complete checkpoint (expected a directory like "
+        raise ConfigError(f"--resume {resume}: not a checkpoint, or not a complete one (expected a directory like "
                           f"{run_dir / 'checkpoints' / 'step-N'} holding manifest.json)")
     return path
 
