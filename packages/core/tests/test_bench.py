@@ -85,3 +85,58 @@ def test_compare_counts_a_package_timed_gpu_result_as_gpu():
     on_gpu = json.loads(compare([manual("a", "NVIDIA H100 80GB HBM3"), manual("b", "cpu")], baseline="b").splitlines()[-1])
     on_cpu = json.loads(compare([manual("a", "cpu"), manual("b", "cpu")], baseline="b").splitlines()[-1])
     assert on_gpu["cpu_figures"] is False and on_cpu["cpu_figures"] is True
+
+
+def _fixed_shape_batches(n: int):
+    # one input shape, so the compiled step compiles once
+    import _toy
+
+    g = torch.Generator().manual_seed(7)
+    return _toy.ListBatches({"ids": torch.randint(1, _toy.VOCAB, (8, 12), generator=g), "mask": torch.ones(8, 12)}
+                            for _ in range(n))
+
+
+@pytest.mark.parametrize("path", ["eager", "compiled"])
+def test_fit_step_takes_the_steps_fit_takes(tmp_path, path):
+    """FitStep is what package benches time: N calls must leave the weights that N steps of fit leave
+    (dropout on, accumulation 2, clipping, a warmup schedule), eager and on the fast path (compiled,
+    aot_eager on CPU), or a bench measures another loop."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import _toy
+    from trainstack.bench import FitStep
+    from trainstack.loop import LoopConfig, fit
+    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.precision import resolve_precision
+    from trainstack.speed import Speed
+
+    speed = None if path == "eager" else Speed(compile=True, cuda_graphs=False, compile_mode="default",
+                                                compile_backend="aot_eager", warmup_runs=1, length_buckets="pow2",
+                                                reason="test")
+    cfg = LoopConfig(max_steps=5, grad_accum_steps=2, max_grad_norm=0.05, log_every_steps=1, seed=3,
+                     tensorboard=False)
+
+    def parts():
+        torch.manual_seed(0)
+        model = _toy.Toy()
+        opt = build_optimizer(model, "adamw", lr=3e-2, weight_decay=0.1)
+        batches = _toy.make_batches("tokens") if speed is None else _fixed_shape_batches(10)
+        return model, opt, build_scheduler(opt, "cosine", warmup_steps=2, total_steps=5), batches
+
+    model, opt, sched, batches = parts()
+    fit(model=model, optimizer=opt, scheduler=sched, train_batches=batches, loss_fn=_toy.loss_fn, config=cfg,
+        run_dir=tmp_path, precision=resolve_precision("fp32"), progress=False, speed=speed)
+    model2, opt2, sched2, batches2 = parts()
+    step = FitStep(model=model2, optimizer=opt2, scheduler=sched2, train_batches=batches2, loss_fn=_toy.loss_fn,
+                   config=cfg, precision=resolve_precision("fp32"), speed=speed)
+    for _ in range(5):
+        step()
+    for (name, a), b in zip(model.named_parameters(), model2.parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert sched2.last_epoch == 5 and len(step.samples) == 5 and all(s > 0 for s in step.samples)
+    assert step.real_tokens_of(0) > 0
+    assert (step.train_step is None) == (speed is None)
+    if speed is not None:  # (fit compiled the graph FitStep reuses: dynamo caches it per code object)
+        assert step.stats["recompiles"] == 0 and step.stats["first_step_seconds"] > 0

@@ -138,3 +138,35 @@ def test_scheduler_drives_optimizer_lr_and_pickles():
     pickle.dumps(sched.state_dict())
     with pytest.raises(ValueError):
         build_scheduler(opt, "nope", 0, 10)
+
+
+def test_describe_optimizer_names_the_kernel_that_runs():
+    from trainstack.optim import describe_optimizer
+
+    m = nn.Linear(4, 4)
+    assert describe_optimizer(torch.optim.AdamW(m.parameters(), fused=True)) == \
+        "torch.optim.AdamW fused (parameters on cpu)"
+    assert describe_optimizer(torch.optim.AdamW(m.parameters(), foreach=True)).startswith("torch.optim.AdamW foreach")
+    # foreach=None is torch's choice at step time: the per-tensor loop for CPU parameters. This is what
+    # build_optimizer gets when the model is still on the CPU while the run is meant for a GPU.
+    assert describe_optimizer(build_optimizer(m, "adamw")) == "torch.optim.AdamW for-loop (parameters on cpu)"
+    assert describe_optimizer(build_optimizer(m, "adam", fused=True)).startswith("torch.optim.Adam fused")
+
+
+def test_describe_optimizer_looks_through_wrappers_and_names_other_libraries():
+    from accelerate import Accelerator
+    from trainstack.optim import describe_optimizer
+
+    m = nn.Linear(4, 4)
+    inner = torch.optim.AdamW(m.parameters(), fused=True)
+    wrapped = Accelerator(cpu=True).prepare(inner)
+    assert wrapped is not inner and describe_optimizer(wrapped) == describe_optimizer(inner)
+    # Stand-ins with the real classes' module paths: neither library runs on this CPU-only host.
+    bnb = type("AdamW8bit", (), {"__module__": "bitsandbytes.optim.adamw"})()
+    assert describe_optimizer(bnb) == "bitsandbytes AdamW8bit (8-bit states)"
+    zero = type("DeepSpeedZeroOptimizer", (), {"__module__": "deepspeed.runtime.zero.stage_1_and_2"})()
+    zero.optimizer = inner
+    assert describe_optimizer(zero) == ("DeepSpeed's DeepSpeedZeroOptimizer over torch.optim.AdamW fused "
+                                        "(parameters on cpu)")
+    fused_adam = type("FusedAdam", (), {"__module__": "deepspeed.ops.adam.fused_adam"})()
+    assert describe_optimizer(fused_adam) == "DeepSpeed's FusedAdam"

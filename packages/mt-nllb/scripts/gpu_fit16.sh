@@ -26,9 +26,9 @@ mkdir -p "$OUT"
 if [[ "${FIT16_TINY:-0}" == 1 ]]; then ARCH=tiny LEN=64; else ARCH=nllb-600m LEN=256; fi
 VARIANTS="${FIT16_VARIANTS:-rtx4080s-16g,rtx4080s-16g-adamw-uncapped}"
 
-# 1 warm-up + 2 timed optimizer steps of 4 micro-batches of 24: 288 pairs are used; a variant that
+# 1 warm-up + 2 timed optimizer steps of 4 micro-batches of 24: 288 pairs, one epoch of full batches; a variant that
 # runs out of memory is recorded in fit16.json and does not stop the others (bench exits 1 then).
-"$PY" -m mt_nllb bench --model-config "$ARCH" --only "$VARIANTS" --fixed-length "$LEN" --pairs 320 \
+"$PY" -m mt_nllb bench --model-config "$ARCH" --only "$VARIANTS" --fixed-length "$LEN" --pairs 288 \
   --warmup-steps 1 --timed-steps 2 --out "$OUT/fit16.json" 2>&1 | tee "$OUT/fit16.log" || true
 
 # The estimate for every GPU profile (mt-nllb profiles --memory) and the verdict, in one process.

@@ -13,7 +13,7 @@ def test_synthetic_lengths_follow_the_stated_distribution():
 
 def test_bench_ours_and_profile_variant_on_cpu(tmp_path, capsys):
     out = tmp_path / "b.json"
-    rc = main(["--model-config", "tiny", "--only", "ours,rtx4080s-16g-adamw", "--pairs", "300", "--fixed-length", "40", "--warmup-steps", "1",
+    rc = main(["--model-config", "tiny", "--only", "ours,rtx4080s-16g-adamw", "--pairs", "288", "--fixed-length", "40", "--warmup-steps", "1",
                "--timed-steps", "1", "--out", str(out)])
     text = capsys.readouterr().out
     assert rc == 0, text

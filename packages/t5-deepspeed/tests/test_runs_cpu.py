@@ -63,6 +63,8 @@ def test_zero2_trains_predicts_saves(cli, data_dir, tmp_path):
     out = tmp_path / "z2"
     r = _train_predict(cli, data_dir, out, 2)
     assert "ZeRO-2" in r.stdout and "precision: fp32" in r.stdout
+    # which optimizer ran: DeepSpeed's ZeRO-2 wrapper over the Trainer's AdamW (issue 11)
+    assert "optimizer: DeepSpeed's DeepSpeedZeroOptimizer over torch.optim.AdamW" in r.stdout
     assert _check_metrics_and_logs(out)["zero_optimization"]["stage"] == 2
     _check_checkpoint_loads_without_deepspeed(out)
 

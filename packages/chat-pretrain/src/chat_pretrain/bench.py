@@ -12,8 +12,11 @@ The users' loop (ChatLM-mini-Chinese trainer, as described in SEEDS.md and issue
 parquet table loaded into RAM, random batches of `batch_size` rows padded to their longest row (or
 to max_seq_len with --users-pad max_length), no length bucketing, `loss.item()` every micro-step,
 gradients all-reduced on every micro-step (no no_sync), transformers' Adafactor with relative steps
-(its lr is ignored). Ours: streamed token-budget batches (bucketed by length), fused AdamW with
-warmup + cosine, no_sync on non-final micro-steps, no host sync per micro-step.
+(its lr is ignored). Ours: what `chat-pretrain train --config NAME data.train_files=[DATA]
+tokenizer.path=TOK` runs, built by the same train.py functions (streamed token-budget batches
+bucketed by length, AdamW built on the GPU so fused, the config's warmup + cosine over the run's
+estimated length) and stepped by core's FitStep (fit's no_sync on non-final micro-steps, no host
+sync per micro-step).
 
 Both arms use the same T5 (same seed, same attention implementation unless --users-attn eager), the
 same fixed tokenizer, the same token-level truncation, and the same precision. Tokens are real
@@ -50,75 +53,57 @@ def _dist_max(x: float, accelerator) -> float:
 
 
 def run_arm(arm: str, args, cfg) -> dict:
+    """One arm on ``cfg`` (the train config, with data.train_files = [--data] and tokenizer.path =
+    --tokenizer). Ours is `chat-pretrain train`'s setup, built by the same train.py functions and
+    stepped by core's FitStep (fit's micro-steps, no_sync, clipping, schedule)."""
     import numpy as np
     import pyarrow.parquet as pq
     from accelerate import Accelerator
-    from trainstack.bench import time_steps
+    from trainstack.bench import FitStep, time_steps
     from trainstack.hardware import detect_hardware
-    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.optim import describe_optimizer
     from trainstack.precision import apply_precision, resolve_precision
 
-    from chat_pretrain.data import PromptResponseBatches, collate, tokenize_pairs
+    from chat_pretrain import train as T
+    from chat_pretrain.data import collate, tokenize_pairs
     from chat_pretrain.model import build_model, count_params, flops_per_token
-    from chat_pretrain.tokenizer import load_tokenizer
 
     precision = resolve_precision(cfg.precision, detect_hardware())
     apply_precision(precision)
     # cpu=True on a CPU host: accelerate only sets up gloo for several CPU processes when told so.
     accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision, cpu=not torch.cuda.is_available())
-    tok = load_tokenizer(args.tokenizer)
-    torch.manual_seed(cfg.seed)
-    attn = args.users_attn if (arm == "users" and args.users_attn) else cfg.model.attn_implementation
-    model, how = build_model(cfg.model.name, tok.vocab_size, tok.pad_id, tok.eos_id, attn, cfg.model.dropout_rate)
-    fpt = flops_per_token(model, cfg.data.max_seq_len) / 2
+    tok = T.build_tokenizer(cfg)
     accum = cfg.grad_accum_steps
     real_tokens: list[int] = []
     samples: list[int] = []
+    optimizer_impl = None
 
     if arm == "ours":
-        model = model.to(accelerator.device)
-        optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                    betas=cfg.optim.betas)
-        scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, 10**6)
-        model, optimizer = accelerator.prepare(model, optimizer)
-        batches = PromptResponseBatches([args.data], tok.tokenizer, cfg.data, pad_id=tok.pad_id, eos_id=tok.eos_id,
-                                        seed=cfg.seed, rank=accelerator.process_index,
-                                        world_size=accelerator.num_processes)
+        model, how = T.build_training_model(cfg, tok, accelerator.device)
+        batches = T.build_train_batches(cfg, tok, rank=accelerator.process_index, world_size=accelerator.num_processes)
+        _, total_steps = T.schedule_steps(cfg, batches)
+        optimizer, scheduler = T.build_optimizer_and_scheduler(cfg, model, total_steps)
+        optimizer_impl = describe_optimizer(optimizer)
 
-        def endless():
-            epoch = 0
-            while True:
-                batches.set_epoch(epoch)
-                yield from batches
-                epoch += 1
+        def count_batch(b):
+            # Real rows and tokens, counted on the CPU copy (no device sync); a rank's filler batch in
+            # a bucket's last round trains nothing and counts nothing.
+            if b.get("is_padding", False):
+                return 0, 0
+            return int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum()), b["input_ids"].shape[0]
 
-        it = endless()
-
-        def step():
-            n_tok = n_rows = 0
-            for k in range(accum):
-                b = next(it)
-                padding = b.get("is_padding", False)  # a rank's filler in a bucket's last round
-                if not padding:
-                    # Counted on the CPU copy: no device sync.
-                    n_tok += int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum())
-                    n_rows += b["input_ids"].shape[0]
-                b = {key: b[key].to(accelerator.device, non_blocking=True)
-                     for key in ("input_ids", "attention_mask", "labels")}
-                sync = k == accum - 1
-                ctx = accelerator.no_sync(model) if not sync else _null()
-                with ctx, precision.autocast(accelerator.device.type):
-                    loss = model(**b).loss * (0.0 if padding else 1.0 / accum)
-                accelerator.backward(loss)
-            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            real_tokens.append(n_tok)
-            samples.append(n_rows)
+        fit_step = FitStep(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches,
+                           loss_fn=T.make_loss_fn(), config=T.build_loop_config(cfg), precision=precision,
+                           accelerator=accelerator, count_batch=count_batch)
+        model = fit_step.model
+        real_tokens, samples = fit_step.real_tokens, fit_step.samples
+        step = fit_step
     else:
         from transformers.optimization import Adafactor
 
+        torch.manual_seed(cfg.seed)
+        attn = args.users_attn or cfg.model.attn_implementation
+        model, how = build_model(cfg.model.name, tok.vocab_size, tok.pad_id, tok.eos_id, attn, cfg.model.dropout_rate)
         # The users' dataset: the whole table in RAM, rows indexed at random.
         table = pq.read_table(args.data, columns=[cfg.data.prompt_column, cfg.data.response_column])
         prompts = table.column(0).to_pylist()
@@ -150,6 +135,7 @@ def run_arm(arm: str, args, cfg) -> dict:
             real_tokens.append(n_tok)
             samples.append(n_rows)
 
+    fpt = flops_per_token(accelerator.unwrap_model(model), cfg.data.max_seq_len) / 2
     warmup = args.warmup
     if args.profile and accelerator.is_main_process:
         from torch.profiler import ProfilerActivity, profile
@@ -162,7 +148,7 @@ def run_arm(arm: str, args, cfg) -> dict:
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=12))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
-        del real_tokens[warmup:], samples[warmup:]
+        del real_tokens[warmup:], samples[warmup:]  # the profiled steps are not timed
         warmup = len(real_tokens)
         warmup_left = 0
     else:
@@ -180,19 +166,11 @@ def run_arm(arm: str, args, cfg) -> dict:
     out.update(seconds=seconds, real_tokens=int(tokens), samples=int(rows), tokens_per_s=tokens / seconds,
                samples_per_s=rows / seconds, mfu=(res.mfu * (tokens / seconds) / res.tokens_per_s / world)
                if res.mfu and res.tokens_per_s else res.mfu)
-    out["extra"] = dict(res.extra, world_size=world, peak_host_rss_gib=round(_dist_max(peak_rss_gib, accelerator), 3),
+    out["extra"] = dict(res.extra, world_size=world, optimizer=optimizer_impl, peak_host_rss_gib=round(_dist_max(peak_rss_gib, accelerator), 3),
                         model=how, params=count_params(accelerator.unwrap_model(model)),
                         precision=precision.name, attn=accelerator.unwrap_model(model).config._attn_implementation, grad_accum=accum, batch_size=cfg.data.batch_size,
                         max_seq_len=cfg.data.max_seq_len, users_pad=args.users_pad if arm == "users" else None)
     return out if accelerator.is_main_process else {}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 def main(argv: list[str]) -> int:
@@ -223,6 +201,8 @@ def main(argv: list[str]) -> int:
     except ConfigError as e:
         print(f"chat-pretrain bench: error: {e}", file=sys.stderr)
         return 2
+    # Ours trains on exactly what `chat-pretrain train ... data.train_files=[DATA] tokenizer.path=TOK` would.
+    cfg.data.train_files, cfg.tokenizer.path = [args.data], args.tokenizer
     if args.arm != "both":
         result = run_arm(args.arm, args, cfg)
         if result:

@@ -15,8 +15,10 @@
 Ctrl-C (SIGINT) or SIGTERM: a resumable checkpoint is saved, exit status 130 (one process: at the next
 micro-batch, a partly accumulated window is dropped and replayed on resume; several: after the step).
 
-Steps: config -> hardware and precision -> tokenizer -> model (SDPA when supported) -> streamed
-token-budget batches, every W-th to rank r -> AdamW + warmup/cosine (or Adafactor with the given lr) ->
+Steps: config -> hardware and precision -> tokenizer -> model (SDPA when supported), on its device ->
+streamed token-budget batches, every W-th to rank r -> AdamW + warmup/cosine, fused on CUDA (or Adafactor
+with the given lr; the line "optimizer: ..." says which runs) -> the build_* functions, which
+`chat-pretrain bench` times too ->
 core's fit (accelerate, no_sync on non-final micro-steps, checkpoints with the data position, keep-N
 best by BLEU) with evaluation = validation loss + BLEU-4 over the whole validation set.
 """
@@ -86,7 +88,7 @@ def check_inputs(job: Job):
         raise ConfigError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; check run_dir, or drop "
                           f"--resume to start fresh")
     try:
-        tok = load_tokenizer(cfg.tokenizer.path, fix=cfg.tokenizer.fix_metaspace)
+        tok = build_tokenizer(cfg)
     except FileNotFoundError:
         raise ConfigError(f"tokenizer.path={cfg.tokenizer.path}: no tokenizer.json there; {_GET_A_TOKENIZER}") from None
     except Exception as e:  # the tokenizers library raises plain Exception on a malformed file
@@ -121,13 +123,71 @@ def build_model_or_explain(cfg: TrainConfig, tok):
                           f"is network, then pass model.name=DIR") from None
 
 
+# The builders below are the training setup; `chat-pretrain bench --arm ours` calls the same functions,
+# so a bench figure is what `chat-pretrain train` runs (tests/test_bench_builders.py checks it).
+
+def build_tokenizer(cfg: TrainConfig):
+    return load_tokenizer(cfg.tokenizer.path, fix=cfg.tokenizer.fix_metaspace)
+
+
+def build_training_model(cfg: TrainConfig, tok, device):
+    """(model, description), the model already on ``device`` so that the optimizer built next sees
+    CUDA parameters and takes the fused kernel (accelerate's prepare in fit moves it too late)."""
+    torch.manual_seed(cfg.seed)
+    model, how = build_model_or_explain(cfg, tok)
+    return model.to(device), how
+
+
+def build_train_batches(cfg: TrainConfig, tok, rank: int = 0, world_size: int = 1, memory_log=None):
+    return PromptResponseBatches(cfg.data.train_files, tok.tokenizer, cfg.data, pad_id=tok.pad_id, eos_id=tok.eos_id,
+                                 seed=cfg.seed, rank=rank, world_size=world_size, memory_log=memory_log)
+
+
+def schedule_steps(cfg: TrainConfig, batches) -> tuple[int, int]:
+    """(optimizer steps per epoch, total steps): micro-batches per epoch estimated from the token
+    lengths of the first rows."""
+    steps_per_epoch = max(1, math.ceil(batches.estimate_batches(slack=1.0) / cfg.grad_accum_steps))
+    return steps_per_epoch, cfg.max_steps or steps_per_epoch * cfg.epochs
+
+
+def build_optimizer_and_scheduler(cfg: TrainConfig, model, total_steps: int):
+    """Call after build_training_model (the model is on its device: fused AdamW on CUDA)."""
+    from trainstack.optim import build_optimizer, build_scheduler
+
+    optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                betas=cfg.optim.betas)
+    scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.floor)
+    return optimizer, scheduler
+
+
+def build_loop_config(cfg: TrainConfig):
+    from trainstack.loop import LoopConfig
+
+    evaluates = bool(cfg.data.valid_files)
+    return LoopConfig(
+        max_steps=cfg.max_steps or None,
+        epochs=cfg.epochs,
+        grad_accum_steps=cfg.grad_accum_steps,
+        max_grad_norm=cfg.max_grad_norm or None,
+        log_every_steps=cfg.log_every_steps,
+        eval_every_steps=cfg.eval.every_steps,
+        save_every_steps=cfg.save_every_steps,
+        keep_last=cfg.keep_last,
+        keep_best=cfg.keep_best,
+        best_metric="eval_bleu" if (evaluates and cfg.eval.bleu) else ("eval_loss" if evaluates else None),
+        best_mode="max" if (evaluates and cfg.eval.bleu) else "min",
+        cleanup_every_steps=cfg.cleanup_every_steps,
+        seed=cfg.seed,
+    )
+
+
 def run(job: Job):
     from accelerate import Accelerator
     from trainstack.checkpoint import files_fingerprint
     from trainstack.config import format_config, make_run_dir, save_config
     from trainstack.hardware import detect_hardware
-    from trainstack.loop import LoopConfig, check_run_dir, fit
-    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.loop import check_run_dir, fit
+    from trainstack.optim import describe_optimizer
     from trainstack.precision import apply_precision, resolve_precision
 
     cfg = job.cfg
@@ -144,8 +204,7 @@ def run(job: Job):
     resume_hint = "the same chat-pretrain train command plus --resume"
     # Before anything is written: a fresh start must not overwrite another run's config and logs.
     check_run_dir(run_dir, resume=job.resume, overwrite=cfg.overwrite, resume_hint=resume_hint)
-    torch.manual_seed(cfg.seed)
-    model, how = build_model_or_explain(cfg, tok)
+    model, how = build_training_model(cfg, tok, accelerator.device)
     if main:  # the first write, now that the config, the data and the model are known to be good
         make_run_dir(run_dir, "run_dir")
         save_config(cfg, run_dir)
@@ -161,18 +220,13 @@ def run(job: Job):
 
     memory_log = MemoryLog(run_dir / f"memory.rank{rank}.jsonl",
                            cfg.memory_log_every_steps * cfg.grad_accum_steps) if cfg.memory_log_every_steps else None
-    batches = PromptResponseBatches(train_files, tok.tokenizer, cfg.data, pad_id=tok.pad_id,
-                                    eos_id=tok.eos_id, seed=cfg.seed, rank=rank, world_size=world,
-                                    memory_log=memory_log)
-    # The schedule's length: micro-batches per epoch estimated from the token lengths of the first rows.
-    steps_per_epoch = max(1, math.ceil(batches.estimate_batches(slack=1.0) / cfg.grad_accum_steps))
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    batches = build_train_batches(cfg, tok, rank=rank, world_size=world, memory_log=memory_log)
+    steps_per_epoch, total_steps = schedule_steps(cfg, batches)
     say(f"data: {len(batches.files)} file(s), {batches.num_rows:,} rows; ~{steps_per_epoch:,} optimizer steps "
         f"per epoch (estimated from token lengths); token budget {batches.max_tokens} per side per micro-batch")
 
-    optimizer = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                betas=cfg.optim.betas)
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.floor)
+    optimizer, scheduler = build_optimizer_and_scheduler(cfg, model, total_steps)
+    say(f"optimizer: {describe_optimizer(optimizer)}")
 
     evaluate = None
     if valid_files:
@@ -190,21 +244,7 @@ def run(job: Job):
         m.save_pretrained(directory, safe_serialization=True)
         tok.tokenizer.save(str(Path(directory) / "tokenizer.json"))
 
-    loop_cfg = LoopConfig(
-        max_steps=cfg.max_steps or None,
-        epochs=cfg.epochs,
-        grad_accum_steps=cfg.grad_accum_steps,
-        max_grad_norm=cfg.max_grad_norm or None,
-        log_every_steps=cfg.log_every_steps,
-        eval_every_steps=cfg.eval.every_steps,
-        save_every_steps=cfg.save_every_steps,
-        keep_last=cfg.keep_last,
-        keep_best=cfg.keep_best,
-        best_metric="eval_bleu" if (evaluate and cfg.eval.bleu) else ("eval_loss" if evaluate else None),
-        best_mode="max" if (evaluate and cfg.eval.bleu) else "min",
-        cleanup_every_steps=cfg.cleanup_every_steps,
-        seed=cfg.seed,
-    )
+    loop_cfg = build_loop_config(cfg)
     # A saved data position only means something on the same rows cut into the same batches.
     d = cfg.data
     fingerprint = {"max_seq_len": d.max_seq_len, "vocab_size": tok.vocab_size,

@@ -5,6 +5,14 @@
     base = time_steps(step_base, ..., name="baseline")
     print(device_banner()); print(compare([ours, base], baseline="baseline"))
 
+A package's "ours" arm times what its ``train`` ships: the same model, data, optimizer, scheduler and
+loss builders, and ``FitStep``, one optimizer step exactly as ``fit`` takes it:
+
+    step = FitStep(model=model, optimizer=opt, scheduler=sched, train_batches=batches, loss_fn=loss_fn,
+                   config=loop_config, precision=precision)
+    res = time_steps(step, warmup_steps=5, timed_steps=20, real_tokens_per_step=lambda i: step.real_tokens_of(5 + i),
+                     samples_per_step=lambda i: step.samples[5 + i], name="ours")
+
 Warm-up steps absorb compilation, cuDNN autotuning and allocator growth. On a GPU the timed region
 is bracketed by CUDA events (device time, no per-step sync); on CPU a host timer is used and the
 output says the figures are CPU figures.
@@ -21,6 +29,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from trainstack.hardware import GIB, GPUInfo
+from trainstack.loop import LoopConfig, _batch_size, _fast_step, _null, _seed_everything
 from trainstack.memory import gpu_peak_gib, reset_peak_memory, rss_gib
 from trainstack.metrics import peak_bf16_flops
 
@@ -149,3 +158,100 @@ def compare(results: list[BenchResult], baseline: str) -> str:
     lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in rows]
     lines.append(json.dumps({"baseline": baseline, "cpu_figures": cpu, "device": device_banner(), "results": records}))
     return "\n".join(lines)
+
+
+class FitStep:
+    """One optimizer step of ``trainstack.loop.fit``, callable, for timing a package's training step.
+
+    The same sequence as fit: seed a fresh run with ``config.seed``, ``accelerator.prepare(model,
+    optimizer)``, the fast path when ``speed`` asks for it (fit's own ``_fast_step``: a TrainStep with one
+    process, else a compiled model), then per call ``config.grad_accum_steps`` micro-batches from
+    ``train_batches`` (epochs roll over through ``set_epoch``), each ``loss_fn`` under accelerate's
+    autocast with ``loss / grad_accum_steps`` backward and no gradient sync before the last one, then
+    clipping to ``config.max_grad_norm``, optimizer step, scheduler step (unless the scaler skipped
+    it), zero_grad. Tests in core check that N calls leave the weights fit leaves after N steps,
+    eager and compiled.
+
+    ``real_tokens`` / ``samples`` hold each step's counts; the tokens stay on the device (no host sync
+    inside a step) until ``real_tokens_of(i)`` reads them after timing. ``count_batch(batch) ->
+    (real_tokens, samples)``, optional, counts a batch on the host instead (before it moves), for a bench
+    whose token definition differs from the loss's. ``stats``: the fast path's time to the first
+    step, compilations and recompiles ({} on the eager path).
+    """
+
+    def __init__(self, *, model, optimizer, scheduler, train_batches, loss_fn, config: LoopConfig, precision=None,
+                 accelerator=None, count_batch=None, speed=None):
+        if accelerator is None:  # as fit makes it
+            from accelerate import Accelerator
+
+            accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision if precision else "no",
+                                      cpu=not torch.cuda.is_available())
+        _seed_everything(config.seed)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.train_step = _fast_step(speed, accelerator, self.model, loss_fn, self.optimizer, scheduler,
+                                     getattr(accelerator, "scaler", None), config)
+        if speed is not None and speed.compile and self.train_step is None:
+            self.model = torch.compile(self.model, dynamic=False, backend=speed.compile_backend)
+        self.accelerator, self.scheduler, self.loss_fn, self.config = accelerator, scheduler, loss_fn, config
+        self.batches, self.count_batch = train_batches, count_batch
+        self.epoch, self._it = 0, None
+        self.real_tokens: list = []
+        self.samples: list[int] = []
+        self.model.train()
+
+    def _next_batch(self):
+        for _ in range(2):
+            if self._it is None:
+                self.batches.set_epoch(self.epoch)
+                self._it = iter(self.batches)
+            batch = next(self._it, None)
+            if batch is not None:
+                return batch
+            self.epoch, self._it = self.epoch + 1, None
+        raise ValueError("the training batches yield nothing in an epoch: no step to time")
+
+    def _micro(self, batch, last: bool):
+        if self.train_step is not None:
+            return self.train_step.micro(batch)
+        acc = self.accelerator
+        ctx = acc.no_sync(self.model) if not last else _null()
+        with ctx, acc.autocast():
+            loss, real = self.loss_fn(self.model, batch)
+            acc.backward(loss / self.config.grad_accum_steps)
+        return loss, real
+
+    def _optimizer_step(self) -> None:
+        if self.train_step is not None:
+            self.train_step.optimizer_step(self.config.grad_accum_steps)  # clip, update, schedule, zero
+            return
+        acc = self.accelerator
+        if self.config.max_grad_norm is not None:
+            acc.clip_grad_norm_(self.model.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        if self.scheduler is not None and not acc.optimizer_step_was_skipped:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self) -> None:
+        accum = self.config.grad_accum_steps
+        tokens, samples = 0, 0
+        for k in range(accum):
+            batch = self._next_batch()
+            if self.count_batch is not None:
+                n_tokens, n_samples = self.count_batch(batch)
+            _, real = self._micro(batch, last=k == accum - 1)
+            if self.count_batch is None:
+                n_tokens = real if isinstance(real, int) else real.detach()
+                n_samples = _batch_size(batch)
+            tokens, samples = tokens + n_tokens, samples + n_samples
+        self._optimizer_step()
+        self.real_tokens.append(tokens)
+        self.samples.append(samples)
+
+    def real_tokens_of(self, step: int) -> int:
+        """The real tokens of call ``step`` (0-based), read on the host."""
+        return int(self.real_tokens[step])
+
+    @property
+    def stats(self) -> dict:
+        return self.train_step.stats.as_dict() if self.train_step is not None else {}

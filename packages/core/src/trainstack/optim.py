@@ -2,6 +2,11 @@
 
     opt = build_optimizer(model, "adamw", lr=3e-4, weight_decay=0.1, betas=(0.9, 0.95))
     sched = build_scheduler(opt, "linear", warmup_steps=2000, total_steps=500_000, floor=0.1)  # ESM-2
+    print(f"optimizer: {describe_optimizer(opt)}")  # "torch.optim.AdamW fused (parameters on cuda:0)"
+
+Build the optimizer after the model is on its device: ``fused=None`` picks the fused kernel only
+when every parameter is already on CUDA, so an optimizer built on CPU parameters silently runs the
+slower per-tensor path after the model moves.
 
 Schedules are multipliers of the peak lr, stepped once per optimizer step:
   warmup   step < W:  (step + 1) / W           (the first step already trains; it reaches 1 at W - 1)
@@ -115,3 +120,56 @@ def build_scheduler(optimizer, schedule, warmup_steps, total_steps, floor=0.0) -
     # functools.partial (not a lambda) keeps the scheduler picklable for checkpoints.
     fn = functools.partial(lr_multiplier, schedule, warmup_steps=warmup_steps, total_steps=total_steps, floor=floor)
     return LambdaLR(optimizer, fn)
+
+
+def _torch_kernel(optimizer) -> str:
+    """fused / foreach / for-loop: what a torch optimizer's step runs. ``foreach=None`` is decided
+    by torch at each step from the parameters' devices (foreach on CUDA, a Python loop on CPU)."""
+    group = optimizer.param_groups[0] if optimizer.param_groups else optimizer.defaults
+    if group.get("fused"):
+        return "fused"
+    foreach = group.get("foreach", "absent")
+    if foreach is True:
+        return "foreach"
+    if foreach is False or foreach == "absent":
+        return "for-loop"
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    try:  # torch's own rule, so the line says what torch will do
+        from torch.optim.optimizer import _default_to_fused_or_foreach
+
+        _, foreach = _default_to_fused_or_foreach(params, bool(group.get("differentiable", False)), False)
+    except (ImportError, TypeError):
+        foreach = bool(params) and all(p.is_cuda for p in params)
+    return "foreach" if foreach else "for-loop"
+
+
+def _describe_one(optimizer) -> str:
+    cls = type(optimizer)
+    module, name = cls.__module__, cls.__name__
+    if module.startswith("bitsandbytes"):
+        return f"bitsandbytes {name}" + (" (8-bit states)" if "8bit" in name.lower() else "")
+    if module.startswith("deepspeed"):
+        return f"DeepSpeed's {name}"
+    if module.startswith("torch.optim"):
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        devices = ", ".join(sorted({str(p.device) for p in params})) or "none"
+        return f"torch.optim.{name} {_torch_kernel(optimizer)} (parameters on {devices})"
+    return f"{module}.{name}"
+
+
+def describe_optimizer(optimizer) -> str:
+    """One line naming the optimizer implementation that runs, for the start-up log:
+    "torch.optim.AdamW fused (parameters on cuda:0)", "torch.optim.AdamW for-loop (parameters on cpu)",
+    "bitsandbytes AdamW8bit (8-bit states)", "DeepSpeed's DeepSpeedZeroOptimizer over torch.optim.AdamW
+    fused (...)". Wrappers that only forward (accelerate's AcceleratedOptimizer) are looked through
+    silently; DeepSpeed's ZeRO optimizers are named, since they own the step."""
+    layers, seen = [], set()
+    while True:
+        inner = getattr(optimizer, "optimizer", None)
+        if inner is None or inner is optimizer or id(optimizer) in seen:
+            break
+        seen.add(id(optimizer))
+        if type(optimizer).__module__.startswith("deepspeed"):
+            layers.append(_describe_one(optimizer))
+        optimizer = inner
+    return " over ".join([*layers, _describe_one(optimizer)])

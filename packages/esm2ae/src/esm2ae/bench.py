@@ -4,7 +4,10 @@
     esm2ae bench --sizes esm2_t12_35M,esm2_t30_150M,esm2_t33_650M --out bench.json
 
 Lengths (tokens, with <cls>/<eos>) are drawn from a lognormal with median 350 and sigma 0.7,
-clipped to [16, 512]; residues are random. Real tokens exclude padding; MFU counts
+clipped to [16, 512]; residues are random. Ours is `esm2ae train` on those proteins (bench_config:
+the paper's defaults, random init, one micro-batch of --max-tokens per optimizer step), built by
+train.py's functions and stepped by core's FitStep, so masking and packing run inside the timed steps
+as they do in training. Real tokens exclude padding; MFU counts
 6N + attention FLOPs per real token (N = non-embedding weights plus the LM head).
 """
 
@@ -19,15 +22,7 @@ import time
 import numpy as np
 import torch
 
-from esm2ae.model import (
-    CLS_ID,
-    EOS_ID,
-    ESM2_VOCAB,
-    PackedEsm,
-    count_params,
-    esm2_config,
-    pack_sequences,
-)
+from esm2ae.model import ESM2_VOCAB, count_params, esm2_config
 
 
 def lognormal_lengths(n: int, seed: int = 0, median: float = 350, sigma: float = 0.7,
@@ -37,9 +32,17 @@ def lognormal_lengths(n: int, seed: int = 0, median: float = 350, sigma: float =
     return np.clip(np.round(x), low, high).astype(int).tolist()
 
 
-def random_sequences(lengths, seed: int = 0) -> list[list[int]]:
+def random_proteins(lengths, seed: int = 0) -> list[str]:
+    """Random standard-residue strings, ``n - 2`` residues for a length of ``n`` tokens (with <cls>/<eos>)."""
     rng = random.Random(seed)
-    return [[CLS_ID] + [rng.randrange(4, 24) for _ in range(n - 2)] + [EOS_ID] for n in lengths]
+    return ["".join(ESM2_VOCAB[rng.randrange(4, 24)] for _ in range(n - 2)) for n in lengths]
+
+
+def random_sequences(lengths, seed: int = 0) -> list[list[int]]:
+    """The token ids of random_proteins (the same draws), <cls> and <eos> included."""
+    from esm2ae.data import encode
+
+    return [encode(p) for p in random_proteins(lengths, seed)]
 
 
 def attended_length(lengths) -> float:
@@ -56,85 +59,58 @@ def flops_per_token(config, lengths) -> float:
     return transformer_flops_per_token(n, L, d, attended_length(lengths))
 
 
-def mlm_mask(tokens: list[int], rng: random.Random, prob: float = 0.15):
-    """15% of residues; of those 80% <mask>, 10% random residue, 10% unchanged."""
-    from esm2ae.model import MASK_ID, RESIDUE_IDS
+def bench_config(size: str, max_tokens: int = 16384, attention: str = "auto", compile: bool = True,
+                 precision: str = "auto", checkpointing: bool = False, overrides=()):
+    """The esm2ae train config the "ours" arm runs: the paper's defaults (Config), ESM-2 ``size`` from
+    random init, MLM, one packed micro-batch of ``max_tokens`` per optimizer step (the timed unit),
+    no checkpoints. ``overrides``: more dotted keys, as on the `esm2ae train` command line."""
+    from trainstack.config import load_config
 
-    inp, lab = list(tokens), [-100] * len(tokens)
-    for i in range(1, len(tokens) - 1):
-        if rng.random() < prob:
-            lab[i] = tokens[i]
-            r = rng.random()
-            if r < 0.8:
-                inp[i] = MASK_ID
-            elif r < 0.9:
-                inp[i] = rng.choice(RESIDUE_IDS[:20])
-    return inp, lab
+    from esm2ae.config import Config
 
-
-def greedy_pack(seqs, max_tokens: int) -> list[list[int]]:
-    """Indices into micro-batches of at most max_tokens real tokens (in order, no sorting)."""
-    out, cur, used = [], [], 0
-    for i, s in enumerate(seqs):
-        if used + len(s) > max_tokens and cur:
-            out.append(cur)
-            cur, used = [], 0
-        cur.append(i)
-        used += len(s)
-    if cur:
-        out.append(cur)
-    return out
+    return load_config(Config, {}, [f"model.name={size}", "model.pretrained=false", "task=mlm",
+                                    f"batch.max_tokens_per_batch={max_tokens}", f"batch.tokens_per_step={max_tokens}",
+                                    f"model.attention={attention}", f"model.compile={str(compile).lower()}",
+                                    f"precision={precision}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
+                                    "save_checkpoints=false", *overrides])
 
 
-def bench_ours(size: str, seqs, steps: int, warmup: int, max_tokens: int, attention: str = "auto",
-               compile: bool = True, precision: str = "auto", checkpointing: bool = False):
-    from trainstack.bench import time_steps
-    from trainstack.optim import build_optimizer
+def bench_ours(cfg, proteins: list[str], steps: int, warmup: int):
+    """`esm2ae train`'s step for ``cfg`` on the residue strings ``proteins``: model, batches (cropped,
+    masked, packed each step as in training), optimizer, scheduler, loss and loop settings come from
+    train.py's builders, and core's FitStep takes fit's optimizer step. DeepSpeed runs are not benched."""
+    from trainstack.bench import FitStep, time_steps
+    from trainstack.hardware import detect_hardware
+    from trainstack.optim import describe_optimizer
     from trainstack.precision import apply_precision, resolve_precision
-    from transformers import EsmForMaskedLM
 
-    prec = resolve_precision(precision)
+    from esm2ae import train as T
+
+    if cfg.deepspeed.enabled:
+        raise ValueError("esm2ae bench times core's fit path; deepspeed.enabled=true runs the DeepSpeed loop")
+    device = T._device(cfg, 0)
+    prec = resolve_precision(cfg.precision, detect_hardware() if device.type == "cuda" else None)
     apply_precision(prec)
-    cfg = esm2_config(size)
-    hf = EsmForMaskedLM(cfg).cuda()
-    model = PackedEsm(hf, attention=attention, compile=compile).train()
-    model.gradient_checkpointing = checkpointing
-    opt = build_optimizer(model, "adamw", lr=4e-4, weight_decay=0.01, betas=(0.9, 0.98), eps=1e-8)
-    rng = random.Random(0)
-    masked = [mlm_mask(s, rng) for s in seqs]
-    groups = greedy_pack(seqs, max_tokens)
-    batches = []
-    for g in groups[: warmup + steps]:
-        b = pack_sequences([masked[i][0] for i in g], [masked[i][1] for i in g], total_len=max_tokens)
-        batches.append(b)
-    real = [b.real_tokens for b in batches]
-    samples = [b.num_seqs for b in batches]
-    batches = [b.to("cuda") for b in batches]
-    it = iter(range(len(batches)))
-    scaler = torch.amp.GradScaler("cuda", enabled=prec.use_grad_scaler)
-
-    def step():
-        b = batches[next(it)]
-        with prec.autocast("cuda"):
-            loss_sum, n, _ = model(b)
-            loss = loss_sum / n.clamp(min=1)
-        scaler.scale(loss).backward()
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-
-    tokens_per_step = sum(real[warmup:]) / steps
+    model, trainable, _ = T.build_training_model(cfg, device)
+    max_steps, accum = T.schedule_steps(cfg)
+    opt, sched = T.build_optimizer_and_scheduler(cfg, trainable, max_steps)
+    batches = T.build_train_batches(cfg, proteins, device)
+    step = FitStep(model=model, optimizer=opt, scheduler=sched, train_batches=batches,
+                   loss_fn=T.make_loss_fn(cfg, device), config=T.build_loop_config(cfg, max_steps, accum),
+                   precision=prec)
     t0 = time.time()
     res = time_steps(step, warmup_steps=warmup, timed_steps=steps,
-                     real_tokens_per_step=lambda i: real[warmup + i],
-                     samples_per_step=lambda i: samples[warmup + i],
-                     flops_per_token=flops_per_token(cfg, [len(s) for s in seqs]),
-                     name=f"ours-{attention}{'-compiled' if compile else ''}")
-    res.extra.update(micro_batch_tokens=max_tokens, padding_fraction=1 - tokens_per_step / max_tokens,
+                     real_tokens_per_step=lambda i: step.real_tokens_of(warmup + i),
+                     samples_per_step=lambda i: step.samples[warmup + i],
+                     flops_per_token=flops_per_token(model.backbone.config, [len(p) + 2 for p in proteins]),
+                     name=f"ours-{cfg.model.attention}{'-compiled' if cfg.model.compile else ''}")
+    tokens_per_micro_batch = res.real_tokens / (steps * accum)
+    micro_batch_tokens = cfg.batch.max_tokens_per_batch
+    res.extra.update(micro_batch_tokens=micro_batch_tokens, grad_accum=accum,
+                     padding_fraction=1 - tokens_per_micro_batch / micro_batch_tokens,
                      wall_incl_compile_s=time.time() - t0, precision=prec.name,
-                     params=count_params(hf), backend=model.backend("cuda"))
+                     params=count_params(model.backbone.hf), backend=model.backbone.backend(device.type),
+                     optimizer=describe_optimizer(opt))
     return res   # the model and optimizer are freed with this frame
 
 
@@ -162,7 +138,7 @@ def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int =
     cfg = esm2_config(size)
     cfg._attn_implementation = "sdpa"
     model = EsmForMaskedLM(cfg)
-    data = [{"input_ids": s} for s in seqs]
+    data = [{"input_ids": s} for s in seqs]  # token ids
     base = DataCollatorForLanguageModeling(tok, mlm_probability=0.15)
     seen: list[tuple[int, int]] = []
 
@@ -212,19 +188,24 @@ def run_bench(sizes: list[str], steps: int = 20, warmup: int = 5, max_tokens: in
     from dataclasses import asdict
 
     from trainstack.bench import compare, device_banner
+    from trainstack.config import format_config
+
+    from esm2ae.data import encode
 
     if not torch.cuda.is_available():
         raise SystemExit("esm2ae bench needs a CUDA GPU (it compares GPU throughput)")
     print(device_banner(), flush=True)
-    lengths = lognormal_lengths(40_000, seed=0)
-    seqs = random_sequences(lengths, seed=0)
+    proteins = random_proteins(lognormal_lengths(40_000, seed=0), seed=0)
+    seqs = [encode(p) for p in proteins]
     records = []
     for size in sizes:
         results = []
         if not skip_baseline:
             results.append(bench_hf_trainer(size, seqs, steps, warmup, baseline_batch))
             print(json.dumps({"size": size, **asdict(results[-1])}), flush=True)
-        results.append(bench_ours(size, seqs, steps, warmup, max_tokens, attention, compile))
+        cfg = bench_config(size, max_tokens, attention, compile)
+        print(format_config(cfg), flush=True)
+        results.append(bench_ours(cfg, proteins, steps, warmup))
         print(json.dumps({"size": size, **asdict(results[-1])}), flush=True)
         if not skip_baseline:
             print(f"## {size}\n" + compare(results, baseline="hf-trainer-sdpa-padded"), flush=True)

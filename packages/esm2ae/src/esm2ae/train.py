@@ -7,7 +7,8 @@
 
 Steps: config (profile <- overrides) -> hardware, precision (printed with the reason) -> data
 (validated, held-out split) -> model (HF ESM-2 weights, packed forward) -> optimizer and the
-paper's schedule -> DeepSpeed when the profile asks -> loop with token-budget micro-batches and
+paper's schedule (built after the model is on its device: fused AdamW on CUDA; the line
+"optimizer: ..." names what runs) -> DeepSpeed when the profile asks -> loop with token-budget micro-batches and
 derived accumulation -> eval (perplexity, masked accuracy, AE loss) -> checkpoints -> final export.
 
 core (trainstack) supplies config, hardware, precision, optimizer, schedule, the loop (fit: DDP,
@@ -226,6 +227,81 @@ def load_for_inference(checkpoint: str, device="cpu", attention="auto") -> tuple
     raise FileNotFoundError(f"{path}: not an esm2ae checkpoint (no esm2ae.json or trainer_state.json)")
 
 
+# ---------------------------------------------------------------------------------- builders
+# The training setup, one function per part; `esm2ae bench` (its "ours" arm) calls the same ones,
+# so a bench figure is what `esm2ae train` runs (tests/test_bench_builders.py checks it).
+
+def build_training_model(cfg: Config, device: torch.device, rank: int = 0):
+    """(model, the part that trains, weight source), the model already on ``device`` so that the
+    optimizer built next sees CUDA parameters and takes the fused kernel."""
+    torch.manual_seed(cfg.seed + rank)
+    hf, source = load_esm(cfg.model.name, cfg.model.pretrained)
+    model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
+    model.backbone.compile = cfg.model.compile and device.type == "cuda"
+    model.backbone.gradient_checkpointing = cfg.model.gradient_checkpointing
+    model.train()
+    return model, _trainable(model, cfg.task), source
+
+
+def schedule_steps(cfg: Config, world: int = 1) -> tuple[int, int]:
+    """(optimizer steps, micro-batches per optimizer step per rank)."""
+    if cfg.fast_dev_run:
+        return 1, 1
+    return cfg.max_steps, cfg.batch.grad_accum_steps(world)
+
+
+def build_optimizer_and_scheduler(cfg: Config, trainable: torch.nn.Module, max_steps: int):
+    """Call after build_training_model (parameters on their device: fused AdamW on CUDA). With
+    DeepSpeed CPU offload the states live on the host: DeepSpeedCPUAdam, or torch AdamW unfused."""
+    from trainstack.optim import build_optimizer, build_scheduler, param_groups
+
+    lr = cfg.ae.lr if (cfg.task == "ae" and cfg.ae.lr) else cfg.optim.lr
+    offload = cfg.deepspeed.enabled and cfg.deepspeed.offload_optimizer == "cpu"
+    if offload and cfg.deepspeed.cpu_adam:
+        from deepspeed.ops.adam import DeepSpeedCPUAdam
+        optimizer = DeepSpeedCPUAdam(param_groups(trainable, cfg.optim.weight_decay), lr=lr,
+                                     betas=cfg.optim.betas, eps=cfg.optim.eps, adamw_mode=True)
+    else:
+        optimizer = build_optimizer(trainable, cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay,
+                                    betas=cfg.optim.betas, eps=cfg.optim.eps,
+                                    fused=False if offload else cfg.optim.fused)
+    scheduler = build_scheduler(optimizer, cfg.optim.schedule, min(cfg.optim.warmup_steps, max_steps - 1),
+                                max_steps, floor=cfg.optim.lr_floor)
+    return optimizer, scheduler
+
+
+def build_train_batches(cfg: Config, train_seqs: list[str], device: torch.device, rank: int = 0, world: int = 1):
+    fixed_len = device.type == "cuda" and cfg.model.compile   # static shapes: one compiled graph
+    if cfg.data.streaming:
+        from esm2ae.data import StreamingMLMBatches
+        return StreamingMLMBatches(cfg.data.train, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
+                                   seed=cfg.seed, mask_prob=cfg.data.mask_prob, rank=rank, world_size=world,
+                                   fixed_len=fixed_len)
+    return PackedMLMBatches(train_seqs, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
+                            seed=cfg.seed, mask_prob=cfg.data.mask_prob,
+                            overfit_batches=cfg.overfit_batches, fixed_len=fixed_len,
+                            rank=rank, world_size=world)
+
+
+def make_loss_fn(cfg: Config, device: torch.device):
+    """core's loss_fn(model, batch) -> (loss, real tokens); the count stays on the device."""
+    def loss_fn(m, batch):
+        batch = batch.to(device)
+        loss, _ = compute_loss(m, batch, cfg)
+        return loss, batch.cu_seqlens[batch.num_seqs]
+
+    return loss_fn
+
+
+def build_loop_config(cfg: Config, max_steps: int, accum: int):
+    from trainstack.loop import LoopConfig
+
+    return LoopConfig(max_steps=max_steps, grad_accum_steps=accum, max_grad_norm=cfg.optim.max_grad_norm,
+                      log_every_steps=cfg.log_every_steps, eval_every_steps=cfg.eval_every_steps,
+                      save_every_steps=cfg.save_every_steps if cfg.save_checkpoints else 0,
+                      keep_last=cfg.keep_last, seed=cfg.seed)
+
+
 # ------------------------------------------------------------------------------------- train
 
 def resume_target(resume: str | None, run_dir: Path) -> str | None:
@@ -249,7 +325,7 @@ def resume_target(resume: str | None, run_dir: Path) -> str | None:
 def train(cfg: Config, resume: str | None = None) -> dict:
     from trainstack.config import check_writable_dir, format_config, make_run_dir, save_config
     from trainstack.hardware import detect_hardware
-    from trainstack.optim import build_optimizer, build_scheduler
+    from trainstack.optim import describe_optimizer
     from trainstack.precision import apply_precision, resolve_precision
 
     # Everything that can be wrong with the input is found before the first write: the run directory,
@@ -281,38 +357,19 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     else:
         train_seqs, val_seqs, _ = load_training_data(cfg, rank)
 
-    hf, source = load_esm(cfg.model.name, cfg.model.pretrained)
+    model, trainable, source = build_training_model(cfg, device, rank)
     if rank == 0:  # the first write, now that the config, the data and the model are known to be good
         make_run_dir(run_dir, "run_dir")
         save_config(cfg, run_dir)
-    model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
-    model.backbone.compile = cfg.model.compile and device.type == "cuda"
-    model.backbone.gradient_checkpointing = cfg.model.gradient_checkpointing
-    model.train()
-    trainable = _trainable(model, cfg.task)
-    n_params = sum(p.numel() for p in hf.parameters())
+    n_params = sum(p.numel() for p in model.backbone.hf.parameters())
     if rank == 0:
         print(f"model: {cfg.model.name} ({source} weights, {n_params / 1e6:.1f}M params), "
               f"attention {model.backbone.backend(device.type)}, task {cfg.task}")
 
-    max_steps = 1 if cfg.fast_dev_run else cfg.max_steps
-    accum = 1 if cfg.fast_dev_run else cfg.batch.grad_accum_steps(world)
-    lr = cfg.ae.lr if (cfg.task == "ae" and cfg.ae.lr) else cfg.optim.lr
-    use_ds = cfg.deepspeed.enabled
-    offload = use_ds and cfg.deepspeed.offload_optimizer == "cpu"
-    if offload and cfg.deepspeed.cpu_adam:
-        from deepspeed.ops.adam import DeepSpeedCPUAdam
-        from trainstack.optim import param_groups
-        optimizer = DeepSpeedCPUAdam(param_groups(trainable, cfg.optim.weight_decay), lr=lr,
-                                     betas=cfg.optim.betas, eps=cfg.optim.eps, adamw_mode=True)
-    else:
-        optimizer = build_optimizer(trainable, cfg.optim.name, lr=lr, weight_decay=cfg.optim.weight_decay,
-                                    betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                    fused=False if offload else cfg.optim.fused)
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, min(cfg.optim.warmup_steps, max_steps - 1),
-                                max_steps, floor=cfg.optim.lr_floor)
+    max_steps, accum = schedule_steps(cfg, world)
+    optimizer, scheduler = build_optimizer_and_scheduler(cfg, trainable, max_steps)
     engine = None
-    if use_ds:
+    if cfg.deepspeed.enabled:
         import deepspeed
         # the group lives as long as the process: DeepSpeed caches it (a later engine in the same
         # process reuses it)
@@ -322,21 +379,13 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                                                                lr_scheduler=scheduler, config=ds_cfg)
         if rank == 0:
             print(f"deepspeed: ZeRO-{cfg.deepspeed.zero_stage}, optimizer offload {cfg.deepspeed.offload_optimizer}")
+    if rank == 0:
+        print(f"optimizer: {describe_optimizer(optimizer)}")
 
     if rank == 0 and cfg.overwrite and not resume and checkpoint_dirs(run_dir / "checkpoints"):
         # here, not in fit: the untrained baseline eval below goes into the fresh log
         print(f"overwrite: removed {len(clear_run_outputs(run_dir))} entries of the earlier run in {run_dir}")
-    fixed_len = device.type == "cuda" and cfg.model.compile   # static shapes: one compiled graph
-    if cfg.data.streaming:
-        from esm2ae.data import StreamingMLMBatches
-        batches = StreamingMLMBatches(cfg.data.train, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
-                                      seed=cfg.seed, mask_prob=cfg.data.mask_prob, rank=rank, world_size=world,
-                                      fixed_len=fixed_len)
-    else:
-        batches = PackedMLMBatches(train_seqs, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
-                                   seed=cfg.seed, mask_prob=cfg.data.mask_prob,
-                                   overfit_batches=cfg.overfit_batches, fixed_len=fixed_len,
-                                   rank=rank, world_size=world)
+    batches = build_train_batches(cfg, train_seqs, device, rank, world)
     if engine is None:
         # the common path: core's loop (accelerate: DDP, autocast, loss scaling, checkpoints, logs)
         return _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_seqs, device, precision,
@@ -499,17 +548,10 @@ def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, devic
 
 def _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_seqs, device, precision, run_dir,
                    resume, max_steps, accum, world, rank) -> dict:
-    from trainstack.loop import LoopConfig, fit
+    from trainstack.loop import fit
 
-    loop_cfg = LoopConfig(max_steps=max_steps, grad_accum_steps=accum, max_grad_norm=cfg.optim.max_grad_norm,
-                          log_every_steps=cfg.log_every_steps, eval_every_steps=cfg.eval_every_steps,
-                          save_every_steps=cfg.save_every_steps if cfg.save_checkpoints else 0,
-                          keep_last=cfg.keep_last, seed=cfg.seed)
-
-    def loss_fn(m, batch):
-        batch = batch.to(device)
-        loss, _ = compute_loss(m, batch, cfg)
-        return loss, batch.cu_seqlens[batch.num_seqs]
+    loop_cfg = build_loop_config(cfg, max_steps, accum)
+    loss_fn = make_loss_fn(cfg, device)
 
     def run_eval(m):
         return evaluate(_unwrap(m), val_seqs, cfg, device, precision)

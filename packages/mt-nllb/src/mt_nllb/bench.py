@@ -7,6 +7,9 @@
 Data: synthetic pairs whose source and target token lengths are lognormal (median 38, sigma 0.6,
 clipped to [4, 256]), our stand-in for WMT19 zh-en; ids drawn uniformly from the vocabulary.
 Model: the NLLB-600M architecture (or --model-config), random init, fp32 master weights.
+Ours: each variant is a shipped profile's TrainConfig (VARIANTS), built and stepped by the functions
+`mt-nllb train` calls (train.build_*; core's FitStep takes fit's optimizer step), so the figure is
+what train runs: collation inside the timed steps, fused AdamW on CUDA, the profile's schedule.
 Reported: real (non-pad, source + target) tokens/s, samples/s, MFU with encoder-decoder FLOPs
 including the LM head (model.pair_train_flops), peak reserved memory.
 """
@@ -18,6 +21,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -66,84 +70,53 @@ def _peak_allocated_gib():
     return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
 
-def _flops_per_real_token(config, tp, batches) -> float:
+def _flops_per_real_token(config, tp, sample: int = 20000) -> float:
+    """Training FLOPs per real (source + target) token, averaged over the first ``sample`` pairs."""
     from .model import pair_train_flops
 
-    flops = tokens = 0.0
-    for batch in batches:
-        for i in batch:
-            s, t = len(tp.src(i)), len(tp.tgt(i))
-            flops += pair_train_flops(config, s, t)
-            tokens += s + t
-    return flops / tokens
+    s_len, t_len = np.diff(tp.src_offsets)[:sample], np.diff(tp.tgt_offsets)[:sample]
+    flops = sum(pair_train_flops(config, int(s), int(t)) for s, t in zip(s_len, t_len, strict=True))
+    return float(flops / (s_len.sum() + t_len.sum()))
 
 
-def bench_ours(name, config, tp, *, batch_size, accum, steps, warmup, max_tokens=0, chunked_ce=True, ce_chunk=2048,
-               checkpointing=False, compile_body=False, compile_loss=False, optim="adamw", memory_cap_gib=None,
-               dropout=None, profile=False, seed=0):
-    """Our training step (model body + chunked label-smoothed CE, core's optimizer and precision) at
-    ``batch_size`` x ``accum`` sentences per optimizer step, timed with core's harness."""
+def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=False, tokenizer=None):
+    """`mt-nllb train`'s step for the TrainConfig ``cfg`` on the TokenizedPairs ``tp`` (token ids of
+    ``tokenizer``, or of the architecture's own vocabulary when None, as the synthetic pairs are): the model,
+    batches, optimizer, scheduler, loss and loop settings come from the same train.py builders, and
+    core's FitStep takes the optimizer steps exactly as fit does. Timed with core's harness."""
     import torch
-    from trainstack.bench import time_steps
-    from trainstack.optim import build_optimizer, build_scheduler
+    from accelerate import PartialState
+    from trainstack.bench import FitStep, time_steps
+    from trainstack.optim import describe_optimizer
     from trainstack.precision import apply_precision, resolve_precision
-    from transformers import M2M100ForConditionalGeneration
 
-    from . import loss as loss_mod
-    from .data import collate, length_bucketed_batches
-    from .model import enable_checkpointing
+    from . import train as T
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if memory_cap_gib and device == "cuda":
+    state = PartialState()
+    device = state.device
+    if memory_cap_gib and device.type == "cuda":
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gib * 2**30 / total))
-    precision = resolve_precision("auto")
+    precision = resolve_precision(cfg.precision)
     apply_precision(precision)
-    torch.manual_seed(seed)
-    config._attn_implementation = "sdpa"
-    if dropout is not None:
-        config.dropout = config.attention_dropout = dropout
-    with torch.device(device):  # random init on the GPU: seconds instead of ~10 s on the host for 600M
-        model = M2M100ForConditionalGeneration(config).train()
-    if checkpointing:
-        enable_checkpointing(model)
-    if compile_body:
-        model.model.compile(dynamic=True)
-    loss_mod.configure(compile_loss)
-    opt = build_optimizer(model, name=optim, lr=8e-5, weight_decay=0.01)
-    sched = build_scheduler(opt, "cosine", warmup_steps=10, total_steps=1000)
-    if max_tokens:
-        plan = length_bucketed_batches(tp.lengths(), max_tokens, seed, 0)
-    else:
-        plan = length_bucketed_batches(tp.lengths(), 0, seed, 0, fixed_batch_size=batch_size)
-        plan = [b for b in plan if len(b) == batch_size]  # the effective batch stays exact (drop remainders)
-    needed = (warmup + steps) * accum
-    if len(plan) < needed:
-        raise ValueError(f"{len(plan)} batches for {needed} micro-steps: raise --pairs")
-    batches = [collate(tp, b, pad_id=1, decoder_start_id=2) for b in plan[:needed]]
-    step_batches = [batches[i * accum:(i + 1) * accum] for i in range(warmup + steps)]
-    step_plan = [plan[i * accum:(i + 1) * accum] for i in range(warmup + steps)]
-    timed_plan = step_plan[warmup:]
-    real_tokens = [sum(len(tp.src(i)) + len(tp.tgt(i)) for b in sp for i in b) for sp in timed_plan]
-    samples = [sum(len(b) for b in sp) for sp in timed_plan]
-    fpt = _flops_per_real_token(config, tp, [b for sp in timed_plan for b in sp])
-    it = iter(step_batches)
+    model = T.build_training_model(cfg, tokenizer, device)
+    batches = T.build_train_batches(cfg, tp, model.config, rank=state.process_index, world_size=state.num_processes)
+    total_steps = T.total_optimizer_steps(cfg, batches)
+    opt, sched = T.build_optimizer_and_scheduler(cfg, model, total_steps)
+    padded_len = [0]
 
-    def step():
-        micro = next(it)
-        denom = sum(int((b["labels"] != -100).sum()) for b in micro)  # host-side counts: known before the step
-        for b in micro:
-            b = {k: v.to(device, non_blocking=True) for k, v in b.items()}
-            with precision.autocast(device):
-                loss, count = loss_mod.seq2seq_loss(model, b, 0.1, chunked=chunked_ce, chunk_rows=ce_chunk)
-            # Token-weighted mean over the whole optimizer step, as the Trainer's num_items_in_batch does.
-            (loss * (count / denom)).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+    def count_batch(batch):
+        # The bench's tokens are source + target (train's log counts target tokens); counted on the
+        # host copy before the loss moves it, so the count adds no device sync.
+        padded_len[0] = max(padded_len[0], int(batch["input_ids"].shape[1]))
+        return (int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum()),
+                int(batch["input_ids"].shape[0]))
 
-    if device == "cuda":
+    step = FitStep(model=model, optimizer=opt, scheduler=sched, train_batches=batches, loss_fn=T.make_loss_fn(cfg),
+                   config=T.build_loop_config(cfg, total_steps), precision=precision, count_batch=count_batch)
+    fpt = _flops_per_real_token(model.config, tp)
+
+    if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if profile:
         from torch.profiler import ProfilerActivity
@@ -158,15 +131,18 @@ def bench_ours(name, config, tp, *, batch_size, accum, steps, warmup, max_tokens
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
         return None
     t0 = time.perf_counter()
-    res = time_steps(step, warmup_steps=warmup, timed_steps=steps, real_tokens_per_step=lambda i: real_tokens[i],
-                     samples_per_step=lambda i: samples[i], flops_per_token=fpt, name=name)
+    res = time_steps(step, warmup_steps=warmup, timed_steps=steps, real_tokens_per_step=lambda i: step.real_tokens_of(warmup + i),
+                     samples_per_step=lambda i: step.samples[warmup + i], flops_per_token=fpt, name=name)
     res.extra.update(peak_reserved_gib=_gib(_peak_reserved_gib()), peak_allocated_gib=_gib(_peak_allocated_gib()),
-                     max_padded_len=max(int(b["input_ids"].shape[1]) for b in batches), wall_s=round(time.perf_counter() - t0, 1),
-                     batch_size=batch_size, accum=accum, max_tokens=max_tokens, checkpointing=checkpointing,
-                     compile_body=compile_body, compile_loss=compile_loss, chunked_ce=chunked_ce, optim=optim,
-                     memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt)
-    model = opt = None  # free the GPU before the next variant
-    if device == "cuda":
+                     max_padded_len=padded_len[0], wall_s=round(time.perf_counter() - t0, 1),
+                     batch_size=cfg.speed.batch_size, accum=cfg.grad_accum_steps,
+                     max_tokens=0 if cfg.speed.batch_size else cfg.speed.max_tokens_per_batch,
+                     checkpointing=cfg.speed.gradient_checkpointing, compile_body=cfg.speed.compile,
+                     compile_loss=cfg.speed.compile_loss, chunked_ce=cfg.speed.chunked_ce,
+                     ce_chunk=cfg.speed.ce_chunk_tokens, optim=cfg.optim.name, optimizer=describe_optimizer(opt),
+                     precision=precision.name, memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt)
+    model = opt = step = None  # free the GPU before the next variant
+    if device.type == "cuda":
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     return res
@@ -289,47 +265,56 @@ def _current_gpu_info():
     return GPUInfo(p.name, (p.major, p.minor), p.total_memory / 2**30)
 
 
+@dataclass(frozen=True)
+class Variant:
+    """A bench arm of ours: a shipped profile's settings plus dotted overrides, loaded into the same
+    TrainConfig `mt-nllb train --profile NAME KEY=VALUE ...` would run."""
+    profile: str
+    overrides: tuple[str, ...] = ()
+    memory_cap_gib: float | None = None
+    torch_profile: bool = False
+
+
+# "ours" is the h100-80g profile as shipped (96 sentences x 1, chunked CE, 2048-row chunks); the
+# others change one setting. Effective batch 96 sentences everywhere.
 VARIANTS = {
-    # name: kwargs of bench_ours. Effective batch 96 sentences everywhere.
-    "ours": dict(batch_size=96, accum=1),
-    "ours-compile-loss": dict(batch_size=96, accum=1, compile_loss=True),
-    "ours-compile-body": dict(batch_size=96, accum=1, compile_body=True),
-    "ours-unchunked": dict(batch_size=96, accum=1, chunked_ce=False, compile_loss=False),
-    "ours-chunk4096": dict(batch_size=96, accum=1, ce_chunk=4096, compile_loss=True),
-    "ours-nodropout": dict(batch_size=96, accum=1, dropout=0.0),
-    "ours-profile": dict(batch_size=96, accum=1, profile=True),
-    # "rtx4080s-16g" (the shipped profile's settings, read from its YAML, under a 16 GiB cap) is added
-    # by profile_variant(); "-adamw" is the same with fp32 AdamW states. Below: settings that ran out
-    # of memory under the 16 GiB cap (BENCHMARKS.md).
-    "rtx4080s-16g-48x2": dict(batch_size=48, accum=2, ce_chunk=1024, memory_cap_gib=16.0),
-    "rtx4080s-16g-24x4-nockpt": dict(batch_size=24, accum=4, ce_chunk=512, memory_cap_gib=16.0),
-    "rtx4080s-16g-48x2-ckpt": dict(batch_size=48, accum=2, ce_chunk=1024, checkpointing=True, memory_cap_gib=16.0),
+    "ours": Variant("h100-80g"),
+    "ours-compile-loss": Variant("h100-80g", ("speed.compile_loss=true",)),
+    "ours-compile-body": Variant("h100-80g", ("speed.compile=true",)),
+    "ours-unchunked": Variant("h100-80g", ("speed.chunked_ce=false", "speed.compile_loss=false")),
+    "ours-chunk4096": Variant("h100-80g", ("speed.ce_chunk_tokens=4096", "speed.compile_loss=true")),
+    "ours-nodropout": Variant("h100-80g", ("model.dropout=0.0",)),
+    "ours-profile": Variant("h100-80g", torch_profile=True),
+    # The shipped rtx4080s-16g profile under a 16 GiB cap; "-adamw" is the same with fp32 AdamW states,
+    # and uncapped: the true peak with fp32 states, to check the memory estimate (and, minus the states'
+    # difference, what 8-bit states imply) on a machine without bitsandbytes.
+    "rtx4080s-16g": Variant("rtx4080s-16g", memory_cap_gib=16.0),
+    "rtx4080s-16g-adamw": Variant("rtx4080s-16g", ("optim.name=adamw",), memory_cap_gib=16.0),
+    "rtx4080s-16g-adamw-uncapped": Variant("rtx4080s-16g", ("optim.name=adamw",)),
+    # Settings that ran out of memory under the 16 GiB cap (BENCHMARKS.md).
+    "rtx4080s-16g-48x2": Variant("h100-80g", ("speed.batch_size=48", "grad_accum_steps=2",
+                                              "speed.ce_chunk_tokens=1024"), memory_cap_gib=16.0),
+    "rtx4080s-16g-24x4-nockpt": Variant("h100-80g", ("speed.batch_size=24", "grad_accum_steps=4",
+                                                     "speed.ce_chunk_tokens=512"), memory_cap_gib=16.0),
+    "rtx4080s-16g-48x2-ckpt": Variant("h100-80g", ("speed.batch_size=48", "grad_accum_steps=2", "speed.ce_chunk_tokens=1024",
+                                                   "speed.gradient_checkpointing=true"), memory_cap_gib=16.0),
 }
 
 
-def profile_variant(name: str, memory_cap_gib: float | None = 16.0, overrides=()) -> dict:
-    """bench_ours kwargs from a shipped profile's settings, so the bench measures what ships."""
+def variant_config(name: str, arch: str):
+    """The TrainConfig of bench variant ``name`` on the shipped architecture ``arch`` (random init)."""
     from trainstack.config import load_config
     from trainstack.hardware import load_profiles, resolve_profile
 
     from .config import TrainConfig
     from .profiles import profile_dir
 
-    cfg = load_config(TrainConfig, resolve_profile(name, load_profiles(profile_dir())).settings, list(overrides))
+    v = VARIANTS[name]
+    settings = resolve_profile(v.profile, load_profiles(profile_dir())).settings
+    cfg = load_config(TrainConfig, settings, [*v.overrides, f"model.name_or_path={arch}"])
     if not cfg.speed.batch_size:
-        raise ValueError(f"profile {name} uses a token budget; the bench needs a fixed speed.batch_size")
-    return dict(batch_size=cfg.speed.batch_size, accum=cfg.grad_accum_steps, ce_chunk=cfg.speed.ce_chunk_tokens,
-                chunked_ce=cfg.speed.chunked_ce, checkpointing=cfg.speed.gradient_checkpointing,
-                compile_loss=cfg.speed.compile_loss, compile_body=cfg.speed.compile, optim=cfg.optim.name,
-                memory_cap_gib=memory_cap_gib)
-
-
-VARIANTS["rtx4080s-16g"] = profile_variant("rtx4080s-16g")
-VARIANTS["rtx4080s-16g-adamw"] = profile_variant("rtx4080s-16g", overrides=["optim.name=adamw"])
-# No cap: the true peak with fp32 states, to check the memory estimate (and, minus the states'
-# difference, what 8-bit states imply) on a machine without bitsandbytes.
-VARIANTS["rtx4080s-16g-adamw-uncapped"] = profile_variant("rtx4080s-16g", memory_cap_gib=None,
-                                                          overrides=["optim.name=adamw"])
+        raise ValueError(f"bench variant {name} uses a token budget; the bench needs a fixed speed.batch_size")
+    return cfg
 
 
 def fit16_verdict(bench: dict, arch: str, length: int) -> dict:
@@ -347,10 +332,11 @@ def fit16_verdict(bench: dict, arch: str, length: int) -> dict:
     for name in [n for n in VARIANTS if n.startswith("rtx4080s-16g")]:
         if name not in measured and name not in errors:
             continue
-        v = VARIANTS[name]
-        plan = estimate(config, batch=v["batch_size"], src_len=length, tgt_len=length, optim=v["optim"],
-                        checkpointing=v["checkpointing"], chunked_ce=v["chunked_ce"], ce_chunk_rows=v["ce_chunk"])
-        row = {"memory_cap_gib": v["memory_cap_gib"], "estimate_allocated_gib": round(plan.allocated_gib, 2),
+        cap, cfg = VARIANTS[name].memory_cap_gib, variant_config(name, arch)
+        plan = estimate(config, batch=cfg.speed.batch_size, src_len=length, tgt_len=length, optim=cfg.optim.name,
+                        checkpointing=cfg.speed.gradient_checkpointing, chunked_ce=cfg.speed.chunked_ce,
+                        ce_chunk_rows=cfg.speed.ce_chunk_tokens)
+        row = {"memory_cap_gib": cap, "estimate_allocated_gib": round(plan.allocated_gib, 2),
                "estimate_reserved_gib": round(plan.reserved_gib, 2)}
         if name in measured:
             extra = measured[name]["extra"]
@@ -358,7 +344,7 @@ def fit16_verdict(bench: dict, arch: str, length: int) -> dict:
                        steps=measured[name]["steps"], samples_per_s=round(measured[name]["samples_per_s"], 1))
             if row["peak_reserved_gib"] is not None:
                 row["fits_15gib"] = row["peak_reserved_gib"] <= FIT_LIMIT_GIB
-                if v["optim"] == "adamw" and v["memory_cap_gib"] is None:
+                if cfg.optim.name == "adamw" and cap is None:
                     states = {o: estimate(config, batch=1, src_len=8, tgt_len=8, optim=o).parts[f"optimizer states ({o})"]
                               for o in ("adamw", "adamw8bit")}
                     implied = row["peak_reserved_gib"] - (states["adamw"] - states["adamw8bit"]) / 2**30
@@ -409,8 +395,9 @@ def main(argv=None) -> int:
                 res = bench_users(load_arch_config(args.model_config), tp, steps=args.users_timed_steps,
                                   warmup=args.warmup_steps, workdir=Path(args.workdir) / "users")
             else:
-                res = bench_ours(name, load_arch_config(args.model_config), tp, steps=args.timed_steps,
-                                 warmup=args.warmup_steps, **VARIANTS[name])
+                v = VARIANTS[name]
+                res = bench_ours(name, variant_config(name, args.model_config), tp, steps=args.timed_steps,
+                                 warmup=args.warmup_steps, memory_cap_gib=v.memory_cap_gib, profile=v.torch_profile)
             if res is None:  # a profile run
                 continue
             results.append(res)

@@ -7,7 +7,9 @@ N GPUs:           accelerate launch --num_processes N -m mt_nllb train --profile
 CPU (smoke):      mt-nllb train --profile cpu-debug --run-dir runs/debug
 Resume:           the same command plus --resume (latest checkpoint) or --resume PATH
 
-setup: config -> precision -> data (cached by fingerprint) -> model -> optimizer/scheduler
+setup: config -> precision -> data (cached by fingerprint) -> model, moved to its device -> batches
+       -> optimizer (fused on CUDA; the line "optimizer: ..." says which) / scheduler
+       (the build_* functions below; `mt-nllb bench` times the same ones)
 train: core's loop (trainstack.loop.fit): our loss_fn, evaluation by BLEU at the eval cadence
 end:   best checkpoint by BLEU -> test file -> predictions + metrics
 """
@@ -151,24 +153,93 @@ def resume_target(resume: str | None, run_dir: Path) -> bool | Path:
     return path
 
 
-def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> dict:
+# The builders below are the whole training setup; `mt-nllb bench` ("ours" arms) calls the same
+# functions, so a bench figure is what `mt-nllb train` runs (tests/test_bench_builders.py checks it).
+
+def build_training_model(cfg: TrainConfig, tokenizer, device):
+    """The model `train` trains, already on ``device``, so that the optimizer built next sees CUDA
+    parameters and takes the fused kernel. ``tokenizer`` may be None for a shipped architecture
+    (the bench's synthetic ids); a random-init architecture is initialised on ``device`` directly."""
     import torch
-    from trainstack.config import ConfigError, check_writable_dir, format_config, make_run_dir, save_config
-    from trainstack.hardware import detect_hardware
-    from trainstack.loop import LoopConfig, check_run_dir, fit
-    from trainstack.optim import build_optimizer, build_scheduler
-    from trainstack.precision import apply_precision, resolve_precision
+    from trainstack.config import ConfigError
 
     from . import loss as loss_mod
+    from .model import build_model, enable_checkpointing
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, tokenizer, device=device)
+    if tokenizer is not None and model.config.vocab_size < len(tokenizer):
+        raise ConfigError(f"model.name_or_path={cfg.model.name_or_path}: vocabulary of {model.config.vocab_size} "
+                          f"tokens, but the tokenizer has {len(tokenizer)}; use the model's own tokenizer")
+    if cfg.speed.gradient_checkpointing:
+        enable_checkpointing(model)
+    if cfg.speed.params_dtype == "bf16":
+        model.to(torch.bfloat16)
+    model.to(device)
+    if cfg.speed.compile:
+        model.model.compile(dynamic=True)  # in place: state_dict keys stay the same
+    loss_mod.configure(cfg.speed.compile_loss)
+    return model
+
+
+def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0, world_size: int = 1):
     from .data import TranslationBatches
+
+    return TranslationBatches(train_tp, max_tokens=cfg.speed.max_tokens_per_batch, pad_id=model_config.pad_token_id,
+                              decoder_start_id=model_config.decoder_start_token_id, seed=cfg.seed,
+                              max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size,
+                              rank=rank, world_size=world_size)
+
+
+def total_optimizer_steps(cfg: TrainConfig, batches) -> int:
+    return cfg.max_steps or cfg.epochs * math.ceil(len(batches) / cfg.grad_accum_steps)
+
+
+def build_optimizer_and_scheduler(cfg: TrainConfig, model, total_steps: int):
+    """Call after build_training_model (the model is on its device: fused AdamW on CUDA). Prints
+    which optimizer implementation runs."""
+    from trainstack.optim import build_optimizer, build_scheduler, describe_optimizer
+
+    optimizer = build_optimizer(model, name=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                betas=tuple(cfg.optim.betas))
+    scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup_steps=round(cfg.optim.warmup_ratio * total_steps),
+                                total_steps=total_steps)
+    print(f"optimizer: {describe_optimizer(optimizer)}")
+    return optimizer, scheduler
+
+
+def make_loss_fn(cfg: TrainConfig):
+    """core's loss_fn(model, batch) -> (label-smoothed CE, real target tokens)."""
+    from . import loss as loss_mod
+
+    def loss_fn(model, batch):
+        device = next(model.parameters()).device
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        return loss_mod.seq2seq_loss(model, batch, cfg.label_smoothing, chunked=cfg.speed.chunked_ce,
+                                     chunk_rows=cfg.speed.ce_chunk_tokens)
+
+    return loss_fn
+
+
+def build_loop_config(cfg: TrainConfig, total_steps: int):
+    from trainstack.loop import LoopConfig
+
+    return LoopConfig(max_steps=total_steps, epochs=cfg.epochs, grad_accum_steps=cfg.grad_accum_steps,
+                      max_grad_norm=cfg.max_grad_norm, log_every_steps=cfg.log_every_steps,
+                      eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,
+                      keep_last=cfg.keep_last, keep_best=cfg.keep_best, best_metric="eval_bleu", best_mode="max",
+                      seed=cfg.seed)
+
+
+def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> dict:
+    from accelerate import PartialState
+    from trainstack.config import check_writable_dir, format_config, make_run_dir, save_config
+    from trainstack.hardware import detect_hardware
+    from trainstack.loop import check_run_dir, fit
+    from trainstack.precision import apply_precision, resolve_precision
+
     from .evaluate import evaluate_pairs
-    from .model import (
-        build_model,
-        enable_checkpointing,
-        pair_train_flops,
-        save_model_and_tokenizer,
-        set_generation,
-    )
+    from .model import pair_train_flops, save_model_and_tokenizer, set_generation
 
     # Everything that can be wrong with the input is found before the first write: the run directory,
     # --resume, the data, the tokenizer and the model (a hub name while offline).
@@ -185,11 +256,9 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     plan = read_data(cfg, run_dir)
     tokenizer = plan.tokenizer
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, tokenizer)
-    if model.config.vocab_size < len(tokenizer):
-        raise ConfigError(f"model.name_or_path={cfg.model.name_or_path}: vocabulary of {model.config.vocab_size} "
-                          f"tokens, but the tokenizer has {len(tokenizer)}; use the model's own tokenizer")
+    # One process, or one of N under `accelerate launch`; its device is the one fit's accelerator uses.
+    state = PartialState()
+    model = build_training_model(cfg, tokenizer, state.device)
 
     make_run_dir(run_dir, "--run-dir")
     save_config(cfg, run_dir)
@@ -198,35 +267,13 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     (run_dir / "data_report.json").write_text(json.dumps(data_report, indent=1))
 
     set_generation(model, tokenizer, cfg.model.tgt_lang, cfg.eval.num_beams, cfg.eval.max_new_tokens)
-    if cfg.speed.gradient_checkpointing:
-        enable_checkpointing(model)
-    if cfg.speed.params_dtype == "bf16":
-        model.to(torch.bfloat16)
-    if cfg.speed.compile:
-        model.model.compile(dynamic=True)  # in place: state_dict keys stay the same
-    loss_mod.configure(cfg.speed.compile_loss)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {cfg.model.name_or_path}, {n_params / 1e6:.1f}M parameters, attention {cfg.model.attn_implementation}")
 
-    from accelerate import PartialState
-
-    state = PartialState()  # one process, or one of N under `accelerate launch`
-    batches = TranslationBatches(train_tp, max_tokens=cfg.speed.max_tokens_per_batch, pad_id=model.config.pad_token_id,
-                                 decoder_start_id=model.config.decoder_start_token_id, seed=cfg.seed,
-                                 max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size,
-                                 rank=state.process_index, world_size=state.num_processes)
-    steps_per_epoch = math.ceil(len(batches) / cfg.grad_accum_steps)
-    total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
-    optimizer = build_optimizer(model, name=cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                                betas=tuple(cfg.optim.betas))
-    scheduler = build_scheduler(optimizer, cfg.optim.schedule, warmup_steps=round(cfg.optim.warmup_ratio * total_steps),
-                                total_steps=total_steps)
-
-    def loss_fn(model, batch):
-        device = next(model.parameters()).device
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-        return loss_mod.seq2seq_loss(model, batch, cfg.label_smoothing, chunked=cfg.speed.chunked_ce,
-                                     chunk_rows=cfg.speed.ce_chunk_tokens)
+    batches = build_train_batches(cfg, train_tp, model.config, rank=state.process_index, world_size=state.num_processes)
+    total_steps = total_optimizer_steps(cfg, batches)
+    optimizer, scheduler = build_optimizer_and_scheduler(cfg, model, total_steps)
+    loss_fn = make_loss_fn(cfg)
 
     val_pairs = list(zip(val_tp.src_text, val_tp.tgt_text, strict=True))
     if cfg.eval.max_rows:
@@ -253,11 +300,7 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     flops = sum(pair_train_flops(model.config, int(s), int(t)) for s, t in zip(src_len[sample], tgt_len[sample], strict=True))
     flops_per_token = flops / max(1, int(tgt_len[sample].sum()))
 
-    loop_cfg = LoopConfig(max_steps=total_steps, epochs=cfg.epochs, grad_accum_steps=cfg.grad_accum_steps,
-                          max_grad_norm=cfg.max_grad_norm, log_every_steps=cfg.log_every_steps,
-                          eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,
-                          keep_last=cfg.keep_last, keep_best=cfg.keep_best, best_metric="eval_bleu", best_mode="max",
-                          seed=cfg.seed)
+    loop_cfg = build_loop_config(cfg, total_steps)
     # A saved data position only means something on the same tokenized data cut into the same batches.
     # (the specific fields first: the first difference is the one named)
     fingerprint = {"max_length": cfg.data.max_length, "vocab_size": len(tokenizer),

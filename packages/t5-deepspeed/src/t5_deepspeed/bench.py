@@ -113,6 +113,7 @@ def main(argv=None) -> int:
             samples=rec["samples"], tokens_per_s=rec["tokens_per_s"], samples_per_s=rec["samples_per_s"],
             mfu=None, peak_memory_gib=rec["peak_memory_gib"],
             extra={"precision": rec["precision"], "loss_finite": finite, "timer": rec.get("timer", "wall"),
+                   "optimizer": rec.get("optimizer"),
                    "last_loss": rec["losses"][-1][1] if rec["losses"] else None}))
         print(f"{side}: {rec['tokens_per_s']:.0f} tokens/s, peak {rec['peak_memory_gib']} GiB, precision "
               f"{rec['precision']}, loss finite: {finite}, losses {[loss for _, loss in rec['losses']][-5:]}", flush=True)

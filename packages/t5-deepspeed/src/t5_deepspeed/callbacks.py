@@ -1,8 +1,10 @@
-"""Trainer add-ons: JSONL log, real-token counting, and the timing used by `t5-deepspeed bench`."""
+"""Trainer add-ons: JSONL log, real-token counting, the optimizer line, and the timing used by
+`t5-deepspeed bench`."""
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from pathlib import Path
@@ -25,6 +27,27 @@ class JsonlLogCallback(TrainerCallback):
             record[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+
+class OptimizerReportCallback(TrainerCallback):
+    """Logs once, when training starts, which optimizer implementation runs ("optimizer: DeepSpeed's
+    DeepSpeedZeroOptimizer over torch.optim.AdamW fused (...)", core's describe_optimizer). Attach the
+    trainer after constructing it: transformers 5 hands callbacks only an optimizer given at
+    construction (None when the Trainer or DeepSpeed builds it, which happens inside train())."""
+
+    def __init__(self):
+        self.trainer = None
+        self.description: str | None = None
+
+    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+        from trainstack.optim import describe_optimizer
+
+        optimizer = getattr(self.trainer, "optimizer", None) or optimizer
+        if optimizer is None:
+            return
+        self.description = describe_optimizer(optimizer)
+        if state.is_world_process_zero:
+            logging.getLogger("t5_deepspeed").info("optimizer: %s", self.description)
 
 
 class TokenCountingCollator:
@@ -52,9 +75,11 @@ class TokenCountingCollator:
 class BenchCallback(TrainerCallback):
     """Times optimizer steps after `warmup_steps` and writes a core BenchResult as JSON."""
 
-    def __init__(self, counter: TokenCountingCollator, warmup_steps: int, out_json, precision: str, n_params: int):
+    def __init__(self, counter: TokenCountingCollator, warmup_steps: int, out_json, precision: str, n_params: int,
+                 optimizer_report: OptimizerReportCallback | None = None):
         self.counter, self.warmup_steps, self.out_json = counter, warmup_steps, Path(out_json)
         self.precision, self.n_params = precision, n_params
+        self.optimizer_report = optimizer_report
         self.t0 = None
         self.start_tokens = self.start_samples = 0
         self.steps = 0
@@ -121,6 +146,7 @@ class BenchCallback(TrainerCallback):
             "samples_per_s": world_size * self.samples / self.seconds, "world_size": world_size,
             "peak_memory_gib": self.peak, "peak_reserved_gib": self.peak_reserved, "precision": self.precision,
             "n_params": self.n_params, "losses": self.losses, "timer": self.timer,
+            "optimizer": self.optimizer_report.description if self.optimizer_report else None,
         }
         self.out_json.parent.mkdir(parents=True, exist_ok=True)
         self.out_json.write_text(json.dumps(record, indent=1, default=str))

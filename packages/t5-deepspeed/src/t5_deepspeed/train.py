@@ -17,6 +17,9 @@ Steps: arguments -> distributed env -> precision (core) -> data -> DeepSpeed con
 resume checked (nothing is written before this) -> TrainingArguments (DeepSpeed config in place BEFORE
 the model, so ZeRO-3 loads it partitioned) -> seed -> tokenizer, model -> Seq2SeqTrainer -> train /
 save (16-bit gathered) / eval / predict.
+The Trainer (or DeepSpeed) builds the optimizer inside train(), after the model is placed; the line
+"optimizer: ..." names the implementation that runs. `t5-deepspeed bench` runs this same entry point
+(its "ours" side), adding only timing and bookkeeping flags.
 """
 
 from __future__ import annotations
@@ -342,7 +345,7 @@ def run(parsed: ParsedArgs) -> dict:
     from trainstack.loop import StopFlag
     from transformers import DataCollatorForSeq2Seq
 
-    from .callbacks import BenchCallback, JsonlLogCallback, TokenCountingCollator
+    from .callbacks import BenchCallback, JsonlLogCallback, OptimizerReportCallback, TokenCountingCollator
     from .trainer import CompleteCheckpointsTrainer, SaveOnSignalCallback, agreed_signal
 
     label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
@@ -372,7 +375,8 @@ def run(parsed: ParsedArgs) -> dict:
 
     stop_flag = StopFlag()
     save_on_signal = SaveOnSignalCallback(stop_flag)
-    callbacks = [save_on_signal]
+    optimizer_report = OptimizerReportCallback()
+    callbacks = [save_on_signal, optimizer_report]
     if extra.log_jsonl:
         if resume_ckpt is not None and is_main_process():
             from trainstack.loop import truncate_log
@@ -382,13 +386,15 @@ def run(parsed: ParsedArgs) -> dict:
         callbacks.append(JsonlLogCallback(out_dir / "log.jsonl"))
     bench_cb = None
     if extra.bench_json:
-        bench_cb = BenchCallback(collator, extra.bench_warmup_steps, extra.bench_json, precision.name, n_params)
+        bench_cb = BenchCallback(collator, extra.bench_warmup_steps, extra.bench_json, precision.name, n_params,
+                                 optimizer_report)
         callbacks.append(bench_cb)
     trainer = CompleteCheckpointsTrainer(
         model=model, args=args, train_dataset=datasets.get("train"), eval_dataset=datasets.get("validation"),
         data_collator=collator, processing_class=tokenizer,
         compute_metrics=compute_metrics if args.predict_with_generate else None, callbacks=callbacks)
     trainer.output_ledger = ledger
+    optimizer_report.trainer = trainer
 
     if ds_cfg is not None and not trainer.is_deepspeed_enabled:
         raise RunError("--deepspeed was given but the Trainer did not enable DeepSpeed (launcher settings "

@@ -1,0 +1,119 @@
+"""`esm2ae bench`'s "ours" arm runs what `esm2ae train` runs (issue 11: a bench measures what ships).
+
+Both go through train.py's builders: the recorders below wrap each one, the loss function stops the run
+once one optimizer step (two micro-batches) is done, and the two runs are compared call by call for the
+same config and data. A bench that built its own model, batches, optimizer, scheduler or loss would
+leave a builder unrecorded or train another model, and fail here.
+"""
+
+import dataclasses
+import inspect
+
+import pytest
+import torch
+from esm2ae import train as T
+from esm2ae.bench import bench_config, bench_ours, lognormal_lengths, random_proteins
+from esm2ae.cli import main
+
+from .test_train import TINY
+
+BUILDERS = ("build_training_model", "schedule_steps", "build_optimizer_and_scheduler", "build_train_batches",
+            "make_loss_fn", "build_loop_config")
+ACCUM = 2
+
+
+class StopRun(Exception):
+    """Raised by the recording loss function after one optimizer step."""
+
+
+def _record_builders(monkeypatch):
+    run = {"calls": [], "losses": [], "optimizer_steps": 0}
+    for name in BUILDERS:
+        real = getattr(T, name)
+
+        def wrapper(*args, _real=real, _name=name, **kwargs):
+            out = _real(*args, **kwargs)
+            bound = inspect.signature(_real).bind(*args, **kwargs)
+            bound.apply_defaults()  # an argument left at its default compares equal to one passed as it
+            run["calls"].append((_name, dict(bound.arguments), out))
+            if _name == "build_optimizer_and_scheduler":
+                out[0].register_step_post_hook(lambda *a: run.__setitem__("optimizer_steps", run["optimizer_steps"] + 1))
+            if _name == "make_loss_fn":
+                return _stopping_loss(out, run)
+            return out
+
+        monkeypatch.setattr(T, name, wrapper)
+    return run
+
+
+def _stopping_loss(loss_fn, run):
+    def recorded(model, batch):
+        run["losses"].append((model, batch))
+        if len(run["losses"]) == ACCUM + 1:
+            raise StopRun
+        return loss_fn(model, batch)
+
+    return recorded
+
+
+def _comparable(x):
+    """A builder argument as a value: the model built once per run compares by its weights' shapes;
+    the data is the very list train read."""
+    if isinstance(x, T.Config):
+        return dataclasses.replace(x, run_dir="")  # where train writes; the bench writes nothing
+    if isinstance(x, torch.nn.Module):
+        return ("module", type(x).__name__, [(n, p.shape) for n, p in x.named_parameters()])
+    if isinstance(x, list):
+        return ("list", id(x))
+    return x
+
+
+def _call(run, name):
+    (call,) = [c for c in run["calls"] if c[0] == name]
+    return call
+
+
+def test_bench_ours_and_train_go_through_the_same_builders(tmp_path, monkeypatch, capsys):
+    trained = _record_builders(monkeypatch)
+    with pytest.raises(StopRun):
+        main(["train", "--profile", "cpu-debug", *TINY, f"batch.tokens_per_step={ACCUM * 1024}",
+              "eval_every_steps=0", f"run_dir={tmp_path / 'run'}"])
+    assert "optimizer: torch.optim.AdamW for-loop (parameters on cpu)" in capsys.readouterr().out
+    cfg = _call(trained, "build_training_model")[1]["cfg"]
+    train_seqs = _call(trained, "build_train_batches")[1]["train_seqs"]
+
+    monkeypatch.undo()
+    benched = _record_builders(monkeypatch)
+    with pytest.raises(StopRun):
+        bench_ours(cfg, train_seqs, steps=1, warmup=1)
+
+    for run in (trained, benched):
+        assert sorted(c[0] for c in run["calls"]) == sorted(BUILDERS)  # each once
+        model, trainable, _ = _call(run, "build_training_model")[2]
+        optimizer, scheduler = _call(run, "build_optimizer_and_scheduler")[2]
+        assert _call(run, "build_optimizer_and_scheduler")[1]["trainable"] is trainable
+        # the micro-steps ran the built model; one optimizer step of the built optimizer and scheduler
+        stepped = run["losses"][0][0]
+        assert all(a is b for a, b in zip(getattr(stepped, "module", stepped).parameters(), model.parameters(),
+                                          strict=True))
+        assert run["optimizer_steps"] == 1 and scheduler.last_epoch == 1
+    for name in BUILDERS:
+        a_args, b_args = _call(trained, name)[1], _call(benched, name)[1]
+        assert {k: _comparable(v) for k, v in a_args.items()} == {k: _comparable(v) for k, v in b_args.items()}, name
+    # the same packed, masked micro-batches, and the same weights after the step
+    for (_, a), (_, b) in zip(trained["losses"], benched["losses"], strict=True):
+        for field in dataclasses.fields(a):
+            x, y = getattr(a, field.name), getattr(b, field.name)
+            assert torch.equal(x, y) if torch.is_tensor(x) else x == y, field.name
+    after_a, after_b = trained["losses"][-1][0].state_dict(), benched["losses"][-1][0].state_dict()
+    assert all(torch.equal(after_a[k], after_b[k]) for k in after_a)
+
+
+def test_bench_ours_runs_the_bench_config_on_cpu():
+    cfg = bench_config("esm2_tiny", max_tokens=1024, attention="sdpa", compile=False, precision="fp32",
+                       overrides=["data.max_length=128"])
+    assert cfg.task == "mlm" and not cfg.model.pretrained and cfg.batch.grad_accum_steps() == 1
+    res = bench_ours(cfg, random_proteins(lognormal_lengths(64, seed=1, median=60, high=128), seed=1), steps=2,
+                     warmup=1)
+    assert res.steps == 2 and res.real_tokens > 0 and res.samples > 0
+    assert res.extra["optimizer"] == "torch.optim.AdamW for-loop (parameters on cpu)"
