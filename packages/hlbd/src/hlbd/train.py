@@ -30,7 +30,7 @@ from trainstack.config import check_writable_dir, make_run_dir, save_config
 from trainstack.data import DeviceDataset
 from trainstack.hardware import detect_hardware
 from trainstack.loop import StopFlag, check_run_dir, clear_run_outputs
-from trainstack.optim import build_optimizer, build_scheduler
+from trainstack.optim import build_optimizer, build_scheduler, describe_optimizer
 from trainstack.precision import apply_precision, resolve_precision
 from trainstack.speed import LengthBuckets, Speed, TrainStep, resolve_speed
 
@@ -276,6 +276,7 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     say(f"model: APT {cfg.model.attention} attention, {n_params / 1e6:.2f}M params | "
         f"batch {cfg.batch_size} x accum {cfg.grad_accum_steps} ({'length' if s.length_batching else 'random'} "
         f"batches) | {cfg.optim.name} lr {cfg.optim.lr:g}")
+    say(f"optimizer: {describe_optimizer(s.optimizer)}")  # built after the model is on its device: fused on CUDA
 
     # 3. Run directory: only now that the data is known to be good. Resuming restores the position
     #    and the history; the log is rewritten from that history so it matches the checkpoint.
