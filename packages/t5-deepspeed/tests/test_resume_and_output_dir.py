@@ -151,6 +151,20 @@ def test_resume_with_a_changed_model_size_is_one_line(data_dir, interrupted, tmp
     assert _tree(out) == before
 
 
+def test_resume_on_other_data_is_one_line_unless_told(data_dir, interrupted, tmp_path, capsys):
+    out = _copy(interrupted, tmp_path)
+    other = tmp_path / "other.train.jsonl"
+    other.write_text((data_dir / "en-ro.train.jsonl").read_text(encoding="utf-8") * 2, encoding="utf-8")
+    argv = [str(a) for a in _args(data_dir, out, interrupted[1] + 1, train_file=other, deepspeed=False)]
+    before = _tree(out)
+    assert main(argv + ["--resume_from_checkpoint", "latest"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("t5-deepspeed: error: cannot resume from") and "\n" not in err
+    assert "train_data is" in err and "--ignore_resume_mismatch" in err
+    assert _tree(out) == before
+    assert main(argv + ["--resume_from_checkpoint", "latest", "--ignore_resume_mismatch"]) == 0
+
+
 class _CreatesFile:
     """Unpickling this runs open(path, "w"): the test sees whether any code ran."""
 

@@ -73,6 +73,8 @@ class ExtraArguments:
                 "there (recorded in t5-deepspeed-outputs.json), keeping every other file."})
     hardware_profile: str | None = field(default=None, metadata={
         "help": "Shipped profile name, a YAML path, or 'auto': its settings become defaults."})
+    ignore_resume_mismatch: bool = field(default=False, metadata={
+        "help": "Resume even when the data files, languages, prefix or lengths differ from the checkpoint's run."})
     log_jsonl: bool = field(default=True, metadata={"help": "Write OUTPUT_DIR/log.jsonl."})
     bench_json: str | None = field(default=None, metadata={"help": "Internal (t5-deepspeed bench)."})
     bench_warmup_steps: int = field(default=5, metadata={"help": "Internal (t5-deepspeed bench)."})

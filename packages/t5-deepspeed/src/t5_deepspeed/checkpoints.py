@@ -193,8 +193,26 @@ def _torch_loads_safely() -> bool:
     return torch.__version__ >= "2.6"
 
 
-def resolve_resume(request: str | None, output_dir: Path, model_config) -> Path | None:
-    """The complete checkpoint to resume, checked (safe pickles, same model), or None for a fresh start.
+def check_same_run(ckpt: Path, fingerprint: dict | None, ignore_mismatch: bool = False) -> None:
+    """The data and lengths the checkpoint's position refers to (saved in its marker) against this run's:
+    the first field that differs is a one-line error, or a warning with --ignore_resume_mismatch."""
+    saved = json.loads((ckpt / COMPLETE_MARKER).read_text(encoding="utf-8")).get("run")
+    if not fingerprint or saved is None:  # a checkpoint from before fingerprints: nothing to compare
+        return
+    for key, now in fingerprint.items():
+        if key in saved and saved[key] != now:
+            message = (f"cannot resume from {ckpt}: {key} is {saved[key]!r} there, {now!r} now; resume with the "
+                       "run's own data and lengths, or pass --ignore_resume_mismatch to resume anyway")
+            if not ignore_mismatch:
+                raise CheckpointError(message)
+            log.warning("%s (--ignore_resume_mismatch: resuming anyway)", message.split("; resume with")[0])
+            return
+
+
+def resolve_resume(request: str | None, output_dir: Path, model_config, fingerprint: dict | None = None,
+                   ignore_mismatch: bool = False) -> Path | None:
+    """The complete checkpoint to resume, checked (safe pickles, same model, same data and lengths), or
+    None for a fresh start.
 
     `request` is --resume_from_checkpoint: None, "latest", or a path.
     """
@@ -233,10 +251,11 @@ def resolve_resume(request: str | None, output_dir: Path, model_config) -> Path 
                         ckpt.parent, ", ".join(newer))
     check_pickles_are_plain(ckpt)
     check_same_model(ckpt, model_config)
+    check_same_run(ckpt, fingerprint, ignore_mismatch)
     return ckpt
 
 
-def write_manifest(ckpt: Path, step: int, shapes: dict, version: str) -> None:
+def write_manifest(ckpt: Path, step: int, shapes: dict, version: str, run: dict | None = None) -> None:
     """Mark `ckpt` complete: fsync every file, then write the marker (temp name, fsync, rename, fsync dir).
 
     Called on the saving process after every rank has written its shards."""
@@ -247,7 +266,7 @@ def write_manifest(ckpt: Path, step: int, shapes: dict, version: str) -> None:
     for d in sorted({f.parent for f in ckpt.rglob("*")} | {ckpt}):
         _fsync(d)
     manifest = {"format": 1, "step": step, "written_by": f"t5-deepspeed {version}", "files": files,
-                "parameters": shapes}
+                "parameters": shapes, "run": run or {}}
     tmp = ckpt / (COMPLETE_MARKER + ".tmp")
     tmp.write_text(json.dumps(manifest), encoding="utf-8")
     _fsync(tmp)

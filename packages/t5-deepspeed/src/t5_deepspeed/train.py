@@ -183,6 +183,7 @@ def run(parsed: ParsedArgs) -> dict:
         log.warning(note)
 
     # 1. hardware and the distributed environment (before DeepSpeed or torch.distributed start)
+    from trainstack.checkpoint import files_fingerprint
     from trainstack.hardware import detect_hardware
 
     hw = detect_hardware()
@@ -254,10 +255,18 @@ def run(parsed: ParsedArgs) -> dict:
     # typo or a bad checkpoint never clears a dir. Resume only when asked, only complete checkpoints.
     out_dir = Path(training["output_dir"]).expanduser()
     training["output_dir"] = str(out_dir)
+    # What a checkpoint's data position refers to: resuming on other data or lengths is refused.
+    run_fingerprint = {
+        "train_data": (files_fingerprint([Path(files["train"]).expanduser()]) if files["train"]
+                       else f"{data_args.dataset_name}/{data_args.dataset_config_name}"),
+        "max_train_samples": data_args.max_train_samples, "source_lang": data_args.source_lang,
+        "target_lang": data_args.target_lang, "source_prefix": data_args.source_prefix,
+        "max_source_length": data_args.max_source_length, "max_target_length": data_args.max_target_length}
     ledger = OutputLedger(out_dir, writer=is_main_process())
     resume_ckpt = None
     if training.get("do_train"):
-        resume_ckpt = resolve_resume(training.get("resume_from_checkpoint"), out_dir, model_config)
+        resume_ckpt = resolve_resume(training.get("resume_from_checkpoint"), out_dir, model_config,
+                                     run_fingerprint, ignore_mismatch=extra.ignore_resume_mismatch)
     training["resume_from_checkpoint"] = str(resume_ckpt) if resume_ckpt is not None else None
     this_run_writes = result_files(training, extra) | {FINAL_MODEL_STAGING}
     inputs = [Path(f).expanduser() for f in files.values() if f]
@@ -394,6 +403,7 @@ def run(parsed: ParsedArgs) -> dict:
         data_collator=collator, processing_class=tokenizer,
         compute_metrics=compute_metrics if args.predict_with_generate else None, callbacks=callbacks)
     trainer.output_ledger = ledger
+    trainer.run_fingerprint = run_fingerprint
     optimizer_report.trainer = trainer
 
     if ds_cfg is not None and not trainer.is_deepspeed_enabled:

@@ -32,6 +32,8 @@ class CompleteCheckpointsTrainer(Seq2SeqTrainer):
     """`output_ledger` (outputs.OutputLedger), when set, records each checkpoint before it is written."""
 
     output_ledger = None
+    run_fingerprint: dict | None = None
+    """The data and lengths this run trains on, saved in each checkpoint's marker (checked on resume)."""
 
     def _save_checkpoint(self, model, trial):
         run_dir = Path(self._get_output_dir(trial=trial))
@@ -57,7 +59,8 @@ class CompleteCheckpointsTrainer(Seq2SeqTrainer):
             self.args.save_total_limit = limit
         self.accelerator.wait_for_everyone()  # every rank's DeepSpeed shards are on disk
         if self.args.should_save:
-            write_manifest(ckpt, self.state.global_step, parameter_shapes(self.model), __version__)
+            write_manifest(ckpt, self.state.global_step, parameter_shapes(self.model), __version__,
+                           run=self.run_fingerprint)
             if previous.exists():
                 shutil.rmtree(previous)
             if self.output_ledger is not None:
