@@ -104,23 +104,12 @@ def test_stop_message_carries_the_callers_resume_hint(tmp_path, capsys):
     assert "toy train --resume" in out and "resume=True" not in out
 
 
-class _Listed(list):
-    def set_epoch(self, epoch):
-        pass
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-
 def _linear_fit(run_dir, batches, width=3, **kwargs):
     torch.manual_seed(0)
     model = torch.nn.Linear(width, 1)
     cfg = kwargs.pop("config", LoopConfig(max_steps=2, tensorboard=False))
     return fit(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), scheduler=None,
-               train_batches=_Listed(batches), loss_fn=lambda m, x: (m(x).pow(2).mean(), x.shape[0]), config=cfg,
+               train_batches=_toy.ListBatches(batches), loss_fn=lambda m, x: (m(x).pow(2).mean(), x.shape[0]), config=cfg,
                run_dir=run_dir, precision=resolve_precision("fp32"), progress=False, **kwargs)
 
 
