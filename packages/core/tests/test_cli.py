@@ -136,3 +136,59 @@ def test_doctor_reports_an_impossible_precision(capsys, monkeypatch):
     assert "precision: error: bf16 asked for but NVIDIA GeForce RTX 2080 SUPER, sm_75 has no bf16" in capsys.readouterr().out
     assert main(["doctor", "--simulate", "h100-80g"]) == 0
     assert "precision: bf16 autocast: auto, NVIDIA H100 80GB HBM3, sm_90 supports bf16 | TF32 on" in capsys.readouterr().out
+
+
+class _FakeEntryPoint:
+    def __init__(self, name, directory):
+        self.name, self.dist, self._dir = name, None, directory
+
+    def load(self):
+        return lambda: self._dir
+
+
+def test_doctor_exits_1_when_the_picked_profile_needs_a_missing_package(tmp_path, monkeypatch, capsys):
+    from trainstack import doctor
+
+    (tmp_path / "cpu.yaml").write_text("requires:\n  packages: [yaml]\nsettings: {}\n")
+    (tmp_path / "rtx4080s-16g.yaml").write_text(
+        "requires:\n  gpu_count: 1\n  min_gpu_memory_gib: 15\n  packages: [yaml, no_such_module_for_doctor]\n"
+        "settings: {}\n")
+    monkeypatch.setattr(doctor, "task_entry_points", lambda: [_FakeEntryPoint("faketask", tmp_path)])
+    assert main(["doctor", "--simulate", "rtx4080s-16g"]) == 1
+    out = capsys.readouterr().out
+    assert "faketask: profile rtx4080s-16g" in out and "MISSING no_such_module_for_doctor" in out
+    assert "problem: faketask profile rtx4080s-16g needs no_such_module_for_doctor: pip install" in out
+    assert "MISSING yaml" not in out
+    # the CPU profile is the one picked without a GPU: it has what it needs
+    assert main(["doctor", "--simulate", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "faketask: profile cpu" in out and "MISSING" not in out and "problem:" not in out
+
+
+def test_doctor_reports_optional_packages_hub_and_disk(tmp_path, monkeypatch, capsys):
+    from trainstack import doctor
+
+    monkeypatch.setattr(doctor, "task_entry_points", lambda: [])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    (tmp_path / "hf" / "hub" / "models--org--name").mkdir(parents=True)
+    assert main(["doctor", "--simulate", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for module in ("tensorboard", "bitsandbytes", "flash_attn", "liger_kernel", "deepspeed", "datasets"):
+        assert f"\n  {module} " in out, module
+    assert "hub: offline (HF_HUB_OFFLINE=1" in out
+    assert f"hub cache: {tmp_path / 'hf' / 'hub'}: 1 model(s), 0 dataset(s)" in out
+    assert "GiB free in the working directory" in out
+
+
+def test_trainstack_profiles_and_usage_errors(tmp_path, monkeypatch, capsys):
+    from trainstack import doctor
+
+    (tmp_path / "cpu.yaml").write_text("description: tiny\nrequires: {}\nsettings: {}\n")
+    monkeypatch.setattr(doctor, "task_entry_points", lambda: [_FakeEntryPoint("faketask", tmp_path)])
+    assert main(["profiles"]) == 0
+    assert "faketask:\n  cpu" in capsys.readouterr().out
+    assert main(["doctor", "--simulate", "tpu-v9"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "invalid choice: 'tpu-v9'" in err
+    assert main([]) == 2

@@ -229,3 +229,30 @@ def test_make_run_dir_finds_what_os_access_misses(tmp_path, monkeypatch):
     monkeypatch.setattr(C.tempfile, "NamedTemporaryFile", refuse)
     with pytest.raises(ConfigError, match=r"run_dir=.*ro: cannot write there \(Permission denied\)"):
         C.make_run_dir(ro)
+
+
+def test_describe_config_keys_lists_leaves_with_defaults_types_and_docs():
+    from trainstack.config import describe_config_keys, format_config_keys
+
+    @dataclass
+    class Inner:
+        lr: float = 3e-4
+        """Peak learning rate,
+        after warm-up."""
+        schedule: Literal["cosine", "constant"] = "cosine"
+
+    @dataclass
+    class Outer:
+        optim: Inner = field(default_factory=Inner)
+        tags: list[str] = field(default_factory=lambda: ["a"])
+        steps: int = 5
+        """Optimizer steps."""
+
+    keys = {k.path: k for k in describe_config_keys(Outer)}
+    assert list(keys) == ["optim.lr", "optim.schedule", "tags", "steps"]
+    assert keys["optim.lr"].doc == "Peak learning rate, after warm-up." and keys["optim.lr"].default == 3e-4
+    assert keys["optim.schedule"].type == "cosine | constant" and keys["optim.schedule"].doc == ""
+    assert keys["tags"].default == ["a"] and keys["steps"].doc == "Optimizer steps."
+    text = format_config_keys(Outer)
+    assert "optim.lr = 0.0003  (float)\n    Peak learning rate, after warm-up.\n" in text
+    assert "tags = [a]  (list[str])\n" in text

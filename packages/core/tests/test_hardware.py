@@ -151,3 +151,39 @@ def test_describe():
     hw = Hardware((GPUInfo("X", (8, 0), 40.0),) * 2, 8, 64.0)
     assert hw.describe().startswith("2x X (sm_80, 40.0 GiB)")
     assert simulated_hardware("cpu").describe().startswith("no GPU")
+
+
+def _gpu_machine(memory_gib: float, capability=(8, 9)) -> Hardware:
+    """A faked GPU of any size: what detect_hardware would return on such a card."""
+    return Hardware((GPUInfo("Fake GPU", capability, memory_gib),), cpu_count=8, ram_gib=31.0)
+
+
+def test_auto_on_a_gpu_never_falls_back_to_a_cpu_profile_silently(profile_dir):
+    from trainstack.hardware import NoGPUProfileFits, choose_profile
+
+    profiles = [p for p in load_profiles(profile_dir) if p.name in ("cpu", "rtx4080s-16g", "h100-80g")]
+    with pytest.raises(NoGPUProfileFits) as e:
+        pick_profile(profiles, _gpu_machine(8.0))
+    msg = str(e.value)
+    assert "\n" not in msg and "Fake GPU (sm_89, 8.0 GiB)" in msg
+    assert "closest: rtx4080s-16g (GPU 0 has 8.0 GiB, needs 15 GiB)" in msg  # the least demanding GPU profile
+    assert "--profile cpu" in msg and "profiles show rtx4080s-16g" in msg
+    assert e.value.closest.name == "rtx4080s-16g" and e.value.cpu_profile.name == "cpu"
+    with pytest.raises(NoGPUProfileFits, match="closest: rtx4080s-16g .*sm_80, needs compute capability 8.9"):
+        choose_profile("auto", profiles, _gpu_machine(16.0, capability=(8, 0)))
+    # asking for the CPU by name works; a GPU that fits gets its profile; no GPU gets the CPU profile
+    assert choose_profile("cpu", profiles, _gpu_machine(8.0)) == (profiles[0], "as asked")
+    assert choose_profile("auto", profiles, _gpu_machine(16.0))[0].name == "rtx4080s-16g"
+    assert choose_profile("auto", profiles, simulated_hardware("cpu"))[0].name == "cpu"
+    # a package whose profiles are all CPU recipes (no GPU profile to prefer) keeps them on a GPU
+    assert pick_profile([profiles[0]], _gpu_machine(8.0)).name == "cpu"
+
+
+def test_requires_packages(profile_dir):
+    (profile_dir / "x.yaml").write_text("requires:\n  gpu_count: 1\n  packages: [bitsandbytes]\nsettings: {}\n")
+    p = load_profile(profile_dir / "x.yaml")
+    assert p.requires.packages == ("bitsandbytes",)
+    assert why_not_fits(p, simulated_hardware("h100-80g")) == []  # a package is not a hardware fit criterion
+    (profile_dir / "x.yaml").write_text("requires:\n  packages: bitsandbytes\nsettings: {}\n")
+    with pytest.raises(ProfileError, match="'requires.packages' must be a list of import names"):
+        load_profile(profile_dir / "x.yaml")

@@ -1,7 +1,9 @@
 """The `trainstack` command.
 
-    trainstack doctor                       # hardware, precision and why, each task package's profile
+    trainstack doctor                       # hardware, precision, optional packages, hub cache, disk,
+                                            # each task package's profile (exit 1 if it lacks a package)
     trainstack doctor --simulate rtx2080s-8g   # what that machine would get
+    trainstack profiles                     # every installed task package's shipped profiles
     trainstack report runs/my-run           # loss/lr/tokens-per-s/memory PNGs + report.md
     python -m trainstack --help
 """
@@ -9,63 +11,38 @@
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-from importlib.metadata import entry_points
 from pathlib import Path
 
 import trainstack
-from trainstack.hardware import (
-    SIMULATED,
-    NoProfileFits,
-    detect_hardware,
-    load_profiles,
-    pick_profile,
-    simulated_hardware,
-)
-
-TASKS_GROUP = "trainstack.tasks"
-
-
-def task_entry_points() -> list:
-    return sorted(entry_points(group=TASKS_GROUP), key=lambda ep: ep.name)
+from trainstack.hardware import SIMULATED
+from trainstack.task_cli import EXIT_OK, EXIT_USAGE, OneLineErrorParser
 
 
 def doctor(args) -> int:
-    # Imported here so that `trainstack --help` answers without loading torch.
-    import torch
-
-    from trainstack.precision import PrecisionError, resolve_precision
+    from trainstack.doctor import doctor as run_doctor
+    from trainstack.hardware import detect_hardware, simulated_hardware
 
     hw = simulated_hardware(args.simulate) if args.simulate else detect_hardware()
-    print(f"trainstack-core {trainstack.__version__} | python {platform.python_version()} | torch {torch.__version__}"
-          f" | CUDA {torch.version.cuda or 'none'}")
-    print(f"hardware{' (simulated: ' + args.simulate + ')' if args.simulate else ''}: {hw.describe()}")
-    for i, g in enumerate(hw.gpus):
-        print(f"  gpu {i}: {g.name}, sm_{g.capability[0]}{g.capability[1]}, {g.memory_gib:.1f} GiB")
-    try:
-        p = resolve_precision(args.precision, hw)
-        print(f"precision: {p.reason}{' | TF32 on' if p.tf32 else ''}")
-    except PrecisionError as e:
-        print(f"precision: error: {e}")
-    eps = task_entry_points()
-    if not eps:
-        print(f"task packages: none installed (entry point group '{TASKS_GROUP}')")
-        return 0
-    print("task packages:")
-    for ep in eps:
-        dist = f" ({ep.dist.name} {ep.dist.version})" if getattr(ep, "dist", None) else ""
+    return run_doctor(hw, precision=args.precision, simulated=args.simulate)
+
+
+def profiles(args) -> int:
+    """Every installed task package's shipped profiles (each package's `profiles` command says more)."""
+    from trainstack.doctor import task_entry_points
+    from trainstack.hardware import load_profiles
+    from trainstack.task_cli import describe_requirements
+
+    for ep in task_entry_points():
         try:
-            profiles = load_profiles(ep.load()())
+            shipped = load_profiles(ep.load()())
         except Exception as e:  # one broken package must not hide the others
-            print(f"  {ep.name}{dist}: cannot load profiles: {type(e).__name__}: {e}")
+            print(f"{ep.name}: cannot load profiles: {type(e).__name__}: {e}")
             continue
-        try:
-            chosen = pick_profile(profiles, hw)
-            print(f"  {ep.name}{dist}: profile {chosen.name}" + (f" - {chosen.description}" if chosen.description else ""))
-        except NoProfileFits as e:
-            print(f"  {ep.name}{dist}: " + str(e).replace("\n", "\n    "))
-    return 0
+        print(f"{ep.name}:")
+        for p in shipped:
+            print(f"  {p.name:<16} {describe_requirements(p.requires):<38} {p.description}")
+    return EXIT_OK
 
 
 def report(args) -> int:
@@ -75,20 +52,23 @@ def report(args) -> int:
         path = write_report(args.run_dir, args.out)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     written = sorted(p.name for p in path.parent.glob("*.png"))
     print(f"wrote {path} and {', '.join(written) or 'no plots'} in {path.parent}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainstack", description="trainstack-core tools: check a machine, report on a run.")
+    parser = OneLineErrorParser(prog="trainstack", description="trainstack-core tools: check a machine, report on a run.")
     parser.add_argument("--version", action="version", version=f"trainstack-core {trainstack.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    d = sub.add_parser("doctor", help="hardware, precision, and the profile each installed task package would pick")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
+    d = sub.add_parser("doctor", help="hardware, precision, optional packages, hub cache, disk, and the profile each "
+                                      "installed task package would pick")
     d.add_argument("--simulate", choices=sorted(SIMULATED), help="pretend to be this machine")
     d.add_argument("--precision", default="auto", help="auto | bf16 | fp16 | fp32 (default: auto)")
     d.set_defaults(func=doctor)
+    p = sub.add_parser("profiles", help="every installed task package's shipped profiles")
+    p.set_defaults(func=profiles)
     r = sub.add_parser("report", help="plots (PNG) and report.md from RUN_DIR/log.jsonl")
     r.add_argument("run_dir", metavar="RUN_DIR", type=Path)
     r.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR)")
@@ -98,10 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, --version, a usage error: argparse printed it
+        return e.code if isinstance(e.code, int) else EXIT_OK
     if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
     return args.func(args)
 
 

@@ -17,6 +17,9 @@
     make_run_dir(cfg.run_dir)                                 # the run's first write
     print(format_config(cfg)); save_config(cfg, run_dir)
 
+``describe_config_keys(TrainConfig)`` lists every key with its type, default and attribute docstring
+(what ``PKG train --help-config`` prints).
+
 Ranges go in the config's ``__post_init__``: ``check_limits(self, {"optim.lr": "> 0", "max_steps": ">= 0"})``.
 
 Every value is checked against its annotation: an unknown key or a wrong type stops the run at
@@ -27,13 +30,16 @@ floats, and numeric fields also accept such strings from any source.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
 import enum
+import inspect
 import operator
 import os
 import re
 import tempfile
+import textwrap
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -410,3 +416,64 @@ def make_run_dir(path, key: str = "run_dir") -> Path:
     except OSError as e:
         raise ConfigError(f"{key}={path}: cannot write there ({e.strerror}); choose a writable {key}") from None
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigKey:
+    path: str
+    """Dotted key, as typed on the command line (``optim.lr``)."""
+    type: str
+    default: Any
+    doc: str
+
+
+def _attribute_docs(cls) -> dict[str, str]:
+    """The string literal under each annotated field (an attribute docstring, as litgpt writes them),
+    for ``cls`` and its dataclass bases; {} where the source is not available."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:], strict=False):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(inspect.cleandoc(after.value.value).split())
+    return docs
+
+
+def describe_config_keys(cls, prefix: str = "") -> list[ConfigKey]:
+    """Every leaf key of the config dataclass ``cls``, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    docs = _attribute_docs(cls)
+    keys: list[ConfigKey] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            keys.extend(describe_config_keys(tp, prefix + f.name + "."))
+            continue
+        if typing.get_origin(tp) is Literal:
+            type_text = " | ".join(map(str, typing.get_args(tp)))
+        else:
+            type_text = _describe(tp)
+        default = _field_default(f)
+        keys.append(ConfigKey(prefix + f.name, type_text, config_to_dict(default) if default is not dataclasses.MISSING
+                              else "(required)", docs.get(f.name, "")))
+    return keys
+
+
+def format_config_keys(cls) -> str:
+    """``key = default  (type)`` per line, its doc indented below: the text of ``--help-config``."""
+    lines = []
+    for key in describe_config_keys(cls):
+        value = yaml.safe_dump(key.default, default_flow_style=True, width=10**6).strip().removesuffix("...").strip()
+        lines.append(f"{key.path} = {value}  ({key.type})")
+        if key.doc:
+            lines.extend(textwrap.wrap(key.doc, width=100, initial_indent="    ", subsequent_indent="    "))
+    return "\n".join(lines) + "\n"

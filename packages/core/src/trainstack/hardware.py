@@ -8,12 +8,15 @@ A profile is a YAML file named after the hardware it targets (``rtx4080s-16g.yam
       min_compute_capability: "8.0"
       gpu_count: 1
       min_ram_gib: 16
+      packages: [bitsandbytes]   # import names the settings need; `trainstack doctor` checks them
     settings:            # config overrides, applied over the dataclass defaults
       optim:
         lr: 3.0e-4
 
 ``pick_profile`` returns the most demanding profile the machine satisfies, so a machine with an
-H100 gets the H100 profile rather than the 8 GB one that also "fits".
+H100 gets the H100 profile rather than the 8 GB one that also "fits". On a machine with a GPU it never
+falls back to a CPU profile: when no GPU profile fits, it names the closest one and why, and the user
+asks for the CPU by naming a CPU profile (``choose_profile`` is what ``--profile NAME|PATH|auto`` calls).
 """
 
 from __future__ import annotations
@@ -110,6 +113,9 @@ class Requirements:
     min_compute_capability: tuple[int, int] | None = None
     gpu_count: int = 0  # 0 means a CPU profile
     min_ram_gib: float = 0
+    packages: tuple[str, ...] = ()
+    """Import names the profile's settings need (bitsandbytes for 8-bit AdamW, deepspeed, flash_attn).
+    Not a fit criterion: `trainstack doctor` reports them missing and exits non-zero."""
 
     def demand(self) -> tuple:
         """Sort key: more GPUs, then more memory per GPU, then newer GPU, then more RAM."""
@@ -134,6 +140,16 @@ class NoProfileFits(RuntimeError):
     pass
 
 
+class NoGPUProfileFits(NoProfileFits):
+    """The machine has a GPU, no GPU profile fits it, and only a CPU profile would: auto stops rather
+    than train on the CPU without being asked."""
+
+    def __init__(self, message: str, closest: Profile, cpu_profile: Profile):
+        super().__init__(message)
+        self.closest = closest
+        self.cpu_profile = cpu_profile
+
+
 def parse_capability(value: Any, where: str = "min_compute_capability") -> tuple[int, int]:
     """Accept "8.0", 8.0, "sm_80", [8, 0]. YAML reads an unquoted 8.0 as a float, 7.5 too."""
     if isinstance(value, (list, tuple)) and len(value) == 2:
@@ -151,7 +167,7 @@ def parse_capability(value: Any, where: str = "min_compute_capability") -> tuple
         raise ProfileError(f"{where}: cannot read compute capability {value!r} (expected like \"8.0\")") from None
 
 
-_REQUIREMENT_KEYS = ("min_gpu_memory_gib", "min_compute_capability", "gpu_count", "min_ram_gib")
+_REQUIREMENT_KEYS = ("min_gpu_memory_gib", "min_compute_capability", "gpu_count", "min_ram_gib", "packages")
 _PROFILE_KEYS = ("requires", "settings", "description")
 
 
@@ -179,6 +195,9 @@ def load_profile(path) -> Profile:
     bad = sorted(set(req) - set(_REQUIREMENT_KEYS))
     if bad:
         raise ProfileError(f"{path}: unknown key 'requires.{bad[0]}'; allowed: {', '.join(_REQUIREMENT_KEYS)}")
+    packages = req.get("packages") or []
+    if not (isinstance(packages, list) and all(isinstance(x, str) for x in packages)):
+        raise ProfileError(f"{path}: 'requires.packages' must be a list of import names, got {packages!r}")
     try:
         cc = req.get("min_compute_capability")
         requires = Requirements(
@@ -186,6 +205,7 @@ def load_profile(path) -> Profile:
             min_compute_capability=None if cc is None else parse_capability(cc, f"{path}: requires.min_compute_capability"),
             gpu_count=int(req.get("gpu_count", 0)),
             min_ram_gib=float(req.get("min_ram_gib", 0)),
+            packages=tuple(packages),
         )
     except (TypeError, ValueError) as e:
         if isinstance(e, ProfileError):
@@ -250,4 +270,25 @@ def pick_profile(profiles, hw: Hardware) -> Profile:
             lines.append("  (no profiles given)")
         raise NoProfileFits("\n".join(lines))
     # Ties keep the earlier (alphabetical) profile, so the choice is deterministic.
-    return max(fits, key=lambda p: p.requires.demand())
+    best = max(fits, key=lambda p: p.requires.demand())
+    gpu_profiles = [p for p in profiles if p.requires.gpu_count > 0]
+    if hw.has_gpu and best.requires.gpu_count == 0 and gpu_profiles:
+        # A GPU the profiles were not written for: training on the CPU instead would be a silent
+        # 10-100x slow-down. Say which GPU profile comes closest, and how to ask for the CPU.
+        closest = min(gpu_profiles, key=lambda p: (len(why_not_fits(p, hw)), p.requires.demand()))
+        g = hw.gpus[0]
+        raise NoGPUProfileFits(
+            f"no GPU profile fits this machine's {g.name} (sm_{g.capability[0]}{g.capability[1]}, "
+            f"{g.memory_gib:.1f} GiB); closest: {closest.name} ({'; '.join(why_not_fits(closest, hw))}); "
+            f"to train on the CPU pass --profile {best.name}; for this GPU, edit a copy of a profile "
+            f"(profiles show {closest.name}) and pass --profile PATH.yaml", closest=closest, cpu_profile=best)
+    return best
+
+
+def choose_profile(name_or_path, profiles, hw: Hardware | None = None) -> tuple[Profile, str]:
+    """(profile, how it was chosen) for ``--profile``: a shipped name, a YAML path, or ``auto`` (the
+    most demanding profile this machine fits; see ``pick_profile``)."""
+    profiles = list(profiles)
+    if str(name_or_path) == "auto":
+        return pick_profile(profiles, hw if hw is not None else detect_hardware()), "picked for this hardware"
+    return resolve_profile(name_or_path, profiles), "as asked"
