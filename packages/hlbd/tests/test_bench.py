@@ -3,9 +3,10 @@
 import json
 
 import torch
-from hlbd.cli import _profiles, main
+from hlbd.cli import main
 from hlbd.config import TrainConfig
 from hlbd.data import SAMPLES_MARKER, bundled_sample_path
+from hlbd.profiles import shipped_profiles
 from hlbd.train import prepare_data, setup, train_one_epoch
 from hlbd.users_loop import UsersLoop
 from trainstack.config import load_config
@@ -26,7 +27,7 @@ def test_users_baseline_matches_the_users_loop_step_for_step():
     the math moves them by a good fraction of lr per step (measured when the test was written: leaving
     L2 off the biases and norm weights, core's default, puts them 6e-4 apart)."""
     overrides = [f"data.path={bundled_sample_path()}", "threads=1", *(f"model.{k}={v}" for k, v in SIZES.items())]
-    cfg = load_config(TrainConfig, resolve_profile("users-baseline", _profiles()).settings, overrides)
+    cfg = load_config(TrainConfig, resolve_profile("users-baseline", shipped_profiles()).settings, overrides)
     assert (cfg.batch_size, cfg.grad_accum_steps, cfg.optim.lr, cfg.precision) == (4, 8, 5e-5, "fp32")
     data = prepare_data(cfg)
     ours = setup(cfg, data)

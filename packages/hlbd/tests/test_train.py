@@ -20,8 +20,11 @@ def _sample_records():
 def test_hlbd_train_with_no_arguments_learns_the_bundled_sample(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # the default run_dir (runs/hlbd) lands here
     rc = main(["train"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert rc == 0, out
+    # the run stops at 95% exact match, at an epoch unknown in advance: an open-ended bar, not "n/300"
+    assert "epochs (until 95% exact match, at most 300)" in captured.err and "/300" not in captured.err
     m = re.search(r"^learned: exact match ([\d.]+)% \(72 pairs, greedy\)", out, re.M)
     assert m and float(m.group(1)) >= 95.0, out
     summary = json.loads((tmp_path / "runs" / "hlbd" / "summary.json").read_text())
@@ -35,12 +38,12 @@ def test_fast_learns_the_real_600_pairs_well_above_chance(v1_path, tmp_path):
     # A real learning check, not a timing: the fast recipe (AdamW, standard attention, scaled embeddings)
     # at a smaller width and a bounded number of epochs. A whole Chinese sentence right by chance has
     # probability ~0 (vocabulary of ~970 characters, ~15 characters per target).
-    from hlbd.cli import _profiles
     from hlbd.config import TrainConfig
+    from hlbd.profiles import shipped_profiles
     from trainstack.config import load_config
     from trainstack.hardware import resolve_profile
 
-    cfg = load_config(TrainConfig, resolve_profile("fast", _profiles()).settings, [
+    cfg = load_config(TrainConfig, resolve_profile("fast", shipped_profiles()).settings, [
         f"data.path={v1_path}", "data.batching=length", "model.d_model=128", "model.d_ff=256", "model.n_heads=4",
         "model.n_encoder_layers=2", "model.n_decoder_layers=2", "model.dropout=0.0", "batch_size=16",
         "optim.lr=2e-3", "epochs=12", "stop_at_exact_match=0.3", "precision=fp32", f"run_dir={tmp_path / 'run'}"])
@@ -119,8 +122,11 @@ def test_interrupt_saves_and_resume_is_exact(tmp_path, monkeypatch, capsys, sign
     assert (run / "checkpoints").is_dir() and len(list((run / "log.jsonl").read_text().splitlines())) < 4
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
 
-    assert main(["train", "--resume", "--no-progress", f"run_dir={run}"]) == 0
-    assert "resumed from" in capsys.readouterr().out
+    # --resume [auto|PATH]: the latest checkpoint of run_dir, or the one named
+    (saved,) = (run / "checkpoints").glob("step-*")
+    resume = ["--resume", f"run_dir={run}"] if signum == signal.SIGINT else ["--resume", str(saved)]
+    assert main(["train", *resume, "--no-progress"]) == 0
+    assert f"resumed from {saved}" in capsys.readouterr().out
     got = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in got] == [r["loss"] for r in want]  # bit for bit: CPU, fp32, same thread count
     assert [r["step"] for r in got] == [r["step"] for r in want] == [3, 6, 9, 12]

@@ -178,6 +178,8 @@ class TaskCLI:
         from trainstack.config import load_config
 
         profile, how = self.choose_profile(profile_name)
+        if profile_name is None and self.default_profile not in (None, "auto"):
+            how = "the default"
         say(f"profile {profile.name} ({how}): {profile.description}".rstrip(": "))
         return load_config(self.config_type(), profile.settings, list(overrides)), profile
 

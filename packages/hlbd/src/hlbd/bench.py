@@ -48,9 +48,10 @@ EAGER = ("speed.compile=false", "speed.cuda_graphs=false")
 
 
 def _cfg(name: str, data: str, overrides) -> TrainConfig:
-    from hlbd.cli import _profiles
+    from hlbd.profiles import shipped_profiles
 
-    return load_config(TrainConfig, resolve_profile(name, _profiles()).settings, [*overrides, f"data.path={data}"])
+    return load_config(TrainConfig, resolve_profile(name, shipped_profiles()).settings,
+                       [*overrides, f"data.path={data}"])
 
 
 def _real_tokens(prepared) -> int:

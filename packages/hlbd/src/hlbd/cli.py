@@ -1,22 +1,37 @@
 """hlbd: train, evaluate and benchmark the APT model on HLBD pairs.
 
     hlbd train [--data FILE] [--profile fast|users-baseline|PATH.yaml] [key=value ...]
-    hlbd train --resume [run_dir=DIR] [key=value ...]     (continue an interrupted run)
+    hlbd train --resume [auto|CHECKPOINT] [run_dir=DIR] [key=value ...]   (continue an interrupted run)
+    hlbd train --help-config                  every config key with its default and doc
     hlbd eval RUN_OR_CHECKPOINT [--data FILE]
     hlbd generate RUN_OR_CHECKPOINT "🌧️" ["I love you" ...] [--field emoji]
     hlbd bench [--data FILE] [--stages users-loop,users-baseline,fast] [--out FILE.json]   (one GPU)
-    hlbd profiles
+    hlbd profiles [list] | show NAME | validate [NAME|PATH]
+    hlbd --version
+
+One GPU or the CPU: the same command (hlbd train); the device is picked by device=auto.
+Exit codes: 0 learned (or ran all epochs with stop_at_exact_match=0), 1 did not learn, 2 bad usage,
+config or data, 130 interrupted (resume with: hlbd train --resume run_dir=DIR).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import warnings
+from pathlib import Path
+
+from trainstack.task_cli import TaskCLI
+
+from hlbd import __version__
 
 PINYIN_MARKS = set("āáǎàēéěèīíǐìōóǒòūúǔùǖǘǚǜü")
+
+cli = TaskCLI("hlbd", version=__version__, description=__doc__, profile_dir="hlbd.profiles:profile_dir",
+              config_class="hlbd.config:TrainConfig", default_profile="fast",
+              # ValueError: hlbd's own refusals (nothing to resume, data changed since the checkpoint)
+              usage_errors=("hlbd.data:HLBDError", FileNotFoundError, ValueError))
 
 
 def _guess_field(text: str) -> str:
@@ -33,51 +48,46 @@ def _guess_field(text: str) -> str:
     return "emoji"
 
 
-def _profiles():
-    from trainstack.hardware import load_profiles
-
-    from hlbd.profiles import profile_dir
-
-    return load_profiles(profile_dir())
-
-
-def _load_cfg(profile_name: str, overrides: list[str], data: str | None):
-    from trainstack.config import load_config
-    from trainstack.hardware import resolve_profile
-
-    from hlbd.config import TrainConfig
-
-    profile = resolve_profile(profile_name, _profiles())
-    if data:
-        overrides = [*overrides, f"data.path={data}"]
-    return load_config(TrainConfig, profile.settings, overrides)
+def _data_override(data: str | None) -> list[str]:
+    return [f"data.path={data}"] if data else []
 
 
 def _resume_cfg(args, overrides):
-    """The interrupted run's own config.yaml, with any key=value overrides on top."""
-    from pathlib import Path
-
+    """The interrupted run's own config.yaml, with any key=value overrides on top. --resume PATH names a
+    checkpoint (RUN_DIR/checkpoints/step-N) or a run directory."""
     from trainstack.config import load_config
 
     from hlbd.config import TrainConfig
 
     if args.profile:
         raise ValueError("--resume takes the run's saved config.yaml; drop --profile (key=value overrides still apply)")
-    run_dir = next((o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0] == "run_dir"), TrainConfig.run_dir)
+    checkpoint = None
+    if args.resume != "auto":
+        path = Path(args.resume)
+        if path.parent.name == "checkpoints":
+            checkpoint, run_dir = path, path.parent.parent
+        else:
+            run_dir = path
+        overrides = [f"run_dir={run_dir}", *overrides]
+    run_dir = next((o.split("=", 1)[1] for o in reversed(overrides) if o.split("=", 1)[0] == "run_dir"),
+                   TrainConfig.run_dir)
     saved = Path(run_dir) / "config.yaml"
     if not saved.exists():
         raise ValueError(f"{run_dir}: nothing to resume (no config.yaml; pass run_dir=DIR of the interrupted run)")
-    if args.data:
-        overrides = [*overrides, f"data.path={args.data}"]
-    return load_config(TrainConfig, saved, overrides)
+    if checkpoint is not None and not checkpoint.is_dir():
+        raise ValueError(f"--resume {checkpoint}: no such checkpoint; omit the path to resume the latest")
+    return load_config(TrainConfig, saved, [*overrides, *_data_override(args.data)]), checkpoint or True
 
 
 def cmd_train(args, overrides) -> int:
     from hlbd.train import latest_checkpoint, train
 
-    cfg = _resume_cfg(args, overrides) if args.resume else _load_cfg(args.profile or "fast", overrides, args.data)
+    if args.resume:
+        cfg, resume = _resume_cfg(args, overrides)
+    else:
+        (cfg, _), resume = cli.load_config(args.profile, [*overrides, *_data_override(args.data)]), False
     try:
-        summary = train(cfg, progress=not args.no_progress, resume=args.resume)
+        summary = train(cfg, progress=not args.no_progress, resume=resume)
     except KeyboardInterrupt:
         # A second Ctrl-C means "now": stop without finishing the save. Saves are atomic (a temporary
         # directory renamed into place), so the last complete checkpoint is intact either way.
@@ -93,13 +103,12 @@ def cmd_train(args, overrides) -> int:
 
 
 def cmd_eval(args, overrides) -> int:
+    import yaml
+
     from hlbd.data import build_pairs, read_hlbd
     from hlbd.evaluate import evaluate_pairs, load_checkpoint
 
     model, tok, info = load_checkpoint(args.checkpoint)
-    from pathlib import Path
-
-    import yaml
 
     run_cfg = {}
     cfg_file = Path(info["checkpoint"]).parent.parent / "config.yaml"
@@ -142,62 +151,32 @@ def cmd_bench(args, overrides) -> int:
                      overrides=overrides, fast_eager=args.fast_eager)
 
 
-def cmd_profiles(args, overrides) -> int:
-    for p in _profiles():
-        print(f"{p.name:16s} {p.description}")
-    return 0
+train = cli.add_train(cmd_train, help="train (default: recipe fast on the bundled sample)")
+train.add_argument("--data", help="HLBD .txt/.json/.jsonl (default: the bundled sample)")
+train.add_argument("--no-progress", action="store_true")
+p = cli.add_command("eval", cmd_eval, help="greedy-decode every training target: exact match and chrF")
+p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+p.add_argument("--data", help="pairs to evaluate (default: the data the run trained on)")
+p = cli.add_command("generate", cmd_generate, help="greedy generation for the given inputs")
+p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT")
+p.add_argument("text", nargs="+")
+p.add_argument("--field", choices=["emoji", "phrase", "english", "pinyin", "japanese", "korean", "card", "math"],
+               help="the inputs' field (default: guessed from the script)")
+p = cli.add_command("bench", cmd_bench, help="users' loop vs users-baseline vs fast, one GPU", overrides=True)
+p.add_argument("--data", default=None, help="default: ../shared/data/hlbd/hlbd_v1_600pairs.txt")
+p.add_argument("--stages", default="users-loop,users-baseline,fast",
+               help="comma-separated: users-loop, users-baseline, fast, fast-vs-eager; "
+                    "or 'report' (print from --out only)")
+p.add_argument("--users-epochs", type=int, default=1, help="epochs of the users' loop (a)")
+p.add_argument("--users-seconds", type=float, default=None,
+               help="stop (a) after this many seconds and extrapolate the epoch from the micro-batches done")
+p.add_argument("--baseline-epochs", type=int, default=4, help="epochs of (b); the first is warm-up")
+p.add_argument("--fast-eager", action="store_true",
+               help="also time fast with the fast path off (speed.compile=false speed.cuda_graphs=false)")
+p.add_argument("--out", default=None, help="JSON results; each stage merges into it")
 
 
 def main(argv=None) -> int:
-    from trainstack.config import parse_cli_overrides
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides, rest = parse_cli_overrides(argv)
-    parser = argparse.ArgumentParser(prog="hlbd", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train (default: recipe fast on the bundled sample)")
-    p.add_argument("--data", help="HLBD .txt/.json/.jsonl (default: the bundled sample)")
-    p.add_argument("--profile", default=None, help="fast (default) | users-baseline | path to a YAML recipe")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in run_dir (default runs/hlbd) from its latest checkpoint")
-    p.add_argument("--no-progress", action="store_true")
-    p = sub.add_parser("eval", help="greedy-decode every training target: exact match and chrF")
-    p.add_argument("checkpoint")
-    p.add_argument("--data", help="pairs to evaluate (default: the data the run trained on)")
-    p = sub.add_parser("generate", help="greedy generation for the given inputs")
-    p.add_argument("checkpoint")
-    p.add_argument("text", nargs="+")
-    p.add_argument("--field", choices=["emoji", "phrase", "english", "pinyin", "japanese", "korean", "card", "math"],
-                   help="the inputs' field (default: guessed from the script)")
-    p = sub.add_parser("bench", help="users' loop vs users-baseline vs fast, one GPU")
-    p.add_argument("--data", default=None, help="default: ../shared/data/hlbd/hlbd_v1_600pairs.txt")
-    p.add_argument("--stages", default="users-loop,users-baseline,fast",
-                   help="comma-separated: users-loop, users-baseline, fast, fast-vs-eager; "
-                        "or 'report' (print from --out only)")
-    p.add_argument("--users-epochs", type=int, default=1, help="epochs of the users' loop (a)")
-    p.add_argument("--users-seconds", type=float, default=None,
-                   help="stop (a) after this many seconds and extrapolate the epoch from the micro-batches done")
-    p.add_argument("--baseline-epochs", type=int, default=4, help="epochs of (b); the first is warm-up")
-    p.add_argument("--fast-eager", action="store_true",
-                   help="also time fast with the fast path off (speed.compile=false speed.cuda_graphs=false)")
-    p.add_argument("--out", default=None, help="JSON results; each stage merges into it")
-    sub.add_parser("profiles", help="list the shipped recipes")
-    args = parser.parse_args(rest)
-    if overrides and args.command not in ("train", "bench"):
-        parser.error(f"key=value overrides only apply to train and bench: {overrides}")
-
-    from trainstack.config import ConfigError
-    from trainstack.hardware import ProfileError
-    from trainstack.precision import PrecisionError
-
-    from hlbd.data import HLBDError
-
     warnings.simplefilter("default")
     warnings.formatwarning = lambda msg, cat, *a, **k: f"warning: {msg}\n"
-    handlers = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "bench": cmd_bench,
-                "profiles": cmd_profiles}
-    try:
-        return handlers[args.command](args, overrides)
-    except (HLBDError, ConfigError, ProfileError, PrecisionError, FileNotFoundError, ValueError) as e:
-        print(f"hlbd: error: {e}", file=sys.stderr)
-        return 2  # bad input, config or usage; 1 is left to failures of a run that started fine
+    return cli.main(argv)

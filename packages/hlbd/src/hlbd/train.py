@@ -254,7 +254,9 @@ def _restore_position(s: Session, pos: dict) -> None:
     s.epoch_start_rng = (pos["generator"], pos["host_generator"])
 
 
-def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = False) -> dict:
+def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool | Path = False) -> dict:
+    """The whole run. ``resume``: True continues from the latest complete checkpoint in run_dir, a path
+    from that checkpoint."""
     # 1. Data, validated before the run directory exists (a run_dir that can never work fails first).
     run_dir = check_writable_dir(cfg.run_dir, "run_dir")
     data = prepare_data(cfg)
@@ -287,7 +289,7 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
         say(f"overwrite: removed {len(removed)} entries of the earlier run in {run_dir}")
     manager = CheckpointManager(ckpt_root, keep_last=2)
     if resume:
-        latest = manager.latest()
+        latest = manager.latest() if resume is True else Path(resume)
         if latest is None:
             raise ValueError(f"{run_dir}: nothing to resume (no complete checkpoint in {ckpt_root})")
         check_fingerprint(latest, fingerprint, ignore_mismatch=cfg.ignore_resume_mismatch, say=say)
@@ -321,7 +323,12 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool = Fal
     interrupted = False
     already_done = bool(history) and s.micro == 0 and (
         learned_at is not None or s.epoch >= cfg.epochs)
-    bar = tqdm(total=cfg.epochs, initial=s.epoch, desc="epochs", disable=not progress, leave=False)
+    # A run that stops at an exact-match target ends at an epoch nobody knows yet: an open-ended bar
+    # ("32 epochs") rather than "32/300" as if it had stopped short.
+    open_ended = cfg.stop_at_exact_match > 0
+    bar = tqdm(total=None if open_ended else cfg.epochs, initial=s.epoch, disable=not progress, leave=False,
+               desc=f"epochs (until {cfg.stop_at_exact_match:.0%} exact match, at most {cfg.epochs})" if open_ended
+               else "epochs", unit=" epochs" if open_ended else "it")
     s.train_step.start_clock()  # time to the first step counts from here: compilation and capture
     with StopFlag() as stop:
         while s.epoch < cfg.epochs and not already_done:
