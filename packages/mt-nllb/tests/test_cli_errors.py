@@ -2,6 +2,7 @@
 exit 2, and nothing written (no run directory, no config.yaml, no data cache)."""
 
 import json
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +18,7 @@ def _train(tmp_path, *extra, run_dir=None):
 
 def _one_line(err: str) -> str:
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("mt-nllb train: error:"), err
+    assert len(lines) == 1 and lines[0].startswith("mt-nllb: error:"), err
     return lines[0]
 
 
@@ -87,8 +88,8 @@ def test_hub_model_while_offline_is_one_line_naming_it(tmp_path, capsys, monkeyp
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert _train(tmp_path, *overrides) == 2
     line = _one_line(capsys.readouterr().err)
-    assert f"{key}=facebook/nllb-200-distilled-600M" in line
-    assert "local model directory" in line and "HF_HUB_OFFLINE" in line
+    assert "'facebook/nllb-200-distilled-600M' is not in the local Hugging Face cache" in line
+    assert f"pass a local directory ({key}=PATH)" in line and "HF_HUB_OFFLINE=1" in line
     _nothing_written(tmp_path)
 
 
@@ -97,7 +98,16 @@ def test_hub_dataset_while_offline_is_one_line_naming_it(tmp_path, capsys, monke
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert _train(tmp_path, "data.train=[wmt19]") == 2
     line = _one_line(capsys.readouterr().err)
-    assert "data source wmt19 (wmt/wmt19" in line and "local files" in line
+    assert "dataset 'wmt/wmt19' is not in the local Hugging Face cache" in line
+    assert "pass a local file (data.train=PATH)" in line
+    _nothing_written(tmp_path)
+
+
+def test_hub_dataset_without_the_datasets_package_says_what_to_install(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # `import datasets` fails as if it were not installed
+    assert _train(tmp_path, "data.train=[wmt19]") == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "dataset 'wmt/wmt19'" in line and "pip install 'mt-nllb[hub]'" in line
     _nothing_written(tmp_path)
 
 

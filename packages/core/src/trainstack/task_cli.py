@@ -114,6 +114,8 @@ class TaskCLI:
     flag_aliases: dict = field(default_factory=dict)
     default_command: str | None = None
     """Run when the command line starts with a flag or key=value (chat-pretrain and t5-deepspeed: train)."""
+    after_profiles_list: Callable | None = None
+    """(args, profiles) -> None: more output after `profiles list` (options added to profiles_command())."""
 
     def __post_init__(self):
         from trainstack import __version__ as core_version
@@ -194,7 +196,7 @@ class TaskCLI:
             return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
 
     def _main(self, argv: list[str]) -> int:
-        self._add_profiles_command()
+        self.profiles_command()
         if not argv:
             self.parser.print_help(sys.stderr)
             return EXIT_USAGE
@@ -244,9 +246,12 @@ class TaskCLI:
 
     # -- profiles ----------------------------------------------------------------------------------
 
-    def _add_profiles_command(self) -> None:
-        if self.profile_dir is None or "profiles" in self._commands:
-            return
+    def profiles_command(self) -> argparse.ArgumentParser | None:
+        """The built-in `profiles` command's parser (created on first use; a package may add options)."""
+        if self.profile_dir is None:
+            return None
+        if "profiles" in self._commands:
+            return self._commands["profiles"].parser
         from trainstack.hardware import SIMULATED
 
         p = self.add_command("profiles", self._profiles_command, help="list | show NAME | validate | pick",
@@ -260,6 +265,7 @@ class TaskCLI:
         p.add_argument("names", nargs="*", metavar="NAME|PATH")
         p.add_argument("--simulate", choices=sorted(SIMULATED), metavar="MACHINE",
                        help=f"list/pick for a simulated machine: {', '.join(sorted(SIMULATED))}")
+        return p
 
     def _hardware(self, simulate: str | None):
         from trainstack.hardware import detect_hardware, simulated_hardware
@@ -276,6 +282,8 @@ class TaskCLI:
                 why = why_not_fits(p, hw)
                 fits = "fits here" if not why else "not here: " + "; ".join(why)
                 print(f"{p.name:<16} {describe_requirements(p.requires):<38} {p.description}  [{fits}]")
+            if self.after_profiles_list is not None:
+                self.after_profiles_list(args, profiles)
             return EXIT_OK
         if args.action == "pick":
             profile, _ = self.choose_profile("auto", self._hardware(args.simulate))

@@ -142,10 +142,14 @@ def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, s
 
 
 def _iter_hub(source: str, src_key: str, tgt_key: str, report: SourceReport, split: str):
-    from datasets import load_dataset
+    from trainstack.hub import loading
 
     dataset_id, config, train_split, test_split = HUB_SOURCES[source.lower()]
-    try:
+    # Offline, not cached, or `datasets` missing: one line naming the dataset and what to do.
+    with loading(dataset_id, what="dataset", key="data.train" if split == "train" else "data.test",
+                 install="mt-nllb[hub]"):
+        from datasets import load_dataset
+
         ds = load_dataset(dataset_id, config, split=train_split if split == "train" else test_split, streaming=True)
         rows = iter(ds)
         i = 0
@@ -157,10 +161,6 @@ def _iter_hub(source: str, src_key: str, tgt_key: str, report: SourceReport, spl
             else:
                 yield pair[0], pair[1], f"{source}:{i}"
             i += 1
-    except (ConnectionError, OSError) as e:  # offline, or the hub did not answer
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"data source {source} ({dataset_id} on the Hugging Face hub): cannot load it ({first}); "
-                        f"give local files instead (.tsv, .jsonl or .parquet) or run with network access") from None
 
 
 def _iter_parquet(path: Path, src_key: str, tgt_key: str, report: SourceReport):

@@ -1,12 +1,13 @@
 """Beam-search translation, BLEU / chrF++ with sacrebleu signatures, predictions files.
 
-    mt-nllb evaluate runs/x/checkpoints/step-2000 --test newstest2018.tsv --num-beams 4
+    mt-nllb eval runs/x/checkpoints/step-2000 --data newstest2018.tsv --num-beams 4
     mt-nllb translate runs/x/checkpoints/step-2000 < zh.txt > en.txt
+
+(the command-line options are declared in cli.py; run_evaluate / run_translate do the work)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -86,7 +87,8 @@ def _langs_from(checkpoint: Path, src_lang, tgt_lang):
     return src_lang or "zho_Hans", tgt_lang or "eng_Latn"
 
 
-def _common(p):
+def add_inference_options(p) -> None:
+    """The options `eval` and `translate` share."""
     p.add_argument("checkpoint", help="checkpoint dir (…/checkpoints/step-N), HF model dir, or hub name")
     p.add_argument("--num-beams", type=int, default=4)
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -94,6 +96,16 @@ def _common(p):
     p.add_argument("--src-lang", default="")
     p.add_argument("--tgt-lang", default="")
     p.add_argument("--device", default="auto")
+
+
+def add_eval_options(p) -> None:
+    add_inference_options(p)
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="test pairs: .tsv / .jsonl / .parquet, or wmt19 (newstest2018)")
+    p.add_argument("--src-key", default="zh")
+    p.add_argument("--tgt-key", default="en")
+    p.add_argument("--predictions", default="", help="JSONL of src/hyp/ref (default: next to the checkpoint)")
+    p.add_argument("--bleu-tokenize", default="13a")
 
 
 def _load(args):
@@ -110,43 +122,18 @@ def _load(args):
     return model, tokenizer, src, tgt
 
 
-def _load_or_say(args, command: str):
-    """``_load``, or None after one line on stderr when the checkpoint cannot be loaded."""
-    from trainstack.config import ConfigError
-
-    try:
-        return _load(args)
-    except ConfigError as e:
-        print(f"mt-nllb {command}: error: {e}", file=sys.stderr)
-        return None
-
-
-def main_evaluate(argv) -> int:
+def run_evaluate(args) -> None:
+    """BLEU and chrF++ of a checkpoint on a test file. Bad data or a checkpoint that cannot be loaded
+    raise DataError / ConfigError (one line, exit 2) before any work."""
     from .data import DataError, read_pairs
 
-    p = argparse.ArgumentParser(prog="mt-nllb evaluate", description="BLEU and chrF++ of a checkpoint on a test file")
-    _common(p)
-    p.add_argument("--test", required=True, help="test pairs: .tsv / .jsonl / .parquet, or wmt19 (newstest2018)")
-    p.add_argument("--src-key", default="zh")
-    p.add_argument("--tgt-key", default="en")
-    p.add_argument("--predictions", default="", help="JSONL of src/hyp/ref (default: next to the checkpoint)")
-    p.add_argument("--bleu-tokenize", default="13a")
-    args = p.parse_args(argv)
-    try:
-        # No length filter or dedup on a test set: every row counts (bad rows are still reported).
-        pairs, reports = read_pairs([args.test], [0], args.src_key, args.tgt_key, 1, 10**9, dedup=False, split="test")
-    except DataError as e:
-        print(f"mt-nllb evaluate: error: {e}", file=sys.stderr)
-        return 2
+    # No length filter or dedup on a test set: every row counts (bad rows are still reported).
+    pairs, reports = read_pairs([args.data], [0], args.src_key, args.tgt_key, 1, 10**9, dedup=False, split="test")
     for r in reports:
         print(r.line(), file=sys.stderr)
     if not pairs:
-        print(f"mt-nllb evaluate: error: {args.test}: no usable pairs", file=sys.stderr)
-        return 2
-    loaded = _load_or_say(args, "evaluate")
-    if loaded is None:
-        return 2
-    model, tokenizer, src, tgt = loaded
+        raise DataError(f"{args.data}: no usable pairs")
+    model, tokenizer, src, tgt = _load(args)
     ckpt = Path(args.checkpoint)
     pred = Path(args.predictions) if args.predictions else (ckpt if ckpt.is_dir() else Path(".")) / "predictions.test.jsonl"
     metrics = evaluate_pairs(model, tokenizer, pairs, src_lang=src, tgt_lang=tgt, num_beams=args.num_beams,
@@ -155,19 +142,13 @@ def main_evaluate(argv) -> int:
     print(f"BLEU {metrics['bleu']:.2f}  {metrics['bleu_signature']}")
     print(f"chrF++ {metrics['chrf']:.2f}  {metrics['chrf_signature']}")
     print(f"predictions: {pred}")
-    print(json.dumps({"test": args.test, "rows": len(pairs), **metrics}))
-    return 0
+    print(json.dumps({"test": args.data, "rows": len(pairs), **metrics}))
 
 
-def main_translate(argv) -> int:
-    p = argparse.ArgumentParser(prog="mt-nllb translate", description="stdin (one sentence a line) -> stdout")
-    _common(p)
-    args = p.parse_args(argv)
+def run_translate(args) -> None:
+    """stdin (one sentence a line) -> stdout, line for line."""
     lines = [line.rstrip("\n") for line in sys.stdin]
-    loaded = _load_or_say(args, "translate")
-    if loaded is None:
-        return 2
-    model, tokenizer, src, tgt = loaded
+    model, tokenizer, src, tgt = _load(args)
     # Empty lines stay empty lines so the output aligns with the input.
     keep = [i for i, line in enumerate(lines) if line.strip()]
     hyps = translate_texts(model, tokenizer, [lines[i] for i in keep], src_lang=src, tgt_lang=tgt,
@@ -176,4 +157,3 @@ def main_translate(argv) -> int:
     for i, h in zip(keep, hyps, strict=True):
         out[i] = h
     sys.stdout.write("".join(line + "\n" for line in out))
-    return 0

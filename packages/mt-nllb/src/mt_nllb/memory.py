@@ -229,3 +229,16 @@ def estimate_for_profile(name_or_path: str, overrides=()) -> MemoryPlan:
                     checkpointing=cfg.speed.gradient_checkpointing, chunked_ce=cfg.speed.chunked_ce,
                     ce_chunk_rows=cfg.speed.ce_chunk_tokens, attn=cfg.model.attn_implementation,
                     label=f"{profile.name} ({arch}, worst case: {batch} x {length} tokens per side)")
+
+
+def print_profile_plans(profiles) -> None:
+    """`mt-nllb profiles --memory`: the estimated peak GPU memory of each GPU profile's worst-case step."""
+    for prof in sorted(profiles, key=lambda p: p.name):
+        if prof.requires.gpu_count == 0:
+            continue
+        plan = estimate_for_profile(prof.name)
+        budget = prof.requires.min_gpu_memory_gib  # rtx4080s-16g: 15, the acceptance limit
+        verdict = "fits" if plan.reserved_gib <= budget else "DOES NOT FIT"
+        print()
+        print(plan.table())
+        print(f"  -> {verdict} in {budget:g} GiB (estimate; measured numbers in BENCHMARKS.md)")

@@ -54,31 +54,19 @@ def build_sample_tokenizer(texts, lang_codes):
     return fast
 
 
-def hub_or_dir(load, name: str, key: str):
+def hub_or_dir(load, name: str, key: str, what: str = "model"):
     """``load(name)`` for a hub name or a local directory; when that fails (offline, no such model, a
-    directory without the files), a one-line ConfigError naming ``key=name`` and what to do."""
-    import os
+    directory without the files), a one-line ConfigError naming it, ``key`` and what to do."""
+    from trainstack.hub import loading
 
-    from trainstack.config import ConfigError
-
-    try:
+    with loading(name, what=what, key=key):
         return load(name)
-    except OSError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if Path(name).exists():
-            raise ConfigError(f"{key}={name}: cannot load this directory ({first})") from None
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-        todo = ("the hub is off (HF_HUB_OFFLINE is set): give a local model directory, or unset HF_HUB_OFFLINE "
-                "with network access" if offline else
-                "give a local model directory, or check the name and the network")
-        raise ConfigError(f"{key}={name}: no local directory of that name, and the Hugging Face hub did not "
-                          f"provide it ({first}); {todo}") from None
 
 
 def load_tokenizer(source: str, key: str = "model.tokenizer"):
     from transformers import AutoTokenizer
 
-    return hub_or_dir(AutoTokenizer.from_pretrained, source, key)
+    return hub_or_dir(AutoTokenizer.from_pretrained, source, key, what="tokenizer")
 
 
 def lang_id(tokenizer, code: str) -> int:
