@@ -16,27 +16,12 @@ end:   best checkpoint by BLEU -> test file -> predictions + metrics
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import TrainConfig
-
-
-def parse_args(argv):
-    from trainstack.config import parse_cli_overrides
-
-    overrides, rest = parse_cli_overrides(argv)
-    p = argparse.ArgumentParser(prog="mt-nllb train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--profile", default="auto", help="shipped profile name, a YAML path, or auto (best fit here)")
-    p.add_argument("--run-dir", default="runs/mt-nllb")
-    p.add_argument("--resume", nargs="?", const="latest", default=None, help="latest checkpoint, or a path")
-    p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(rest), overrides
 
 
 @dataclass
@@ -358,34 +343,3 @@ def check_optimizer_available(name: str) -> None:
     if name == "adamw8bit" and not optim.HAS_BITSANDBYTES:
         raise ImportError("optim.name=adamw8bit (the rtx4080s-16g profile) needs bitsandbytes: "
                           "pip install 'mt-nllb[bnb]', or pass optim.name=adamw (fp32 states: +3.4 GiB)")
-
-
-def main(argv=None) -> int:
-    from trainstack.checkpoint import CheckpointError
-    from trainstack.config import ConfigError, load_config
-    from trainstack.hardware import NoProfileFits
-    from trainstack.loop import NoUsableData
-
-    from .data import DataError
-    from .profiles import resolve
-
-    args, overrides = parse_args(list(sys.argv[1:] if argv is None else argv))
-    try:
-        profile, how = resolve(args.profile)
-        print(f"profile {profile.name} ({how}): {profile.description}")
-        cfg = load_config(TrainConfig, profile.settings, overrides)
-        check_optimizer_available(cfg.optim.name)
-    except (ConfigError, NoProfileFits, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"mt-nllb train: error: {e}", file=sys.stderr)
-        return 2
-    try:
-        summary = run(cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress)
-    except (DataError, ConfigError, CheckpointError, NoUsableData) as e:  # bad input, found before training
-        print(f"mt-nllb train: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # A second Ctrl-C means "now": no save. Saves are atomic, so the last complete checkpoint stands.
-        print(f"mt-nllb train: interrupted twice: stopped without saving; the last complete checkpoint in "
-              f"{Path(args.run_dir) / 'checkpoints'} (if any) continues with --resume", file=sys.stderr)
-        return 130
-    return 130 if summary["interrupted"] else 0
