@@ -9,7 +9,7 @@ from chat_pretrain.synth import make_parquet
 def test_bench_both_arms_on_cpu(tmp_path, chatlm_dir, capsys):
     data = make_parquet(tmp_path / "b.parquet", 400, median_chars=8, row_group_rows=100)
     out = tmp_path / "res.json"
-    argv = ["bench", "--tokenizer", str(chatlm_dir), "--data", str(data), "--config", "cpu-tiny", "--steps", "2",
+    argv = ["bench", "--tokenizer", str(chatlm_dir), "--data", str(data), "--profile", "cpu-tiny", "--steps", "2",
             "--warmup", "1", "grad_accum_steps=2", "data.max_batch_rows=8", "data.batch_size=4"]
     for arm in ("ours", "users"):
         assert main([*argv, "--arm", arm, "--json-out", str(out.with_name(f"{arm}.json"))]) == 0

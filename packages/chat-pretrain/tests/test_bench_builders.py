@@ -80,14 +80,14 @@ def test_bench_ours_and_train_go_through_the_same_builders(tmp_path, chatlm_dir,
     same = [f"grad_accum_steps={ACCUM}", "data.max_batch_rows=8"]
     trained = _record_builders(monkeypatch)
     with pytest.raises(StopRun):
-        main(["train", "--config", "cpu-tiny", f"data.train_files=[{data}]", f"tokenizer.path={chatlm_dir}",
+        main(["train", "--profile", "cpu-tiny", f"data.train_files=[{data}]", f"tokenizer.path={chatlm_dir}",
               f"run_dir={tmp_path / 'run'}", *same])
     assert "optimizer: torch.optim.AdamW for-loop (parameters on cpu)" in capsys.readouterr().out
 
     monkeypatch.undo()
     benched = _record_builders(monkeypatch)
     with pytest.raises(StopRun):
-        main(["bench", "--tokenizer", str(chatlm_dir), "--data", str(data), "--config", "cpu-tiny", "--arm", "ours",
+        main(["bench", "--tokenizer", str(chatlm_dir), "--data", str(data), "--profile", "cpu-tiny", "--arm", "ours",
               "--steps", "1", "--warmup", "1", *same])
 
     for run in (trained, benched):
@@ -128,6 +128,6 @@ def test_train_builds_the_optimizer_after_the_model_is_on_its_device(tmp_path, c
     monkeypatch.setattr(T, "build_training_model", on_meta)
     monkeypatch.setattr(T, "build_optimizer_and_scheduler", check)
     with pytest.raises(StopRun):
-        main(["train", "--config", "cpu-tiny", f"data.train_files=[{data}]", f"tokenizer.path={chatlm_dir}",
+        main(["train", "--profile", "cpu-tiny", f"data.train_files=[{data}]", f"tokenizer.path={chatlm_dir}",
               f"run_dir={tmp_path / 'run'}"])
     assert seen["devices"] == {"meta"}

@@ -26,7 +26,7 @@ def watchdog():
 
 
 def _train(tmp_path, *args):
-    return main(["train", "--config", "cpu-tiny", f"run_dir={tmp_path / 'run'}", *args])
+    return main(["train", "--profile", "cpu-tiny", f"run_dir={tmp_path / 'run'}", *args])
 
 
 def _one_line(err: str) -> str:
@@ -95,7 +95,8 @@ def test_hub_model_name_is_one_line_saying_what_to_do(tmp_path, chatlm_dir, caps
     assert _train(tmp_path, f"data.train_files=[{data}]", f"tokenizer.path={chatlm_dir}",
                   "model.name=google-t5/t5-small") == 2
     line = _one_line(capsys.readouterr().err)
-    assert "model.name=google-t5/t5-small: not a shipped config" in line and "model.name=DIR" in line
+    assert "model 'google-t5/t5-small' is not in the local Hugging Face cache" in line
+    assert "HF_HUB_OFFLINE=1" in line and "pass a local directory (model.name=PATH)" in line
     assert not (tmp_path / "run").exists()
 
 
@@ -107,7 +108,7 @@ def test_unusable_run_dir_is_one_line_and_writes_nothing(tmp_path, chatlm_dir, c
     run_dir = {"a file": blocker, "under a file": blocker / "run"}.get(where)
     if where == "read-only":
         run_dir = request.getfixturevalue("read_only_dir") / "run"
-    assert main(["train", "--config", "cpu-tiny", f"data.train_files=[{data}]", f"tokenizer.path={chatlm_dir}",
+    assert main(["train", "--profile", "cpu-tiny", f"data.train_files=[{data}]", f"tokenizer.path={chatlm_dir}",
                  f"run_dir={run_dir}"]) == 2
     line = _one_line(capsys.readouterr().err)
     assert f"run_dir={run_dir}" in line

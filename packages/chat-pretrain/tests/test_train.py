@@ -6,7 +6,7 @@ import signal
 
 import chat_pretrain.train as train_mod
 import pytest
-from chat_pretrain.cli import main, parse_train_args
+from chat_pretrain.cli import main
 from chat_pretrain.synth import make_parquet
 
 
@@ -40,7 +40,7 @@ def test_train_sigint_resume_mid_epoch_sees_exactly_the_unseen_rows(tmp_path, ch
     train = make_parquet(tmp_path / "train.parquet", 120, median_chars=10, row_group_rows=50, task="copy")
     valid = make_parquet(tmp_path / "valid.parquet", 8, median_chars=10, seed=9, task="copy")
     run = tmp_path / "run"
-    common = ["--config", "cpu-tiny", f"data.train_files=[{train}]", f"data.valid_files=[{valid}]",
+    common = ["--profile", "cpu-tiny", f"data.train_files=[{train}]", f"data.valid_files=[{valid}]",
               f"tokenizer.path={chatlm_dir}", f"run_dir={run}", "data.id_column=id", "data.bucket_rows=64",
               "data.max_batch_rows=8", "grad_accum_steps=2", "log_every_steps=1", "eval.max_new_tokens=8"]
 
@@ -59,9 +59,9 @@ def test_train_sigint_resume_mid_epoch_sees_exactly_the_unseen_rows(tmp_path, ch
     mem = [json.loads(line) for line in (run / "memory.rank0.jsonl").read_text().splitlines()]
     assert len(mem) == 3 and all(r["rss_gib"] > 0 for r in mem)  # every optimizer step (2 micro-batches)
 
-    # 2. --resume, stopping mid-epoch again at step 5.
+    # 2. --resume PATH (the checkpoint named), stopping mid-epoch again at step 5.
     seen.append([])
-    assert main(["train", *common, "--resume", "max_steps=5"]) == 0
+    assert main(["train", *common, "--resume", str(ckpts[0]), "max_steps=5"]) == 0
     second = seen[-1]
     assert 0 < len(second) and len(first) + len(second) < 120
 
@@ -78,9 +78,10 @@ def test_train_sigint_resume_mid_epoch_sees_exactly_the_unseen_rows(tmp_path, ch
 
 
 def test_train_needs_data_and_tokenizer():
+    from chat_pretrain.config import load_train_config
     from trainstack.config import ConfigError
 
-    cfg, _ = parse_train_args(["--config", "cpu-tiny"])
+    cfg = load_train_config("cpu-tiny")
     with pytest.raises(ConfigError, match="train_files"):
         train_mod.run(train_mod.Job(cfg))
 
@@ -102,7 +103,7 @@ def test_two_gloo_processes_train_an_epoch_in_step(tmp_path, chatlm_dir):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "chat_pretrain", "train", "--config", "cpu-tiny",
+           "--master_port", str(port), "-m", "chat_pretrain", "train", "--profile", "cpu-tiny",
            f"data.train_files=[{train}]", f"data.valid_files=[{valid}]", f"tokenizer.path={chatlm_dir}",
            f"run_dir={run}", "data.bucket_rows=40", "data.max_batch_rows=8", "grad_accum_steps=2",
            "log_every_steps=1", "eval.max_new_tokens=4"]
@@ -121,9 +122,21 @@ def test_two_gloo_processes_train_an_epoch_in_step(tmp_path, chatlm_dir):
 def test_a_used_run_dir_is_refused_and_resume_checks_max_seq_len(tmp_path, chatlm_dir, capsys):
     train = make_parquet(tmp_path / "train.parquet", 24, median_chars=10, task="copy")
     run = tmp_path / "run"
-    common = ["--config", "cpu-tiny", f"data.train_files=[{train}]", f"tokenizer.path={chatlm_dir}",
+    common = ["--profile", "cpu-tiny", f"data.train_files=[{train}]", f"tokenizer.path={chatlm_dir}",
               f"run_dir={run}", "max_steps=2", "data.max_batch_rows=8"]
     assert main(["train", *common]) == 0
+
+    # the checkpoint evaluates and generates through the CLI
+    ckpt = run / "checkpoints" / "step-2"
+    capsys.readouterr()
+    assert main(["eval", str(ckpt), "--data", str(train), "--max-rows", "4", "--device", "cpu"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["rows"] == 4 and result["loss"] > 0 and 0 <= result["bleu"] <= 100
+    assert main(["generate", str(ckpt), "你好", "今天天气很好", "--max-new-tokens", "4", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("\t")[0] for line in lines[-2:]] == ["你好", "今天天气很好"]
+    assert main(["eval", str(run), "--data", str(train)]) == 2
+    assert "not a chat-pretrain checkpoint" in capsys.readouterr().err
     before = (run / "config.yaml").read_text()
     capsys.readouterr()
     assert main(["train", *common, "seed=1"]) == 2

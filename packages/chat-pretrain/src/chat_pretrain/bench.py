@@ -2,17 +2,17 @@
 
     # 1 GPU: both arms, each in its own process (so peak host RSS is per arm), same model/data/GPU
     chat-pretrain make-data /tmp/bench.parquet --rows 1000000
-    chat-pretrain bench --tokenizer ../shared/data/chatlm --data /tmp/bench.parquet --config large
+    chat-pretrain bench --tokenizer ../shared/data/chatlm --data /tmp/bench.parquet --profile large
     # N GPUs: one arm per launch; packages/chat-pretrain/scripts/bench_multi_gpu.sh does 1 vs 2 GPUs
     accelerate launch --multi_gpu --num_processes 2 -m chat_pretrain bench --arm ours --json-out ours2.json ...
     # CPU: the harness runs (figures say they are CPU figures)
-    chat-pretrain bench --tokenizer ../shared/data/chatlm --data d.parquet --config cpu-tiny --steps 3 --warmup 1
+    chat-pretrain bench --tokenizer ../shared/data/chatlm --data d.parquet --profile cpu-tiny --steps 3 --warmup 1
 
 The users' loop (ChatLM-mini-Chinese trainer, as described in SEEDS.md and issue 5): the whole
 parquet table loaded into RAM, random batches of `batch_size` rows padded to their longest row (or
 to max_seq_len with --users-pad max_length), no length bucketing, `loss.item()` every micro-step,
 gradients all-reduced on every micro-step (no no_sync), transformers' Adafactor with relative steps
-(its lr is ignored). Ours: what `chat-pretrain train --config NAME data.train_files=[DATA]
+(its lr is ignored). Ours: what `chat-pretrain train --profile NAME data.train_files=[DATA]
 tokenizer.path=TOK` runs, built by the same train.py functions (streamed token-budget batches
 bucketed by length, AdamW built on the GPU so fused, the config's warmup + cosine over the run's
 estimated length) and stepped by core's FitStep (fit's no_sync on non-final micro-steps, no host
@@ -25,7 +25,6 @@ same fixed tokenizer, the same token-level truncation, and the same precision. T
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import resource
@@ -137,7 +136,7 @@ def run_arm(arm: str, args, cfg) -> dict:
 
     fpt = flops_per_token(accelerator.unwrap_model(model), cfg.data.max_seq_len) / 2
     warmup = args.warmup
-    if args.profile and accelerator.is_main_process:
+    if args.torch_profile and accelerator.is_main_process:
         from torch.profiler import ProfilerActivity, profile
 
         for _ in range(warmup):
@@ -173,34 +172,11 @@ def run_arm(arm: str, args, cfg) -> dict:
     return out if accelerator.is_main_process else {}
 
 
-def main(argv: list[str]) -> int:
-    from trainstack.config import parse_cli_overrides
+def run_bench(args, overrides) -> int:
+    """`chat-pretrain bench` (options declared in cli.py): both arms, each in its own process, or one."""
+    from chat_pretrain.config import load_train_config
 
-    overrides, rest = parse_cli_overrides(argv)
-    p = argparse.ArgumentParser(prog="chat-pretrain bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--tokenizer", required=True)
-    p.add_argument("--data", required=True, help="one parquet file with prompt/response")
-    p.add_argument("--config", default="large")
-    p.add_argument("--arm", choices=["both", "ours", "users"], default="both")
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--users-pad", choices=["longest", "max_length"], default="longest")
-    p.add_argument("--users-attn", choices=["sdpa", "eager"], default=None,
-                   help="attention for the users' arm (default: the same as ours)")
-    p.add_argument("--json-out", default=None)
-    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of 3 steps first")
-    args = p.parse_args(rest)
-
-    from trainstack.config import ConfigError
-
-    from chat_pretrain.cli import parse_train_args
-
-    try:
-        cfg, _ = parse_train_args(["--config", args.config, *overrides])
-    except ConfigError as e:
-        print(f"chat-pretrain bench: error: {e}", file=sys.stderr)
-        return 2
+    cfg = load_train_config(args.profile, overrides)  # a bad profile or key: ConfigError, exit 2
     # Ours trains on exactly what `chat-pretrain train ... data.train_files=[DATA] tokenizer.path=TOK` would.
     cfg.data.train_files, cfg.tokenizer.path = [args.data], args.tokenizer
     if args.arm != "both":
@@ -220,7 +196,7 @@ def main(argv: list[str]) -> int:
         out = Path(args.json_out or ".").with_suffix("") if args.json_out else Path(f".bench-{arm}.json")
         target = Path(f"{out}-{arm}.json") if args.json_out else out
         cmd = [sys.executable, "-m", "chat_pretrain", "bench", "--arm", arm, "--json-out", str(target),
-               "--tokenizer", args.tokenizer, "--data", args.data, "--config", args.config,
+               "--tokenizer", args.tokenizer, "--data", args.data, "--profile", args.profile,
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--users-pad", args.users_pad,
                *(["--users-attn", args.users_attn] if args.users_attn else []), *overrides]
         subprocess.run(cmd, check=True, env=dict(os.environ))

@@ -1,78 +1,80 @@
 """chat-pretrain: T5 text-to-text pretraining on prompt/response parquet in bounded host RAM.
 
-    chat-pretrain [train] --config large KEY=VALUE ... [--resume | --is_keep_training[=True]]
+    chat-pretrain train [--profile auto|large|small|low-ram-12g|cpu-tiny|PATH] [key=value ...] [--resume [auto|PATH]]
+    chat-pretrain train --help-config              every config key with its default and doc
+    chat-pretrain eval CHECKPOINT --data F.parquet [--max-rows N]     validation loss and BLEU-4
+    chat-pretrain generate CHECKPOINT "prompt" ["prompt" ...]
+    chat-pretrain bench --tokenizer DIR --data F.parquet [--profile large] [--arm both|ours|users]
     chat-pretrain tokenizer check --tokenizer DIR_OR_JSON [--files F ...] [--write-fixed OUT_DIR]
     chat-pretrain tokenizer train --files F ... --vocab-size N [--kind bpe|unigram] --out OUT_DIR
-    chat-pretrain bench --tokenizer DIR --data F.parquet [--arm both|ours|users] [--steps 20]
     chat-pretrain make-data OUT.parquet --rows N [--median-chars 60] [--task random|copy]
-    chat-pretrain configs
+    chat-pretrain profiles [list] | show NAME | validate [NAME|PATH]
+    chat-pretrain --version
 
-Under a launcher: `accelerate launch --multi_gpu --num_processes 3 -m chat_pretrain train --config large ...`.
+Under a launcher: `accelerate launch --multi_gpu --num_processes 3 -m chat_pretrain train --profile large ...`.
 Overrides: `epochs=5 optim.lr=2e-4`, or the users' flags `--epochs=5 --learn_rate=0.0002
---batch_size_per_gpu=24 --gradient_accumulation_steps=4 --max_seq_len=128 --use_large_config=True`.
+--batch_size_per_gpu=24 --gradient_accumulation_steps=4 --max_seq_len=128 --use_large_config=True
+--is_keep_training=True`. Exit codes: 0 done, 1 the run failed, 2 bad usage, config or data (one line),
+130 interrupted (continue with the same command plus --resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
-from chat_pretrain.config import ALIASES, TrainConfig
+from trainstack.task_cli import TaskCLI
 
-_TRUE = {"true", "1", "yes", "on"}
+from chat_pretrain import __version__
+from chat_pretrain.config import users_flags
+
+cli = TaskCLI("chat-pretrain", version=__version__, description=__doc__,
+              profile_dir="chat_pretrain.profiles:profile_dir", config_class="chat_pretrain.config:TrainConfig",
+              default_profile="auto", usage_errors=("chat_pretrain.data:DataError",), default_command="train",
+              # the spellings of earlier releases, still accepted
+              command_aliases={"configs": "profiles"}, flag_aliases={"--config": "--profile"})
 
 
-def _flag_value(token: str) -> tuple[str, str | None]:
-    key, sep, value = token[2:].partition("=")
-    return key.replace("-", "_"), (value if sep else None)
+def cmd_train(args, overrides) -> int:
+    from chat_pretrain.train import Job, run
 
-
-def parse_train_args(argv: list[str]) -> tuple[TrainConfig, bool]:
-    """(config, resume) from `--config NAME`, `--resume`, `--is_keep_training[=True]`,
-    `--use_large_config=True`, `--key=value` (users' flags) and `key=value` overrides. Bad usage or
-    config raises ConfigError (one line; the CLI exits 2)."""
-    from trainstack.config import ConfigError, load_config, parse_cli_overrides
-    from trainstack.hardware import load_profiles, resolve_profile
-
-    from chat_pretrain.profiles import profile_dir
-
-    overrides, rest = parse_cli_overrides(argv)
-    config_name = None
-    resume = False
-    i = 0
-    while i < len(rest):
-        token = rest[i]
-        if not token.startswith("--"):
-            raise ConfigError(f"unexpected argument {token!r} (overrides look like key=value)")
-        key, value = _flag_value(token)
-        takes_value = key not in ("resume", "is_keep_training", "use_large_config")
-        if value is None and takes_value:
-            if i + 1 >= len(rest):
-                raise ConfigError(f"{token} needs a value")
-            value = rest[i + 1]
-            i += 1
-        i += 1
-        if key == "config":
-            config_name = value
-        elif key in ("resume", "is_keep_training"):
-            resume = value is None or value.strip().lower() in _TRUE
-        elif key == "use_large_config":
-            if value is None or value.strip().lower() in _TRUE:
-                config_name = "large"
-        elif key in ("help", "h"):
-            print(__doc__)
-            raise SystemExit(0)
-        else:
-            overrides.append(f"{ALIASES.get(key, key)}={value}")
-    profiles = load_profiles(profile_dir())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg, _ = cli.load_config(args.profile, overrides)
+    resume = {None: False, "auto": True}.get(args.resume, args.resume)
     try:
-        profile = resolve_profile(config_name or "small", profiles)
-        cfg = load_config(TrainConfig, profile.settings, overrides)
-    except ConfigError:
-        raise
-    except (ValueError, FileNotFoundError) as e:  # an unknown --config name or a missing YAML file
-        raise ConfigError(str(e)) from None
-    return cfg, resume
+        result = run(Job(cfg, resume=resume, progress=not args.no_progress))
+    except KeyboardInterrupt:
+        # A second Ctrl-C means "now": no save. Saves are atomic, so the last complete checkpoint stands.
+        print(f"chat-pretrain: interrupted twice: stopped without saving; the last complete checkpoint in "
+              f"{Path(cfg.run_dir) / 'checkpoints'} (if any) continues with --resume", file=sys.stderr)
+        return 130
+    # fit() saved a resumable checkpoint on SIGINT/SIGTERM; 130 is the shell's "stopped by Ctrl-C".
+    return 130 if result.interrupted else 0
+
+
+def cmd_eval(args, overrides) -> None:
+    import json
+
+    from chat_pretrain.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.data, max_rows=args.max_rows, device=args.device)
+    print(json.dumps(result, ensure_ascii=False))
+
+
+def cmd_generate(args, overrides) -> None:
+    from chat_pretrain.evaluate import generate_from_checkpoint
+
+    for prompt, out in zip(args.prompt, generate_from_checkpoint(args.checkpoint, args.prompt, args.max_new_tokens,
+                                                                 device=args.device), strict=True):
+        print(f"{prompt}\t{out}")
+
+
+def cmd_bench(args, overrides) -> int:
+    from chat_pretrain.bench import run_bench
+
+    return run_bench(args, overrides)
 
 
 def _tokenizer_main(argv: list[str]) -> int:
@@ -137,33 +139,38 @@ def _make_data_main(argv: list[str]) -> int:
     return 0
 
 
+def _declare() -> None:
+    p = cli.add_train(cmd_train, help="pretrain (the profile auto picks fits this machine)", rewrite=users_flags)
+    p.add_argument("--no-progress", action="store_true")
+    p = cli.add_command("eval", cmd_eval, help="validation loss and BLEU-4 of a checkpoint on parquet files")
+    p.add_argument("checkpoint", help="RUN_DIR/checkpoints/step-N (an HF model directory with tokenizer.json)")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE", help="parquet files or directories")
+    p.add_argument("--max-rows", type=int, default=0, help="0: every row")
+    p.add_argument("--device", default="auto")
+    p = cli.add_command("generate", cmd_generate, help="greedy responses to the given prompts")
+    p.add_argument("checkpoint")
+    p.add_argument("prompt", nargs="+")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p = cli.add_command("bench", cmd_bench, help="our recipe vs the users' trainer loop", overrides=True,
+                        description="our recipe vs the users' trainer loop (see chat_pretrain/bench.py)")
+    p.add_argument("--tokenizer", required=True)
+    p.add_argument("--data", required=True, help="one parquet file with prompt/response")
+    p.add_argument("--profile", default="large", metavar="NAME|PATH", help="the train profile both arms run")
+    p.add_argument("--arm", choices=["both", "ours", "users"], default="both")
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--users-pad", choices=["longest", "max_length"], default="longest")
+    p.add_argument("--users-attn", choices=["sdpa", "eager"], default=None,
+                   help="attention for the users' arm (default: the same as ours)")
+    p.add_argument("--json-out", default=None)
+    p.add_argument("--torch-profile", action="store_true", help="print a torch.profiler table of 3 steps first")
+    cli.add_command("tokenizer", _tokenizer_main, help="check (the Metaspace defect) or train a tokenizer", raw=True)
+    cli.add_command("make-data", _make_data_main, help="synthetic prompt/response parquet", raw=True)
+
+
+_declare()
+
+
 def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(__doc__)
-        return 0
-    command = argv[0] if argv and not argv[0].startswith("-") and "=" not in argv[0] else "train"
-    rest = argv[1:] if argv and argv[0] == command else argv
-    if command == "train":
-        from chat_pretrain.train import main as train_main
-
-        return train_main(rest)
-    if command == "tokenizer":
-        return _tokenizer_main(rest)
-    if command == "bench":
-        from chat_pretrain.bench import main as bench_main
-
-        return bench_main(rest)
-    if command == "make-data":
-        return _make_data_main(rest)
-    if command == "configs":
-        from trainstack.hardware import load_profiles
-
-        from chat_pretrain.profiles import profile_dir
-
-        for prof in load_profiles(profile_dir()):
-            print(f"{prof.name:<14} {prof.description}")
-        return 0
-    print(f"chat-pretrain: error: unknown command {command!r}; commands: train, tokenizer, bench, make-data, configs",
-          file=sys.stderr)
-    return 2
+    return cli.main(argv)

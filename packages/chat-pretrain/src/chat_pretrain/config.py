@@ -1,9 +1,10 @@
 """The typed config of a chat-pretrain run: dataclass defaults <- a shipped config (YAML) <- overrides.
 
-    chat-pretrain train --config large data.train_files=[data/train.parquet] epochs=5 optim.lr=2e-4
+    chat-pretrain train --profile large data.train_files=[data/train.parquet] epochs=5 optim.lr=2e-4
 
-Top-level fields of `train` are also reachable without the `train.` prefix (`epochs=5`), and the
-users' flag spellings are accepted as aliases (`--learn_rate=2e-4`, `--batch_size_per_gpu=24`, ...).
+The users' flag spellings are accepted as aliases (`--learn_rate=2e-4`, `--batch_size_per_gpu=24`,
+`--use_large_config=True`, `--is_keep_training=True`): ``users_flags`` rewrites them into the shared
+grammar before the command line is parsed.
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from trainstack.config import check_limits
+from trainstack.config import ConfigError, check_limits
 
 
 @dataclass
 class ModelConfig:
     name: str = "chatlm-0.2b"
-    """A shipped model config (`chatlm-0.2b`, `tiny`) or a local directory with config.json (and
-    weights, which are loaded when present)."""
+    """A shipped model config (`chatlm-0.2b`, `tiny`), a local directory with config.json (and
+    weights, which are loaded when present), or a model on the Hugging Face hub (weights loaded)."""
     attn_implementation: Literal["auto", "sdpa", "eager"] = "auto"
     """auto: SDPA when the installed transformers supports it for T5, eager otherwise."""
     dropout_rate: float = 0.1
@@ -160,3 +161,45 @@ ALIASES = {
     "output_dir": "run_dir",
     "seed": "seed",
 }
+
+_TRUE = {"true", "1", "yes", "on"}
+# Flags of the shared grammar (trainstack.task_cli): left for the parser.
+_GRAMMAR_FLAGS = {"--profile", "--resume", "--help-config", "--help", "-h", "--no-progress"}
+
+
+def users_flags(argv: list[str]) -> list[str]:
+    """The users' command line -> the shared grammar: `--use_large_config[=True]` -> `--profile large`,
+    `--is_keep_training[=True]` -> `--resume` (`=False`: nothing), and any other `--key=value` or
+    `--key value` -> the override `key=value`, through ALIASES (`--learn_rate=2e-4` -> `optim.lr=2e-4`)."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        name, eq, value = token.partition("=")
+        if not token.startswith("--") or name in _GRAMMAR_FLAGS:
+            out.append(token)
+            continue
+        key = name[2:].replace("-", "_")
+        if key in ("is_keep_training", "use_large_config"):
+            if not eq or value.strip().lower() in _TRUE:
+                out.extend(["--resume"] if key == "is_keep_training" else ["--profile", "large"])
+            continue
+        if not eq:
+            if i >= len(argv):
+                raise ConfigError(f"{token} needs a value (e.g. {token}=5)")
+            value = argv[i]
+            i += 1
+        out.append(f"{ALIASES.get(key, key)}={value}")
+    return out
+
+
+def load_train_config(profile: str, overrides=()) -> TrainConfig:
+    """The config `chat-pretrain train --profile PROFILE OVERRIDES` runs (for bench and tools)."""
+    from trainstack.config import load_config
+    from trainstack.hardware import choose_profile, load_profiles
+
+    from chat_pretrain.profiles import profile_dir
+
+    chosen, _ = choose_profile(profile, load_profiles(profile_dir()))
+    return load_config(TrainConfig, chosen.settings, list(overrides))

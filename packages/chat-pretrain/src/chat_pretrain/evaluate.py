@@ -4,15 +4,20 @@ Each rank scores its share of the rows (row i -> rank i % world). Losses are red
 token losses and token counts; hypotheses and references are gathered from every rank and BLEU is
 computed once over the whole set. Corpus BLEU sums n-gram counts over sentences, so the result does
 not depend on how rows were split or ordered: 2 processes give the single-process value.
+
+    chat-pretrain eval runs/chat-pretrain/checkpoints/step-5000 --data valid.parquet
+    chat-pretrain generate runs/chat-pretrain/checkpoints/step-5000 "在地球上为什么没有感觉到重力的作用？"
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
-from chat_pretrain.config import DataConfig, EvalConfig
-from chat_pretrain.data import SkipCounts, collate, read_valid_pairs
+from chat_pretrain.config import DataConfig, EvalConfig, TrainConfig
+from chat_pretrain.data import SkipCounts, collate, expand_files, read_valid_pairs, tokenize_pairs
 
 
 def _dist():
@@ -97,3 +102,55 @@ def evaluate_model(model, tokenizer, files, data_cfg: DataConfig, eval_cfg: Eval
     if was_training:
         m.train()
     return result
+
+
+def _device(device: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+
+
+def load_checkpoint(checkpoint, device: str = "auto"):
+    """(model, tokenizer, the run's TrainConfig) from RUN_DIR/checkpoints/step-N, which is an HF model
+    directory with the run's tokenizer.json; the config comes from RUN_DIR/config.yaml when present."""
+    from trainstack.config import ConfigError, load_config
+    from transformers import T5ForConditionalGeneration
+
+    from chat_pretrain.tokenizer import load_tokenizer
+
+    path = Path(checkpoint)
+    if not ((path / "config.json").is_file() and (path / "tokenizer.json").is_file()):
+        raise ConfigError(f"{checkpoint}: not a chat-pretrain checkpoint (expected config.json, the weights and "
+                          f"tokenizer.json, as in RUN_DIR/checkpoints/step-N)")
+    tok = load_tokenizer(path)
+    model = T5ForConditionalGeneration.from_pretrained(path).to(_device(device))
+    saved = path.parent.parent / "config.yaml"
+    cfg = load_config(TrainConfig, saved) if saved.is_file() else TrainConfig()
+    return model, tok, cfg
+
+
+def evaluate_checkpoint(checkpoint, files, max_rows: int = 0, device: str = "auto") -> dict:
+    """`chat-pretrain eval`: validation loss and BLEU-4 of a checkpoint on parquet files, with the run's
+    data and eval settings (max_seq_len, columns, beams)."""
+    from dataclasses import replace
+
+    from trainstack.precision import resolve_precision
+
+    files = expand_files(files)  # a missing file: DataError before the model loads
+    model, tok, cfg = load_checkpoint(checkpoint, device)
+    dev = next(model.parameters()).device
+    precision = resolve_precision("auto" if dev.type == "cuda" else "fp32")
+    result = evaluate_model(model, tok, files, cfg.data, replace(cfg.eval, max_rows=max_rows), precision)
+    return {"checkpoint": str(checkpoint), **result}
+
+
+@torch.no_grad()
+def generate_from_checkpoint(checkpoint, prompts: list[str], max_new_tokens: int = 64,
+                             device: str = "auto") -> list[str]:
+    """`chat-pretrain generate`: greedy responses, prompts truncated as in training."""
+    model, tok, cfg = load_checkpoint(checkpoint, device)
+    model.eval()
+    src, _ = tokenize_pairs(tok.tokenizer, prompts, prompts, cfg.data.max_seq_len, tok.eos_id)
+    batch = collate(src, src, tok.pad_id)
+    dev = next(model.parameters()).device
+    out = model.generate(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev),
+                         max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+    return tok.decode_batch(out.tolist())

@@ -1,4 +1,4 @@
-"""The T5 model: from a shipped size (`chatlm-0.2b`, `tiny`) or a local directory.
+"""The T5 model: from a shipped size (`chatlm-0.2b`, `tiny`), a local directory, or a hub name.
 
 Attention: transformers 5 implements SDPA for T5 (the relative position bias is passed to
 scaled_dot_product_attention as an additive mask; `T5PreTrainedModel._supports_sdpa`). We check that
@@ -49,20 +49,30 @@ def build_model(name: str, vocab_size: int, pad_id: int, eos_id: int, attn: str 
 
     impl, reason = resolve_attention(attn)
     path = Path(name)
+
+    def pretrained(source):
+        model = T5ForConditionalGeneration.from_pretrained(source, attn_implementation=impl)
+        if model.config.vocab_size < vocab_size:
+            raise ValueError(f"{source}: model vocab {model.config.vocab_size} < tokenizer vocab {vocab_size}")
+        return model
+
     if name not in SHIPPED and path.is_dir():
         has_weights = any((path / f).exists() for f in ("model.safetensors", "pytorch_model.bin",
                                                          "model.safetensors.index.json"))
         if has_weights:
-            model = T5ForConditionalGeneration.from_pretrained(path, attn_implementation=impl)
-            if model.config.vocab_size < vocab_size:
-                raise ValueError(f"{path}: model vocab {model.config.vocab_size} < tokenizer vocab {vocab_size}")
-            return model, f"T5 loaded from {path}; {reason}"
+            return pretrained(path), f"T5 loaded from {path}; {reason}"
         config = T5Config.from_pretrained(path)
         config.vocab_size = vocab_size
     elif name in SHIPPED:
         config = T5Config(vocab_size=vocab_size, dropout_rate=dropout_rate, **shipped_config(name))
-    else:
+    elif path.exists() or name.startswith(("/", ".", "~")) or name.count("/") > 1:
         raise ValueError(f"model {name!r}: not a shipped config ({', '.join(SHIPPED)}) nor a directory")
+    else:  # a hub name (the upstream ChatLM checkpoints are published there); offline: one line, exit 2
+        from trainstack.hub import loading
+
+        with loading(name, what="model", key="model.name"):
+            model = pretrained(name)
+        return model, f"T5 {name} from the Hugging Face hub; {reason}"
     config.pad_token_id = pad_id
     config.eos_token_id = eos_id
     config.decoder_start_token_id = pad_id

@@ -1,16 +1,16 @@
 """chat-pretrain train: the whole job, top to bottom.
 
     # 1 GPU
-    chat-pretrain train --config large data.train_files=[data/train] data.valid_files=[data/valid.parquet] \
-        tokenizer.path=../shared/data/chatlm
+    chat-pretrain train --profile large data.train_files=[data/train] data.valid_files=[data/valid.parquet] \
+        tokenizer.path=DIR_WITH_TOKENIZER_JSON
     # N GPUs (one process per GPU; gradients all-reduced once per optimizer step)
-    accelerate launch --multi_gpu --num_processes 3 -m chat_pretrain train --config large ...
+    accelerate launch --multi_gpu --num_processes 3 -m chat_pretrain train --profile large ...
     # CPU (tiny model, fp32)
-    chat-pretrain train --config cpu-tiny data.train_files=[train.parquet] tokenizer.path=...
+    chat-pretrain train --profile cpu-tiny data.train_files=[train.parquet] tokenizer.path=...
     # resume from the latest checkpoint, data position included (the users' spelling works too)
-    chat-pretrain train --config large ... --resume          # or --is_keep_training=True
+    chat-pretrain train --profile large ... --resume          # or --is_keep_training=True; --resume PATH
     # several CPU processes (gloo), as the tests do
-    torchrun --nproc_per_node 2 -m chat_pretrain train --config cpu-tiny ...
+    torchrun --nproc_per_node 2 -m chat_pretrain train --profile cpu-tiny ...
 
 Ctrl-C (SIGINT) or SIGTERM: a resumable checkpoint is saved, exit status 130 (one process: at the next
 micro-batch, a partly accumulated window is dropped and replayed on resume; several: after the step).
@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,7 +65,8 @@ def make_loss_fn():
 @dataclass
 class Job:
     cfg: TrainConfig
-    resume: bool = False
+    resume: bool | str | Path = False
+    """True: the latest complete checkpoint in run_dir; a path: that checkpoint."""
     progress: bool = True
 
 
@@ -84,9 +83,11 @@ def check_inputs(job: Job):
     if not cfg.tokenizer.path:
         raise ConfigError(f"tokenizer.path is empty (a tokenizer.json or its directory); {_GET_A_TOKENIZER}")
     run_dir = check_writable_dir(cfg.run_dir, "run_dir")
-    if job.resume and not any((run_dir / "checkpoints").glob("step-*/trainer_state.json")):
+    if job.resume is True and not any((run_dir / "checkpoints").glob("step-*/trainer_state.json")):
         raise ConfigError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}; check run_dir, or drop "
                           f"--resume to start fresh")
+    if job.resume not in (True, False) and not (Path(job.resume) / "trainer_state.json").is_file():
+        raise ConfigError(f"--resume {job.resume}: not a complete checkpoint (expected RUN_DIR/checkpoints/step-N)")
     try:
         tok = build_tokenizer(cfg)
     except FileNotFoundError:
@@ -115,12 +116,13 @@ def build_model_or_explain(cfg: TrainConfig, tok):
     try:
         return build_model(cfg.model.name, tok.vocab_size, tok.pad_id, tok.eos_id, cfg.model.attn_implementation,
                            cfg.model.dropout_rate)
+    except ConfigError:
+        raise  # a hub name that cannot be had: trainstack.hub's line says what to do
     except (ValueError, OSError) as e:
         if Path(cfg.model.name).is_dir():
             raise ConfigError(f"model.name={cfg.model.name}: cannot load this directory ({e})") from None
-        raise ConfigError(f"model.name={cfg.model.name}: not a shipped config ({', '.join(SHIPPED)}) nor a local "
-                          f"directory; chat-pretrain reads models from disk only: download the model where there "
-                          f"is network, then pass model.name=DIR") from None
+        raise ConfigError(f"model.name={cfg.model.name}: not a shipped config ({', '.join(SHIPPED)}), a local "
+                          f"directory, nor a model on the Hugging Face hub ({e})") from None
 
 
 # The builders below are the training setup; `chat-pretrain bench --arm ours` calls the same functions,
@@ -203,7 +205,7 @@ def run(job: Job):
     say = print if main else (lambda *a, **k: None)
     resume_hint = "the same chat-pretrain train command plus --resume"
     # Before anything is written: a fresh start must not overwrite another run's config and logs.
-    check_run_dir(run_dir, resume=job.resume, overwrite=cfg.overwrite, resume_hint=resume_hint)
+    check_run_dir(run_dir, resume=bool(job.resume), overwrite=cfg.overwrite, resume_hint=resume_hint)
     model, how = build_training_model(cfg, tok, accelerator.device)
     if main:  # the first write, now that the config, the data and the model are known to be good
         make_run_dir(run_dir, "run_dir")
@@ -268,27 +270,3 @@ def run(job: Job):
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         say(f"done: {json.dumps(summary)}")
     return result
-
-
-def main(argv: list[str]) -> int:
-
-    from trainstack.checkpoint import CheckpointError
-    from trainstack.config import ConfigError
-    from trainstack.loop import NoUsableData
-
-    from chat_pretrain.cli import parse_train_args
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        cfg, resume = parse_train_args(argv)
-        result = run(Job(cfg, resume=resume))
-    except (ConfigError, DataError, CheckpointError, NoUsableData) as e:  # bad usage, config, data: exit 2
-        print(f"chat-pretrain: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # A second Ctrl-C means "now": no save. Saves are atomic, so the last complete checkpoint stands.
-        print(f"chat-pretrain: interrupted twice: stopped without saving; the last complete checkpoint in "
-              f"{Path(cfg.run_dir) / 'checkpoints'} (if any) continues with --resume", file=sys.stderr)
-        return 130
-    # fit() saved a resumable checkpoint on SIGINT/SIGTERM; 130 is the shell's "stopped by Ctrl-C".
-    return 130 if result.interrupted else 0

@@ -143,6 +143,8 @@ class TaskCLI:
     def add_train(self, handler: Handler, help: str = "train", description: str | None = None,
                   rewrite: Callable[[list], list] | None = None) -> argparse.ArgumentParser:
         """``train`` with the shared options: --profile, --resume, --help-config, key=value overrides."""
+        description = (f"{description or help}\n\nkey=value overrides set config keys (dotted: optim.lr=3e-4); "
+                       f"{self.prog} train --help-config lists every key.")
         p = self.add_command("train", handler, help, overrides=True, description=description, rewrite=rewrite)
         self.add_profile_option(p)
         p.add_argument("--resume", nargs="?", const="auto", default=None, metavar="auto|PATH", type=_resume_value,
@@ -200,14 +202,28 @@ class TaskCLI:
         if not argv:
             self.parser.print_help(sys.stderr)
             return EXIT_USAGE
-        if self.default_command and (argv[0] not in ("-h", "--help", "--version")) and \
+        try:
+            command, args, overrides = self.parse(argv)
+        except Exception as err:  # an old flag spelling that cannot be rewritten, say
+            return self._usage_error(err)
+        if command.raw:
+            return self._run(lambda: command.handler(args))
+        return self._run(lambda: command.handler(args, overrides))
+
+    def parse(self, argv: Sequence[str]) -> tuple[_Command, object, list[str]]:
+        """(command, parsed args, key=value overrides) for ``argv``, as ``main`` reads it; for a raw
+        command the args are the rest of argv. argparse exits (SystemExit) on --help and usage errors."""
+        self.profiles_command()
+        argv = list(argv)
+        if self.default_command and argv and argv[0] not in ("-h", "--help", "--version") and \
                 (argv[0].startswith("-") or "=" in argv[0]):
             argv = [self.default_command, *argv]
-        argv[0] = self.command_aliases.get(argv[0], argv[0])
-        command = self._commands.get(argv[0])
+        if argv:
+            argv[0] = self.command_aliases.get(argv[0], argv[0])
+        command = self._commands.get(argv[0]) if argv else None
         overrides: list[str] = []
         if command is not None and command.raw:
-            return self._run(lambda: command.handler(argv[1:]))
+            return command, argv[1:], overrides
         if command is not None:
             rest = [self._alias_flag(t) for t in argv[1:]]
             if command.rewrite is not None:
@@ -218,7 +234,7 @@ class TaskCLI:
                 overrides, rest = parse_cli_overrides(rest)
             argv = [argv[0], *rest]
         args = self.parser.parse_args(argv)
-        return self._run(lambda: command.handler(args, overrides))
+        return self._commands[args.command], args, overrides
 
     def _alias_flag(self, token: str) -> str:
         name, eq, value = token.partition("=")
@@ -238,11 +254,14 @@ class TaskCLI:
             print(f"{self.prog}: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
         except Exception as err:
-            if not self.is_usage_error(err):
-                raise  # a failure of the run itself: traceback, exit 1
-            print(f"{self.prog}: error: {err}", file=sys.stderr)
-            return EXIT_USAGE
+            return self._usage_error(err)
         return EXIT_OK if code is None else int(code)
+
+    def _usage_error(self, err: Exception) -> int:
+        if not self.is_usage_error(err):
+            raise err  # a failure of the run itself: traceback, exit 1
+        print(f"{self.prog}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
 
     # -- profiles ----------------------------------------------------------------------------------
 
