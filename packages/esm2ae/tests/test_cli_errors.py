@@ -136,8 +136,23 @@ def test_crafted_checkpoint_file_is_refused_without_running_code(tmp_path, capsy
     torch.save(_RunsCode(marker), target / crafted)
     capsys.readouterr()  # the export's own progress output
     args = ["embed", str(target), str(SAMPLE_FASTA), "-o", str(tmp_path / "z.parquet")] if command == "embed" else \
-        ["eval", str(target), str(SAMPLE_FASTA), "--device", "cpu"]
+        ["eval", str(target), "--data", str(SAMPLE_FASTA), "--device", "cpu"] if crafted == "model.pt" else \
+        ["eval", str(target), str(SAMPLE_FASTA), "--device", "cpu"]  # the earlier spelling: eval CKPT DATA
     assert main(args) == 2
     line = _one_line(capsys.readouterr().err)
     assert f"{target / crafted}: refused to load (it references exec)" in line
     assert not marker.exists() and not (tmp_path / "z.parquet").exists()
+
+
+def test_pretrained_hub_weights_offline_is_one_line_not_random_weights(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _train(tmp_path, "model.name=esm2_t6_8M", "model.pretrained=true") == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "model 'facebook/esm2_t6_8M_UR50D' is not in the local Hugging Face cache" in line
+    assert "model.name=PATH" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_eval_needs_its_data_once(tmp_path, capsys):
+    assert main(["eval", str(tmp_path), "--device", "cpu"]) == 2
+    assert "give the data once: --data FILE" in _one_line(capsys.readouterr().err)

@@ -29,8 +29,11 @@ def test_cli_validate_all_and_list_show_pick(capsys):
     assert "max_tokens_per_batch" in capsys.readouterr().out
     assert main(["profiles", "pick", "--hardware", "rtx3080-10g"]) == 0
     assert capsys.readouterr().out.strip() == "rtx3080-10g"
-    assert main(["profiles", "pick", "--hardware", "h100-80g"]) == 0
+    assert main(["profiles", "pick", "--simulate", "h100-80g"]) == 0
     assert capsys.readouterr().out.strip() == "h100-80g"
+    # a GPU that fits no GPU profile: auto names the closest one instead of falling back to the CPU
+    assert main(["profiles", "pick", "--simulate", "rtx4080s-16g"]) == 0  # 16 GB sm_89: rtx3080-10g fits
+    assert capsys.readouterr().out.strip() == "rtx3080-10g"
 
 
 def _copy(tmp_path, name, edit):
@@ -49,7 +52,7 @@ def test_validate_accepts_a_path_to_an_edited_copy(tmp_path, capsys):
 
 def test_rejects_misspelled_key(tmp_path, capsys):
     p = _copy(tmp_path, "a100-40g", lambda d: d["settings"]["optim"].update(lrr=3e-4))
-    assert main(["profiles", "validate", str(p)]) == 1
+    assert main(["profiles", "validate", str(p)]) == 2  # a bad config: exit 2
     out = capsys.readouterr().out
     assert "FAIL" in out and "optim.lrr" in out and "lr" in out
 

@@ -74,8 +74,9 @@ def esm2_config(name: str, **overrides):
 
 
 def load_esm(name_or_path: str, pretrained: bool = True, attn_implementation: str = "sdpa"):
-    """``EsmForMaskedLM``: weights from a local directory or the hub when ``pretrained`` and
-    reachable; otherwise random init from the built-in config (said aloud, not silent)."""
+    """``EsmForMaskedLM``: weights from a local directory, or from the hub when ``pretrained`` (a hub
+    name that cannot be had is a one-line error, never random weights); random init from the built-in
+    config when not ``pretrained``."""
     from transformers import EsmForMaskedLM
 
     local = Path(name_or_path)
@@ -83,11 +84,10 @@ def load_esm(name_or_path: str, pretrained: bool = True, attn_implementation: st
         return EsmForMaskedLM.from_pretrained(local, attn_implementation=attn_implementation), "local"
     if pretrained and short_name(name_or_path) != "esm2_tiny":
         hub = name_or_path if "/" in name_or_path else f"facebook/{short_name(name_or_path)}_UR50D"
-        try:
-            model = EsmForMaskedLM.from_pretrained(hub, attn_implementation=attn_implementation)
-            return model, "hub"
-        except OSError as e:  # offline or not cached: fall back to random init
-            print(f"esm2ae: no pretrained weights for {hub} ({type(e).__name__}); random init")
+        from trainstack.hub import loading
+
+        with loading(hub, what="model", key="model.name"):
+            return EsmForMaskedLM.from_pretrained(hub, attn_implementation=attn_implementation), "hub"
     config = esm2_config(name_or_path)
     config._attn_implementation = attn_implementation
     return EsmForMaskedLM(config), "random"
