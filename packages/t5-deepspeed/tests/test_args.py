@@ -85,3 +85,27 @@ def test_every_shipped_profile_applies_through_the_cli(profile):
     # the command line wins over the profile
     assert p.training["per_device_train_batch_size"] == 4
     assert any(profile in n for n in p.notes)
+
+
+def test_the_shared_grammar_spellings():
+    """--profile and --resume [auto|PATH], as in every trainstack package, mean --hardware_profile and
+    --resume_from_checkpoint latest|PATH (which keep working: the run_translation contract)."""
+    from t5_deepspeed.profiles import profile_settings
+
+    p = parse_args(shlex.split(USERS["t5-small-plain"]) + ["--profile", "cpu"], profile_settings)
+    assert p.extra.hardware_profile == "cpu" and p.training["deepspeed"] == "zero2"
+    for given, want in [(["--resume"], "latest"), (["--resume", "auto"], "latest"), (["--resume=auto"], "latest"),
+                        (["--resume", "out/checkpoint-4"], "out/checkpoint-4"), (["--resume", "--fp16"], "latest"),
+                        (["--resume_from_checkpoint", "latest"], "latest")]:
+        argv, _ = translate_argv(given)
+        assert argv[:2] == ["--resume_from_checkpoint", want], given
+
+
+def test_a_profile_with_a_bad_setting_is_one_line(tmp_path):
+    from t5_deepspeed.profiles import profile_settings
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("requires: {}\nsettings:\n  per_device_train_batch_size: many\n")
+    with pytest.raises(ArgsError, match=r"--hardware_profile .*mine.yaml: setting per_device_train_batch_size: "
+                                        r"'many' is not a valid"):
+        parse_args(shlex.split(USERS["t5-small-plain"]) + ["--profile", str(mine)], profile_settings)

@@ -100,3 +100,28 @@ def test_read_only_output_dir(base, capsys, read_only_dir):
     err = _one_line_error(capsys, argv)
     assert f"--output_dir={read_only_dir / 'out'}: cannot write there ({read_only_dir} is read-only)" in err
     assert list(read_only_dir.iterdir()) == []
+
+
+def test_hub_model_and_dataset_while_offline_are_one_line(base, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    argv = ["--model_name_or_path", "google-t5/t5-small"] + base[2:]
+    err = _one_line_error(capsys, argv)
+    assert "model config 'google-t5/t5-small' is not in the local Hugging Face cache" in err
+    assert "pass a local directory (--model_name_or_path DIR)" in err
+    argv = base.copy()
+    i = argv.index("--train_file")
+    argv[i:i + 2] = ["--dataset_name", "wmt16", "--dataset_config", "ro-en"]
+    err = _one_line_error(capsys, argv)
+    assert "dataset 'wmt16' is not in the local Hugging Face cache" in err and "--train_file" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_profiles_version_and_a_bad_profile(capsys, tmp_path):
+    assert main(["--version"]) == 0 and capsys.readouterr().out.startswith("t5-deepspeed ")
+    assert main(["profiles"]) == 0 and "rtx4080s-16g" in capsys.readouterr().out
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("requires: {}\nsettings:\n  learning_rat: 0.1\n")
+    assert main(["profiles", "validate", "cpu", str(mine)]) == 2
+    out = capsys.readouterr().out
+    assert "OK   cpu" in out and "FAIL mine" in out and "'learning_rat' is not an argument" in out

@@ -50,9 +50,10 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-def describe(name: str, what: str, key: str | None, err: BaseException) -> str:
+def describe(name: str, what: str, key: str | None, err: BaseException, instead: str | None = None) -> str:
     """The one line for ``err`` raised while loading the hub ``what`` (model, tokenizer, dataset) ``name``."""
-    local_hint = f"pass a local {'file' if what == 'dataset' else 'directory'}" + (f" ({key}=PATH)" if key else "")
+    local_hint = instead or (f"pass a local {'file' if what == 'dataset' else 'directory'}"
+                             + (f" ({key}=PATH)" if key else ""))
     if Path(str(name)).expanduser().exists():
         return f"{what} {name}: cannot load it from this local path ({_first_line(err)})"
     repo_type = " --repo-type dataset" if what == "dataset" else ""
@@ -64,17 +65,19 @@ def describe(name: str, what: str, key: str | None, err: BaseException) -> str:
 
 
 @contextmanager
-def loading(name: str, *, what: str = "model", key: str | None = None, install: str | None = None):
+def loading(name: str, *, what: str = "model", key: str | None = None, install: str | None = None,
+            instead: str | None = None):
     """Turn the failure of a hub load inside the block into a one-line ``HubUnavailable``.
 
     ``what``: model, tokenizer, config or dataset (for the message); ``key``: the config key or flag
-    that named it; ``install``: the pip requirement that brings the package reading it (``mt-nllb[hub]``)."""
+    that named it; ``install``: the pip requirement that brings the package reading it (``mt-nllb[hub]``);
+    ``instead``: the local alternative, when it is not ``key=PATH`` ("pass --train_file FILE.jsonl")."""
     try:
         yield
     except ImportError as err:
         missing = err.name or _first_line(err)
         how = f"pip install '{install}'" if install else f"pip install {missing}"
-        alternative = f", or pass local files instead ({key}=...)" if key else ""
+        alternative = f", or {instead}" if instead else f", or pass local files instead ({key}=...)" if key else ""
         raise HubUnavailable(f"{what} '{name}' is read from the Hugging Face hub through the {missing} package, "
                              f"which is not installed: {how}{alternative}") from None
     except HubUnavailable:
@@ -82,4 +85,4 @@ def loading(name: str, *, what: str = "model", key: str | None = None, install: 
     except Exception as err:
         if not _is_hub_error(err):
             raise
-        raise HubUnavailable(describe(name, what, key, err)) from None
+        raise HubUnavailable(describe(name, what, key, err, instead)) from None

@@ -4,9 +4,10 @@ Every argument of run_translation.py (model, data and Seq2SeqTrainingArguments) 
 its meaning. Arguments that transformers 5 removed are either mapped (and said so in the log) or
 refused with a one-line message naming what to use instead.
 
-Ours on top: --force_fp16 (keep fp16 for T5 despite the overflow risk), --hardware_profile,
---config_name with a shipped size name (t5-small, t5-large, t5-3b, tiny-t5) and no
---model_name_or_path for a random-init model of that size.
+Ours on top: --force_fp16 (keep fp16 for T5 despite the overflow risk), --hardware_profile (also
+spelled --profile, as in every trainstack package), --resume [auto|PATH] (the shared spelling of
+--resume_from_checkpoint latest|PATH), --config_name with a shipped size name (t5-small, t5-large,
+t5-3b, tiny-t5) and no --model_name_or_path for a random-init model of that size.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from dataclasses import dataclass, field
 
 class ArgsError(ValueError):
     """A command-line problem; one line."""
+
+
+LATEST = "latest"  # --resume_from_checkpoint latest: the newest complete checkpoint in --output_dir
 
 
 @dataclass
@@ -132,7 +136,15 @@ def translate_argv(argv: list[str]) -> tuple[list[str], list[str]]:
             continue
         name, eq, value = arg[2:].partition("=")
         key = name.replace("-", "_")
-        if key in RENAMED:
+        if key == "resume":  # the shared grammar: --resume [auto|PATH]
+            if not eq and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                value, eq = argv[i + 1], "="
+                i += 1
+            target = value if eq else "auto"
+            out += ["--resume_from_checkpoint", LATEST if target in ("auto", LATEST) else target]
+        elif key == "profile":  # the shared grammar's spelling of --hardware_profile
+            out.append("--hardware_profile" + eq + value)
+        elif key in RENAMED:
             new = RENAMED[key]
             if key != "dataset_config":
                 notes.append(f"--{name} was removed in transformers 5; using --{new}")
@@ -195,9 +207,10 @@ def parse_args(argv: list[str], profile_settings_fn=None) -> ParsedArgs:
         except ProfileError as err:  # names the shipped profiles
             raise ArgsError(f"--hardware_profile: {err}") from None
         notes.append(profile_note)
+        problems = check_profile_settings(settings, parser)
+        if problems:
+            raise ArgsError(f"--hardware_profile {values['hardware_profile']}: {problems[0]}")
         for key, value in settings.items():
-            if key not in values:
-                raise ArgsError(f"profile setting {key!r} is not an argument of t5-deepspeed")
             if key not in given:
                 values[key] = value
 
@@ -218,6 +231,28 @@ def parse_args(argv: list[str], profile_settings_fn=None) -> ParsedArgs:
         raise ArgsError("pass --model_name_or_path (pretrained) or --config_name (random init, e.g. t5-small)")
     check_training_numbers(training)
     return ParsedArgs(model, data, training, extra, notes, given)
+
+
+def check_profile_settings(settings: dict, parser=None) -> list[str]:
+    """One line per setting that is not an argument of t5-deepspeed, or not a value it accepts."""
+    parser = parser or build_parser()
+    actions = {a.dest: a for a in parser._actions}
+    problems = []
+    for key, value in settings.items():
+        action = actions.get(key)
+        if action is None or not action.option_strings:
+            problems.append(f"setting {key!r} is not an argument of t5-deepspeed")
+            continue
+        if value is None or action.type is None or isinstance(value, (list, dict)):
+            continue
+        try:
+            converted = action.type(str(value))
+        except (TypeError, ValueError) as err:
+            problems.append(f"setting {key}: {value!r} is not a valid --{key} ({err})")
+            continue
+        if action.choices is not None and converted not in action.choices:
+            problems.append(f"setting {key}: {value!r} is not one of: {', '.join(map(str, action.choices))}")
+    return problems
 
 
 def check_training_numbers(training: dict) -> None:

@@ -71,13 +71,18 @@ def read_jsonl_pairs(path, source_lang: str, target_lang: str, max_samples: int 
 
 def read_hub_pairs(name: str, config: str | None, split: str, source_lang: str, target_lang: str,
                    max_samples: int | None = None, cache_dir: str | None = None) -> list[tuple[str, str]]:
+    from trainstack.hub import HubUnavailable, loading
+
     try:
-        import datasets
-    except ImportError:
-        raise DataError(f"--dataset_name {name} needs the 'datasets' package; or pass --train_file etc.") from None
-    try:
-        ds = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
-    except Exception as err:  # the hub raises many types; the user needs the one line
+        # Offline, not cached, or `datasets` missing: trainstack.hub's one line (exit 2).
+        with loading(name, what="dataset", key="--dataset_name", install="datasets",
+                     instead="pass local JSONL files (--train_file, --validation_file, --test_file)"):
+            import datasets
+
+            ds = datasets.load_dataset(name, config, split=split, cache_dir=cache_dir)
+    except HubUnavailable:
+        raise
+    except Exception as err:  # datasets raises many types (a wrong config or split name...): one line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise DataError(f"dataset {name}/{config} split {split}: {first}") from None
     if max_samples is not None:

@@ -129,12 +129,24 @@ def resolve_model_config(model_args, cache_dir=None):
     # Hub ids are "name" or "org/name"; anything else that is not on disk is a mistyped path.
     if not Path(name).expanduser().exists() and (name.startswith(("/", ".", "~")) or name.count("/") > 1):
         raise RunError(f"model path does not exist: {name}")
+    config = load_pretrained(lambda: AutoConfig.from_pretrained(
+        name, cache_dir=cache_dir, revision=model_args.model_revision, token=model_args.token), name, "model config")
+    return config, name
+
+
+def load_pretrained(load, name: str, what: str):
+    """``load()`` of a hub name or a local directory. A hub name that cannot be had (offline, not cached,
+    no such model) is trainstack.hub's one line; a local model that does not load, a RunError line."""
+    from trainstack.hub import HubUnavailable, loading
+
+    flag = "--tokenizer_name" if what == "tokenizer" else "--model_name_or_path"
     try:
-        return AutoConfig.from_pretrained(name, cache_dir=cache_dir, revision=model_args.model_revision,
-                                          token=model_args.token), name
-    except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise RunError(f"cannot load model config {name!r}: {first}") from None
+        with loading(name, what=what, key=flag, instead=f"pass a local directory ({flag} DIR)"):
+            return load()
+    except HubUnavailable:
+        raise
+    except ValueError as err:
+        raise RunError(f"cannot load {what} {name!r}: {str(err).strip().splitlines()[0]}") from None
 
 
 def choose_precision(training: dict, extra, model_type: str, hw):
@@ -308,17 +320,12 @@ def run(parsed: ParsedArgs) -> dict:
 
     tok_name = model_args.tokenizer_name or (model_args.model_name_or_path if model_args.model_name_or_path
                                              else str(resources.files("t5_deepspeed") / "data" / "tokenizer"))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tok_name, cache_dir=model_args.cache_dir, token=model_args.token)
-    except (OSError, ValueError) as err:
-        raise RunError(f"cannot load tokenizer {tok_name!r}: {str(err).strip().splitlines()[0]}") from None
+    tokenizer = load_pretrained(lambda: AutoTokenizer.from_pretrained(
+        tok_name, cache_dir=model_args.cache_dir, token=model_args.token), tok_name, "tokenizer")
     if model_args.model_name_or_path:
-        try:
-            model = AutoModelForSeq2SeqLM.from_pretrained(
-                model_args.model_name_or_path, config=model_config, cache_dir=model_args.cache_dir,
-                revision=model_args.model_revision, token=model_args.token)
-        except (OSError, ValueError) as err:
-            raise RunError(f"cannot load model {model_args.model_name_or_path!r}: {str(err).strip().splitlines()[0]}") from None
+        model = load_pretrained(lambda: AutoModelForSeq2SeqLM.from_pretrained(
+            model_args.model_name_or_path, config=model_config, cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision, token=model_args.token), model_args.model_name_or_path, "model")
         log.info("model: %s (pretrained)", model_args.model_name_or_path)
     else:
         model = AutoModelForSeq2SeqLM.from_config(model_config)
