@@ -51,7 +51,7 @@ def report(args) -> int:
     try:
         path = write_report(args.run_dir, args.out)
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"trainstack: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     written = sorted(p.name for p in path.parent.glob("*.png"))
     print(f"wrote {path} and {', '.join(written) or 'no plots'} in {path.parent}")

@@ -166,8 +166,10 @@ def translate_argv(argv: list[str]) -> tuple[list[str], list[str]]:
 def build_parser():
     from transformers import HfArgumentParser, Seq2SeqTrainingArguments
 
+    # allow_abbrev=False: a misspelled flag that happens to be a prefix of a real one (--learning_rat) is
+    # refused, not silently taken for it.
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, Seq2SeqTrainingArguments, ExtraArguments),
-                              prog="t5-deepspeed", description=__doc__.splitlines()[0])
+                              prog="t5-deepspeed train", description=__doc__.splitlines()[0], allow_abbrev=False)
     for action in parser._actions:
         if action.dest == "resume_from_checkpoint":  # our meaning: only when asked, only complete ones
             action.help = ("'latest' (the newest complete checkpoint-N in --output_dir) or a checkpoint dir. "
