@@ -83,6 +83,10 @@ class NoUsableData(ValueError):
     """An epoch yielded no batch at all: nothing to train on."""
 
 
+# Every task CLI takes --resume (trainstack.task_cli); a package passes its exact command as resume_hint.
+DEFAULT_RESUME_HINT = "the same command plus --resume"
+
+
 def check_run_dir(run_dir, *, resume: bool, overwrite: bool = False, resume_hint: str | None = None,
                   overwrite_hint: str = "overwrite=true") -> None:
     """Refuse, before anything is written, a fresh start in a directory that holds checkpoints.
@@ -98,7 +102,7 @@ def check_run_dir(run_dir, *, resume: bool, overwrite: bool = False, resume_hint
     found = checkpoint_dirs(run_dir / "checkpoints")
     if found:
         names = ", ".join(p.name for p in found[:3]) + (", ..." if len(found) > 3 else "")
-        how = f"resume it ({resume_hint})" if resume_hint else "resume it"
+        how = f"resume it ({resume_hint or DEFAULT_RESUME_HINT})"
         raise RunDirError(f"{run_dir}: already holds checkpoints of a run ({names}); {how}, pass {overwrite_hint} "
                           f"to start over (removes its checkpoints and logs), or choose another run directory")
 
@@ -552,7 +556,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                 save(final_metrics)
             if interrupted:
                 say(f"stopped by signal {stop.signum} at step {step}; checkpoint {last_ckpt}; "
-                    f"{resume_hint or 'resume from it to continue'}")
+                    f"continue with {resume_hint or DEFAULT_RESUME_HINT}")
         finally:
             bar.close()
             if log_file is not None:
