@@ -25,7 +25,7 @@ for ARM in ours users; do
   for N in 1 2; do
     if [ "$N" = 1 ]; then LAUNCH=(accelerate launch --num_processes 1)
     else LAUNCH=(accelerate launch --multi_gpu --num_processes "$N"); fi
-    "${LAUNCH[@]}" -m chat_pretrain bench --arm "$ARM" --tokenizer "$TOK" --data "$DATA" --config large \
+    "${LAUNCH[@]}" -m chat_pretrain bench --arm "$ARM" --tokenizer "$TOK" --data "$DATA" --profile large \
       --steps "$STEPS" --warmup 5 --json-out "$OUT/$ARM-$N.json" > "$OUT/$ARM-$N.log" 2>&1 \
       || { echo "FAILED: $ARM on $N GPU(s), see $OUT/$ARM-$N.log"; tail -20 "$OUT/$ARM-$N.log"; exit 1; }
   done
@@ -50,7 +50,7 @@ PY
 # for 20 more steps from the latest checkpoint (data position included).
 VALID=/tmp/chat-pretrain-valid.parquet
 [ -f "$VALID" ] || python3 -m chat_pretrain make-data "$VALID" --rows 256 --seed 7
-TRAIN=(accelerate launch --multi_gpu --num_processes 2 -m chat_pretrain train --config large tokenizer.path="$TOK"
+TRAIN=(accelerate launch --multi_gpu --num_processes 2 -m chat_pretrain train --profile large tokenizer.path="$TOK"
        "data.train_files=[$DATA]" "data.valid_files=[$VALID]" run_dir=/tmp/chat-pretrain-2gpu log_every_steps=10
        eval.every_steps=60 save_every_steps=60 eval.max_new_tokens=32)
 "${TRAIN[@]}" max_steps=60 > "$OUT/train-2gpu.log" 2>&1 || { echo "FAILED: 2-GPU train"; tail -30 "$OUT/train-2gpu.log"; exit 1; }

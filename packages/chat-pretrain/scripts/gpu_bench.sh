@@ -10,7 +10,7 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, accelerate, tokenizers, pyarrow; from transformers.models.t5.modeling_t5 import T5PreTrainedModel as M; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '| tokenizers', tokenizers.__version__, '| pyarrow', pyarrow.__version__, '| T5 _supports_sdpa', getattr(M, '_supports_sdpa', None))"
 python3 -m chat_pretrain make-data /tmp/bench.parquet --rows "$ROWS" --median-chars 60
-B=(python3 -m chat_pretrain bench --tokenizer "$TOK" --data /tmp/bench.parquet --config large --steps "$STEPS" --warmup 5)
+B=(python3 -m chat_pretrain bench --tokenizer "$TOK" --data /tmp/bench.parquet --profile large --steps "$STEPS" --warmup 5)
 "${B[@]}" --json-out "$OUT/bench.json" 2>&1 | grep -v Warning | tee "$OUT/bench.txt"
 # Attribution: the users' loop with eager attention (their transformers 4.x had no SDPA for T5) and with
 # every batch padded to max_seq_len.
@@ -32,7 +32,7 @@ PY
 # The real job on the GPU: core's fit, bf16, SDPA, eval (loss + BLEU) and a checkpoint, 200 steps.
 if [ "${TRAIN_SMOKE:-1}" = 1 ]; then
   python3 -m chat_pretrain make-data /tmp/valid.parquet --rows 512 --seed 7 > /dev/null
-  python3 -m chat_pretrain train --config large tokenizer.path="$TOK" data.train_files=[/tmp/bench.parquet] \
+  python3 -m chat_pretrain train --profile large tokenizer.path="$TOK" data.train_files=[/tmp/bench.parquet] \
     data.valid_files=[/tmp/valid.parquet] run_dir=/tmp/run max_steps=200 log_every_steps=50 eval.every_steps=200 \
     save_every_steps=200 memory_log_every_steps=50 2>&1 | grep -v -i warn | tail -8
   cp /tmp/run/log.jsonl "$OUT/train-log.jsonl" 2>/dev/null; ls /tmp/run/checkpoints/*/ | head -20

@@ -6,8 +6,8 @@ OUT=${OUT:-/tmp/chat-pretrain-sweep}; mkdir -p "$OUT"; TOK=${TOK:-../shared/data
 export PYTHONPATH="packages/core/src:packages/chat-pretrain/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 python3 -m chat_pretrain make-data /tmp/bench.parquet --rows "${ROWS:-500000}" --median-chars 60 > /dev/null
-B=(python3 -m chat_pretrain bench --tokenizer "$TOK" --data /tmp/bench.parquet --config large --steps "${STEPS:-20}" --warmup 5)
-"${B[@]}" --arm ours --profile --json-out "$OUT/ours-sdpa-pad8.json" 2>&1 | grep -v -i warn > "$OUT/profile.txt"
+B=(python3 -m chat_pretrain bench --tokenizer "$TOK" --data /tmp/bench.parquet --profile large --steps "${STEPS:-20}" --warmup 5)
+"${B[@]}" --arm ours --torch-profile --json-out "$OUT/ours-sdpa-pad8.json" 2>&1 | grep -v -i warn > "$OUT/profile.txt"
 "${B[@]}" --arm ours --json-out "$OUT/ours-eager-pad8.json" model.attn_implementation=eager > /dev/null 2>&1
 [ "${FULL:-1}" = 1 ] && "${B[@]}" --arm ours --json-out "$OUT/ours-sdpa-pad1.json" data.pad_to_multiple_of=1 > /dev/null 2>&1
 "${B[@]}" --arm users --users-attn eager --json-out "$OUT/users-eager.json" > /dev/null 2>&1

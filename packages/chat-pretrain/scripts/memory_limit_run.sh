@@ -17,11 +17,11 @@ ls -la "$OUT/train.parquet"
 echo "== 1: data path over $ROWS rows under prlimit --as=$LIMIT"
 prlimit --as=$LIMIT $PY - "$OUT/train.parquet" "$TOK" "${STREAM_ROWS:-0}" <<'PY' | tee "$OUT/stream.log"
 import json, sys, time
-from chat_pretrain.cli import parse_train_args
+from chat_pretrain.config import load_train_config
 from chat_pretrain.data import PromptResponseBatches
 from chat_pretrain.tokenizer import load_tokenizer
 from trainstack.memory import rss_gib
-cfg, _ = parse_train_args(["--config", "low-ram-12g"])
+cfg = load_train_config("low-ram-12g")
 tok = load_tokenizer(sys.argv[2])
 b = PromptResponseBatches([sys.argv[1]], tok.tokenizer, cfg.data, pad_id=tok.pad_id, eos_id=tok.eos_id)
 b.set_epoch(0)
@@ -38,7 +38,7 @@ print(json.dumps({"rows": rows, "seconds": round(time.time() - t0, 1), "rss_firs
                   "rss_max_gib": max(rss), "rss_last_gib": rss[-1], "skipped": b.skipped.total}))
 PY
 echo "== 2: training (tiny T5, low-ram-12g settings) under the same limit"
-prlimit --as=$LIMIT $PY -m chat_pretrain train --config low-ram-12g model.name=tiny precision=fp32 \
+prlimit --as=$LIMIT $PY -m chat_pretrain train --profile low-ram-12g model.name=tiny precision=fp32 \
   tokenizer.path="$TOK" data.train_files="[$OUT/train.parquet]" run_dir="$OUT/run" max_steps="${STEPS:-300}" data.batch_size=4 data.max_batch_rows=32 \
   log_every_steps=50 memory_log_every_steps=20 save_every_steps=0 eval.every_steps=0 optim.warmup_steps=10 \
   2>&1 | grep -v Warning | tail -5
