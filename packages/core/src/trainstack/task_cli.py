@@ -122,12 +122,10 @@ class TaskCLI:
 
         self._commands: dict[str, _Command] = {}
         self.parser = OneLineErrorParser(prog=self.prog, description=self.description,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+                                         formatter_class=argparse.RawDescriptionHelpFormatter)
         self.parser.add_argument("--version", action="version",
                                  version=f"{self.prog} {self.version} (trainstack-core {core_version})")
         self._sub = self.parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineErrorParser)
-
-    # -- declaring commands ------------------------------------------------------------------------
 
     def add_command(self, name: str, handler: Handler, help: str, *, overrides: bool = False,
                     description: str | None = None, raw: bool = False,
@@ -161,8 +159,6 @@ class TaskCLI:
                             help=f"a shipped profile ({self.prog} profiles list), a YAML file, or auto: the best "
                                  f"fit for this machine{default}")
 
-    # -- helpers for handlers ----------------------------------------------------------------------
-
     def config_type(self):
         return import_attr(self.config_class)
 
@@ -186,8 +182,6 @@ class TaskCLI:
             how = "the default"
         say(f"profile {profile.name} ({how}): {profile.description}".rstrip(": "))
         return load_config(self.config_type(), profile.settings, list(overrides)), profile
-
-    # -- running -----------------------------------------------------------------------------------
 
     def main(self, argv: Sequence[str] | None = None) -> int:
         """Parse, run the command's handler, map the outcome to an exit code. Always returns an int
@@ -262,8 +256,6 @@ class TaskCLI:
             raise err  # a failure of the run itself: traceback, exit 1
         print(f"{self.prog}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-
-    # -- profiles ----------------------------------------------------------------------------------
 
     def profiles_command(self) -> argparse.ArgumentParser | None:
         """The built-in `profiles` command's parser (created on first use; a package may add options)."""
