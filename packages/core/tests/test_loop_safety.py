@@ -89,7 +89,7 @@ def test_a_signal_inside_a_long_window_stops_at_the_next_batch_and_resumes_exact
     res, _, calls = _signalling_run(tmp_path / "run", 3, signal_at_micro=11)  # 3rd micro-batch of window 2
     assert res.interrupted and res.steps == 1 and len(calls) == 11  # no further batch was trained on
     last = capsys.readouterr().out.splitlines()[-1]
-    assert last.startswith("stopped by signal 15 at step 1; checkpoint ") and last.endswith("; toy train --resume")
+    assert last.startswith("stopped by signal 15 at step 1; checkpoint ") and last.endswith("; continue with toy train --resume")
     res2, model, calls2 = _signalling_run(tmp_path / "run", 3, resume=True)
     assert res2.steps == 3 and not res2.interrupted
     assert calls2 == ref_calls[8:]  # the dropped window is replayed whole
