@@ -188,6 +188,9 @@ def test_trainstack_profiles_and_usage_errors(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(doctor, "task_entry_points", lambda: [_FakeEntryPoint("faketask", tmp_path)])
     assert main(["profiles"]) == 0
     assert "faketask:\n  cpu" in capsys.readouterr().out
+    monkeypatch.setattr(doctor, "task_entry_points", lambda: [])
+    assert main(["profiles"]) == 0
+    assert "no task packages installed" in capsys.readouterr().out
     assert main(["doctor", "--simulate", "tpu-v9"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "invalid choice: 'tpu-v9'" in err

@@ -29,10 +29,12 @@ def doctor(args) -> int:
 
 def profiles(args) -> int:
     """Every installed task package's shipped profiles (each package's `profiles` command says more)."""
-    from trainstack.doctor import task_entry_points
+    from trainstack.doctor import TASKS_GROUP, task_entry_points
     from trainstack.hardware import load_profiles
     from trainstack.task_cli import describe_requirements
 
+    if not task_entry_points():
+        print(f"no task packages installed (entry point group '{TASKS_GROUP}')")
     for ep in task_entry_points():
         try:
             shipped = load_profiles(ep.load()())
