@@ -109,3 +109,32 @@ def test_batches_shard_across_ranks_without_overlap(sample_tokenizer):
     assert len(plans[0]) == len(plans[1]) > 0
     flat = [i for p in plans for b in p for i in b]
     assert len(flat) == len(set(flat))
+
+
+def test_fast_path_batches_are_bucketed_and_full():
+    """On the fast path every batch has bucketed widths and batch_size rows; filler rows attend to one
+    token and carry no label, and the real rows are the eager batch's, unchanged."""
+    import numpy as np
+    import torch
+    from mt_nllb.bench import synthetic_pairs
+    from trainstack.speed import LengthBuckets
+
+    tp = synthetic_pairs(70, vocab=500, seed=1)
+    buckets = LengthBuckets.parse("multiple:16", 256)
+    make = lambda b: D.TranslationBatches(tp, max_tokens=10**6, pad_id=1, decoder_start_id=2, seed=3,  # noqa: E731
+                                          fixed_batch_size=32, buckets=b)
+    fast, eager = list(make(buckets)), list(make(None))
+    assert len(fast) == len(eager) == 3  # 32 + 32 + 6: the last batch is filled with 26 filler rows
+    for f, e in zip(fast, eager, strict=True):
+        assert all(v.shape[0] == 32 for v in f.values())
+        assert f["input_ids"].shape[1] % 16 == 0 and f["labels"].shape[1] % 16 == 0
+        n, s, t = e["input_ids"].shape[0], e["input_ids"].shape[1], e["labels"].shape[1]
+        for k in f:
+            width = s if k in ("input_ids", "attention_mask") else t
+            assert torch.equal(f[k][:n, :width], e[k]), k
+        filler = slice(n, None)
+        assert (f["labels"][filler] == -100).all()
+        assert (f["attention_mask"][filler].sum(dim=1) == 1).all()
+        assert (f["attention_mask"].sum(dim=1) >= 1).all()
+    assert int(np.sum([(b["labels"] != -100).sum() for b in fast])) == int(np.sum([(b["labels"] != -100).sum()
+                                                                                   for b in eager]))

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainstack.config import ConfigError, check_limits
+from trainstack.speed import SpeedConfig as CoreSpeedConfig
+from trainstack.speed.config import Switch
 
 
 @dataclass
@@ -28,6 +30,8 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     dropout: float | None = None
     """Overrides the model config's dropout when set."""
+    attention_dropout: float | None = None
+    """Overrides the model config's attention dropout when set (NLLB's is 0.1)."""
 
 
 @dataclass
@@ -63,24 +67,34 @@ class OptimConfig:
 
 
 @dataclass
-class SpeedConfig:
+class SpeedConfig(CoreSpeedConfig):
+    """Core's fast path (cuda_graphs, length_buckets, compile, ...; docs/core-api.md) plus this task's
+    batching and loss switches. On one CUDA process the step is captured as CUDA graphs (one per
+    padded shape) and replayed: the GPU no longer waits for Python to launch ~5,000 kernels a step."""
+    compile: Switch = False
+    """torch.compile the whole step, one compilation per padded shape (core's speed.compile). Off here:
+    the 600M model's fwd+bwd takes minutes to compile for each of the dozen (source, target) bucket
+    pairs; CUDA graphs remove the launch overhead without it, and compile_loss fuses the head's math."""
+    length_buckets: str = "multiple:16"
+    """Padded lengths on the fast path (core's speed.length_buckets), per side. multiple:16 keeps the
+    padding under 16 tokens a side; each (source, target) bucket pair is one captured graph."""
     max_tokens_per_batch: int = 12288
     """Token budget per micro-batch, padding counted (len(batch) * longest side)."""
     max_batch_size: int = 0
     """Cap on sentences per micro-batch (0 = none); with a fixed effective batch, set batch_size."""
     batch_size: int = 0
-    """Fixed sentences per micro-batch instead of a token budget (0 = token budget)."""
+    """Fixed sentences per micro-batch instead of a token budget (0 = token budget). The fast path
+    fills a short batch to this many rows (ignored filler rows), so the shapes stay few."""
     chunked_ce: bool = True
     """Chunked linear + label-smoothed cross-entropy: never materializes full fp32 logits."""
     ce_chunk_tokens: int = 2048
     """Rows of the LM head per chunk: the chunk's fp32 logits take rows x vocab x 4 bytes (1 GiB at 1024)."""
-    compile_loss: bool = False
-    """torch.compile the per-chunk loss/gradient math (fused). H100: 177 vs 189 ms/step once warm, but
-    recompiles over the first steps cost more than that on short runs: off by default."""
+    compile_loss: Switch = "auto"
+    """torch.compile the per-chunk loss/gradient math (two fused kernels instead of ~10 passes over
+    the chunk's fp32 logits). auto: on with CUDA and the fast path, where the shapes are few; eagerly
+    every batch has new shapes and the recompiles cost more than they save (H100, BENCHMARKS.md)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing. Not needed at batch 96 / 256 tokens with chunked CE."""
-    compile: bool = False
-    """torch.compile the model body. Measured slower on H100 (recompiles on variable shapes): off."""
     params_dtype: Literal["fp32", "bf16"] = "fp32"
     """bf16 = weights in bf16 with fp32 optimizer math (pure bf16 training; smaller, less exact)."""
 

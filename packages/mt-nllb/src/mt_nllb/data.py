@@ -325,23 +325,32 @@ def fingerprint(data_cfg, tokenizer_spec: str, src_lang: str, tgt_lang: str) -> 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int):
-    """input_ids/attention_mask (source), decoder_input_ids (shifted labels), labels (-100 on pad)."""
+def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int, buckets=None, rows: int = 0):
+    """input_ids/attention_mask (source), decoder_input_ids (shifted labels), labels (-100 on pad).
+
+    For the fast path (a compiled or captured step sees a few shapes): ``buckets`` (core's
+    LengthBuckets) pads each side to its bucket, and ``rows`` fills a short batch with filler rows. A
+    filler row attends to one pad token (a fully masked attention row would give NaN) and all its
+    labels are ignored: no loss, zero gradient, the mean over real tokens unchanged."""
     import torch
 
     n = len(indices)
     s_len = max(len(tp.src(i)) for i in indices)
     t_len = max(len(tp.tgt(i)) for i in indices)
-    input_ids = np.full((n, s_len), pad_id, dtype=np.int64)
-    attention = np.zeros((n, s_len), dtype=np.int64)
-    labels = np.full((n, t_len), -100, dtype=np.int64)
-    dec = np.full((n, t_len), pad_id, dtype=np.int64)
+    if buckets is not None:
+        s_len, t_len = buckets.bucket(s_len), buckets.bucket(t_len)
+    height = max(n, rows)
+    input_ids = np.full((height, s_len), pad_id, dtype=np.int64)
+    attention = np.zeros((height, s_len), dtype=np.int64)
+    labels = np.full((height, t_len), -100, dtype=np.int64)
+    dec = np.full((height, t_len), pad_id, dtype=np.int64)
+    attention[n:, 0] = 1
+    dec[:, 0] = decoder_start_id
     for row, i in enumerate(indices):
         s, t = tp.src(i), tp.tgt(i)
         input_ids[row, :len(s)] = s
         attention[row, :len(s)] = 1
         labels[row, :len(t)] = t
-        dec[row, 0] = decoder_start_id
         dec[row, 1:len(t)] = t[:-1]
     return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
             "decoder_input_ids": torch.from_numpy(dec), "labels": torch.from_numpy(labels)}
@@ -362,8 +371,11 @@ class TranslationBatches:
     """core's ``Batches`` protocol over TokenizedPairs: set_epoch, iteration, resumable position."""
 
     def __init__(self, tp: TokenizedPairs, *, max_tokens: int, pad_id: int, decoder_start_id: int, seed: int = 0,
-                 max_batch_size: int = 0, fixed_batch_size: int = 0, rank: int = 0, world_size: int = 1):
-        self.rank, self.world_size = rank, world_size
+                 max_batch_size: int = 0, fixed_batch_size: int = 0, rank: int = 0, world_size: int = 1,
+                 buckets=None):
+        """``buckets`` (core's LengthBuckets, the fast path): both sides padded to a bucket, and with a
+        ``fixed_batch_size`` every batch filled to that many rows, so the step sees few shapes."""
+        self.rank, self.world_size, self.buckets = rank, world_size, buckets
         self.tp, self.max_tokens, self.pad_id, self.decoder_start_id = tp, max_tokens, pad_id, decoder_start_id
         self.seed, self.max_batch_size, self.fixed_batch_size = seed, max_batch_size, fixed_batch_size
         self.lengths = tp.lengths()
@@ -397,7 +409,8 @@ class TranslationBatches:
         while self.position < len(batches):
             indices = batches[self.position]
             self.position += 1
-            yield collate(self.tp, indices, self.pad_id, self.decoder_start_id)
+            yield collate(self.tp, indices, self.pad_id, self.decoder_start_id, self.buckets,
+                          rows=self.fixed_batch_size if self.buckets is not None else 0)
         self.position = 0
 
     def state_dict(self) -> dict:
