@@ -20,33 +20,35 @@ import torch
 IGNORE_INDEX = -100
 
 
-def _smoothed_rows(logits32, lse, y, epsilon: float):
-    """Per-row label-smoothed CE (n, 1) from fp32 logits and their logsumexp."""
-    vocab = logits32.shape[-1]
+def _smoothed_rows(logits32, lse, y, epsilon: float, vocab: int):
+    """Per-row label-smoothed CE (n, 1) from fp32 logits (their first ``vocab`` columns are the
+    vocabulary; any further ones are alignment padding) and the vocabulary's logsumexp."""
     nll = lse - logits32.gather(1, y.clamp(min=0))
-    smooth = lse * vocab - logits32.sum(dim=-1, keepdim=True)
+    smooth = lse * vocab - logits32[:, :vocab].sum(dim=-1, keepdim=True)
     return (1.0 - epsilon) * nll + (epsilon / vocab) * smooth
 
 
-def _chunk_loss(logits, y, epsilon: float, masked: bool):
+def _chunk_loss(logits, y, epsilon: float, masked: bool, vocab: int):
     """Summed label-smoothed CE of one chunk of logits (any dtype), computed in fp32. ``masked``: rows
     whose label is IGNORE_INDEX count zero (torch.where, so even a non-finite padded row adds nothing)."""
     logits32 = logits.float()
-    rows = _smoothed_rows(logits32, torch.logsumexp(logits32, dim=-1, keepdim=True), y, epsilon)
+    lse = torch.logsumexp(logits32[:, :vocab], dim=-1, keepdim=True)
+    rows = _smoothed_rows(logits32, lse, y, epsilon, vocab)
     if masked:
         rows = torch.where(y.ne(IGNORE_INDEX), rows, 0.0)
     return rows.sum()
 
 
-def _chunk_loss_and_grad(logits, y, epsilon: float, masked: bool):
+def _chunk_loss_and_grad(logits, y, epsilon: float, masked: bool, vocab: int):
     """The chunk's summed loss and d(loss)/d(logits) = softmax - (1-eps)*onehot - eps/V (zero on
-    masked rows), in the logits' dtype. Compiled, this fuses into ~2 kernels over the chunk
-    (BENCHMARKS.md: 2.8x faster steps)."""
+    masked rows and padding columns), in the logits' dtype. Compiled, this fuses into ~2 kernels
+    over the chunk (BENCHMARKS.md: 2.8x faster steps)."""
     logits32 = logits.float()
-    vocab = logits32.shape[-1]
-    lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
-    rows = _smoothed_rows(logits32, lse, y, epsilon)
+    lse = torch.logsumexp(logits32[:, :vocab], dim=-1, keepdim=True)
+    rows = _smoothed_rows(logits32, lse, y, epsilon, vocab)
     grad = torch.exp(logits32 - lse) - epsilon / vocab
+    if logits32.shape[1] > vocab:
+        grad = torch.where(torch.arange(logits32.shape[1], device=grad.device) < vocab, grad, 0.0)
     grad = grad.scatter_add(1, y.clamp(min=0), torch.full_like(lse, -(1.0 - epsilon)))
     if masked:
         real = y.ne(IGNORE_INDEX)
@@ -54,19 +56,27 @@ def _chunk_loss_and_grad(logits, y, epsilon: float, masked: bool):
     return rows.sum(), grad.to(logits.dtype)
 
 
-def _chunk_loss_and_grad_inplace(logits, y, epsilon: float, masked: bool):
+def _chunk_loss_and_grad_inplace(logits, y, epsilon: float, masked: bool, vocab: int):
     """Eager form of _chunk_loss_and_grad that reuses the chunk's fp32 buffer (one fp32 copy at a time)."""
     logits32 = logits.float()
-    vocab = logits32.shape[-1]
-    lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
-    rows = _smoothed_rows(logits32, lse, y, epsilon)
-    grad = logits32.sub_(lse).exp_().sub_(epsilon / vocab)
+    lse = torch.logsumexp(logits32[:, :vocab], dim=-1, keepdim=True)
+    rows = _smoothed_rows(logits32, lse, y, epsilon, vocab)
+    logits32[:, :vocab].sub_(lse).exp_().sub_(epsilon / vocab)
+    logits32[:, vocab:] = 0.0
+    grad = logits32
     grad.scatter_add_(1, y.clamp(min=0), torch.full_like(lse, -(1.0 - epsilon)))
     if masked:
         padded = y.eq(IGNORE_INDEX)
         rows = rows.masked_fill(padded, 0.0)
         grad.masked_fill_(padded, 0.0)
     return rows.sum(), grad.to(logits.dtype)
+
+
+def aligned_rows(vocab: int) -> int:
+    """The head's rows rounded up to a multiple of 128. With NLLB's 256,206 (not a multiple of 8) the
+    logits' row stride is misaligned and cuBLAS falls back to slower pre-Hopper kernels for the three
+    head matmuls (H200 profile: ~290 TFLOP/s); zero rows up to 256,256 cost 0.02% more work."""
+    return -(-vocab // 128) * 128
 
 
 _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
@@ -94,7 +104,9 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, epsilon: float, chunk_rows: int, denominator, masked: bool):
         n, _ = hidden.shape
-        w = weight.to(hidden.dtype)
+        vocab = weight.shape[0]
+        w = hidden.new_zeros((aligned_rows(vocab), weight.shape[1]))
+        w[:vocab] = weight  # cast to the compute dtype and aligned (zero rows; masked in the chunk math)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # Eagerly the gradients accumulate in place (one fp32 weight-gradient buffer); a compiled step
         # (speed.compile) traces the functional form, since dynamo cannot keep in-place buffers made
@@ -102,14 +114,14 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
         tracing = torch.compiler.is_compiling()
         grad_h = torch.empty_like(hidden) if need_h and not tracing else None
         grad_h_chunks = []
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, chunk_rows):
             h = hidden[start:start + chunk_rows]
             y = labels[start:start + chunk_rows].unsqueeze(1)
             if need_h or need_w:
                 # The bf16 logits are passed, not kept: the chunk's only fp32 copy lives inside.
-                chunk_loss, g = _chunk_fn(True)(h @ w.t(), y, epsilon, masked)
+                chunk_loss, g = _chunk_fn(True)(h @ w.t(), y, epsilon, masked, vocab)
                 if need_h and tracing:
                     grad_h_chunks.append(g @ w)
                 elif need_h:
@@ -118,11 +130,13 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
                     grad_w = grad_w + (g.t() @ h).float() if tracing else grad_w.add_((g.t() @ h).float())
                 del g
             else:
-                chunk_loss = _chunk_fn(False)(h @ w.t(), y, epsilon, masked)
+                chunk_loss = _chunk_fn(False)(h @ w.t(), y, epsilon, masked, vocab)
             total = total + chunk_loss
         if grad_h_chunks:
             grad_h = torch.cat(grad_h_chunks)
         loss = total / denominator
+        if grad_w is not None:
+            grad_w = grad_w[:vocab]
         ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None, denominator)
         ctx.weight_dtype = weight.dtype
         return loss
