@@ -305,6 +305,8 @@ VARIANTS = {
     "ours-compile-step": Variant("h100-80g", ("speed.compile=true",)),
     "ours-unchunked": Variant("h100-80g", ("speed.chunked_ce=false",)),
     "ours-pow2": Variant("h100-80g", ("speed.length_buckets=pow2",)),
+    "ours-compile-layers": Variant("h100-80g", ("speed.compile_layers=true",)),
+    "ours-compile-layers-nodropout": Variant("h100-80g", (*NO_DROPOUT, "speed.compile_layers=true")),
     "ours-chunk2048": Variant("h100-80g", ("speed.ce_chunk_tokens=2048",)),
     "ours-nodropout": Variant("h100-80g", NO_DROPOUT),
     "ours-eager-nodropout": Variant("h100-80g", (*NO_DROPOUT, "speed.cuda_graphs=false", "speed.compile_loss=false")),
@@ -343,17 +345,18 @@ def variant_config(name: str, arch: str):
     return cfg
 
 
-def fast_vs_eager(arch: str, tp, steps: int) -> dict:
+def fast_vs_eager(arch: str, tp, steps: int, fast_arm: str = "ours-nodropout") -> dict:
     """The shipped step (fast path) and the eager step from the same initial weights over the same
     batches (the fast path pads them to buckets and fills short ones: the math is unchanged), dropout
-    off in both: each optimizer step's loss, and the largest difference. On CPU both run eagerly."""
+    off in both: each optimizer step's loss, and the largest difference. On CPU both run eagerly.
+    ``fast_arm``: a variant with dropout off (ours-nodropout, ours-compile-layers-nodropout)."""
     runs = {name: bench_ours(name, variant_config(name, arch), tp, steps=steps, warmup=0, losses_only=True)
-            for name in ("ours-nodropout", "ours-eager-nodropout")}
-    fast, eager = runs["ours-nodropout"], runs["ours-eager-nodropout"]
+            for name in (fast_arm, "ours-eager-nodropout")}
+    fast, eager = runs[fast_arm], runs["ours-eager-nodropout"]
     diff = max(abs(a - b) for a, b in zip(fast, eager, strict=True))
     print(f"fast-vs-eager: {steps} steps, largest loss difference {diff:.2e} (fast {fast[-1]:.4f}, eager "
           f"{eager[-1]:.4f} at the last step)", flush=True)
-    return {"steps": steps, "fast_losses": fast, "eager_losses": eager, "max_abs_loss_diff": diff}
+    return {"steps": steps, "fast_arm": fast_arm, "fast_losses": fast, "eager_losses": eager, "max_abs_loss_diff": diff}
 
 
 def fit16_verdict(bench: dict, arch: str, length: int) -> dict:
@@ -403,6 +406,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="users-trainer,ours,rtx4080s-16g",
                    help=f"comma list of: users-trainer, fast-vs-eager, {', '.join(VARIANTS)}")
     p.add_argument("--compare-steps", type=int, default=20, help="optimizer steps of the fast-vs-eager stage")
+    p.add_argument("--compare-fast-arm", default="ours-nodropout",
+                   help="the fast side of fast-vs-eager (a variant with dropout off)")
     p.add_argument("--pairs", type=int, default=20000)
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
@@ -435,7 +440,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         try:
             if name == "fast-vs-eager":
-                comparison = fast_vs_eager(args.model_config, tp, args.compare_steps)
+                comparison = fast_vs_eager(args.model_config, tp, args.compare_steps, args.compare_fast_arm)
                 if args.out:
                     _write(args.out, results, errors, comparison)
                 continue

@@ -89,6 +89,10 @@ class SpeedConfig(CoreSpeedConfig):
     """Chunked linear + label-smoothed cross-entropy: never materializes full fp32 logits."""
     ce_chunk_tokens: int = 2048
     """Rows of the LM head per chunk: the chunk's fp32 logits take rows x vocab x 4 bytes (1 GiB at 1024)."""
+    compile_layers: Switch = False
+    """torch.compile each encoder and decoder layer (dynamic lengths: one compilation per layer kind,
+    shared by its 12 layers) to fuse the autocast casts, layer norms, dropout and residual adds.
+    Off until measured on a GPU (BENCHMARKS.md)."""
     compile_loss: Switch = "auto"
     """torch.compile the per-chunk loss/gradient math (two fused kernels instead of ~10 passes over
     the chunk's fp32 logits). auto: on with CUDA and the fast path, where the shapes are few; eagerly

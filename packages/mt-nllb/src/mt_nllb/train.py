@@ -194,7 +194,24 @@ def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None):
         model.to(torch.bfloat16)
     model.to(device)
     loss_mod.configure(compile_loss_chunks(cfg, speed) if speed is not None else cfg.speed.compile_loss is True)
+    if speed is not None and compile_layers_on(cfg, speed):
+        compile_layers(model, speed.compile_backend)
     return model
+
+
+def compile_layers_on(cfg: TrainConfig, speed) -> bool:
+    return speed.cuda_graphs if cfg.speed.compile_layers == "auto" else bool(cfg.speed.compile_layers)
+
+
+def compile_layers(model, backend: str) -> None:
+    """Compile every encoder and decoder layer in place (state_dict keys unchanged). Layers of one
+    kind share the compiled code: their parameters are graph inputs, so 24 layers cost two
+    compilations; lengths are dynamic, so new padded shapes do not recompile."""
+    from trainstack.speed.cache import enable_compile_cache
+
+    enable_compile_cache()
+    for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
+        layer.compile(dynamic=True, backend=backend)
 
 
 def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0, world_size: int = 1, speed=None):
@@ -247,9 +264,10 @@ def describe_loss(cfg: TrainConfig, speed) -> str:
     if not cfg.speed.chunked_ce:
         return f"loss: label-smoothed CE ({cfg.label_smoothing}) over full logits"
     math = "compiled" if compile_loss_chunks(cfg, speed) else "eager"
+    layers = ", layers compiled" if compile_layers_on(cfg, speed) else ""
     rows = "every row, padding masked (fixed shapes)" if speed.fast else "real tokens only"
     return (f"loss: label-smoothed CE ({cfg.label_smoothing}), LM head in chunks of {cfg.speed.ce_chunk_tokens} "
-            f"rows, {rows}, chunk math {math}")
+            f"rows, {rows}, chunk math {math}{layers}")
 
 
 def build_loop_config(cfg: TrainConfig, total_steps: int):
