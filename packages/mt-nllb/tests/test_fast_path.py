@@ -50,3 +50,18 @@ def test_compiled_layers_learn_what_eager_layers_learn(tmp_path, capsys):
     out = "".join(capsys.readouterr())
     assert "chunk math eager, layers compiled" in out
     assert _losses(tmp_path / "layers") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-5)
+
+
+def test_compiled_layers_with_cuda_graphs_is_a_config_error(tmp_path, capsys):
+    """Their capture failed on the GPU (BENCHMARKS.md run 4): asking for both is a ConfigError (train
+    prints it as one line and exits 2, before anything is written)."""
+    from mt_nllb import train as T
+    from trainstack.config import ConfigError
+    from trainstack.speed import Speed
+
+    cfg = T.TrainConfig()
+    cfg.speed.compile_layers = True
+    graphs = Speed(compile=False, cuda_graphs=True, compile_mode="default", compile_backend="inductor",
+                   warmup_runs=1, length_buckets="multiple:16", reason="test")
+    with pytest.raises(ConfigError, match="speed.cuda_graphs=false"):
+        T.compile_layers_on(cfg, graphs)

@@ -92,7 +92,8 @@ class SpeedConfig(CoreSpeedConfig):
     compile_layers: Switch = False
     """torch.compile each encoder and decoder layer (dynamic lengths: one compilation per layer kind,
     shared by its 12 layers) to fuse the autocast casts, layer norms, dropout and residual adds.
-    Off until measured on a GPU (BENCHMARKS.md)."""
+    Experimental: not yet with CUDA graphs (their capture failed on an H200; BENCHMARKS.md run 4),
+    so it needs speed.cuda_graphs=false."""
     compile_loss: Switch = "auto"
     """torch.compile the per-chunk loss/gradient math (two fused kernels instead of ~10 passes over
     the chunk's fp32 logits). auto: on with CUDA and the fast path, where the shapes are few; eagerly
