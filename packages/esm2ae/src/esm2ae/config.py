@@ -117,8 +117,8 @@ class Config:
     keep_last: int = 2
     save_checkpoints: bool = True
     """False: no periodic checkpoints (benchmarks, smoke runs); the final export is still written,
-    and core's loop still writes one resumable checkpoint at the last step (the DeepSpeed loop
-    writes none). SIGINT/SIGTERM save one either way."""
+    and core's loop still writes one resumable checkpoint at the last step (with DeepSpeed too).
+    SIGINT/SIGTERM save one either way."""
     seed: int = 0
     fast_dev_run: bool = False
     """One optimizer step of one micro-batch, one eval batch."""
