@@ -15,7 +15,9 @@ class ModelConfig:
     name: str = "esm2_t33_650M"
     """ESM-2 size (esm2_t6_8M ... esm2_t36_3B, esm2_tiny), a hub id, or a local HF directory."""
     pretrained: bool = False
-    """Start from published weights when reachable (hub or local dir); the paper trains from scratch."""
+    """Start from the published weights (hub id or ESM-2 size): weights that cannot be loaded stop the
+    run with one line, never a random start. False: random init (the paper trains from scratch). A
+    local HF directory is always loaded."""
     attention: Literal["auto", "flash", "flex", "sdpa"] = "auto"
     """auto: flash-attn varlen if installed, else FlexAttention on CUDA, SDPA (block mask) on CPU."""
     compile: bool = True
