@@ -120,7 +120,15 @@ def test_pretrained_size_offline_with_an_empty_cache_fails_naming_it(tmp_path):
     assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
     line = _one_line(p.stderr)
     assert "facebook/esm2_t6_8M_UR50D (model.name=esm2_t6_8M) cannot be loaded" in line, line
-    assert "random" not in p.stdout and not (tmp_path / "run").exists()
+    assert "random weights" not in p.stdout and not (tmp_path / "run").exists()
+
+
+def test_the_removed_loader_key_is_refused_not_ignored(tmp_path, capsys):
+    # loader.num_workers was never read (batches are packed in the training process): a profile that
+    # sets it must hear so at start-up instead of believing it runs 12 workers
+    assert _train(tmp_path, "loader.num_workers=12") == 2
+    assert "unknown key 'loader'" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
 
 
 class _RunsCode:

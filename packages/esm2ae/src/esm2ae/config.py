@@ -95,12 +95,6 @@ class DeepSpeedConfig:
 
 
 @dataclass
-class LoaderConfig:
-    num_workers: int | None = None
-    """None: core's loader_settings for the hardware."""
-
-
-@dataclass
 class Config:
     task: Literal["mlm", "ae", "joint"] = "mlm"
     """mlm: pretrain the backbone; ae: train the autoencoder on a frozen backbone; joint: both."""
@@ -110,7 +104,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ae: AEConfig = field(default_factory=AEConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     max_steps: int = 500_000
     log_every_steps: int = 10
