@@ -136,3 +136,17 @@ def test_doctor_reports_an_impossible_precision(capsys, monkeypatch):
     assert "precision: error: bf16 asked for but NVIDIA GeForce RTX 2080 SUPER, sm_75 has no bf16" in capsys.readouterr().out
     assert main(["doctor", "--simulate", "h100-80g"]) == 0
     assert "precision: bf16 autocast: auto, NVIDIA H100 80GB HBM3, sm_90 supports bf16 | TF32 on" in capsys.readouterr().out
+
+
+def test_report_without_matplotlib_names_the_extra_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_log(run)
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails as if not installed
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["error: trainstack report needs matplotlib, which is not installed: "
+                   "pip install 'trainstack-core[report]'"]
+    assert not (tmp_path / "out").exists()

@@ -69,11 +69,12 @@ def doctor(args) -> int:
 
 
 def report(args) -> int:
+    from trainstack.extras import MissingExtra
     from trainstack.report import write_report
 
     try:
         path = write_report(args.run_dir, args.out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, MissingExtra) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     written = sorted(p.name for p in path.parent.glob("*.png"))

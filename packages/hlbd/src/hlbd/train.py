@@ -1,7 +1,7 @@
 """hlbd train: the APT model on HLBD pairs, until it has learned them (exact match >= 95%).
 
     hlbd train                                                   # bundled sample, recipe "fast", CPU or GPU
-    hlbd train --data ../shared/data/hlbd/hlbd_v1_600pairs.txt   # the real 600 pairs
+    hlbd train --data path/to/hlbd_v1_600pairs.txt               # the real 600 pairs
     hlbd train --profile users-baseline --data FILE              # the users' recipe, our implementation
     hlbd train optim.lr=2e-3 batch_size=128 speed.compile=false  # any config key, dotted
     hlbd train --resume run_dir=runs/hlbd                        # after Ctrl-C / SIGTERM (exit 130)
