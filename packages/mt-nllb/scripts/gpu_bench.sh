@@ -8,20 +8,20 @@
 #      fused AdamW, bf16), on synthetic pairs with lognormal(38) lengths a side, NLLB-600M, random init.
 #      Ours warms up for one epoch first (each new padded shape is captured once, then replayed).
 #   3. the 16 GB fit: scripts/gpu_fit16.sh (the rtx4080s-16g profile's settings, 256 tokens a side).
-# Results in the directory given as OUT (default ./mt-nllb-gpu-bench): bench.json/.log, fit16 files.
+# Results in OUT_DIR (the first argument, default mt-nllb-gpu-bench): bench.json/.log, fit16/.
 #
-#   OUT=results bash packages/mt-nllb/scripts/gpu_bench.sh            # all stages
-#   OUT=results STAGES=speed bash packages/mt-nllb/scripts/gpu_bench.sh
+#   bash packages/mt-nllb/scripts/gpu_bench.sh results                 # all stages
+#   STAGES=speed bash packages/mt-nllb/scripts/gpu_bench.sh results
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 export PYTHONPATH="$ROOT/packages/core/src:$ROOT/packages/mt-nllb/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PY="${PYTHON:-python3}"
-OUT="${OUT:-mt-nllb-gpu-bench}"
+OUT_DIR="${1:-mt-nllb-gpu-bench}"
 STAGES="${STAGES:-compare,speed,fit16}"
 PAIRS="${PAIRS:-12000}"
-mkdir -p "$OUT"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt" || true
+mkdir -p "$OUT_DIR"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt" || true
 
 only=""
 [[ "$STAGES" == *compare* ]] && only="fast-vs-eager"
@@ -29,8 +29,8 @@ only=""
 if [[ -n "$only" ]]; then
   # One epoch of 12000 pairs is 125 steps of 96: ours warms up over it, then 60 timed steps.
   "$PY" -m mt_nllb bench --only "$only" --pairs "$PAIRS" --warmup-steps "${WARMUP:-125}" --timed-steps "${TIMED:-60}" \
-    --users-warmup-steps 3 --users-timed-steps 4 --compare-steps 20 --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+    --users-warmup-steps 3 --users-timed-steps 4 --compare-steps 20 --out "$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.log"
 fi
 if [[ "$STAGES" == *fit16* ]]; then
-  OUT="$OUT/fit16" bash "$ROOT/packages/mt-nllb/scripts/gpu_fit16.sh"
+  bash "$ROOT/packages/mt-nllb/scripts/gpu_fit16.sh" "$OUT_DIR/fit16"
 fi
