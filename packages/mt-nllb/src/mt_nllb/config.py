@@ -39,16 +39,30 @@ class DataConfig:
     train: list[str] = field(default_factory=lambda: ["wmt19"])
     """Sources: hub names ("wmt19", "opus100") or files (.tsv, .jsonl, .parquet)."""
     caps: list[int] = field(default_factory=list)
-    """Per-source row caps, same order as `train` (0 = no cap). Users' recipe: [5000000, 500000]."""
+    """Per-source caps, same order as `train` (0 = no cap). Users' recipe: [5000000, 500000]. Under
+    selection=recipe a cap takes the first N rows of its source; under cleaned it counts pairs kept."""
+    selection: Literal["recipe", "cleaned"] = "recipe"
+    """How pairs are chosen from the sources.
+    recipe: the users' steps. A cap takes the first N rows of its source (rows dropped later still
+    count); the min_chars..max_chars filter applies only to the sources marked in `length_filter`
+    (by default the OPUS-100 hub source, as in the recipe: WMT19 is taken as it is); no dedup.
+    cleaned: ours. Every source is length-filtered, exact duplicate pairs are dropped across
+    sources, and a cap counts the pairs kept (up to 0.1.0 the only behaviour).
+    Under both, pairs with an empty side are dropped and counted as bad rows."""
+    length_filter: list[bool] = field(default_factory=list)
+    """selection=recipe only: per source, same order as `train`, whether the min_chars..max_chars
+    filter applies (e.g. [false, true] for local copies of WMT19 and OPUS-100). Empty = the hub
+    source opus100 only."""
     test: str = ""
     """Test file (or "wmt19" = newstest2018) evaluated at the end; empty = skip."""
     validation_rows: int = 2000
-    """Held out from the mixed training data after filtering and dedup."""
+    """Held out from the selected training pairs."""
     min_chars: int = 10
     max_chars: int = 400
     max_length: int = 256
     """Token limit per side; longer pairs are truncated (and counted)."""
-    dedup: bool = True
+    dedup: bool | None = None
+    """Drop exact duplicate pairs across sources. Unset = as `selection` says (recipe: no, cleaned: yes)."""
     src_key: str = "zh"
     tgt_key: str = "en"
     cache_dir: str = ""
@@ -161,6 +175,12 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.data.caps and len(self.data.caps) != len(self.data.train):
             raise ValueError(f"data.caps has {len(self.data.caps)} entries for {len(self.data.train)} sources")
+        if self.data.length_filter and len(self.data.length_filter) != len(self.data.train):
+            raise ConfigError(f"config key 'data.length_filter': {len(self.data.length_filter)} entries for "
+                              f"{len(self.data.train)} sources in data.train; give one true/false per source")
+        if self.data.length_filter and self.data.selection != "recipe":
+            raise ConfigError("config key 'data.length_filter': applies to data.selection=recipe; "
+                              "data.selection=cleaned filters every source")
         if self.data.min_chars > self.data.max_chars:
             raise ValueError("data.min_chars must be <= data.max_chars")
         if self.save_every_steps and self.eval_every_steps and self.save_every_steps % self.eval_every_steps:

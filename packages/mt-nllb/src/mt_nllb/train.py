@@ -74,8 +74,7 @@ def read_data(cfg: TrainConfig, run_dir: Path) -> DataPlan:
         tokenizer = load_tokenizer(str(cache / "tokenizer")) if tok_spec == "sample" else load_tokenizer(tok_spec, tok_key)
         return DataPlan(tokenizer, cache, fp, tok_spec == "sample", cached_report=report)
     check_writable_dir(cache_root, "data.cache_dir")  # written after tokenizing: fail now, not then
-    pairs, reports = D.read_pairs(cfg.data.train, cfg.data.caps, cfg.data.src_key, cfg.data.tgt_key,
-                                  cfg.data.min_chars, cfg.data.max_chars, cfg.data.dedup)
+    pairs, reports = D.read_training_pairs(cfg.data)
     for r in reports:
         print(r.line())
         for ex in r.examples:
