@@ -68,6 +68,10 @@ def test_change_under_core_tests_every_package(repo):
     assert change(repo, "packages/core/src/trainstack_core/__init__.py") == ["core", "hlbd", "mt-nllb", "tools"]
 
 
+def test_dependency_change_also_runs_the_install_alone_tests(repo):
+    assert change(repo, "packages/hlbd/pyproject.toml") == ["hlbd", "tools"]
+
+
 def test_readme_only_tests_nothing(repo):
     assert change(repo, "README.md", "docs/core-api.md", "packages/hlbd/README.md") == []
 
@@ -102,8 +106,10 @@ def test_files_injection_and_github_output_on_the_real_workspace(tmp_path):
     folders = sorted(p.parent.name for p in (ROOT / "packages").glob("*/pyproject.toml"))
     some = next(f for f in folders if f != "core")
     out = tmp_path / "github_output"
-    assert run_matrix("--files", f"packages/{some}/pyproject.toml", "--github-output", str(out)) == [some]
+    assert run_matrix("--files", f"packages/{some}/README.md", f"packages/{some}/src/x.py",
+                      "--github-output", str(out)) == [some]
     assert out.read_text() == f'packages=["{some}"]\n'
+    assert run_matrix("--files", f"packages/{some}/pyproject.toml") == [some, "tools"]
     everything = run_matrix("--files", "packages/core/pyproject.toml")
     assert everything[0] == "core" and everything[-1] == "tools"
     assert sorted(everything[:-1]) == folders

@@ -189,3 +189,130 @@ def test_check_wheel_finds_a_missing_profile_and_a_bad_core_range(tmp_path):
     core.version = "0.2.0"  # the tree's core moved past the wheel's range
     assert any("excludes trainstack-core 0.2.0" in p for p in release.check_wheel(wheel, demo, "0.1.0", core))
     assert path.is_dir()
+
+
+# ---- core's version policy, tags, release notes, the lowest core -----------------------------------
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A clone of the committed repo with this working tree's tools/, committed; no tags."""
+    repo = tmp_path / "repo"
+    git(ROOT, "clone", "--quiet", "--no-hardlinks", str(ROOT), str(repo))
+    for script in (ROOT / "tools").iterdir():
+        if script.is_file():
+            shutil.copy(script, repo / "tools" / script.name)
+    git(repo, "add", "-A")
+    git(repo, "commit", "--quiet", "--allow-empty", "-m", "test: current tools")
+    return repo
+
+
+def core_range_excluded(repo: Path, version: str) -> list[str]:
+    from packaging.requirements import Requirement
+
+    return [p.folder for p in workspace.packages(repo) if not p.is_core
+            and not Requirement(p.core_requirement).specifier.contains(version, prereleases=True)]
+
+
+def next_core_minor(repo: Path) -> tuple[str, list[str]]:
+    """Core's next minor version and the packages whose range excludes it (skips when none does)."""
+    new = minor(workspace.find("core", repo).version)
+    excluded = core_range_excluded(repo, new)
+    if not excluded:
+        pytest.skip(f"every package's range already allows core {new}")
+    return new, excluded
+
+
+def test_core_minor_widens_the_ranges_it_would_leave(repo):
+    new, excluded = next_core_minor(repo)
+    dry = run_release(repo, "core", "minor")
+    assert dry.returncode == 0, dry.stderr
+    for folder in excluded:
+        assert f"+++ b/packages/{folder}/pyproject.toml" in dry.stdout
+        assert f"release it next: python tools/release.py {folder} patch" in dry.stdout
+    assert git(repo, "status", "--porcelain") == ""
+
+    result = run_release(repo, "core", "minor", "--write", "--skip-tests")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    assert core_range_excluded(repo, new) == [], "a package's range still excludes the new core"
+    for folder in excluded:
+        package = workspace.find(folder, repo)
+        assert package.core_requirement.endswith(f",<{release.next_breaking(new)}")
+        unreleased = release.UNRELEASED.search((package.path / "CHANGELOG.md").read_text()).group(1)
+        assert f"Allows trainstack-core {new}" in unreleased
+        assert f"packages/{folder}" in result.stdout.split("git commit", 1)[1].splitlines()[0]
+
+
+def test_core_minor_with_keep_ranges_only_names_them(repo):
+    _, excluded = next_core_minor(repo)
+    result = run_release(repo, "core", "minor", "--keep-ranges")
+    assert result.returncode == 0, result.stderr
+    for folder in excluded:
+        assert f"note: {workspace.find(folder, repo).name} needs" in result.stdout
+        assert f"b/packages/{folder}/pyproject.toml" not in result.stdout
+
+
+@pytest.mark.parametrize(("line", "core", "expected"), [
+    ("trainstack-core[metrics]>=0.1,<0.2", "0.2.0", "trainstack-core[metrics]>=0.1,<0.3"),
+    ("trainstack-core~=0.1.0", "0.2.0", "trainstack-core>=0.1.0,<0.3"),
+    ("trainstack-core>=0.9,<0.10", "1.0.0", "trainstack-core>=0.9,<2"),
+    ("trainstack-core>=1.2,!=1.3.0,<2", "2.0.0", "trainstack-core>=1.2,!=1.3.0,<3"),
+])
+def test_widened_core_requirement_keeps_the_lower_bound(line, core, expected):
+    assert release.widened_core_requirement(line, core) == expected
+
+
+def test_tag_check_refuses_a_tag_that_is_not_the_version_and_builds_one_that_is(repo, tmp_path):
+    hlbd = workspace.find("hlbd", repo)
+    wrong = run_release(repo, "--tag", f"hlbd-v{minor(hlbd.version)}", "--check")
+    assert wrong.returncode == 1 and f"has version {hlbd.version}" in wrong.stderr
+    unknown = run_release(repo, "--tag", "nothing-v1.0.0", "--check")
+    assert unknown.returncode == 1 and "names no package" in unknown.stderr
+    out = tmp_path / "github_output"
+    ok = run_release(repo, "--tag", f"hlbd-v{hlbd.version}", "--check", "--github-output", str(out))
+    assert ok.returncode == 0, ok.stdout[-2000:] + ok.stderr
+    fields = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert fields == {"folder": "hlbd", "name": "hlbd", "version": hlbd.version, "prerelease": "false",
+                      "dist": f"dist/hlbd-{hlbd.version}"}
+    assert sorted(p.suffix for p in (repo / fields["dist"]).iterdir()) == [".gz", ".whl"]
+
+
+@pytest.mark.parametrize(("version", "expected"), [
+    ("0.2.0", False), ("0.2.0a1", True), ("0.2.0b2", True), ("0.2.0rc1", True), ("0.2.0.dev3", True),
+    ("1.0.0.post1", False)])
+def test_prereleases_go_to_testpypi(version, expected):
+    assert release.is_prerelease(version) is expected
+
+
+def test_release_notes_are_the_versions_changelog_section(repo):
+    notes = [sys.executable, str(repo / "tools" / "release_notes.py")]
+    hlbd = workspace.find("hlbd", repo)
+    changelog = hlbd.path / "CHANGELOG.md"
+    changelog.write_text("# Changelog\n\n## Unreleased\n\n- Tomorrow's change.\n\n## 0.1.0 - 2030-01-01\n\n"
+                         "- First release.\n  Two lines.\n\n## 0.0.1 - 2029-01-01\n\n- Older.\n")
+    out = subprocess.run([*notes, "--tag", "hlbd-v0.1.0"], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("- First release.\n  Two lines.\n\nFull changelog: ")
+    assert "Older" not in out.stdout and "Tomorrow" not in out.stdout
+    missing = subprocess.run([*notes, "hlbd", "0.9.0"], capture_output=True, text=True, cwd=repo)
+    assert missing.returncode == 1 and "no '## 0.9.0' section" in missing.stderr
+
+
+def test_lowest_core_is_the_oldest_release_the_range_allows(repo, tmp_path):
+    script = [sys.executable, str(repo / "tools" / "lowest_core.py")]
+    core = workspace.find("core", repo)
+    first = subprocess.run([*script, "hlbd"], capture_output=True, text=True, cwd=repo)
+    assert first.returncode == 0 and f"lowest core {core.version} (the tree's core)" in first.stdout
+
+    git(repo, "tag", f"trainstack-core-v{core.version}")
+    new = minor(core.version)
+    bumped = run_release(repo, "core", "minor", "--write", "--skip-tests")
+    assert bumped.returncode == 0, bumped.stdout[-2000:] + bumped.stderr
+    git(repo, "commit", "--quiet", "-am", f"core {new}")
+    out = tmp_path / "github_output"
+    lowest = subprocess.run([*script, "hlbd", "--extract", str(tmp_path / "lowest"), "--github-output", str(out)],
+                            capture_output=True, text=True, cwd=repo)
+    assert lowest.returncode == 0, lowest.stderr
+    fields = dict(line.split("=", 1) for line in out.read_text().splitlines())
+    assert fields["version"] == core.version and fields["in_tree"] == "false"
+    extracted = workspace.load(Path(fields["path"]), repo)
+    assert extracted.name == "trainstack-core" and extracted.version == core.version

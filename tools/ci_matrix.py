@@ -9,7 +9,8 @@
 Rules, per changed file (the result is the union):
 - packages/core/** (code, not docs), root config (pyproject.toml, conftest.py, .ci/, .github/,
   tools/setup_dev.py, tools/workspace.py) or an unknown root file: every package, plus "tools".
-- packages/<folder>/** : that package.
+- packages/<folder>/** : that package; packages/<folder>/pyproject.toml (its dependencies) also
+  "tools", whose tests/ install every package alone from its wheel (tests/test_install_alone.py).
 - *.md anywhere, docs/, CODEOWNERS, .gitignore: nothing (docs-only changes test none).
 - tools/** and tests/** (cross-package tests): "tools", the job that runs tests/.
 Output: a JSON list such as ["hlbd"], core first, "tools" last; [] means nothing to test.
@@ -72,7 +73,10 @@ def classify(path: str, folders: set[str]) -> set[str] | str:
         folder = p.parts[1]
         if folder == workspace.CORE_FOLDER:
             return "all"
-        return {folder} if folder in folders else set()  # a removed package has nothing to test
+        if folder not in folders:
+            return set()  # a removed package has nothing to test
+        # A dependency change can break `pip install <package>` alone: run the install-alone tests too.
+        return {folder, TOOLS} if p.parts[2:] == ("pyproject.toml",) else {folder}
     if p.parts[0] in ("tools", "tests"):
         return {TOOLS}
     if len(p.parts) > 1 and p.parts[0].startswith("."):

@@ -3,10 +3,14 @@
     python tools/setup_dev.py            # the README's set-up command
     python tools/setup_dev.py --dry-run  # print the pip commands only
 
+Also installs tools/requirements.txt: the build backend, build and twine (release checks), uv (the
+install-alone tests' fresh venvs) and ruff at the version CI pins.
+
 Torch is special: a torch that is already installed is kept (a CUDA build on a GPU machine stays).
-Without one, on a machine with no NVIDIA GPU we install the CPU build `torch==2.13.0`, which pip
-finds on local disk here (never the multi-GB CUDA wheels). Set TRAINSTACK_TORCH_SPEC to choose
-another spec, e.g. a CUDA build on a fresh GPU machine.
+Without one, on a machine with no NVIDIA GPU we install the CPU build `torch==2.13.0` (point pip at
+a CPU wheel index or a local wheel, e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu, so
+it never pulls the multi-GB CUDA wheels). Set TRAINSTACK_TORCH_SPEC to choose another spec, e.g. a
+CUDA build on a fresh GPU machine.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ def main() -> None:
 
     # Build backends preinstalled so editable installs skip per-package isolated builds; uv makes the
     # fresh venvs of tests/test_install_alone.py fast (one shared cache, hardlinked installs).
-    pip(["hatchling>=1.27", "editables", "uv"], args.dry_run)
+    pip(["-r", str(ROOT / "tools" / "requirements.txt")], args.dry_run)
     editable = []
     for package in workspace_packages():
         editable += ["-e", f"{package}[dev]"]

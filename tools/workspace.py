@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGES_DIR = ROOT / "packages"
 CORE_FOLDER = "core"
 CORE_DIST = "trainstack-core"
+REPOSITORY_URL = "https://github.com/trainstack/trainstack"
 
 
 @dataclass

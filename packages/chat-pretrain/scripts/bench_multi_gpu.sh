@@ -2,23 +2,20 @@
 # Scaling of our trainer (and the users' loop) from 1 to 2 GPUs, same model, data and per-GPU batch,
 # then a short real 2-GPU training run (core's fit over NCCL: equal micro-batch counts per rank, eval
 # gathered across ranks, one checkpoint). Run from the repository root on a host with 2+ GPUs:
-#   bash packages/chat-pretrain/scripts/bench_multi_gpu.sh [ROWS] [STEPS]
-# With the device tool, ../shared does not travel: copy the tokenizer into an ignored folder first
-#   mkdir -p runs/chatlm-tok && cp ../shared/data/chatlm/*.json runs/chatlm-tok/
-# then run kind nvidia-h200-x2, carry ["runs/chatlm-tok"], timeout_s 600, command
-#   TOK=runs/chatlm-tok OUT=$OUT bash packages/chat-pretrain/scripts/bench_multi_gpu.sh 1000000 30
+#   TOK=path/to/chatlm-tokenizer bash packages/chat-pretrain/scripts/bench_multi_gpu.sh [ROWS] [STEPS] [OUT_DIR]
+# e.g. TOK=path/to/chatlm-tokenizer bash packages/chat-pretrain/scripts/bench_multi_gpu.sh 1000000 30 results/
+# TOK is a tokenizer.json or its directory; JSON results and logs go to OUT_DIR (default chat-pretrain-multi-gpu).
 # Prints tokens/s on 1 and 2 GPUs per arm and the scaling efficiency = tps(2) / (2 * tps(1)).
 # Weak scaling: each process keeps the per-GPU batch of the `large` config (32 x 192 budget, accum 2).
 set -euo pipefail
 ROWS=${1:-1000000}
 STEPS=${2:-30}
-OUT=${OUT:-/tmp/chat-pretrain-bench}
-mkdir -p "$OUT"
+OUT_DIR=${3:-chat-pretrain-multi-gpu}
+mkdir -p "$OUT_DIR"
 export PYTHONPATH="packages/core/src:packages/chat-pretrain/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-TOK=${TOK:-../shared/data/chatlm}
-[ -f "$TOK/tokenizer.json" ] || TOK=runs/chatlm-tok
-DATA=/tmp/chat-pretrain-bench.parquet  # not under $OUT: it would be copied back
+[ -n "${TOK:-}" ] || { echo "error: set TOK to the tokenizer (tokenizer.json or its directory)"; exit 2; }
+DATA=${TMPDIR:-/tmp}/chat-pretrain-bench.parquet  # large and regenerable: kept out of OUT_DIR
 [ -f "$DATA" ] || python3 -m chat_pretrain make-data "$DATA" --rows "$ROWS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 for ARM in ours users; do
@@ -26,11 +23,11 @@ for ARM in ours users; do
     if [ "$N" = 1 ]; then LAUNCH=(accelerate launch --num_processes 1)
     else LAUNCH=(accelerate launch --multi_gpu --num_processes "$N"); fi
     "${LAUNCH[@]}" -m chat_pretrain bench --arm "$ARM" --tokenizer "$TOK" --data "$DATA" --profile large \
-      --steps "$STEPS" --warmup 5 --json-out "$OUT/$ARM-$N.json" > "$OUT/$ARM-$N.log" 2>&1 \
-      || { echo "FAILED: $ARM on $N GPU(s), see $OUT/$ARM-$N.log"; tail -20 "$OUT/$ARM-$N.log"; exit 1; }
+      --steps "$STEPS" --warmup 5 --json-out "$OUT_DIR/$ARM-$N.json" > "$OUT_DIR/$ARM-$N.log" 2>&1 \
+      || { echo "FAILED: $ARM on $N GPU(s), see $OUT_DIR/$ARM-$N.log"; tail -20 "$OUT_DIR/$ARM-$N.log"; exit 1; }
   done
 done
-python3 - "$OUT" <<'PY'
+python3 - "$OUT_DIR" <<'PY'
 import json, sys
 out = sys.argv[1]
 r = {(a, n): json.load(open(f"{out}/{a}-{n}.json")) for a in ("ours", "users") for n in (1, 2)}
@@ -53,8 +50,8 @@ VALID=/tmp/chat-pretrain-valid.parquet
 TRAIN=(accelerate launch --multi_gpu --num_processes 2 -m chat_pretrain train --profile large tokenizer.path="$TOK"
        "data.train_files=[$DATA]" "data.valid_files=[$VALID]" run_dir=/tmp/chat-pretrain-2gpu log_every_steps=10
        eval.every_steps=60 save_every_steps=60 eval.max_new_tokens=32)
-"${TRAIN[@]}" max_steps=60 > "$OUT/train-2gpu.log" 2>&1 || { echo "FAILED: 2-GPU train"; tail -30 "$OUT/train-2gpu.log"; exit 1; }
-"${TRAIN[@]}" max_steps=80 --resume > "$OUT/train-2gpu-resume.log" 2>&1 \
-  || { echo "FAILED: 2-GPU resume"; tail -30 "$OUT/train-2gpu-resume.log"; exit 1; }
-grep -h -E "^(resumed|done)" "$OUT"/train-2gpu*.log
-cp /tmp/chat-pretrain-2gpu/log.jsonl "$OUT/train-2gpu-log.jsonl"
+"${TRAIN[@]}" max_steps=60 > "$OUT_DIR/train-2gpu.log" 2>&1 || { echo "FAILED: 2-GPU train"; tail -30 "$OUT_DIR/train-2gpu.log"; exit 1; }
+"${TRAIN[@]}" max_steps=80 --resume > "$OUT_DIR/train-2gpu-resume.log" 2>&1 \
+  || { echo "FAILED: 2-GPU resume"; tail -30 "$OUT_DIR/train-2gpu-resume.log"; exit 1; }
+grep -h -E "^(resumed|done)" "$OUT_DIR"/train-2gpu*.log
+cp /tmp/chat-pretrain-2gpu/log.jsonl "$OUT_DIR/train-2gpu-log.jsonl"

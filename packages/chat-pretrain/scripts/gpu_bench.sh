@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One-GPU benchmark behind BENCHMARKS.md: ours vs the users' loop, same model/data/GPU.
-# From the repository root:  TOK=path/to/chatlm OUT=/tmp/out bash packages/chat-pretrain/scripts/gpu_bench.sh
+# From the repository root:  TOK=path/to/chatlm-tokenizer bash packages/chat-pretrain/scripts/gpu_bench.sh [OUT_DIR]
+# (OUT_DIR: JSON results and logs, default chat-pretrain-bench)
 set -uo pipefail
-OUT=${OUT:-/tmp/chat-pretrain-bench}; mkdir -p "$OUT"
-TOK=${TOK:-../shared/data/chatlm}
+OUT_DIR=${1:-chat-pretrain-bench}; mkdir -p "$OUT_DIR"
+[ -n "${TOK:-}" ] || { echo "error: set TOK to the tokenizer (tokenizer.json or its directory)"; exit 2; }
 ROWS=${ROWS:-1000000}; STEPS=${STEPS:-30}
 export PYTHONPATH="packages/core/src:packages/chat-pretrain/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -11,12 +12,12 @@ date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,no
 python3 -c "import torch, transformers, accelerate, tokenizers, pyarrow; from transformers.models.t5.modeling_t5 import T5PreTrainedModel as M; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| accelerate', accelerate.__version__, '| tokenizers', tokenizers.__version__, '| pyarrow', pyarrow.__version__, '| T5 _supports_sdpa', getattr(M, '_supports_sdpa', None))"
 python3 -m chat_pretrain make-data /tmp/bench.parquet --rows "$ROWS" --median-chars 60
 B=(python3 -m chat_pretrain bench --tokenizer "$TOK" --data /tmp/bench.parquet --profile large --steps "$STEPS" --warmup 5)
-"${B[@]}" --json-out "$OUT/bench.json" 2>&1 | grep -v Warning | tee "$OUT/bench.txt"
+"${B[@]}" --json-out "$OUT_DIR/bench.json" 2>&1 | grep -v Warning | tee "$OUT_DIR/bench.txt"
 # Attribution: the users' loop with eager attention (their transformers 4.x had no SDPA for T5) and with
 # every batch padded to max_seq_len.
-"${B[@]}" --arm users --users-attn eager --json-out "$OUT/users-eager.json" > "$OUT/users-eager.log" 2>&1
-"${B[@]}" --arm users --users-pad max_length --json-out "$OUT/users-maxlen.json" > "$OUT/users-maxlen.log" 2>&1
-python3 - "$OUT" <<'PY'
+"${B[@]}" --arm users --users-attn eager --json-out "$OUT_DIR/users-eager.json" > "$OUT_DIR/users-eager.log" 2>&1
+"${B[@]}" --arm users --users-pad max_length --json-out "$OUT_DIR/users-maxlen.json" > "$OUT_DIR/users-maxlen.log" 2>&1
+python3 - "$OUT_DIR" <<'PY'
 import json, sys
 o = sys.argv[1]
 ours = json.load(open(f"{o}/bench-ours.json"))
@@ -35,5 +36,5 @@ if [ "${TRAIN_SMOKE:-1}" = 1 ]; then
   python3 -m chat_pretrain train --profile large tokenizer.path="$TOK" data.train_files=[/tmp/bench.parquet] \
     data.valid_files=[/tmp/valid.parquet] run_dir=/tmp/run max_steps=200 log_every_steps=50 eval.every_steps=200 \
     save_every_steps=200 memory_log_every_steps=50 2>&1 | grep -v -i warn | tail -8
-  cp /tmp/run/log.jsonl "$OUT/train-log.jsonl" 2>/dev/null; ls /tmp/run/checkpoints/*/ | head -20
+  cp /tmp/run/log.jsonl "$OUT_DIR/train-log.jsonl" 2>/dev/null; ls /tmp/run/checkpoints/*/ | head -20
 fi

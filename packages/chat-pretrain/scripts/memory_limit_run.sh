@@ -3,19 +3,20 @@
 # (1) stream a 10M-row parquet through the whole training data path (read, shuffle buffer, tokenize,
 #     token-budget batches), sampling RSS; (2) train the tiny T5 with the low-ram-12g config for
 #     a few hundred steps on the same file (CPU: a 4 x 192 token budget), memory logged every 20 steps.
-# From the repository root:  [STREAM_ROWS=N] [STEPS=N] bash packages/chat-pretrain/scripts/memory_limit_run.sh [ROWS] [OUT]
+# From the repository root:
+#   TOK=path/to/chatlm-tokenizer [STREAM_ROWS=N] [STEPS=N] bash packages/chat-pretrain/scripts/memory_limit_run.sh [ROWS] [OUT_DIR]
 set -euo pipefail
 ROWS=${1:-10000000}
-OUT=${2:-/tmp/chat-pretrain-lowram}
+OUT_DIR=${2:-chat-pretrain-lowram}
 LIMIT=$((12 * 1024 * 1024 * 1024))
-TOK=${TOK:-../shared/data/chatlm}
+[ -n "${TOK:-}" ] || { echo "error: set TOK to the tokenizer (tokenizer.json or its directory)"; exit 2; }
 PY=${PY:-python3}
-mkdir -p "$OUT"
+mkdir -p "$OUT_DIR"
 export TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-[ -f "$OUT/train.parquet" ] || $PY -m chat_pretrain make-data "$OUT/train.parquet" --rows "$ROWS" --median-chars 60
-ls -la "$OUT/train.parquet"
+[ -f "$OUT_DIR/train.parquet" ] || $PY -m chat_pretrain make-data "$OUT_DIR/train.parquet" --rows "$ROWS" --median-chars 60
+ls -la "$OUT_DIR/train.parquet"
 echo "== 1: data path over $ROWS rows under prlimit --as=$LIMIT"
-prlimit --as=$LIMIT $PY - "$OUT/train.parquet" "$TOK" "${STREAM_ROWS:-0}" <<'PY' | tee "$OUT/stream.log"
+prlimit --as=$LIMIT $PY - "$OUT_DIR/train.parquet" "$TOK" "${STREAM_ROWS:-0}" <<'PY' | tee "$OUT_DIR/stream.log"
 import json, sys, time
 from chat_pretrain.config import load_train_config
 from chat_pretrain.data import PromptResponseBatches
@@ -39,10 +40,10 @@ print(json.dumps({"rows": rows, "seconds": round(time.time() - t0, 1), "rss_firs
 PY
 echo "== 2: training (tiny T5, low-ram-12g settings) under the same limit"
 prlimit --as=$LIMIT $PY -m chat_pretrain train --profile low-ram-12g model.name=tiny precision=fp32 \
-  tokenizer.path="$TOK" data.train_files="[$OUT/train.parquet]" run_dir="$OUT/run" max_steps="${STEPS:-300}" data.batch_size=4 data.max_batch_rows=32 \
+  tokenizer.path="$TOK" data.train_files="[$OUT_DIR/train.parquet]" run_dir="$OUT_DIR/run" max_steps="${STEPS:-300}" data.batch_size=4 data.max_batch_rows=32 \
   log_every_steps=50 memory_log_every_steps=20 save_every_steps=0 eval.every_steps=0 optim.warmup_steps=10 \
   2>&1 | grep -v Warning | tail -5
-$PY - "$OUT/run/memory.rank0.jsonl" <<'PY'
+$PY - "$OUT_DIR/run/memory.rank0.jsonl" <<'PY'
 import json, sys
 recs = [json.loads(l) for l in open(sys.argv[1])]
 rss = [r["rss_gib"] for r in recs]

@@ -27,7 +27,7 @@ def test_truncation_is_by_tokens_with_eos(tok):
     assert src[0] == ref[:15] + [tok.eos_id] and tgt[1] == src[0]
     assert src[1] == tok.tokenizer.encode("你好", add_special_tokens=False).ids + [tok.eos_id]
     b = collate(src, tgt, tok.pad_id)
-    assert b["input_ids"].shape == (2, 16) and b["labels"][0, 2:].eq(-100).all()
+    assert b["input_ids"].shape == (2, 16) and b["labels"][0, len(tgt[0]):].eq(-100).all()
     assert b["attention_mask"].sum().item() == len(src[0]) + len(src[1])
 
 

@@ -14,7 +14,8 @@ from chat_pretrain.tokenizer import (
 TEXTS = ["在地球上为什么没有感觉到重力的作用？", "今天天气很好，我们去公园散步吧。", "价格是 2023 元"]
 
 
-def test_shared_tokenizer_defect_detected_and_fixed(chatlm_dir):
+def test_shared_tokenizer_defect_detected_and_fixed(real_chatlm_dir):
+    chatlm_dir = real_chatlm_dir
     raw = load_tokenizer(chatlm_dir, fix=False)
     enc = raw.tokenizer.encode(TEXTS[0], add_special_tokens=False)
     # The defect: an [UNK] before every pre-token.
@@ -33,7 +34,8 @@ def test_shared_tokenizer_defect_detected_and_fixed(chatlm_dir):
     assert rep.defect and rep.unk_rate > 0.1 and rep.unk_rate_fixed == 0.0
 
 
-def test_tokenizer_check_cli_prints_fix_and_writes_fixed(chatlm_dir, tmp_path, capsys):
+def test_tokenizer_check_cli_prints_fix_and_writes_fixed(real_chatlm_dir, tmp_path, capsys):
+    chatlm_dir = real_chatlm_dir
     assert main(["tokenizer", "check", "--tokenizer", str(chatlm_dir)]) == 1
     out = capsys.readouterr().out
     assert "DEFECT" in out and "fix: drop the Metaspace step" in out

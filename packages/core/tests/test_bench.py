@@ -126,8 +126,8 @@ def test_fit_step_takes_the_steps_fit_takes(tmp_path, path):
         return model, opt, build_scheduler(opt, "cosine", warmup_steps=2, total_steps=5), batches
 
     model, opt, sched, batches = parts()
-    fit(model=model, optimizer=opt, scheduler=sched, train_batches=batches, loss_fn=_toy.loss_fn, config=cfg,
-        run_dir=tmp_path, precision=resolve_precision("fp32"), progress=False, speed=speed)
+    result = fit(model=model, optimizer=opt, scheduler=sched, train_batches=batches, loss_fn=_toy.loss_fn, config=cfg,
+                 run_dir=tmp_path, precision=resolve_precision("fp32"), progress=False, speed=speed)
     model2, opt2, sched2, batches2 = parts()
     step = FitStep(model=model2, optimizer=opt2, scheduler=sched2, train_batches=batches2, loss_fn=_toy.loss_fn,
                    config=cfg, precision=resolve_precision("fp32"), speed=speed)
@@ -137,6 +137,9 @@ def test_fit_step_takes_the_steps_fit_takes(tmp_path, path):
         assert torch.equal(a, b), name
     assert sched2.last_epoch == 5 and len(step.samples) == 5 and all(s > 0 for s in step.samples)
     assert step.real_tokens_of(0) > 0
+    # each step's mean micro-batch loss, as fit logs it every step here
+    assert [float(x) for x in step.losses] == pytest.approx([r["loss"] for r in result.history if "loss" in r],
+                                                            rel=1e-6)
     assert (step.train_step is None) == (speed is None)
     if speed is not None:  # (fit compiled the graph FitStep reuses: dynamo caches it per code object)
         assert step.stats["recompiles"] == 0 and step.stats["first_step_seconds"] > 0

@@ -218,7 +218,15 @@ def _toy(value: float):
     return model, opt
 
 
-def _save_in_a_child_killed_at(phase, root, run_id, step, value) -> int:
+def _engine_state(value: float):
+    """A shared_save_fn writing a nested file the way DeepSpeed's save_checkpoint does."""
+    def write(directory):
+        (directory / "deepspeed" / "engine").mkdir(parents=True)
+        torch.save({"value": torch.tensor(value)}, directory / "deepspeed" / "engine" / "optim_states.pt")
+    return write
+
+
+def _save_in_a_child_killed_at(phase, root, run_id, step, value, shared=False) -> int:
     """Fork a process (torch is already imported: no start-up cost) that saves one checkpoint and
     SIGKILLs itself when the save reaches ``phase``; return the child's wait status."""
     pid = os.fork()
@@ -230,8 +238,9 @@ def _save_in_a_child_killed_at(phase, root, run_id, step, value) -> int:
 
             ckpt._reached = crash_at
             model, opt = _toy(value)
-            CheckpointManager(root, keep_last=2, run_id=run_id).save(step, model=model, optimizer=opt,
-                                                                      extra={"value": value})
+            CheckpointManager(root, keep_last=2, run_id=run_id).save(
+                step, model=model, optimizer=opt, extra={"value": value},
+                shared_save_fn=_engine_state(value) if shared else None)
         finally:
             os._exit(3)  # reached only if the phase never came: the parent fails the test
     return os.waitpid(pid, 0)[1]
@@ -273,6 +282,24 @@ def test_sigkill_during_a_save_keeps_a_complete_latest(tmp_path, kind, phase, wa
     fresh.save(want_step, model=model, optimizer=opt, extra=extra)
     fresh.save(want_step + 1, model=model, optimizer=opt, extra=extra)
     assert [p.name for p in fresh.checkpoints()][-2:] == [f"step-{want_step}", f"step-{want_step + 1}"]
+
+
+@pytest.mark.parametrize("phase,want_value", [("tmp_files", 2.0), ("old_moved", 5.0)])
+def test_files_of_a_shared_save_are_in_the_manifest_and_survive_a_kill_mid_resave(tmp_path, phase, want_value):
+    m = CheckpointManager(tmp_path, run_id="run-a")
+    model, opt = _toy(2.0)
+    first = m.save(2, model=model, optimizer=opt, extra={"value": 2.0}, shared_save_fn=_engine_state(2.0))
+    assert "deepspeed/engine/optim_states.pt" in ckpt.read_manifest(first)["files"]
+    status = _save_in_a_child_killed_at(phase, tmp_path, "run-a", 2, 5.0, shared=True)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    latest = CheckpointManager(tmp_path).latest()
+    assert latest == tmp_path / "step-2"
+    assert torch.load(latest / "deepspeed/engine/optim_states.pt")["value"] == want_value  # the same copy's
+    assert torch.load(latest / "extra.pt")["value"] == want_value
+    # a nested file that shrank makes the checkpoint incomplete, like a top-level one
+    with open(latest / "deepspeed/engine/optim_states.pt", "r+b") as f:
+        f.truncate(10)
+    assert CheckpointManager(tmp_path).latest() is None
 
 
 def test_recovery_promotes_a_complete_temp_copy_over_a_half_deleted_final(tmp_path):

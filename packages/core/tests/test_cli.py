@@ -195,3 +195,17 @@ def test_trainstack_profiles_and_usage_errors(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "invalid choice: 'tpu-v9'" in err
     assert main([]) == 2
+
+
+def test_report_without_matplotlib_names_the_extra_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    _write_log(run)
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now fails as if not installed
+    assert main(["report", str(run), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["trainstack: error: trainstack report needs matplotlib, which is not installed: "
+                   "pip install 'trainstack-core[report]'"]
+    assert not (tmp_path / "out").exists()

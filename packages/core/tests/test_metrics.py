@@ -1,4 +1,5 @@
 import math
+import sys
 
 import pytest
 import torch
@@ -127,3 +128,15 @@ def test_chrf_and_chrf_plus_plus():
     assert cpp.score == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs], word_order=2).score)
     assert "nw:2" in cpp.signature and "nw:0" in c.signature
     assert c.score != cpp.score
+
+
+def test_bleu_without_sacrebleu_names_the_extra(monkeypatch):
+    from trainstack.extras import MissingExtra
+
+    for name in [m for m in sys.modules if m == "sacrebleu" or m.startswith("sacrebleu.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "sacrebleu", None)  # import sacrebleu now fails as if not installed
+    for score in (bleu, chrf):
+        with pytest.raises(MissingExtra, match=r"needs sacrebleu, which is not installed: "
+                                               r"pip install 'trainstack-core\[metrics\]'$"):
+            score(["a b"], ["a b"])

@@ -70,7 +70,9 @@ def test_bad_bucket_spec_fails_at_config_time():
 def test_auto_is_off_on_cpu_and_says_so():
     s = resolve_speed(SpeedConfig(), "cpu", max_len=64)
     assert not s.compile and not s.cuda_graphs and not s.fast
-    assert s.reason == "speed: compile off, CUDA graphs off, length buckets 16,32,64 (CPU)"
+    assert s.reason == "speed: compile off, CUDA graphs off (CPU)"  # eager batches are not bucketed
+    on = resolve_speed(SpeedConfig(compile=True), "cpu", max_len=64)
+    assert on.reason == "speed: compile on, CUDA graphs off, length buckets 16,32,64 (CPU)"
 
 
 def test_compile_can_be_forced_on_cpu_but_graphs_cannot():

@@ -2,15 +2,15 @@
 # DDP scaling of esm2ae on 2 GPUs (weak scaling: same per-GPU micro-batch and accumulation).
 # ESM-2 650M, packed FlexAttention, compiled, bf16, the h100-80g profile's settings.
 #
-#   bash packages/esm2ae/scripts/bench_ddp.sh                # repo root, a host with >= 2 GPUs
-#   MODEL=esm2_t30_150M STEPS=40 bash packages/esm2ae/scripts/bench_ddp.sh
+#   bash packages/esm2ae/scripts/bench_ddp.sh [OUT_DIR]       # repo root, a host with >= 2 GPUs
+#   MODEL=esm2_t30_150M STEPS=40 bash packages/esm2ae/scripts/bench_ddp.sh results/
 #
-# Writes $OUT/ddp-scaling.json and the two runs' log.jsonl. Each run compiles first (measured
+# Writes OUT_DIR/ddp-scaling.json (OUT_DIR defaults to bench-ddp-out) and the two runs' log.jsonl. Each run compiles first (measured
 # ~4.5 min for 650M in a fresh process on an H100; the second run reuses the inductor/Triton
 # caches the first one wrote, how much faster that is has not been measured); the rate is taken
 # from the last two log intervals, after compilation. Expected wall: ~7 min, at most ~10.
 set -euo pipefail
-OUT=${OUT:-bench-ddp-out}; mkdir -p "$OUT"
+OUT_DIR=${1:-bench-ddp-out}; mkdir -p "$OUT_DIR"
 MODEL=${MODEL:-esm2_t33_650M}
 STEPS=${STEPS:-30}
 MICRO=${MICRO:-16384}
@@ -18,12 +18,12 @@ ACCUM=${ACCUM:-4}
 PROFILE=${PROFILE:-h100-80g}
 export PYTHONPATH=packages/core/src:packages/esm2ae/src:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 export NCCL_NVLS_ENABLE=0   # no NVLink multicast on the shared hosts
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT/gpu.txt" || true
-python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee "$OUT/versions.txt"
-date -u | tee -a "$OUT/versions.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null | tee "$OUT_DIR/gpu.txt" || true
+python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)" | tee "$OUT_DIR/versions.txt"
+date -u | tee -a "$OUT_DIR/versions.txt"
 
 # synthetic proteins, lengths lognormal (median 350, sigma 0.7, clipped to [16, 512])
-python3 - "$OUT/synthetic.fasta" <<'PY'
+python3 - "$OUT_DIR/synthetic.fasta" <<'PY'
 import sys
 from esm2ae.bench import lognormal_lengths
 import random
@@ -33,15 +33,15 @@ with open(sys.argv[1], "w") as f:
         f.write(f">s{i}\n" + "".join(rng.choice("ACDEFGHIKLMNPQRSTVWY") for _ in range(n - 2)) + "\n")
 PY
 
-COMMON=(--profile "$PROFILE" "model.name=$MODEL" "data.train=$OUT/synthetic.fasta" "data.val_fraction=0"
+COMMON=(--profile "$PROFILE" "model.name=$MODEL" "data.train=$OUT_DIR/synthetic.fasta" "data.val_fraction=0"
         "max_steps=$STEPS" "optim.warmup_steps=5" "log_every_steps=5" "eval_every_steps=0"
         "save_checkpoints=false" "batch.max_tokens_per_batch=$MICRO")
-python3 -m esm2ae train "${COMMON[@]}" "batch.tokens_per_step=$((MICRO * ACCUM))" "run_dir=$OUT/gpu1" 2>&1 \
+python3 -m esm2ae train "${COMMON[@]}" "batch.tokens_per_step=$((MICRO * ACCUM))" "run_dir=$OUT_DIR/gpu1" 2>&1 \
   | grep -v -i warn | tail -5
 python3 -m torch.distributed.run --standalone --nproc_per_node 2 -m esm2ae train "${COMMON[@]}" \
-  "batch.tokens_per_step=$((MICRO * ACCUM * 2))" "run_dir=$OUT/gpu2" 2>&1 | grep -v -i warn | tail -5
+  "batch.tokens_per_step=$((MICRO * ACCUM * 2))" "run_dir=$OUT_DIR/gpu2" 2>&1 | grep -v -i warn | tail -5
 
-python3 - "$OUT" <<'PY'
+python3 - "$OUT_DIR" <<'PY'
 import json, sys
 out = sys.argv[1]
 def rate(run):

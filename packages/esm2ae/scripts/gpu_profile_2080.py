@@ -1,7 +1,9 @@
 """Run the rtx2080s-8g profile on a bigger GPU capped to 8 GB (set_per_process_memory_fraction):
 ESM-2 650M, fp16 + loss scale, DeepSpeed ZeRO-2 with CPU optimizer offload, checkpointed layers.
 
-    OUT=out PYTHONPATH=packages/core/src:packages/esm2ae/src python3 packages/esm2ae/scripts/gpu_profile_2080.py
+    PYTHONPATH=packages/core/src:packages/esm2ae/src python3 packages/esm2ae/scripts/gpu_profile_2080.py OUT_DIR [key=value ...]
+
+OUT_DIR receives profile-2080.json and the run directory run-2080/.
 
 Short run: 4 optimizer steps of 2 micro-batches (4096 tokens each) on the shipped sample.
 attention=sdpa and compile=false keep the run short (no 4-minute compile); the profile's default
@@ -26,11 +28,14 @@ print(f"memory cap: {cap_bytes / 2**30:.2f} GiB of {total / 2**30:.1f} GiB")
 
 from esm2ae.train import train_from_cli  # noqa: E402
 
-out = os.environ.get("OUT", ".")
+if len(sys.argv) < 2 or "=" in sys.argv[1]:
+    sys.exit("usage: gpu_profile_2080.py OUT_DIR [key=value ...]")
+out = sys.argv[1]
+os.makedirs(out, exist_ok=True)
 overrides = ["max_steps=4", "batch.tokens_per_step=8192", "log_every_steps=1", "eval_every_steps=4",
              "data.max_val_sequences=8", "optim.warmup_steps=2", "deepspeed.cpu_adam=false",
              "model.attention=sdpa", "model.compile=false", "save_checkpoints=false",
-             f"run_dir={out}/run-2080", *sys.argv[1:]]
+             f"run_dir={out}/run-2080", *sys.argv[2:]]
 t0 = time.time()
 res = train_from_cli("rtx2080s-8g", overrides)
 summary = {"profile": "rtx2080s-8g", "cap_gib": cap_bytes / 2**30, "wall_s": time.time() - t0,

@@ -90,6 +90,49 @@ def test_resume_on_a_missing_dir_is_an_error_not_a_fresh_start(tmp_path, capsys,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("model, expect", [
+    # (conftest sets HF_HUB_OFFLINE=1: no test reaches the hub)
+    (["model.name=facebook/esm2_t6_8M_UR50", "model.pretrained=true"],           # a typo in a hub id
+     ["'facebook/esm2_t6_8M_UR50' is not in the local Hugging Face cache and the hub is offline",
+      "model.pretrained=false"]),
+    (["model.name=esm2_tiny", "model.pretrained=true"], ["esm2_tiny has no published weights"]),
+    (["model.name=./runs/typo/final", "model.pretrained=true"], ["./runs/typo/final", "does not exist"]),
+    (["model.name=esm2_t33_65M", "model.pretrained=false"], ["esm2_t33_65M", "needs an ESM-2 size"]),
+])
+def test_a_model_that_cannot_be_loaded_is_one_line_never_random_weights(tmp_path, capsys, model, expect):
+    assert _train(tmp_path, *model) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert all(e in line for e in expect), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretrained_size_offline_with_an_empty_cache_fails_naming_it(tmp_path):
+    """The realistic case, in a fresh process whose hub cache is empty: a size name with
+    model.pretrained=true and no network never trains from random weights."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    p = subprocess.run([sys.executable, "-m", "esm2ae", "train", "--profile", "cpu-debug", *TINY,
+                        "model.name=esm2_t6_8M", "model.pretrained=true", f"run_dir={tmp_path / 'run'}"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout[-2000:] + p.stderr[-2000:]
+    line = _one_line(p.stderr)
+    assert "model 'facebook/esm2_t6_8M_UR50D' is not in the local Hugging Face cache" in line, line
+    assert "point model.name at a local directory" in line, line
+    assert "random weights" not in p.stdout and not (tmp_path / "run").exists()
+
+
+def test_the_removed_loader_key_is_refused_not_ignored(tmp_path, capsys):
+    # loader.num_workers was never read (batches are packed in the training process): a profile that
+    # sets it must hear so at start-up instead of believing it runs 12 workers
+    assert _train(tmp_path, "loader.num_workers=12") == 2
+    assert "unknown key 'loader'" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "run").exists()
+
+
 class _RunsCode:
     """Unpickling this calls exec: what a crafted checkpoint file would do."""
 
@@ -142,15 +185,6 @@ def test_crafted_checkpoint_file_is_refused_without_running_code(tmp_path, capsy
     line = _one_line(capsys.readouterr().err)
     assert f"{target / crafted}: refused to load (it references exec)" in line
     assert not marker.exists() and not (tmp_path / "z.parquet").exists()
-
-
-def test_pretrained_hub_weights_offline_is_one_line_not_random_weights(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert _train(tmp_path, "model.name=esm2_t6_8M", "model.pretrained=true") == 2
-    line = _one_line(capsys.readouterr().err)
-    assert "model 'facebook/esm2_t6_8M_UR50D' is not in the local Hugging Face cache" in line
-    assert "model.name=PATH" in line
-    assert not (tmp_path / "run").exists()
 
 
 def test_eval_needs_its_data_once(tmp_path, capsys):

@@ -112,35 +112,95 @@ def one_rank_deepspeed(monkeypatch):
     for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(k, raising=False)
     yield
-    import torch
-    # train() keeps its one-rank group for the process (DeepSpeed caches it); later tests run
-    # without one
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    # a run keeps its one-rank group for the process; the next test starts without one
+    from trainstack.deepspeed_engine import destroy_process_group
+    destroy_process_group()
 
 
-def test_deepspeed_zero2_offload_trains_stops_and_resumes_exactly(one_rank_deepspeed, tmp_path, capsys,
-                                                                  monkeypatch):
+DS = ["deepspeed.enabled=true", "deepspeed.offload_optimizer=cpu", "deepspeed.cpu_adam=false",
+      "batch.tokens_per_step=2048", "max_steps=6", "log_every_steps=1", "eval_every_steps=6", "save_every_steps=3"]
+
+
+def _spy_on_fit(monkeypatch) -> list[bool]:
+    """Record, for each call of core's fit, whether it trained through a DeepSpeed engine."""
+    import trainstack.loop as loop
+    from trainstack.deepspeed_engine import uses_deepspeed
+
+    real, calls = loop.fit, []
+
+    def fit(**kw):
+        calls.append(kw["accelerator"] is not None and uses_deepspeed(kw["accelerator"]))
+        return real(**kw)
+    monkeypatch.setattr(loop, "fit", fit)
+    return calls
+
+
+def test_deepspeed_zero2_offload_trains_through_fit_stops_and_resumes_exactly(one_rank_deepspeed, tmp_path, capsys,
+                                                                            monkeypatch):
     # the code path of the 8-10 GB profiles (ZeRO-2, optimizer on the CPU), without a launcher
-    ds = ["deepspeed.enabled=true", "deepspeed.offload_optimizer=cpu", "deepspeed.cpu_adam=false",
-          "batch.tokens_per_step=2048", "max_steps=6", "log_every_steps=1", "eval_every_steps=6",
-          "save_every_steps=3"]
     ref, run = tmp_path / "ref", tmp_path / "int"
-    assert main(["train", "--profile", "cpu-debug", *TINY, *ds, f"run_dir={ref}"]) == 0
+    fit_calls = _spy_on_fit(monkeypatch)
+    assert main(["train", "--profile", "cpu-debug", *TINY, *DS, f"run_dir={ref}"]) == 0
+    assert fit_calls == [True]          # one loop: core's fit, driving the DeepSpeed engine
     out = capsys.readouterr().out
     assert "deepspeed: ZeRO-2, optimizer offload cpu" in out
     assert (ref / "final" / "config.json").exists()
-    assert {"ds", "model.pt", "rng-0.pt", "trainer_state.json"} <= {p.name for p in (ref / "checkpoints" / "step-6").iterdir()}
+    step6 = ref / "checkpoints" / "step-6"
+    files = {p.relative_to(step6).as_posix() for p in step6.rglob("*") if p.is_file()}
+    # core's checkpoint (manifest last), with the engine's ZeRO partitions in place of optimizer.pt
+    assert {"manifest.json", "model.pt", "scheduler.pt", "rng.pt", "extra.pt", "trainer_state.json",
+            "deepspeed/engine/zero_pp_rank_0_mp_rank_00_optim_states.pt"} <= files and "optimizer.pt" not in files
+    assert set(json.loads((step6 / "manifest.json").read_text())["files"]) == files - {"manifest.json"}
+    train_records = [r for r in _log(ref) if "loss" in r]
+    assert [r["step"] for r in train_records] == [1, 2, 3, 4, 5, 6]
+    assert all(r["grad_norm"] > 0 for r in train_records)   # the engine's norm, logged by fit
+
     with monkeypatch.context() as m:
-        _interrupt_at_micro_step(m, 7)      # 2 micro-batches per step: inside step 4
-        assert main(["train", "--profile", "cpu-debug", *TINY, *ds, f"run_dir={run}"]) == 130
-    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3", "step-4"]
+        # 9 micro-batches an epoch, 2 a step: steps 1-4, step 5 (the epoch's last, alone), then micro-batch
+        # 10 opens step 6 in the second epoch
+        _interrupt_at_micro_step(m, 10)
+        assert main(["train", "--profile", "cpu-debug", *TINY, *DS, f"run_dir={run}"]) == 130
+    # fit drops the open window and saves the state after step 5, while the engine is mid-window
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3", "step-5"]
     assert not (run / "final").exists()
-    assert main(["train", "--profile", "cpu-debug", *TINY, *ds, f"run_dir={run}", "--resume", "auto"]) == 0
-    assert "at step 4" in capsys.readouterr().out
-    assert list(_losses(run, after=4)) == [5, 6]
-    assert _losses(run, after=4) == _losses(ref, after=4)
+    assert main(["train", "--profile", "cpu-debug", *TINY, *DS, f"run_dir={run}", "--resume", "auto"]) == 0
+    assert "at step 5" in capsys.readouterr().out
+    assert fit_calls == [True, True, True]
+    assert list(_losses(run, after=3)) == [4, 5, 6]
+    assert _losses(run) == _losses(ref)
     assert _eval_at(run, 6)["eval_perplexity"] == _eval_at(ref, 6)["eval_perplexity"]
+
+
+class _CreatesFile:
+    """Unpickling it creates a file: the stand-in for any code a planted pickle would run."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_pickle_planted_in_the_deepspeed_state_does_not_run_on_resume(one_rank_deepspeed, tmp_path, capsys):
+    import torch
+
+    run = tmp_path / "run"
+    args = ["train", "--profile", "cpu-debug", *TINY, *DS, "max_steps=1", "eval_every_steps=0", f"run_dir={run}"]
+    assert main(args) == 0
+    ckpt = run / "checkpoints" / "step-1"
+    planted = ckpt / "deepspeed" / "engine" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    marker = tmp_path / "code-ran"
+    torch.save({"optimizer_state_dict": _CreatesFile(marker)}, planted)
+    # a forger can rewrite the manifest too: the check must not rely on it
+    manifest = json.loads((ckpt / "manifest.json").read_text())
+    manifest["files"]["deepspeed/engine/zero_pp_rank_0_mp_rank_00_optim_states.pt"] = planted.stat().st_size
+    (ckpt / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main([*args, "max_steps=2", "--resume", "auto"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert "zero_pp_rank_0_mp_rank_00_optim_states.pt asks to unpickle" in err and "could run code" in err, err
+    assert not marker.exists()
 
 
 def test_ae_on_frozen_backbone_then_embed(mlm_run, tmp_path):

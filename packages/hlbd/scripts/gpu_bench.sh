@@ -9,15 +9,16 @@
 # Each stage is its own process under `timeout`, merging into one JSON, so a slow stage cannot eat
 # the others' time.
 #
-#   HLBD_DATA=path/to/hlbd_v1_600pairs.txt OUT=results/ bash packages/hlbd/scripts/gpu_bench.sh baseline
-#   HLBD_DATA=path/to/hlbd_v1_600pairs.txt OUT=results/ bash packages/hlbd/scripts/gpu_bench.sh fast
+#   HLBD_DATA=path/to/hlbd_v1_600pairs.txt bash packages/hlbd/scripts/gpu_bench.sh baseline results/
+#   HLBD_DATA=path/to/hlbd_v1_600pairs.txt bash packages/hlbd/scripts/gpu_bench.sh fast results/
+# (PART, then OUT_DIR for the log and JSON, default hlbd-gpu-bench)
 # Run from the repository root (PYTHONPATH is set to the source folders; no install needed).
 # CPU dry run of the same commands in seconds (tiny model, bundled sample, compile traced not generated):
-#   HLBD_BENCH_TINY=1 OUT=/tmp/hlbd-dry bash packages/hlbd/scripts/gpu_bench.sh all
+#   HLBD_BENCH_TINY=1 bash packages/hlbd/scripts/gpu_bench.sh all hlbd-dry-run
 set -uo pipefail
 PART=${1:-all}
-OUT=${OUT:-hlbd-gpu-bench}; mkdir -p "$OUT"
-LOG="$OUT/hlbd-$PART.log"; JSON="$OUT/hlbd-$PART.json"
+OUT_DIR=${2:-hlbd-gpu-bench}; mkdir -p "$OUT_DIR"
+LOG="$OUT_DIR/hlbd-$PART.log"; JSON="$OUT_DIR/hlbd-$PART.json"
 export PYTHONPATH="packages/core/src:packages/hlbd/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PY=${PYTHON:-python3}
@@ -39,7 +40,7 @@ if [ -z "$DATA" ] || [ ! -f "$DATA" ]; then
   say "error: set HLBD_DATA to the HLBD file to train on (e.g. hlbd_v1_600pairs.txt); got '${DATA}'"
   exit 2
 fi
-export TRAINSTACK_CACHE_DIR="$OUT/cache"  # starts empty: the first compile below is a cold one
+export TRAINSTACK_CACHE_DIR="$OUT_DIR/cache"  # starts empty: the first compile below is a cold one
 
 say "$(date -u) | part $PART | data $DATA"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a "$LOG"
@@ -57,7 +58,7 @@ stage() {  # stage SECONDS ARGS...: one bench process under its own time limit
 train_timed() {  # train_timed LABEL: the user's command, whole wall time
   local t0; t0=$(date +%s%N)
   timeout --signal=TERM --kill-after=10 "$T_TRAIN" "$PY" -m hlbd train --profile fast --data "$DATA" --no-progress \
-    "run_dir=$OUT/run-$1" "${OVR[@]}" "${TRAIN_OVR[@]}" 2>&1 | quiet | tee -a "$LOG"
+    "run_dir=$OUT_DIR/run-$1" "${OVR[@]}" "${TRAIN_OVR[@]}" 2>&1 | quiet | tee -a "$LOG"
   local rc=${PIPESTATUS[0]}
   say "hlbd train --profile fast ($1 compile cache): exit $rc, whole command $(( ($(date +%s%N) - t0) / 1000000 )) ms"
 }
@@ -76,5 +77,5 @@ if [ "$PART" = fast ] || [ "$PART" = all ]; then
 fi
 say "== summary =="
 stage 30 --stages report
-rm -rf "$OUT/cache" "$OUT"/run-*  # keep only the log and the JSON
+rm -rf "$OUT_DIR/cache" "$OUT_DIR"/run-*  # keep only the log and the JSON
 say "total ${SECONDS} s"

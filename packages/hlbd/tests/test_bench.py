@@ -86,3 +86,11 @@ def test_bench_runs_on_cpu_and_prints_the_ratios(tmp_path, capsys, tiny):
     assert set(report["per_epoch_seconds"]) == {"users-loop", "users-baseline", "fast"}
     assert main([*common, "--stages", "report"]) == 0
     assert "ratio per epoch" in capsys.readouterr().out
+
+
+def test_bench_without_data_uses_the_bundled_sample(tmp_path, tiny):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--stages", "users-baseline", "--baseline-epochs", "2", "--out", str(out), *tiny()]) == 0
+    report = json.loads(out.read_text())
+    assert report["data"] == str(bundled_sample_path())
+    assert len(report["users-baseline"]["epoch_losses"]) == 2

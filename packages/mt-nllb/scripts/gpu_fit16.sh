@@ -7,32 +7,32 @@
 # recorded as an error. The same settings with fp32 AdamW states also run without the cap: their
 # true peak checks the memory estimate, and minus the states' size difference (exact: parameter
 # counts) gives the peak that 8-bit states imply ("implied_adamw8bit_reserved_gib", derived, not run).
-# Acceptance: peak reserved <= 15 GiB. Results under $OUT:
+# Acceptance: peak reserved <= 15 GiB. Results under OUT_DIR (the first argument, default gpu-fit16):
 #   fit16.json, fit16.log the bench results (peak reserved / allocated per variant, errors)
 #   memory_estimate.txt   mt-nllb profiles --memory (the estimate for every GPU profile)
 #   verdict.json          measured vs estimated per variant, and fits_15gib
 #
-# Device (repo root; ~1-2 min on an H100 including the model build):
-#   PYTHONPATH=packages/core/src:packages/mt-nllb/src bash packages/mt-nllb/scripts/gpu_fit16.sh
+# One GPU (repo root; ~1-2 min on an H100 including the model build):
+#   bash packages/mt-nllb/scripts/gpu_fit16.sh results/
 # CPU check of the script itself (tiny architecture, 64 tokens, no memory figures):
-#   FIT16_TINY=1 OUT=/tmp/fit16 bash packages/mt-nllb/scripts/gpu_fit16.sh
+#   FIT16_TINY=1 bash packages/mt-nllb/scripts/gpu_fit16.sh fit16-dry-run
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 export PYTHONPATH="$ROOT/packages/core/src:$ROOT/packages/mt-nllb/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 PY="${PYTHON:-python3}"
-OUT="${OUT:-/tmp/gpu_fit16}"
-mkdir -p "$OUT"
+OUT_DIR="${1:-gpu-fit16}"
+mkdir -p "$OUT_DIR"
 if [[ "${FIT16_TINY:-0}" == 1 ]]; then ARCH=tiny LEN=64; else ARCH=nllb-600m LEN=256; fi
 VARIANTS="${FIT16_VARIANTS:-rtx4080s-16g,rtx4080s-16g-adamw-uncapped}"
 
 # 1 warm-up + 2 timed optimizer steps of 4 micro-batches of 24: 288 pairs, one epoch of full batches; a variant that
 # runs out of memory is recorded in fit16.json and does not stop the others (bench exits 1 then).
 "$PY" -m mt_nllb bench --model-config "$ARCH" --only "$VARIANTS" --fixed-length "$LEN" --pairs 288 \
-  --warmup-steps 1 --timed-steps 2 --out "$OUT/fit16.json" 2>&1 | tee "$OUT/fit16.log" || true
+  --warmup-steps 1 --timed-steps 2 --out "$OUT_DIR/fit16.json" 2>&1 | tee "$OUT_DIR/fit16.log" || true
 
 # The estimate for every GPU profile (mt-nllb profiles --memory) and the verdict, in one process.
-"$PY" - "$OUT" "$ARCH" "$LEN" <<'PYEOF'
+"$PY" - "$OUT_DIR" "$ARCH" "$LEN" <<'PYEOF'
 import contextlib, io, json, sys
 from pathlib import Path
 

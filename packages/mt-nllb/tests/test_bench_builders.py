@@ -6,6 +6,7 @@ same config and data. A bench that built its own model, batches, optimizer, sche
 leave a builder unrecorded or train another model and fail here.
 """
 
+import dataclasses
 import inspect
 
 import pytest
@@ -14,7 +15,7 @@ from mt_nllb import train as T
 from mt_nllb.bench import bench_ours
 from mt_nllb.cli import main
 
-BUILDERS = ("build_training_model", "build_train_batches", "total_optimizer_steps",
+BUILDERS = ("resolve_train_speed", "build_training_model", "build_train_batches", "total_optimizer_steps",
             "build_optimizer_and_scheduler", "make_loss_fn", "build_loop_config")
 
 
@@ -74,6 +75,8 @@ def _comparable(x):
         return ("config", x.to_dict())
     if isinstance(x, T.TrainConfig | torch.device | int):
         return x
+    if dataclasses.is_dataclass(x):  # core's resolved Speed, the precision
+        return ("settings", type(x).__name__, repr(x))
     if hasattr(x, "state_dict") and hasattr(x, "tp"):  # TranslationBatches
         return ("batches", id(x.tp), {k: v for k, v in vars(x).items() if k not in ("tp", "lengths", "_plan")})
     return ("object", id(x))
@@ -119,9 +122,9 @@ def test_train_builds_the_optimizer_after_the_model_is_on_its_device(tmp_path, m
     real_model, real_optim = T.build_training_model, T.build_optimizer_and_scheduler
     seen = {}
 
-    def on_meta(cfg, tokenizer, device):
+    def on_meta(cfg, tokenizer, device, speed=None):
         seen["asked"] = device
-        return real_model(cfg, tokenizer, torch.device("meta"))
+        return real_model(cfg, tokenizer, torch.device("meta"), speed)
 
     def check(cfg, model, total_steps):
         seen["devices"] = {p.device.type for p in model.parameters()}

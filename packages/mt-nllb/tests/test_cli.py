@@ -38,7 +38,11 @@ def test_train_writes_checkpoints_logs_bleu_and_test_predictions(trained):
     preds = (run_dir / "predictions" / "test.jsonl").read_text(encoding="utf-8").splitlines()
     assert len(preds) == 20 and set(json.loads(preds[0])) == {"src", "hyp", "ref"}
     report = json.loads((run_dir / "data_report.json").read_text())
-    assert report["sources"][0]["filtered"]["length"] == 2  # two sample rows have < 10 Chinese characters
+    # The default selection is the users' recipe: the length filter is OPUS-100's, so a local file is
+    # taken as it is, its two rows under 10 characters included.
+    sample = report["sources"][0]
+    assert sample["filtered"] == {} and sample["kept"] == sample["read"] == 141
+    assert sample["rule"] == "no length filter, no dedup"
     # generation: target language forced through generation_config, length from our config
     from transformers import GenerationConfig
 

@@ -109,3 +109,102 @@ def test_batches_shard_across_ranks_without_overlap(sample_tokenizer):
     assert len(plans[0]) == len(plans[1]) > 0
     flat = [i for p in plans for b in p for i in b]
     assert len(flat) == len(set(flat))
+
+
+def test_fast_path_batches_are_bucketed_and_full():
+    """On the fast path every batch has bucketed widths and batch_size rows; filler rows attend to one
+    token and carry no label, and the real rows are the eager batch's, unchanged."""
+    import numpy as np
+    import torch
+    from mt_nllb.bench import synthetic_pairs
+    from trainstack.speed import LengthBuckets
+
+    tp = synthetic_pairs(70, vocab=500, seed=1)
+    buckets = LengthBuckets.parse("multiple:16", 256)
+    make = lambda b: D.TranslationBatches(tp, max_tokens=10**6, pad_id=1, decoder_start_id=2, seed=3,  # noqa: E731
+                                          fixed_batch_size=32, buckets=b)
+    fast, eager = list(make(buckets)), list(make(None))
+    assert len(fast) == len(eager) == 3  # 32 + 32 + 6: the last batch is filled with 26 filler rows
+    for f, e in zip(fast, eager, strict=True):
+        assert all(v.shape[0] == 32 for v in f.values())
+        assert f["input_ids"].shape[1] % 16 == 0 and f["labels"].shape[1] % 16 == 0
+        n, s, t = e["input_ids"].shape[0], e["input_ids"].shape[1], e["labels"].shape[1]
+        for k in f:
+            width = s if k in ("input_ids", "attention_mask") else t
+            assert torch.equal(f[k][:n, :width], e[k]), k
+        filler = slice(n, None)
+        assert (f["labels"][filler] == -100).all()
+        assert (f["attention_mask"][filler].sum(dim=1) == 1).all()
+        assert (f["attention_mask"].sum(dim=1) >= 1).all()
+    assert int(np.sum([(b["labels"] != -100).sum() for b in fast])) == int(np.sum([(b["labels"] != -100).sum()
+                                                                                   for b in eager]))
+
+
+def _two_sources(tmp_path):
+    """A WMT19-like TSV and an OPUS-100-like JSONL, each with a short pair, a duplicate or an
+    over-long pair, a bad row, and rows past the caps used below ([4, 3])."""
+    wmt = tmp_path / "wmt.tsv"
+    wmt.write_text("第一句足够长的中文句子。\tThe first long enough sentence.\n"
+                   "短句子\tShort.\n"                                                  # under 10 chars
+                   "第一句足够长的中文句子。\tThe first long enough sentence.\n"       # duplicate of row 1
+                   "\tAn empty source side.\n"                                         # bad row, inside the cap
+                   "第五行在前四行之后。\tRow five comes after the first four.\n",      # past the first 4 rows
+                   encoding="utf-8")
+    opus = tmp_path / "opus.jsonl"
+    rows = [("开放语料的第一行数据。", "The first OPUS row of data."),
+            ("太短", "Too short"),                                                    # under 10 chars
+            ("长" * 401, "A source side over 400 characters."),
+            ("开放语料的第四行数据。", "The fourth OPUS row of data.")]               # past the first 3 rows
+    opus.write_text("".join(json.dumps({"translation": {"en": e, "zh": z}}, ensure_ascii=False) + "\n"
+                            for z, e in rows), encoding="utf-8")
+    return [str(wmt), str(opus)]
+
+
+def test_recipe_selection_takes_the_first_rows_and_filters_only_the_marked_source(tmp_path):
+    from mt_nllb.config import DataConfig
+
+    cfg = DataConfig(train=_two_sources(tmp_path), caps=[4, 3], length_filter=[False, True])
+    assert cfg.selection == "recipe"  # the default follows the users' recipe
+    pairs, (wmt, opus) = D.read_training_pairs(cfg)
+    assert pairs == [
+        ("第一句足够长的中文句子。", "The first long enough sentence."),
+        ("短句子", "Short."),                                      # WMT19 is not length-filtered
+        ("第一句足够长的中文句子。", "The first long enough sentence."),  # nor deduplicated
+        ("开放语料的第一行数据。", "The first OPUS row of data."),  # OPUS: rows 2 and 3 filtered, row 4 past its cap
+    ]
+    assert (wmt.read, wmt.kept, sum(wmt.bad.values()), dict(wmt.filtered)) == (4, 3, 1, {})  # the bad row counts
+    assert (opus.read, opus.kept, dict(opus.filtered)) == (3, 1, {"length": 2})
+    assert "first 4 rows, no length filter, no dedup" in wmt.line()
+    assert "first 3 rows, 10..400 chars, no dedup" in opus.line()
+
+
+def test_cleaned_selection_filters_every_source_dedups_and_caps_pairs_kept(tmp_path):
+    from mt_nllb.config import DataConfig
+
+    cfg = DataConfig(train=_two_sources(tmp_path), caps=[2, 3], selection="cleaned")
+    pairs, (wmt, opus) = D.read_training_pairs(cfg)
+    assert pairs == [
+        ("第一句足够长的中文句子。", "The first long enough sentence."),
+        ("第五行在前四行之后。", "Row five comes after the first four."),  # the 2nd pair kept, from row 5
+        ("开放语料的第一行数据。", "The first OPUS row of data."),
+        ("开放语料的第四行数据。", "The fourth OPUS row of data."),          # 2 kept, under the cap of 3
+    ]
+    assert dict(wmt.filtered) == {"length": 1, "duplicate": 1} and sum(wmt.bad.values()) == 1
+    assert dict(opus.filtered) == {"length": 2}
+
+
+def test_recipe_filters_the_opus100_hub_source_by_default_and_selection_is_in_the_fingerprint():
+    from mt_nllb.config import DataConfig, TrainConfig
+    from trainstack.config import ConfigError
+
+    recipe = D.selection_options(DataConfig(train=["wmt19", "opus100"], caps=[5000000, 500000]))
+    assert recipe == {"dedup": False, "length_filter": [False, True], "caps_count": "rows"}
+    cleaned = D.selection_options(DataConfig(train=["wmt19", "opus100"], selection="cleaned"))
+    assert cleaned == {"dedup": True, "length_filter": None, "caps_count": "kept"}
+    assert D.selection_options(DataConfig(train=["sample"], dedup=True))["dedup"] is True
+    fp = lambda **kw: D.fingerprint(DataConfig(train=["sample"], **kw), "sample", "zho_Hans", "eng_Latn")  # noqa: E731
+    assert fp() != fp(selection="cleaned") and fp() != fp(length_filter=[True])
+    with pytest.raises(ConfigError, match="'data.length_filter': 1 entries for 2 sources"):
+        TrainConfig(data=DataConfig(train=["wmt19", "opus100"], length_filter=[True]))
+    with pytest.raises(ConfigError, match="applies to data.selection=recipe"):
+        TrainConfig(data=DataConfig(train=["sample"], selection="cleaned", length_filter=[True]))

@@ -46,12 +46,18 @@ def test_loss_and_gradients_match_float64_reference():
     labels[0, 7:] = -100
     loss, _ = L.chunked_smoothed_ce(hidden, weight, labels, eps, chunk_rows=3)
     loss.backward()
+    _assert_matches_float64_reference(loss, hidden, weight, labels, eps)
+
+
+def _assert_matches_float64_reference(loss, hidden, weight, labels, eps):
+    """``loss`` and the gradients in ``hidden.grad``/``weight.grad`` against the float64 label-smoothed
+    CE over the real (label != -100) tokens."""
     h64 = hidden.detach().double().requires_grad_()
     w64 = weight.detach().double().requires_grad_()
     logp = torch.log_softmax(h64 @ w64.t(), dim=-1)
     m = labels != -100
     nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[m].mean()
-    smooth = (-logp.sum(-1))[m].mean() / v
+    smooth = (-logp.sum(-1))[m].mean() / weight.shape[0]
     ref = (1 - eps) * nll + eps * smooth
     ref.backward()
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
@@ -79,3 +85,40 @@ def test_model_gradients_match_hf(model):
     for k, p in model.named_parameters():
         if p.grad is not None:
             torch.testing.assert_close(ours[k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fixed_shapes_loss_and_gradients_match_float64_reference(compiled):
+    """The fast path's head keeps every row and masks padding (a captured graph cannot pick rows):
+    loss and gradients equal the float64 reference over real tokens, eager and compiled."""
+    g = torch.Generator().manual_seed(2)
+    n, d, v, eps = 10, 8, 40, 0.1
+    hidden = torch.randn(3, n, d, generator=g, requires_grad=True)
+    weight = torch.randn(v, d, generator=g, requires_grad=True)
+    labels = torch.randint(0, v, (3, n), generator=g)
+    labels[0, 6:] = -100
+    labels[2, :] = -100  # a filler row: no label at all
+    L.configure(compiled)
+    try:
+        loss, count = L.chunked_smoothed_ce(hidden, weight, labels, eps, chunk_rows=7, fixed_shapes=True)
+        loss.backward()
+    finally:
+        L.configure(False)
+    assert int(count) == int((labels != -100).sum())
+    _assert_matches_float64_reference(loss, hidden, weight, labels, eps)
+    assert hidden.grad[2].abs().max() == 0  # the filler row gets no gradient
+
+
+def test_fixed_shapes_ignore_non_finite_padded_rows():
+    """torch.where, not a multiply by the mask: a padded row whose hidden state is not finite adds
+    nothing to the loss or the gradients (NaN * 0 would still be NaN)."""
+    g = torch.Generator().manual_seed(4)
+    hidden = torch.randn(2, 5, 6, generator=g)
+    hidden[1, 3:] = float("nan")
+    labels = torch.randint(0, 30, (2, 5), generator=g)
+    labels[1, 3:] = -100
+    hidden.requires_grad_()
+    weight = torch.randn(30, 6, generator=g, requires_grad=True)
+    loss, _ = L.chunked_smoothed_ce(hidden, weight, labels, 0.1, chunk_rows=4, fixed_shapes=True)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(weight.grad).all()

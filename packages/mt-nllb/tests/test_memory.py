@@ -106,8 +106,8 @@ def test_profiles_memory_command(capsys):
 
 
 def test_gpu_fit16_script_runs_on_cpu_with_the_tiny_switch(tmp_path):
-    env = {**os.environ, "FIT16_TINY": "1", "OUT": str(tmp_path), "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", str(PACKAGE / "scripts" / "gpu_fit16.sh")], env=env, capture_output=True,
+    env = {**os.environ, "FIT16_TINY": "1", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(PACKAGE / "scripts" / "gpu_fit16.sh"), str(tmp_path)], env=env, capture_output=True,
                           text=True, timeout=170)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     verdict = json.loads((tmp_path / "verdict.json").read_text())

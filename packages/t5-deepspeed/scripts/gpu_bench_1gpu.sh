@@ -1,15 +1,12 @@
 #!/usr/bin/env bash
-# One-GPU benchmarks for BENCHMARKS.md, run through the device tool from the repo root:
-#   bash packages/t5-deepspeed/scripts/gpu_bench_1gpu.sh            (writes under $OUT, default /tmp/t5ds-out)
-# Needs the DeepSpeed wheels of .whl/ when deepspeed is not installed (the device machine).
+# One-GPU benchmarks for BENCHMARKS.md, on a host with one GPU, from the repo root:
+#   [STEPS=small,large,...] bash packages/t5-deepspeed/scripts/gpu_bench_1gpu.sh [OUT_DIR]   (default t5ds-1gpu)
+# Needs torch with CUDA, transformers and deepspeed installed (no package install: PYTHONPATH is set).
 # Every model is random-init at its real size (shipped configs); data: the shipped en-ro sample,
 # three sentences a row. No DeepSpeed op is compiled: the shipped configs use torch's fused AdamW.
 set -u
-OUT=${OUT:-/tmp/t5ds-out}; mkdir -p "$OUT"
-if ! python3 -c "import deepspeed" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
+OUT_DIR=${1:-t5ds-1gpu}; mkdir -p "$OUT_DIR"
+python3 -c "import deepspeed" 2>/dev/null || { echo "error: deepspeed is not installed: pip install 'deepspeed>=0.17'"; exit 2; }
 export PYTHONPATH=packages/core/src:packages/t5-deepspeed/src:${PYTHONPATH:-}
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONWARNINGS=ignore
 export TORCH_EXTENSIONS_DIR=/tmp/torch_extensions
@@ -18,28 +15,28 @@ STEPS=${STEPS:-all}
   date -u +"date: %Y-%m-%dT%H:%MZ"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, transformers, deepspeed, accelerate; print('torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| deepspeed', deepspeed.__version__, '| accelerate', accelerate.__version__)"
-} > "$OUT/versions.txt" 2>&1
-cat "$OUT/versions.txt"
+} > "$OUT_DIR/versions.txt" 2>&1
+cat "$OUT_DIR/versions.txt"
 run() {  # name timeout_s command...
   local name=$1 t=$2; shift 2
   echo "=== $name: $*"
   local t0=$SECONDS
-  timeout "$t" "$@" > "$OUT/$name.txt" 2>&1; local rc=$?
-  echo "--- $name rc=$rc ($((SECONDS - t0)) s)"; grep -v '^\$' "$OUT/$name.txt" | tail -n 12
+  timeout "$t" "$@" > "$OUT_DIR/$name.txt" 2>&1; local rc=$?
+  echo "--- $name rc=$rc ($((SECONDS - t0)) s)"; grep -v '^\$' "$OUT_DIR/$name.txt" | tail -n 12
 }
 want() { [[ $STEPS == all || ,$STEPS, == *,$1,* ]]; }
 B="python3 -m t5_deepspeed bench"
 want plan && for m in t5-small t5-large t5-3b; do run plan-$m 40 python3 -m t5_deepspeed plan --model $m; done
 # users' command 1: t5-small, ZeRO-2, batch 1, --fp16
-want small && run bench-t5-small-zero2 150 $B --model t5-small --deepspeed zero2 --batch_size 1 --users_fp16 --steps 60 --warmup 10 --out "$OUT/small" --timeout_s 70
+want small && run bench-t5-small-zero2 150 $B --model t5-small --deepspeed zero2 --batch_size 1 --users_fp16 --steps 60 --warmup 10 --out "$OUT_DIR/small" --timeout_s 70
 # fp16 vs bf16: weights scaled (initializer_factor=32) so activations pass fp16's 65504 as in pretrained T5
-want diverge && run fp16-vs-bf16 150 $B --model t5-small --deepspeed zero2 --batch_size 8 --users_fp16 --steps 30 --warmup 2 --config_overrides initializer_factor=32.0 --learning_rate 1e-4 --out "$OUT/diverge" --timeout_s 70
+want diverge && run fp16-vs-bf16 150 $B --model t5-small --deepspeed zero2 --batch_size 8 --users_fp16 --steps 30 --warmup 2 --config_overrides initializer_factor=32.0 --learning_rate 1e-4 --out "$OUT_DIR/diverge" --timeout_s 70
 # users' command 2: t5-large, ZeRO-2, batch 4, no fp16 (fp32)
-want large && run bench-t5-large-zero2 200 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --out "$OUT/large" --timeout_s 95
+want large && run bench-t5-large-zero2 200 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --out "$OUT_DIR/large" --timeout_s 95
 # users' command 3: t5-3b, ZeRO-3, batch 1, --fp16 (ours: bf16)
-want 3b && run bench-t5-3b-zero3 200 $B --model t5-3b --deepspeed zero3 --batch_size 1 --users_fp16 --steps 8 --warmup 3 --sides ours --out "$OUT/3b" --timeout_s 190
+want 3b && run bench-t5-3b-zero3 200 $B --model t5-3b --deepspeed zero3 --batch_size 1 --users_fp16 --steps 8 --warmup 3 --sides ours --out "$OUT_DIR/3b" --timeout_s 190
 # ours may spend the memory it saves on a bigger batch (same DeepSpeed config)
-want large16 && run bench-t5-large-zero2-ours-b16 100 $B --model t5-large --deepspeed zero2 --batch_size 4 --ours_batch_size 16 --steps 20 --warmup 5 --sides ours --out "$OUT/large16" --timeout_s 95
+want large16 && run bench-t5-large-zero2-ours-b16 100 $B --model t5-large --deepspeed zero2 --batch_size 4 --ours_batch_size 16 --steps 20 --warmup 5 --sides ours --out "$OUT_DIR/large16" --timeout_s 95
 # ZeRO-3 on GPU end to end: train, generate with synced GPUs, save 16-bit, reload without DeepSpeed
 if want z3e2e; then
   D=packages/t5-deepspeed/src/t5_deepspeed/data
@@ -48,7 +45,7 @@ if want z3e2e; then
     --per_device_train_batch_size 8 --max_steps 20 --val_max_target_length 16 --save_strategy no --fp16 \
     --output_dir /tmp/z3e2e --overwrite_output_dir
   run zero3-reload 60 python3 -c "from transformers import T5ForConditionalGeneration as T; m=T.from_pretrained('/tmp/z3e2e'); print('reloaded without DeepSpeed:', sum(p.numel() for p in m.parameters()), 'params', next(m.parameters()).dtype)"
-  cp /tmp/z3e2e/predict_results.json "$OUT/zero3-e2e-predict_results.json" 2>/dev/null
+  cp /tmp/z3e2e/predict_results.json "$OUT_DIR/zero3-e2e-predict_results.json" 2>/dev/null
 fi
-rm -f "$OUT"/*/bench.train.jsonl
+rm -f "$OUT_DIR"/*/bench.train.jsonl
 echo done

@@ -2,11 +2,11 @@
 
     # 1 GPU: both arms, each in its own process (so peak host RSS is per arm), same model/data/GPU
     chat-pretrain make-data /tmp/bench.parquet --rows 1000000
-    chat-pretrain bench --tokenizer ../shared/data/chatlm --data /tmp/bench.parquet --profile large
+    chat-pretrain bench --tokenizer path/to/chatlm-tokenizer --data bench.parquet --profile large
     # N GPUs: one arm per launch; packages/chat-pretrain/scripts/bench_multi_gpu.sh does 1 vs 2 GPUs
     accelerate launch --multi_gpu --num_processes 2 -m chat_pretrain bench --arm ours --json-out ours2.json ...
     # CPU: the harness runs (figures say they are CPU figures)
-    chat-pretrain bench --tokenizer ../shared/data/chatlm --data d.parquet --profile cpu-tiny --steps 3 --warmup 1
+    chat-pretrain bench --tokenizer path/to/chatlm-tokenizer --data d.parquet --profile cpu-tiny --steps 3 --warmup 1
 
 The users' loop (ChatLM-mini-Chinese trainer, as described in SEEDS.md and issue 5): the whole
 parquet table loaded into RAM, random batches of `batch_size` rows padded to their longest row (or

@@ -28,7 +28,7 @@ class ModelConfig:
 @dataclass
 class TokenizerConfig:
     path: str = ""
-    """tokenizer.json or a directory holding one (e.g. ../shared/data/chatlm)."""
+    """tokenizer.json or a directory holding one (e.g. path/to/chatlm-tokenizer)."""
     fix_metaspace: bool = True
     """Drop a Metaspace pre-tokenizer whose replacement character is not in the vocab (the ChatLM
     defect that puts an [UNK] before every pre-token)."""

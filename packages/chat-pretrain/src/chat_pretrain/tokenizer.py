@@ -1,10 +1,10 @@
 """Tokenizers: load (tokenizer.json or a directory), check ([UNK] rate, the Metaspace defect), train.
 
-    chat-pretrain tokenizer check --tokenizer ../shared/data/chatlm --files data/train.parquet
-    chat-pretrain tokenizer check --tokenizer ../shared/data/chatlm --write-fixed out/tok
+    chat-pretrain tokenizer check --tokenizer path/to/chatlm-tokenizer --files data/train.parquet
+    chat-pretrain tokenizer check --tokenizer path/to/chatlm-tokenizer --write-fixed out/tok
     chat-pretrain tokenizer train --files data/train.parquet --vocab-size 32000 --out out/tok
 
-The shared ChatLM tokenizer's pre-tokenizer is Whitespace, Punctuation, Digits, then Metaspace with
+The ChatLM tokenizer's pre-tokenizer is Whitespace, Punctuation, Digits, then Metaspace with
 replacement "\u2581". No vocab entry contains "\u2581", so every pre-token starts with an [UNK]: about
 half of all tokens in Chinese text are [UNK]. Whitespace has already removed the spaces, so the fix
 is to drop the Metaspace step; decoding is unchanged (its decoder only turns "\u2581" into spaces).

@@ -2,7 +2,7 @@
 
     # 1 GPU
     chat-pretrain train --profile large data.train_files=[data/train] data.valid_files=[data/valid.parquet] \
-        tokenizer.path=DIR_WITH_TOKENIZER_JSON
+        tokenizer.path=path/to/chatlm-tokenizer
     # N GPUs (one process per GPU; gradients all-reduced once per optimizer step)
     accelerate launch --multi_gpu --num_processes 3 -m chat_pretrain train --profile large ...
     # CPU (tiny model, fp32)

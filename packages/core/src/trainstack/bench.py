@@ -172,8 +172,9 @@ class FitStep:
     it), zero_grad. Tests in core check that N calls leave the weights fit leaves after N steps,
     eager and compiled.
 
-    ``real_tokens`` / ``samples`` hold each step's counts; the tokens stay on the device (no host sync
-    inside a step) until ``real_tokens_of(i)`` reads them after timing. ``count_batch(batch) ->
+    ``real_tokens`` / ``samples`` hold each step's counts, ``losses`` each step's mean micro-batch loss;
+    tokens and losses stay on the device (no host sync inside a step) until read after timing
+    (``real_tokens_of(i)``, ``float(losses[i])``). ``count_batch(batch) ->
     (real_tokens, samples)``, optional, counts a batch on the host instead (before it moves), for a bench
     whose token definition differs from the loss's. ``stats``: the fast path's time to the first
     step, compilations and recompiles ({} on the eager path).
@@ -197,6 +198,7 @@ class FitStep:
         self.epoch, self._it = 0, None
         self.real_tokens: list = []
         self.samples: list[int] = []
+        self.losses: list = []
         self.model.train()
 
     def _next_batch(self):
@@ -234,12 +236,13 @@ class FitStep:
 
     def __call__(self) -> None:
         accum = self.config.grad_accum_steps
-        tokens, samples = 0, 0
+        tokens, samples, loss_sum = 0, 0, 0.0
         for k in range(accum):
             batch = self._next_batch()
             if self.count_batch is not None:
                 n_tokens, n_samples = self.count_batch(batch)
-            _, real = self._micro(batch, last=k == accum - 1)
+            loss, real = self._micro(batch, last=k == accum - 1)
+            loss_sum = loss_sum + loss.detach()
             if self.count_batch is None:
                 n_tokens = real if isinstance(real, int) else real.detach()
                 n_samples = _batch_size(batch)
@@ -247,6 +250,7 @@ class FitStep:
         self._optimizer_step()
         self.real_tokens.append(tokens)
         self.samples.append(samples)
+        self.losses.append(loss_sum / accum)
 
     def real_tokens_of(self, step: int) -> int:
         """The real tokens of call ``step`` (0-based), read on the host."""

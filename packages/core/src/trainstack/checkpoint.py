@@ -377,17 +377,26 @@ class CheckpointManager:
         return ranked[0] if ranked else None
 
     # -------------------------------------------------------------------------------- save
+    def staging_dir(self, step: int) -> Path:
+        """Where ``save(step)`` writes before the rename: for the other processes of a ``shared_save_fn``."""
+        return self.root / f"{_TMP}{step}"
+
     def save(self, step: int, *, model, optimizer=None, scheduler=None, scaler=None, extra: dict | None = None,
-             metrics: dict | None = None, save_model_fn=None, fingerprint: dict | None = None) -> Path:
+             metrics: dict | None = None, save_model_fn=None, fingerprint: dict | None = None,
+             shared_save_fn=None) -> Path:
         """Write ``step-N`` beside the existing checkpoints; a re-save of the same step keeps the old copy
         until the new one is complete. ``fingerprint`` (plain JSON) is what ``check_fingerprint``
-        compares on resume."""
+        compares on resume. ``shared_save_fn(dir)`` is called first, with the new empty temporary
+        directory, for files every process writes together (DeepSpeed's partitions): the other processes
+        call it at the same time with ``staging_dir(step)`` and wait inside it until this one arrives."""
         extra = extra or {}
         _check_plain(extra, "extra")
         with _locked(self.root):
             self._recover()
             final, tmp, old = (self.root / f"{prefix}{step}" for prefix in (_PREFIX, _TMP, _OLD))
             tmp.mkdir()
+            if shared_save_fn is not None:
+                shared_save_fn(tmp)
             torch.save(_unwrap(model).state_dict(), tmp / "model.pt")
             _reached("tmp_files")
             if optimizer is not None:
@@ -408,6 +417,8 @@ class CheckpointManager:
                 if f.is_file():
                     _fsync_path(f)
                     files[f.relative_to(tmp).as_posix()] = f.stat().st_size
+                elif f.is_dir():  # a subdirectory's entries (DeepSpeed's files) are durable only with it
+                    _fsync_path(f)
             manifest = {"format": _FORMAT, "step": step, "run_id": self.run_id, "seq": self._next_seq(),
                         "files": files}
             with open(tmp / MANIFEST, "w") as f:  # last: its presence and sizes mark the copy complete

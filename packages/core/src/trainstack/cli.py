@@ -48,11 +48,12 @@ def profiles(args) -> int:
 
 
 def report(args) -> int:
+    from trainstack.extras import MissingExtra
     from trainstack.report import write_report
 
     try:
         path = write_report(args.run_dir, args.out)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, MissingExtra) as e:
         print(f"trainstack: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     written = sorted(p.name for p in path.parent.glob("*.png"))

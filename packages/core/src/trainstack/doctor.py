@@ -40,6 +40,8 @@ OPTIONAL_PACKAGES = (
     OptionalPackage("liger_kernel", "liger-kernel", "fused cross-entropy and norm kernels"),
     OptionalPackage("deepspeed", "deepspeed", "ZeRO-2/3 and CPU optimizer offload"),
     OptionalPackage("datasets", "datasets", "datasets named on the Hugging Face hub (wmt19, wmt16, ...)"),
+    OptionalPackage("sacrebleu", "trainstack-core[metrics]", "BLEU and chrF (trainstack.metrics)"),
+    OptionalPackage("matplotlib", "trainstack-core[report]", "trainstack report's plots"),
 )
 _REQUIREMENT = {p.module: p.requirement for p in OPTIONAL_PACKAGES}
 
@@ -55,9 +57,9 @@ def requirement_for(module: str) -> str:
     return _REQUIREMENT.get(module, module)
 
 
-def _version(requirement: str) -> str:
+def _version(distribution: str) -> str:
     try:
-        return importlib.metadata.version(requirement)
+        return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
         return "?"
 
@@ -140,7 +142,7 @@ def doctor(hw, precision: str = "auto", simulated: str | None = None, say=print)
     for pkg in OPTIONAL_PACKAGES:
         if has_module(pkg.module):
             detail = deepspeed_ops() if pkg.module == "deepspeed" else pkg.gives
-            say(f"  {pkg.module:<13} {_version(pkg.requirement):<10} {detail}")
+            say(f"  {pkg.module:<13} {_version(pkg.module):<10} {detail}")
         else:
             say(f"  {pkg.module:<13} {'-':<10} not installed: pip install {pkg.requirement} ({pkg.gives})")
     for line in hub_state():

@@ -24,6 +24,7 @@ from .checkpoint import (
     model_fingerprint,
     restore_rng_state,
 )
+from .deepspeed_engine import check_engine_state, load_engine_state, save_engine_state, uses_deepspeed
 from .memory import CleanupPolicy, memory_report
 from .metrics import ThroughputMeter
 from .precision import Precision
@@ -236,6 +237,10 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     the micro-steps and optimizer steps run through ``TrainStep`` (compiled, CUDA graphs); with
     several processes the model is compiled and the step stays accelerate's.
 
+    ``accelerator`` from ``trainstack.deepspeed_engine.deepspeed_accelerator`` trains through a DeepSpeed
+    engine (ZeRO, offload): the engine steps at each window's last micro-batch, and checkpoints hold
+    its state in ``deepspeed/`` instead of ``optimizer.pt`` (see that module).
+
     ``loss_fn(model, batch) -> (loss, real_tokens)``; ``evaluate(model) -> dict``. The scheduler is
     stepped once per optimizer step (not handed to accelerate, which would step it once per process).
     Loss, token and sample counts stay on the device until the log cadence.
@@ -258,6 +263,9 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                                   cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     say = print if main else (lambda *a, **k: None)
+    deepspeed = uses_deepspeed(accelerator)
+    if deepspeed and speed is not None and speed.compile:
+        raise ValueError("the fast path (speed.compile) does not run under DeepSpeed: switch one of them off")
     accelerator.wait_for_everyone()  # every rank checked the directory before the main one clears it
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -285,6 +293,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     else:
         # Before anything is loaded; the model's own names and shapes are checked by the load itself.
         check_fingerprint(resume_path, fingerprint, ignore_mismatch=ignore_resume_mismatch, say=say)
+        check_engine_state(resume_path, deepspeed=deepspeed)
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = getattr(accelerator, "scaler", None)
     train_step = _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config)
@@ -294,8 +303,10 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         print(speed.reason)
     last_ckpt: Path | None = None
     if resume_path is not None:
-        extra = ckpts.load(resume_path, model=accelerator.unwrap_model(model), optimizer=optimizer,
-                           scheduler=scheduler, scaler=scaler)
+        extra = ckpts.load(resume_path, model=accelerator.unwrap_model(model),
+                           optimizer=None if deepspeed else optimizer, scheduler=scheduler, scaler=scaler)
+        if deepspeed:
+            load_engine_state(model, resume_path)
         step, epoch, best = extra["step"], extra["epoch"], extra.get("best_metric")
         train_batches.load_state_dict(_this_ranks_data_state(extra, accelerator))
         if resume_path.parent.resolve() == ckpts.root.resolve():
@@ -338,6 +349,13 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     def zeros():
         return torch.zeros((), device=device, dtype=torch.float32)
 
+    def autocast():
+        if not deepspeed:
+            return accelerator.autocast()
+        # DeepSpeed casts the module for fp16/bf16 and turns accelerate's autocast off; bf16 keeps torch's
+        # autocast, as without DeepSpeed, so norms, softmax and the loss still reduce in fp32
+        return precision.autocast(device.type) if precision.name == "bf16" else _null()
+
     loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
     grad_norm = None
     announced: list = []  # the first-step line is printed once
@@ -358,12 +376,19 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         # Every rank's position: a stream split by rank is at a different row on each.
         data_state = data_state_at_stop if data_state_at_stop is not None else train_batches.state_dict()
         data_states = _gather_objects(accelerator, data_state)
+
+        def save_engine(directory):
+            save_engine_state(model, directory, accelerator)
+
         if main:
-            ckpts.save(step, model=accelerator.unwrap_model(model), optimizer=optimizer, scheduler=scheduler,
-                       scaler=scaler, metrics=metrics,
+            ckpts.save(step, model=accelerator.unwrap_model(model), optimizer=None if deepspeed else optimizer,
+                       scheduler=scheduler, scaler=scaler, metrics=metrics,
                        extra={"step": step, "epoch": epoch, "best_metric": best,
                               "data": data_states[0], "data_per_rank": data_states},
-                       save_model_fn=save_model_fn, fingerprint=fingerprint)
+                       save_model_fn=save_model_fn, fingerprint=fingerprint,
+                       shared_save_fn=save_engine if deepspeed else None)
+        elif deepspeed:
+            save_engine(ckpts.staging_dir(step))
         # Every rank records it: the final-save decision below must be the same on all of them.
         last_ckpt = ckpts.root / f"step-{step}"
         accelerator.wait_for_everyone()
@@ -396,6 +421,13 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                 announced.append(True)
                 print(f"first optimizer step after {train_step.stats.first_step_seconds:.1f} s "
                       f"(compilation and CUDA-graph capture included)")
+            return
+        if deepspeed:  # the engine stepped in backward; the scheduler is ours
+            grad_norm = accelerator.deepspeed_engine_wrapped.get_global_grad_norm()
+            if scheduler is not None and not accelerator.optimizer_step_was_skipped:
+                scheduler.step()
+            step += 1
+            bar.update(1)
             return
         if window < config.grad_accum_steps:
             # An epoch's last window is short: its micro-losses were divided by grad_accum_steps, so
@@ -506,10 +538,16 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                     if train_step is not None:
                         loss, real_tokens = train_step.micro(batch)
                     else:
-                        ctx = accelerator.no_sync(model) if not final_micro else _null()
-                        with ctx, accelerator.autocast():
+                        # DDP syncs gradients in the backward of a forward run outside no_sync; DeepSpeed
+                        # knows the window's end from backward's argument
+                        ctx = accelerator.no_sync(model) if not (final_micro or deepspeed) else _null()
+                        with ctx, autocast():
                             loss, real_tokens = loss_fn(model, batch)
-                            accelerator.backward(loss / config.grad_accum_steps)
+                            if deepspeed:  # at the window's last micro-batch the engine steps inside
+                                accelerator.deepspeed_engine_wrapped.backward(
+                                    loss / config.grad_accum_steps, sync_gradients=final_micro, scale_wrt_gas=False)
+                            else:
+                                accelerator.backward(loss / config.grad_accum_steps)
                     loss_sum += loss.detach().float()
                     tokens_sum += real_tokens if isinstance(real_tokens, int) else real_tokens.detach().float()
                     samples_sum += _batch_size(batch)

@@ -1,4 +1,4 @@
-"""Throughput, MFU, FLOPs per token, and BLEU/chrF via sacrebleu.
+"""Throughput, MFU, FLOPs per token, and BLEU/chrF via sacrebleu (`trainstack-core[metrics]`).
 
 MFU = achieved model FLOP/s / the GPU's dense peak. The peak is the bf16 tensor-core figure with
 FP32 accumulate, no sparsity, because that is how PyTorch runs autocast matmuls; GPUs without bf16
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainstack.extras import require
 from trainstack.hardware import GPUInfo
 from trainstack.memory import gpu_peak_gib
 
@@ -166,17 +167,13 @@ def _reference_streams(hypotheses: list[str], references) -> list[list[str]]:
 
 def bleu(hypotheses: list[str], references, tokenize: str = "13a") -> BleuResult:
     """Corpus BLEU; ``tokenize="zh"`` for Chinese, "ja-mecab" etc. as sacrebleu supports."""
-    from sacrebleu.metrics import BLEU
-
-    metric = BLEU(tokenize=tokenize)
+    metric = require("sacrebleu.metrics", "metrics", "BLEU").BLEU(tokenize=tokenize)
     res = metric.corpus_score(list(hypotheses), _reference_streams(hypotheses, references))
     return BleuResult(score=float(res.score), signature=str(metric.get_signature()), detail=str(res))
 
 
 def chrf(hypotheses, references, word_order: int = 0) -> ChrfResult:
     """Corpus chrF; ``word_order=2`` gives chrF++."""
-    from sacrebleu.metrics import CHRF
-
-    metric = CHRF(word_order=word_order)
+    metric = require("sacrebleu.metrics", "metrics", "chrF").CHRF(word_order=word_order)
     res = metric.corpus_score(list(hypotheses), _reference_streams(hypotheses, references))
     return ChrfResult(score=float(res.score), signature=str(metric.get_signature()), detail=str(res))

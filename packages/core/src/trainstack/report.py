@@ -1,5 +1,7 @@
 """`trainstack report RUN_DIR`: plots and a markdown summary from RUN_DIR/log.jsonl.
 
+The plots need matplotlib: `pip install 'trainstack-core[report]'`.
+
 Training rows carry step, loss, lr, tokens_per_s and memory (flat ``gpu_peak_gib`` / ``rss_gib`` keys,
 or nested under ``memory``); eval rows carry ``eval_*`` keys. A run killed mid-write can leave a
 partial last line, so unreadable lines are skipped with a warning instead of failing the report.
@@ -12,6 +14,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+from trainstack.extras import require
 
 MEMORY_KEYS = ("gpu_peak_gib", "gpu_reserved_gib", "gpu_allocated_gib", "rss_gib")
 
@@ -66,12 +70,16 @@ def _memory_series(rows: list[dict]) -> dict:
     return {k: v for k, v in series.items() if any(y != 0 for y in v[1])}
 
 
-def _plot(out: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], logy: bool = False) -> bool:
-    import matplotlib
-
+def _pyplot():
+    matplotlib = require("matplotlib", "report", "trainstack report")
     matplotlib.use("Agg")  # no display on training machines
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _plot(out: Path, title: str, ylabel: str, series: dict[str, tuple[list, list]], logy: bool = False) -> bool:
+    plt = _pyplot()
     series = {k: v for k, v in series.items() if v[0]}
     if not series:
         return False
@@ -98,6 +106,7 @@ def write_report(run_dir, out_dir=None) -> Path:
     log = run_dir / "log.jsonl"
     if not log.is_file():
         raise FileNotFoundError(f"no log at {log}")
+    _pyplot()  # a missing matplotlib stops here, before anything is written
     out_dir = Path(out_dir) if out_dir else run_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = read_log(log)

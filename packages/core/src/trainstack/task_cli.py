@@ -48,6 +48,7 @@ CORE_USAGE_ERRORS = (
     "trainstack.precision:PrecisionError",
     "trainstack.checkpoint:CheckpointError",  # includes the run-directory and resume-mismatch refusals
     "trainstack.loop:NoUsableData",
+    "trainstack.extras:MissingExtra",  # an optional package missing: the line names the pip command
 )
 
 Handler = Callable[[argparse.Namespace, list], "int | None"]

@@ -87,7 +87,7 @@ def bench_ours(cfg, proteins: list[str], steps: int, warmup: int):
     from esm2ae import train as T
 
     if cfg.deepspeed.enabled:
-        raise ValueError("esm2ae bench times core's fit path; deepspeed.enabled=true runs the DeepSpeed loop")
+        raise ValueError("esm2ae bench times fit's step on one device without DeepSpeed: set deepspeed.enabled=false")
     device = T._device(cfg, 0)
     prec = resolve_precision(cfg.precision, detect_hardware() if device.type == "cuda" else None)
     apply_precision(prec)

@@ -15,7 +15,9 @@ class ModelConfig:
     name: str = "esm2_t33_650M"
     """ESM-2 size (esm2_t6_8M ... esm2_t36_3B, esm2_tiny), a hub id, or a local HF directory."""
     pretrained: bool = False
-    """Start from published weights when reachable (hub or local dir); the paper trains from scratch."""
+    """Start from the published weights (hub id or ESM-2 size): weights that cannot be loaded stop the
+    run with one line, never a random start. False: random init (the paper trains from scratch). A
+    local HF directory is always loaded."""
     attention: Literal["auto", "flash", "flex", "sdpa"] = "auto"
     """auto: flash-attn varlen if installed, else FlexAttention on CUDA, SDPA (block mask) on CPU."""
     compile: bool = True
@@ -93,12 +95,6 @@ class DeepSpeedConfig:
 
 
 @dataclass
-class LoaderConfig:
-    num_workers: int | None = None
-    """None: core's loader_settings for the hardware."""
-
-
-@dataclass
 class Config:
     task: Literal["mlm", "ae", "joint"] = "mlm"
     """mlm: pretrain the backbone; ae: train the autoencoder on a frozen backbone; joint: both."""
@@ -108,7 +104,6 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ae: AEConfig = field(default_factory=AEConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
-    loader: LoaderConfig = field(default_factory=LoaderConfig)
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     max_steps: int = 500_000
     log_every_steps: int = 10
@@ -117,8 +112,8 @@ class Config:
     keep_last: int = 2
     save_checkpoints: bool = True
     """False: no periodic checkpoints (benchmarks, smoke runs); the final export is still written,
-    and core's loop still writes one resumable checkpoint at the last step (the DeepSpeed loop
-    writes none). SIGINT/SIGTERM save one either way."""
+    and core's loop still writes one resumable checkpoint at the last step (with DeepSpeed too).
+    SIGINT/SIGTERM save one either way."""
     seed: int = 0
     fast_dev_run: bool = False
     """One optimizer step of one micro-batch, one eval batch."""

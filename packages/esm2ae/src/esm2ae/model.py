@@ -74,23 +74,40 @@ def esm2_config(name: str, **overrides):
 
 
 def load_esm(name_or_path: str, pretrained: bool = True, attn_implementation: str = "sdpa"):
-    """``EsmForMaskedLM``: weights from a local directory, or from the hub when ``pretrained`` (a hub
-    name that cannot be had is a one-line error, never random weights); random init from the built-in
-    config when not ``pretrained``."""
+    """``(EsmForMaskedLM, source)``. A local HF directory is loaded as it is ("local"). Otherwise
+    ``pretrained`` loads the published weights ("hub": a hub id, or an ESM-2 size for
+    facebook/<size>_UR50D) and a failure is a one-line ``ConfigError`` naming the model: never a
+    silent random start. Random init ("random") only when ``pretrained`` is false, from the built-in
+    config of an ESM-2 size."""
+    from trainstack.config import ConfigError
     from transformers import EsmForMaskedLM
 
-    local = Path(name_or_path)
-    if local.is_dir() and (local / "config.json").exists():
+    local = Path(name_or_path).expanduser()
+    if (local / "config.json").is_file():
         return EsmForMaskedLM.from_pretrained(local, attn_implementation=attn_implementation), "local"
-    if pretrained and short_name(name_or_path) != "esm2_tiny":
-        hub = name_or_path if "/" in name_or_path else f"facebook/{short_name(name_or_path)}_UR50D"
-        from trainstack.hub import loading
+    if local.is_dir() or name_or_path.startswith(("/", ".", "~")):
+        what = "has no config.json" if local.is_dir() else "does not exist"
+        raise ConfigError(f"model.name={name_or_path}: the directory {what}; point it at an HF model directory "
+                          f"(a run's final/), or name an ESM-2 size ({', '.join(ESM2_SIZES)})")
+    key = short_name(name_or_path)
+    if not pretrained:
+        if key not in ESM2_SIZES:
+            raise ConfigError(f"model.name={name_or_path}: random init (model.pretrained=false) needs an ESM-2 "
+                              f"size ({', '.join(ESM2_SIZES)}) or a local HF directory")
+        config = esm2_config(name_or_path)
+        config._attn_implementation = attn_implementation
+        return EsmForMaskedLM(config), "random"
+    if key == "esm2_tiny":
+        raise ConfigError("model.name=esm2_tiny has no published weights (a size for tests); set "
+                          "model.pretrained=false to train it from random init")
+    hub = name_or_path if "/" in name_or_path else f"facebook/{key}_UR50D"
+    from trainstack.hub import loading
 
-        with loading(hub, what="model", key="model.name"):
-            return EsmForMaskedLM.from_pretrained(hub, attn_implementation=attn_implementation), "hub"
-    config = esm2_config(name_or_path)
-    config._attn_implementation = attn_implementation
-    return EsmForMaskedLM(config), "random"
+    # offline and not cached, no such repository, a malformed id: trainstack.hub's one line
+    with loading(hub, what="model", key="model.name",
+                 instead="point model.name at a local directory, or set model.pretrained=false to train from "
+                         "random init"):
+        return EsmForMaskedLM.from_pretrained(hub, attn_implementation=attn_implementation), "hub"
 
 
 def count_params(model: nn.Module, non_embedding: bool = False) -> int:

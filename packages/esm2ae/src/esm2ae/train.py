@@ -2,18 +2,20 @@
 
     esm2ae train --profile h100-80g data.train=uniref50.fasta.gz            # one GPU
     torchrun --nproc_per_node 2 -m esm2ae train --profile 2x-rtx2080s-8g data.train=u50.parquet
+    esm2ae train --profile rtx3080-10g data.train=u50.parquet               # one GPU, DeepSpeed ZeRO-2 offload
     esm2ae train --profile cpu-debug                                         # CPU, shipped sample
     esm2ae train --profile cpu-debug task=ae model.name=runs/cpu-debug/final # AE on a frozen backbone
 
 Steps: config (profile <- overrides) -> hardware, precision (printed with the reason) -> data
 (validated, held-out split) -> model (HF ESM-2 weights, packed forward) -> optimizer and the
 paper's schedule (built after the model is on its device: fused AdamW on CUDA; the line
-"optimizer: ..." names what runs) -> DeepSpeed when the profile asks -> loop with token-budget micro-batches and
-derived accumulation -> eval (perplexity, masked accuracy, AE loss) -> checkpoints -> final export.
+"optimizer: ..." names what runs) -> core's fit with token-budget micro-batches and derived
+accumulation, through DeepSpeed when the profile asks -> eval (perplexity, masked accuracy, AE loss)
+-> checkpoints -> final export.
 
-core (trainstack) supplies config, hardware, precision, optimizer, schedule, the loop (fit: DDP,
-autocast, accumulation, checkpoints, JSONL logs) and throughput. DeepSpeed runs (the 8-10 GB
-profiles) use the engine's own backward/step in a short loop here, since core's fit takes no engine.
+core (trainstack) supplies config, hardware, precision, optimizer, schedule, the loop (fit: DDP or a
+DeepSpeed engine through accelerate, autocast, accumulation, crash-safe checkpoints, JSONL logs) and
+throughput. There is one training loop: DeepSpeed runs (the 8-10 GB profiles) go through the same fit.
 """
 
 from __future__ import annotations
@@ -23,13 +25,11 @@ import math
 import os
 import random
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
-from trainstack.checkpoint import capture_rng_state, checkpoint_dirs, files_fingerprint, restore_rng_state
+from trainstack.checkpoint import checkpoint_dirs, files_fingerprint
 from trainstack.loop import check_run_dir, clear_run_outputs
 
 from esm2ae.config import Config, deepspeed_json
@@ -50,18 +50,6 @@ def _distributed() -> tuple[int, int, int]:
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     return rank, local, world
-
-
-def _single_process_group(device: torch.device) -> None:
-    """DeepSpeed needs a process group even on one GPU; without a launcher it would try MPI
-    discovery (mpi4py) and then ask for LOCAL_RANK. A one-rank group on an in-memory store
-    needs neither a launcher nor a free port."""
-    if torch.distributed.is_initialized():
-        return
-    for k, v in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1")):
-        os.environ.setdefault(k, v)
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    torch.distributed.init_process_group(backend, store=torch.distributed.HashStore(), rank=0, world_size=1)
 
 
 def _device(cfg: Config, local_rank: int) -> torch.device:
@@ -160,13 +148,6 @@ def evaluate(model: Esm2AE, sequences: list[str], cfg: Config, device, precision
 
 
 # ------------------------------------------------------------------------------ checkpoints
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    # only complete checkpoints: trainer_state.json is written last
-    steps = sorted((int(p.name.split("-")[1]), p) for p in (run_dir / "checkpoints").glob("step-*")
-                   if (p / "trainer_state.json").exists())
-    return steps[-1][1] if steps else None
-
 
 def _unwrap(model):
     return getattr(model, "module", model)
@@ -307,24 +288,32 @@ def build_loop_config(cfg: Config, max_steps: int, accum: int):
 def resume_target(resume: str | None, run_dir: Path) -> str | None:
     """--resume checked before anything is read or written: asking to resume where there is nothing
     to resume is an error, never a silent fresh start."""
+    from trainstack.checkpoint import checkpoint_dirs, latest_checkpoint, read_manifest
     from trainstack.config import ConfigError
 
     if not resume:
         return None
+    root = run_dir / "checkpoints"
     if resume == "auto":
-        if latest_checkpoint(run_dir) is None:
-            raise ConfigError(f"--resume auto: no checkpoint in {run_dir / 'checkpoints'}; check run_dir, or drop "
-                              f"--resume to start fresh")
+        if latest_checkpoint(root) is None:
+            found = checkpoint_dirs(root)
+            what = (f"complete checkpoint in {root} ({found[-1].name} has no valid manifest.json: a save that "
+                    f"crashed, or one of esm2ae 0.1's DeepSpeed loop)" if found else f"checkpoint in {root}")
+            raise ConfigError(f"--resume auto: no {what}; check run_dir, or drop --resume to start fresh")
         return resume
-    if not (Path(resume) / "trainer_state.json").is_file():
-        raise ConfigError(f"--resume {resume}: not a checkpoint (expected a directory like "
-                          f"{run_dir / 'checkpoints' / 'step-N'} holding trainer_state.json)")
+    if read_manifest(Path(resume)) is None:
+        raise ConfigError(f"--resume {resume}: not a checkpoint, or not a complete one (expected a directory "
+                          f"like {root / 'step-N'} holding a valid manifest.json)")
     return resume
 
 
 def train(cfg: Config, resume: str | None = None) -> dict:
+    import contextlib
+
     from trainstack.config import check_writable_dir, format_config, make_run_dir, save_config
+    from trainstack.deepspeed_engine import deepspeed_accelerator
     from trainstack.hardware import detect_hardware
+    from trainstack.loop import fit
     from trainstack.optim import describe_optimizer
     from trainstack.precision import apply_precision, resolve_precision
 
@@ -368,212 +357,44 @@ def train(cfg: Config, resume: str | None = None) -> dict:
 
     max_steps, accum = schedule_steps(cfg, world)
     optimizer, scheduler = build_optimizer_and_scheduler(cfg, trainable, max_steps)
-    engine = None
-    if cfg.deepspeed.enabled:
-        import deepspeed
-        # the group lives as long as the process: DeepSpeed caches it (a later engine in the same
-        # process reuses it)
-        _single_process_group(device)
-        ds_cfg = deepspeed_json(cfg, precision.name, accum, world)
-        engine, optimizer, _, scheduler = deepspeed.initialize(model=model, optimizer=optimizer,
-                                                               lr_scheduler=scheduler, config=ds_cfg)
-        if rank == 0:
-            print(f"deepspeed: ZeRO-{cfg.deepspeed.zero_stage}, optimizer offload {cfg.deepspeed.offload_optimizer}")
     if rank == 0:
         print(f"optimizer: {describe_optimizer(optimizer)}")
+        if cfg.deepspeed.enabled:
+            print(f"deepspeed: ZeRO-{cfg.deepspeed.zero_stage}, optimizer offload {cfg.deepspeed.offload_optimizer}")
 
     if rank == 0 and cfg.overwrite and not resume and checkpoint_dirs(run_dir / "checkpoints"):
         # here, not in fit: the untrained baseline eval below goes into the fresh log
         print(f"overwrite: removed {len(clear_run_outputs(run_dir))} entries of the earlier run in {run_dir}")
     batches = build_train_batches(cfg, train_seqs, device, rank, world)
-    if engine is None:
-        # the common path: core's loop (accelerate: DDP, autocast, loss scaling, checkpoints, logs)
-        return _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_seqs, device, precision,
-                              run_dir, resume, max_steps, accum, world, rank)
-    return _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, device, precision, hw,
-                               run_dir, resume, max_steps, world, rank)
-
-
-def _save_deepspeed_checkpoint(run_dir: Path, step: int, engine, model, state: dict, keep_last: int,
-                               rank: int, world: int) -> Path:
-    """Atomic like core's CheckpointManager: rank 0 owns the temporary directory and the rename;
-    every rank writes its ZeRO shards (a collective) and its own RNG state in between."""
-    root = run_dir / "checkpoints"
-    tmp, final = root / f".tmp-step-{step}", root / f"step-{step}"
-    if rank == 0:
-        root.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-    if world > 1:
-        torch.distributed.barrier()
-    engine.save_checkpoint(str(tmp), tag="ds")
-    torch.save(capture_rng_state(), tmp / f"rng-{rank}.pt")
-    if world > 1:
-        torch.distributed.barrier()
-    if rank == 0:
-        torch.save(_unwrap(model).state_dict(), tmp / "model.pt")   # compute-dtype weights, for embed/eval
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))   # last: marks it complete
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        steps = sorted((int(p.name.split("-")[1]), p) for p in root.glob("step-*"))
-        for _, p in steps[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(p, ignore_errors=True)
-    if world > 1:
-        torch.distributed.barrier()
-    return final
-
-
-def _fit_with_deepspeed(cfg, engine, model, batches, val_seqs, train_seqs, device, precision, hw, run_dir,
-                        resume, max_steps, world, rank) -> dict:
-    """DeepSpeed (ZeRO + CPU offload): core's fit takes no DeepSpeed engine, so the engine's own
-    backward/step drive this loop (accumulation, clipping and the loss scale are the engine's);
-    checkpoints use the engine's sharded format. Logs, evals, resume and SIGINT follow fit."""
-    from trainstack.config import config_to_dict
-    from trainstack.loop import StopFlag
-    from trainstack.metrics import ThroughputMeter
-
-    step, epoch = 0, 0
-    if resume:
-        ckpt = latest_checkpoint(run_dir) if resume == "auto" else Path(resume)
-        if ckpt is not None:
-            state = json.loads((ckpt / "trainer_state.json").read_text())
-            engine.load_checkpoint(str(ckpt), tag="ds")
-            rng_file = ckpt / f"rng-{rank}.pt"
-            restore_rng_state(torch.load(rng_file if rng_file.exists() else ckpt / "rng.pt", weights_only=True))
-            step, epoch = state["step"], state["epoch"]
-            batches.load_state_dict(state["batches"])
-            if rank == 0:
-                print(f"resumed from {ckpt} at step {step}")
-
-    mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in (train_seqs or val_seqs)]))
-    # logged tokens are summed over ranks; dividing the FLOPs by the world size keeps MFU per GPU
-    meter = ThroughputMeter(esm_flops_per_token(_unwrap(model).backbone.config, mean_len) / world,
-                            hw.gpu if device.type == "cuda" else None)
-    log_path = run_dir / "log.jsonl"
-    history: list[dict] = []
-    zero = lambda: torch.zeros((), device=device)  # noqa: E731
-    acc = {k: zero() for k in ("loss", "micro", "tokens", "seqs", "mlm_loss_sum", "mlm_tokens", "mlm_correct",
-                               "ae_loss_sum", "ae_seqs")}
-    metrics: dict = {}
-    last_saved = step if resume and step else -1
-    interrupted = False
-    pbar = tqdm(total=max_steps, initial=step, disable=rank != 0, desc="train", dynamic_ncols=True)
-    if step == 0 and cfg.eval_every_steps and rank == 0 and not cfg.fast_dev_run:
-        # the untrained baseline, so "perplexity falls" is visible in the log itself
-        _log(rank, log_path, {"step": 0, **evaluate(_unwrap(model), val_seqs, cfg, device, precision)},
-             history, pbar)
-        meter.restart_clock()
-    # fp16 runs in DeepSpeed's half-precision module with its loss scaler; bf16 uses autocast
-    autocast = (lambda: precision.autocast(device.type)) if precision.name == "bf16" else \
-        (lambda: torch.autocast(device.type, enabled=False))
-    done = step >= max_steps
-    with StopFlag() as stop:  # core's: same Ctrl-C/SIGTERM contract as fit
-        while not done:
-            batches.set_epoch(epoch)
-            for batch in batches:
-                batch = batch.to(device)
-                boundary = engine.is_gradient_accumulation_boundary()
-                with autocast():
-                    loss, stats = compute_loss(engine, batch, cfg)
-                engine.backward(loss)
-                engine.step()
-                acc["loss"] += loss.detach().float()
-                acc["micro"] += 1
-                acc["tokens"] += batch.cu_seqlens[batch.num_seqs].to(device)
-                acc["seqs"] += batch.num_seqs
-                for k, v in stats.items():
-                    acc[k] += v
-                if not boundary:
-                    continue
-                step += 1
-                pbar.update(1)
-                stopping = stop.signum is not None
-                if world > 1:   # every rank stops at the same step, or the save collective hangs
-                    flag = torch.tensor(float(stopping), device=device)
-                    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-                    stopping = bool(flag.item())
-                if step % cfg.log_every_steps == 0 or step == max_steps or stopping:
-                    # host syncs only at log cadence
-                    if world > 1:   # throughput of the whole job, not of rank 0
-                        for k in ("tokens", "seqs"):
-                            torch.distributed.all_reduce(acc[k])
-                    meter.update(acc["tokens"], acc["seqs"])
-                    rec = {"step": step, "epoch": epoch, "loss": (acc["loss"] / acc["micro"].clamp(min=1)).item(),
-                           "lr": engine.get_lr()[0]}
-                    if acc["mlm_tokens"].item():
-                        rec["mlm_loss"] = acc["mlm_loss_sum"].item() / acc["mlm_tokens"].item()
-                        rec["masked_accuracy"] = acc["mlm_correct"].item() / acc["mlm_tokens"].item()
-                    if acc["ae_seqs"].item():
-                        rec["ae_loss"] = acc["ae_loss_sum"].item() / acc["ae_seqs"].item()
-                    if precision.name == "fp16":   # overflow-skipped steps show up here first
-                        rec["loss_scale"] = getattr(engine.optimizer, "loss_scale", None)
-                        rec["skipped_steps"] = getattr(engine, "skipped_steps", None)
-                    rec.update({k: v for k, v in meter.summary().items() if v is not None})
-                    _log(rank, log_path, rec, history, pbar)
-                    acc = {k: zero() for k in acc}
-                eval_now = not stopping and ((cfg.eval_every_steps and step % cfg.eval_every_steps == 0)
-                                             or step == max_steps)
-                if eval_now and rank == 0:
-                    metrics = evaluate(_unwrap(model), val_seqs, cfg, device, precision)
-                    _log(rank, log_path, {"step": step, **metrics}, history, pbar)
-                    meter.restart_clock()
-                save_now = stopping or (cfg.save_checkpoints and (
-                    (cfg.save_every_steps and step % cfg.save_every_steps == 0) or step == max_steps))
-                if save_now:
-                    state = {"step": step, "epoch": epoch, "batches": batches.state_dict(), "metrics": metrics,
-                             "config": config_to_dict(cfg)}
-                    if not cfg.data.streaming and batches.position >= len(batches):
-                        state["epoch"], state["batches"] = epoch + 1, {"epoch": epoch + 1, "position": 0}
-                    _save_deepspeed_checkpoint(run_dir, step, engine, model, state, cfg.keep_last, rank, world)
-                    last_saved = step
-                    meter.restart_clock()
-                if step >= max_steps or stopping:
-                    interrupted = stopping
-                    done = True
-                    break
-            else:
-                epoch += 1
-    pbar.close()
-    result = {"steps": step, "metrics": metrics, "history": history, "run_dir": str(run_dir),
-              "interrupted": interrupted}
-    if rank == 0:
-        if interrupted:
-            print(f"stopped by signal {stop.signum} at step {step}; checkpoint step-{last_saved} saved; "
-                  f"continue with --resume auto")
-        else:
-            export_final(_unwrap(model), cfg, run_dir / "final", metrics)
-            print(f"done: {step} steps; final model in {run_dir / 'final'}; {json.dumps(metrics)}")
-    return result
-
-
-def _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_seqs, device, precision, run_dir,
-                   resume, max_steps, accum, world, rank) -> dict:
-    from trainstack.loop import fit
-
-    loop_cfg = build_loop_config(cfg, max_steps, accum)
     loss_fn = make_loss_fn(cfg, device)
 
     def run_eval(m):
         return evaluate(_unwrap(m), val_seqs, cfg, device, precision)
 
-    resume_arg = False if not resume else (True if resume == "auto" else Path(resume))  # checked in train()
-    if not resume_arg and cfg.eval_every_steps and rank == 0 and not cfg.fast_dev_run:
+    if not resume and cfg.eval_every_steps and rank == 0 and not cfg.fast_dev_run:
         # the untrained baseline, so "perplexity falls" is visible in the log itself
         base = evaluate(model, val_seqs, cfg, device, precision)
         with open(run_dir / "log.jsonl", "a") as f:
             f.write(json.dumps({"step": 0, **base}) + "\n")
     mean_len = float(np.mean([min(len(s) + 2, cfg.data.max_length) for s in (train_seqs or val_seqs)]))
-    # logged tokens are summed over ranks; dividing the FLOPs by the world size keeps MFU per GPU
     # A saved data position only means something on the same sequences cut into the same batches.
     fingerprint = {"max_length": cfg.data.max_length, "task": cfg.task,
                    "batching": [cfg.batch.max_tokens_per_batch, accum, cfg.overfit_batches],
                    "train_sequences": len(train_seqs), "data": files_fingerprint([cfg.data.train or str(SAMPLE_FASTA)])}
-    result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches, loss_fn=loss_fn,
-                 config=loop_cfg, run_dir=run_dir, precision=precision, evaluate=run_eval if val_seqs else None,
-                 flops_per_token=esm_flops_per_token(model.backbone.config, mean_len) / world, resume=resume_arg,
-                 overwrite=cfg.overwrite, resume_fingerprint=fingerprint,
-                 ignore_resume_mismatch=cfg.ignore_resume_mismatch,
-                 resume_hint=RESUME_HINT)
+    # DeepSpeed (ZeRO, optimizer offload: the 8-10 GB profiles) comes through accelerate's plugin into the
+    # same fit; otherwise fit builds its own accelerator (one device, or DDP under torchrun).
+    engine = (deepspeed_accelerator(deepspeed_json(cfg, precision.name, accum, world), precision)
+              if cfg.deepspeed.enabled else contextlib.nullcontext())
+    with engine as accelerator:
+        result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches, loss_fn=loss_fn,
+                     config=build_loop_config(cfg, max_steps, accum), run_dir=run_dir, precision=precision,
+                     accelerator=accelerator, evaluate=run_eval if val_seqs else None,
+                     # logged tokens are summed over ranks; dividing the FLOPs by the world size keeps MFU per GPU
+                     flops_per_token=esm_flops_per_token(model.backbone.config, mean_len) / world,
+                     resume=False if not resume else (True if resume == "auto" else Path(resume)),
+                     overwrite=cfg.overwrite, resume_fingerprint=fingerprint,
+                     ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=RESUME_HINT)
+
     evals = [r for r in result.history if any(k.startswith("eval_") for k in r)]
     metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if evals else {}
     if rank == 0 and result.interrupted:
@@ -584,17 +405,6 @@ def _fit_with_core(cfg, model, optimizer, scheduler, batches, val_seqs, train_se
         print(f"done: {result.steps} steps; final model in {run_dir / 'final'}; {json.dumps(metrics)}")
     return {"steps": result.steps, "metrics": metrics, "history": result.history, "run_dir": str(run_dir),
             "interrupted": result.interrupted}
-
-
-def _log(rank: int, path: Path, rec: dict, history: list, pbar) -> None:
-    history.append(rec)
-    if rank != 0:
-        return
-    with open(path, "a") as f:
-        f.write(json.dumps(rec) + "\n")
-    short = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in rec.items()
-             if k in ("loss", "eval_perplexity", "eval_masked_accuracy", "ae_loss", "eval_ae_loss", "tokens_per_s")}
-    pbar.write(f"step {rec['step']}: {short}")
 
 
 def train_from_cli(profile: str | None, overrides: list[str], resume: str | None = None) -> dict:

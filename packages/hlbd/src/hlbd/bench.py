@@ -1,10 +1,11 @@
 """hlbd bench: the users' loop vs our users-baseline vs fast, on one GPU.
 
-    hlbd bench                                          # all stages, ../shared/data/hlbd/hlbd_v1_600pairs.txt
+    hlbd bench                                          # all stages, on the bundled sample (72 pairs)
+    hlbd bench --data path/to/hlbd_v1_600pairs.txt      # the real 600 pairs (HLBD, MIT, not shipped)
     hlbd bench --stages users-loop --users-seconds 60 --out bench.json
     hlbd bench --stages users-baseline --out bench.json     # merges into the same JSON, prints the ratio
     hlbd bench --stages report --out bench.json             # only print the table and ratios from the JSON
-    packages/hlbd/scripts/gpu_bench.sh                       (the device run behind BENCHMARKS.md)
+    packages/hlbd/scripts/gpu_bench.sh                       (the GPU run behind BENCHMARKS.md)
 
 (a) users-loop      their loop reproduced (users_loop.py) for --users-epochs epochs, or until
                     --users-seconds have passed, extrapolated per epoch from the micro-batches done
@@ -39,10 +40,10 @@ from trainstack.config import load_config
 from trainstack.hardware import resolve_profile
 
 from hlbd.config import TrainConfig
+from hlbd.data import bundled_sample_path
 from hlbd.train import prepare_data, setup, train, train_one_epoch
 from hlbd.users_loop import UsersLoop
 
-SHARED_DATA = Path(__file__).resolve().parents[4] / ".." / "shared" / "data" / "hlbd" / "hlbd_v1_600pairs.txt"
 STAGES = ("users-loop", "users-baseline", "fast", "fast-vs-eager")
 EAGER = ("speed.compile=false", "speed.cuda_graphs=false")
 
@@ -254,7 +255,7 @@ def run_bench(data=None, stages=STAGES, users_epochs=1, users_seconds=None, base
         raise ValueError(f"unknown bench stage(s) {unknown}; allowed: {', '.join(STAGES)}, report")
     report = _load(out)
     if stages != ("report",):
-        data = str(data or SHARED_DATA)
+        data = str(data or bundled_sample_path())
         if not Path(data).exists():
             raise FileNotFoundError(f"{data}: HLBD data not found (pass --data FILE)")
         banner = device_banner()

@@ -163,7 +163,7 @@ p.add_argument("text", nargs="+")
 p.add_argument("--field", choices=["emoji", "phrase", "english", "pinyin", "japanese", "korean", "card", "math"],
                help="the inputs' field (default: guessed from the script)")
 p = cli.add_command("bench", cmd_bench, help="users' loop vs users-baseline vs fast, one GPU", overrides=True)
-p.add_argument("--data", default=None, help="default: ../shared/data/hlbd/hlbd_v1_600pairs.txt")
+p.add_argument("--data", default=None, help="HLBD .txt/.json/.jsonl (default: the bundled sample)")
 p.add_argument("--stages", default="users-loop,users-baseline,fast",
                help="comma-separated: users-loop, users-baseline, fast, fast-vs-eager; "
                     "or 'report' (print from --out only)")

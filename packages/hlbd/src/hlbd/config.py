@@ -49,11 +49,17 @@ class ModelConfig:
     """The users' 0.02 leaves the tied output logits tiny and the tokens drowned by the positions."""
     scale_embeddings: bool = False
     """Multiply input embeddings by sqrt(d_model), the usual companion of tied embeddings."""
+    checkpointing: bool = False
+    """Gradient checkpointing: each encoder and decoder layer recomputes its activations in the
+    backward pass (torch.utils.checkpoint, non-reentrant) instead of keeping them. Less activation
+    memory for about one more forward pass of compute; the same losses and gradients. One of the
+    users' proposed speed-ups; off by default, as the saving on this small model is not measured."""
 
 
 @dataclass
 class OptimConfig:
-    name: Literal["adam", "adamw"] = "adamw"
+    name: Literal["adam", "adamw", "adamw8bit"] = "adamw"
+    """adamw8bit: bitsandbytes' AdamW with 8-bit states (pip install 'hlbd[bnb]'; a GPU optimizer)."""
     lr: float = 1e-3
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.98])

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from hlbd.autopoietic import autopoietic_transform, autopoietic_transform_loop
 
@@ -42,6 +43,7 @@ class APTConfig:
     padding_masks: bool = True   # False reproduces the users' loop, which passes no padding masks
     embed_init_std: float = 0.02  # the users' value; with tied output weights it makes logits tiny at first
     scale_embeddings: bool = False  # multiply input embeddings by sqrt(d_model) (Vaswani et al.)
+    checkpointing: bool = False  # recompute each layer's activations in backward (less memory, more compute)
     pad_id: int = 0
 
     def __post_init__(self):
@@ -176,11 +178,19 @@ class APTModel(nn.Module):
     def _embed(self, ids):
         return self.drop(self.embed(ids) * self.embed_scale + self.positions[: ids.shape[1]])
 
+    def _run_layer(self, layer, *args):
+        """One layer, checkpointed when asked and a backward will follow. Non-reentrant: it works
+        with inputs that need no gradient and under torch.compile, and it replays the dropout masks
+        (the RNG state is saved), so the gradients equal the plain path's."""
+        if self.cfg.checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
     def encode(self, src):
         pad = (src == self.cfg.pad_id) if self.cfg.padding_masks else None
         x = self._embed(src)
         for layer in self.encoder_layers:
-            x = layer(x, pad)
+            x = self._run_layer(layer, x, pad)
         return self.encoder_norm(x), pad
 
     def decode(self, tgt_in, memory, src_pad):
@@ -189,7 +199,7 @@ class APTModel(nn.Module):
         tgt_pad = (tgt_in == self.cfg.pad_id) if self.cfg.padding_masks else None
         y = self._embed(tgt_in)
         for layer in self.decoder_layers:
-            y = layer(y, memory, tgt_pad, src_pad, causal)
+            y = self._run_layer(layer, y, memory, tgt_pad, src_pad, causal)
         return F.linear(self.decoder_norm(y), self.embed.weight)  # tied output projection
 
     def forward(self, src, tgt_in):

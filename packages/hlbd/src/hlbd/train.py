@@ -1,7 +1,7 @@
 """hlbd train: the APT model on HLBD pairs, until it has learned them (exact match >= 95%).
 
     hlbd train                                                   # bundled sample, recipe "fast", CPU or GPU
-    hlbd train --data ../shared/data/hlbd/hlbd_v1_600pairs.txt   # the real 600 pairs
+    hlbd train --data path/to/hlbd_v1_600pairs.txt               # the real 600 pairs
     hlbd train --profile users-baseline --data FILE              # the users' recipe, our implementation
     hlbd train optim.lr=2e-3 batch_size=128 speed.compile=false  # any config key, dotted
     hlbd train --resume run_dir=runs/hlbd                        # after Ctrl-C / SIGTERM (exit 130)
@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 from tqdm import tqdm
+from trainstack import optim
 from trainstack.checkpoint import CheckpointManager, check_fingerprint, checkpoint_dirs, files_fingerprint
-from trainstack.config import check_writable_dir, make_run_dir, save_config
+from trainstack.config import ConfigError, check_writable_dir, make_run_dir, save_config
 from trainstack.data import DeviceDataset
 from trainstack.hardware import detect_hardware
 from trainstack.loop import StopFlag, check_run_dir, clear_run_outputs
@@ -95,7 +96,8 @@ def build_model(cfg: TrainConfig, vocab_size: int, debug_log=None) -> APTModel:
                               n_encoder_layers=m.n_encoder_layers, n_decoder_layers=m.n_decoder_layers, d_ff=m.d_ff,
                               dropout=m.dropout, max_len=m.max_len, attention=m.attention,
                               padding_masks=m.padding_masks, embed_init_std=m.embed_init_std,
-                              scale_embeddings=m.scale_embeddings), debug_log=debug_log)
+                              scale_embeddings=m.scale_embeddings, checkpointing=m.checkpointing),
+                    debug_log=debug_log)
 
 
 @torch.no_grad()
@@ -136,6 +138,7 @@ class Session:
     micro_per_epoch: int
     length_batching: bool = False
     buckets: LengthBuckets | None = None
+    scaler: torch.amp.GradScaler | None = None  # fp16 only
     step: int = 0
     epoch: int = 0                      # completed epochs
     micro: int = 0                      # micro-batches done in the current epoch
@@ -151,6 +154,10 @@ def setup(cfg: TrainConfig, data: Prepared) -> Session:
     device = pick_device(cfg, hw)
     precision = resolve_precision(cfg.precision, hw if device.type == "cuda" else detect_cpu_only(hw))
     apply_precision(precision)
+    check_optimizer_installed(cfg.optim.name)
+    # fp16 (auto on sm_70/75) needs loss scaling: small gradients underflow to zero in fp16 without
+    # it. An overflowing step is skipped by the scaler, and TrainStep then holds the schedule back.
+    scaler = torch.amp.GradScaler(device.type) if precision.use_grad_scaler else None
     model = build_model(cfg, len(data.tokenizer)).to(device)
     opt = build_optimizer(model, cfg.optim.name, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                           betas=tuple(cfg.optim.betas))
@@ -163,7 +170,8 @@ def setup(cfg: TrainConfig, data: Prepared) -> Session:
     sched = build_scheduler(opt, cfg.optim.schedule, cfg.optim.warmup_steps, total_steps, cfg.optim.floor)
     speed = resolve_speed(cfg.speed, device, use_grad_scaler=precision.use_grad_scaler, max_len=cfg.model.max_len)
     train_step = TrainStep(model, pair_loss, opt, speed, scheduler=sched, grad_accum_steps=cfg.grad_accum_steps,
-                           max_grad_norm=cfg.max_grad_norm, autocast=lambda: precision.autocast(device.type))
+                           max_grad_norm=cfg.max_grad_norm, autocast=lambda: precision.autocast(device.type),
+                           scaler=scaler)
     ds = DeviceDataset({"src": data.src, "tgt": data.tgt}, pad_id=PAD, device=device)
     src_lengths = torch.tensor([sum(1 for t in s if t != PAD) for s in data.src])
     tgt_lengths = torch.tensor([sum(1 for t in s if t != PAD) for s in data.tgt])
@@ -171,7 +179,14 @@ def setup(cfg: TrainConfig, data: Prepared) -> Session:
                    torch.Generator(device=device).manual_seed(cfg.seed), torch.Generator().manual_seed(cfg.seed),
                    micro_per_epoch,
                    length_batching=cfg.data.batching == "length" or (cfg.data.batching == "auto" and device.type == "cpu"),
-                   buckets=speed.buckets(cfg.model.max_len) if speed.fast else None)
+                   buckets=speed.buckets(cfg.model.max_len) if speed.fast else None, scaler=scaler)
+
+
+def check_optimizer_installed(name: str) -> None:
+    """An optional optimizer's package, checked before anything is built or written."""
+    if name == "adamw8bit" and not optim.HAS_BITSANDBYTES:
+        raise ConfigError("optim.name=adamw8bit needs bitsandbytes, which is not installed: "
+                          "pip install 'hlbd[bnb]', or use optim.name=adamw")
 
 
 def pair_loss(model, batch):
@@ -293,7 +308,7 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool | Pat
         if latest is None:
             raise ValueError(f"{run_dir}: nothing to resume (no complete checkpoint in {ckpt_root})")
         check_fingerprint(latest, fingerprint, ignore_mismatch=cfg.ignore_resume_mismatch, say=say)
-        extra = manager.load(latest, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler,
+        extra = manager.load(latest, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, scaler=s.scaler,
                              map_location=s.device)
         if extra.get("tokens") != data.tokenizer.tokens:
             raise ValueError(f"{latest}: the data changed since this checkpoint (vocabulary differs); "
@@ -313,7 +328,7 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool | Pat
 
     def save(metrics: dict, finished: bool) -> Path:
         return manager.save(
-            s.step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, metrics=metrics,
+            s.step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, scaler=s.scaler, metrics=metrics,
             extra={"epoch": s.epoch, "data": str(data.data_path), "position": _position(s), "history": history,
                    "train_seconds": train_seconds, "learned_at": learned_at, "tokens": data.tokenizer.tokens,
                    "finished": finished},

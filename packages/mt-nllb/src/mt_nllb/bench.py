@@ -79,11 +79,13 @@ def _flops_per_real_token(config, tp, sample: int = 20000) -> float:
     return float(flops / (s_len.sum() + t_len.sum()))
 
 
-def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=False, tokenizer=None):
+def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=False, tokenizer=None,
+               losses_only=False):
     """`mt-nllb train`'s step for the TrainConfig ``cfg`` on the TokenizedPairs ``tp`` (token ids of
     ``tokenizer``, or of the architecture's own vocabulary when None, as the synthetic pairs are): the model,
     batches, optimizer, scheduler, loss and loop settings come from the same train.py builders, and
-    core's FitStep takes the optimizer steps exactly as fit does. Timed with core's harness."""
+    core's FitStep takes the optimizer steps exactly as fit does (its fast path included). Timed
+    with core's harness. ``losses_only``: run ``steps`` steps untimed and return their losses."""
     import torch
     from accelerate import PartialState
     from trainstack.bench import FitStep, time_steps
@@ -99,21 +101,34 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
         torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gib * 2**30 / total))
     precision = resolve_precision(cfg.precision)
     apply_precision(precision)
-    model = T.build_training_model(cfg, tokenizer, device)
-    batches = T.build_train_batches(cfg, tp, model.config, rank=state.process_index, world_size=state.num_processes)
+    speed = T.resolve_train_speed(cfg, device, precision, world_size=state.num_processes)
+    print(f"bench {name}: {speed.reason}; {T.describe_loss(cfg, speed)}", flush=True)
+    model = T.build_training_model(cfg, tokenizer, device, speed)
+    batches = T.build_train_batches(cfg, tp, model.config, rank=state.process_index, world_size=state.num_processes,
+                                    speed=speed)
     total_steps = T.total_optimizer_steps(cfg, batches)
     opt, sched = T.build_optimizer_and_scheduler(cfg, model, total_steps)
     padded_len = [0]
 
     def count_batch(batch):
         # The bench's tokens are source + target (train's log counts target tokens); counted on the
-        # host copy before the loss moves it, so the count adds no device sync.
+        # host copy before the loss moves it, so the count adds no device sync. Filler rows (the fast
+        # path's full batches) have no labels and are no samples.
         padded_len[0] = max(padded_len[0], int(batch["input_ids"].shape[1]))
-        return (int(batch["attention_mask"].sum()) + int((batch["labels"] != -100).sum()),
-                int(batch["input_ids"].shape[0]))
+        real_rows = (batch["labels"] != -100).any(dim=1)
+        return (int(batch["attention_mask"][real_rows].sum()) + int((batch["labels"] != -100).sum()),
+                int(real_rows.sum()))
 
-    step = FitStep(model=model, optimizer=opt, scheduler=sched, train_batches=batches, loss_fn=T.make_loss_fn(cfg),
-                   config=T.build_loop_config(cfg, total_steps), precision=precision, count_batch=count_batch)
+    step = FitStep(model=model, optimizer=opt, scheduler=sched, train_batches=batches,
+                   loss_fn=T.make_loss_fn(cfg, speed), config=T.build_loop_config(cfg, total_steps),
+                   precision=precision, count_batch=count_batch, speed=speed)
+    if losses_only:
+        for _ in range(steps):
+            step()
+        losses = [float(x) for x in step.losses]
+        model = opt = step = None
+        _release_gpu()
+        return losses
     fpt = _flops_per_real_token(model.config, tp)
 
     if device.type == "cuda":
@@ -128,7 +143,7 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
             for _ in range(3):
                 step()
             torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70))
         return None
     t0 = time.perf_counter()
     res = time_steps(step, warmup_steps=warmup, timed_steps=steps, real_tokens_per_step=lambda i: step.real_tokens_of(warmup + i),
@@ -137,10 +152,11 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
                      max_padded_len=padded_len[0], wall_s=round(time.perf_counter() - t0, 1),
                      batch_size=cfg.speed.batch_size, accum=cfg.grad_accum_steps,
                      max_tokens=0 if cfg.speed.batch_size else cfg.speed.max_tokens_per_batch,
-                     checkpointing=cfg.speed.gradient_checkpointing, compile_body=cfg.speed.compile,
+                     checkpointing=cfg.speed.gradient_checkpointing, compile_step=cfg.speed.compile,
                      compile_loss=cfg.speed.compile_loss, chunked_ce=cfg.speed.chunked_ce,
                      ce_chunk=cfg.speed.ce_chunk_tokens, optim=cfg.optim.name, optimizer=describe_optimizer(opt),
-                     precision=precision.name, memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt)
+                     precision=precision.name, memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt,
+                     speed=speed.reason, loss=T.describe_loss(cfg, speed), **step.stats)
     model = opt = step = None  # free the GPU before the next variant
     if device.type == "cuda":
         torch.cuda.set_per_process_memory_fraction(1.0)
@@ -275,16 +291,28 @@ class Variant:
     torch_profile: bool = False
 
 
-# "ours" is the h100-80g profile as shipped (96 sentences x 1, chunked CE, 2048-row chunks); the
-# others change one setting. Effective batch 96 sentences everywhere.
+NO_DROPOUT = ("model.dropout=0.0", "model.attention_dropout=0.0")
+"""fast-vs-eager compares losses at equal weights and batches: dropout's random masks come from
+different random-number offsets in a replayed graph, so it is off in both."""
+
+# "ours" is the h100-80g profile as shipped (96 sentences x 1, CUDA graphs over length-bucketed batches,
+# chunked CE in 4096-row chunks); the others change one setting. Effective batch 96 sentences everywhere.
 VARIANTS = {
     "ours": Variant("h100-80g"),
+    "ours-eager": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=false")),
+    "ours-eager-compile-loss": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=true")),
     "ours-compile-loss": Variant("h100-80g", ("speed.compile_loss=true",)),
-    "ours-compile-body": Variant("h100-80g", ("speed.compile=true",)),
-    "ours-unchunked": Variant("h100-80g", ("speed.chunked_ce=false", "speed.compile_loss=false")),
-    "ours-chunk4096": Variant("h100-80g", ("speed.ce_chunk_tokens=4096", "speed.compile_loss=true")),
-    "ours-nodropout": Variant("h100-80g", ("model.dropout=0.0",)),
-    "ours-profile": Variant("h100-80g", torch_profile=True),
+    "ours-compile-step": Variant("h100-80g", ("speed.compile=true",)),
+    "ours-unchunked": Variant("h100-80g", ("speed.chunked_ce=false",)),
+    "ours-pow2": Variant("h100-80g", ("speed.length_buckets=pow2",)),
+    # compiled layers without graphs (under graphs their capture fails: BENCHMARKS.md run 4)
+    "ours-compile-layers": Variant("h100-80g", ("speed.compile_layers=true", "speed.cuda_graphs=false")),
+    "ours-chunk2048": Variant("h100-80g", ("speed.ce_chunk_tokens=2048",)),
+    "ours-nodropout": Variant("h100-80g", NO_DROPOUT),
+    "ours-eager-nodropout": Variant("h100-80g", (*NO_DROPOUT, "speed.cuda_graphs=false", "speed.compile_loss=false")),
+    # Kernels one by one: a replayed graph hides them from the profiler, so this runs without graphs
+    # (the chunk math compiled as on the fast path).
+    "ours-profile": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=true"), torch_profile=True),
     # The shipped rtx4080s-16g profile under a 16 GiB cap; "-adamw" is the same with fp32 AdamW states,
     # and uncapped: the true peak with fp32 states, to check the memory estimate (and, minus the states'
     # difference, what 8-bit states imply) on a machine without bitsandbytes.
@@ -315,6 +343,20 @@ def variant_config(name: str, arch: str):
     if not cfg.speed.batch_size:
         raise ValueError(f"bench variant {name} uses a token budget; the bench needs a fixed speed.batch_size")
     return cfg
+
+
+def fast_vs_eager(arch: str, tp, steps: int, fast_arm: str = "ours-nodropout") -> dict:
+    """The shipped step (fast path) and the eager step from the same initial weights over the same
+    batches (the fast path pads them to buckets and fills short ones: the math is unchanged), dropout
+    off in both: each optimizer step's loss, and the largest difference. On CPU both run eagerly.
+    ``fast_arm``: a variant with dropout off."""
+    runs = {name: bench_ours(name, variant_config(name, arch), tp, steps=steps, warmup=0, losses_only=True)
+            for name in (fast_arm, "ours-eager-nodropout")}
+    fast, eager = runs[fast_arm], runs["ours-eager-nodropout"]
+    diff = max(abs(a - b) for a, b in zip(fast, eager, strict=True))
+    print(f"fast-vs-eager: {steps} steps, largest loss difference {diff:.2e} (fast {fast[-1]:.4f}, eager "
+          f"{eager[-1]:.4f} at the last step)", flush=True)
+    return {"steps": steps, "fast_arm": fast_arm, "fast_losses": fast, "eager_losses": eager, "max_abs_loss_diff": diff}
 
 
 def fit16_verdict(bench: dict, arch: str, length: int) -> dict:
@@ -362,11 +404,17 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-config", default="nllb-600m", help="shipped architecture: nllb-600m | tiny")
     p.add_argument("--only", default="users-trainer,ours,rtx4080s-16g",
-                   help=f"comma list of: users-trainer, {', '.join(VARIANTS)}")
+                   help=f"comma list of: users-trainer, fast-vs-eager, {', '.join(VARIANTS)}")
+    p.add_argument("--compare-steps", type=int, default=20, help="optimizer steps of the fast-vs-eager stage")
+    p.add_argument("--compare-fast-arm", default="ours-nodropout",
+                   help="the fast side of fast-vs-eager (a variant with dropout off)")
     p.add_argument("--pairs", type=int, default=20000)
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
     p.add_argument("--users-timed-steps", type=int, default=4)
+    p.add_argument("--users-warmup-steps", type=int, default=0,
+                   help="warm-up steps of the users' arm (default: --warmup-steps); ours warms up longer on the "
+                        "fast path, where each new padded shape is captured once")
     p.add_argument("--fixed-length", type=int, default=0,
                    help="every pair at this many tokens a side (memory worst case) instead of the lognormal")
     p.add_argument("--out", default="", help="write results JSON here")
@@ -378,22 +426,28 @@ def main(argv=None) -> int:
     from .model import load_arch_config
 
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n != "users-trainer" and n not in VARIANTS]
+    unknown = [n for n in names if n not in ("users-trainer", "fast-vs-eager") and n not in VARIANTS]
     if unknown:
-        p.error(f"unknown bench variant(s) {unknown}; choose from users-trainer, {', '.join(VARIANTS)}")
+        p.error(f"unknown bench variant(s) {unknown}; choose from users-trainer, fast-vs-eager, {', '.join(VARIANTS)}")
     print(device_banner(), flush=True)
     config = load_arch_config(args.model_config)
     tp = synthetic_pairs(args.pairs, config.vocab_size, seed=0, fixed_length=args.fixed_length)
     print(f"synthetic pairs: {len(tp)}, mean real tokens/pair {np.diff(tp.src_offsets).mean() + np.diff(tp.tgt_offsets).mean():.1f}",
           flush=True)
-    results, errors = [], {}
+    results, errors, comparison = [], {}, None
     for name in names:
         _release_gpu()  # a failed variant's blocks must not count in the next one's peak reserved
         t0 = time.perf_counter()
         try:
+            if name == "fast-vs-eager":
+                comparison = fast_vs_eager(args.model_config, tp, args.compare_steps, args.compare_fast_arm)
+                if args.out:
+                    _write(args.out, results, errors, comparison)
+                continue
             if name == "users-trainer":
                 res = bench_users(load_arch_config(args.model_config), tp, steps=args.users_timed_steps,
-                                  warmup=args.warmup_steps, workdir=Path(args.workdir) / "users")
+                                  warmup=args.users_warmup_steps or args.warmup_steps,
+                                  workdir=Path(args.workdir) / "users")
             else:
                 v = VARIANTS[name]
                 res = bench_ours(name, variant_config(name, args.model_config), tp, steps=args.timed_steps,
@@ -413,7 +467,7 @@ def main(argv=None) -> int:
                 torch.cuda.set_per_process_memory_fraction(1.0)
                 torch.cuda.empty_cache()
         if args.out:
-            _write(args.out, results, errors)
+            _write(args.out, results, errors, comparison)
     if results:
         base = "users-trainer" if any(r.name == "users-trainer" for r in results) else results[0].name
         print(compare(results, baseline=base))
@@ -431,10 +485,10 @@ def _release_gpu():
         torch.cuda.empty_cache()
 
 
-def _write(path, results, errors):
+def _write(path, results, errors, comparison=None):
     from dataclasses import asdict
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"results": [asdict(r) for r in results], "errors": errors,
+        json.dump({"results": [asdict(r) for r in results], "errors": errors, "fast_vs_eager": comparison,
                    "env": {k: os.environ.get(k) for k in ("PYTORCH_CUDA_ALLOC_CONF",)}}, f, indent=1, default=str)

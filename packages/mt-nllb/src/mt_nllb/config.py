@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainstack.config import ConfigError, check_limits
+from trainstack.speed import SpeedConfig as CoreSpeedConfig
+from trainstack.speed.config import Switch
 
 
 @dataclass
@@ -28,6 +30,8 @@ class ModelConfig:
     attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     dropout: float | None = None
     """Overrides the model config's dropout when set."""
+    attention_dropout: float | None = None
+    """Overrides the model config's attention dropout when set (NLLB's is 0.1)."""
 
 
 @dataclass
@@ -35,16 +39,30 @@ class DataConfig:
     train: list[str] = field(default_factory=lambda: ["wmt19"])
     """Sources: hub names ("wmt19", "opus100") or files (.tsv, .jsonl, .parquet)."""
     caps: list[int] = field(default_factory=list)
-    """Per-source row caps, same order as `train` (0 = no cap). Users' recipe: [5000000, 500000]."""
+    """Per-source caps, same order as `train` (0 = no cap). Users' recipe: [5000000, 500000]. Under
+    selection=recipe a cap takes the first N rows of its source; under cleaned it counts pairs kept."""
+    selection: Literal["recipe", "cleaned"] = "recipe"
+    """How pairs are chosen from the sources.
+    recipe: the users' steps. A cap takes the first N rows of its source (rows dropped later still
+    count); the min_chars..max_chars filter applies only to the sources marked in `length_filter`
+    (by default the OPUS-100 hub source, as in the recipe: WMT19 is taken as it is); no dedup.
+    cleaned: ours. Every source is length-filtered, exact duplicate pairs are dropped across
+    sources, and a cap counts the pairs kept (up to 0.1.0 the only behaviour).
+    Under both, pairs with an empty side are dropped and counted as bad rows."""
+    length_filter: list[bool] = field(default_factory=list)
+    """selection=recipe only: per source, same order as `train`, whether the min_chars..max_chars
+    filter applies (e.g. [false, true] for local copies of WMT19 and OPUS-100). Empty = the hub
+    source opus100 only."""
     test: str = ""
     """Test file (or "wmt19" = newstest2018) evaluated at the end; empty = skip."""
     validation_rows: int = 2000
-    """Held out from the mixed training data after filtering and dedup."""
+    """Held out from the selected training pairs."""
     min_chars: int = 10
     max_chars: int = 400
     max_length: int = 256
     """Token limit per side; longer pairs are truncated (and counted)."""
-    dedup: bool = True
+    dedup: bool | None = None
+    """Drop exact duplicate pairs across sources. Unset = as `selection` says (recipe: no, cleaned: yes)."""
     src_key: str = "zh"
     tgt_key: str = "en"
     cache_dir: str = ""
@@ -63,24 +81,39 @@ class OptimConfig:
 
 
 @dataclass
-class SpeedConfig:
+class SpeedConfig(CoreSpeedConfig):
+    """Core's fast path (cuda_graphs, length_buckets, compile, ...; docs/core-api.md) plus this task's
+    batching and loss switches. On one CUDA process the step is captured as CUDA graphs (one per
+    padded shape) and replayed: the GPU no longer waits for Python to launch ~5,000 kernels a step."""
+    compile: Switch = False
+    """torch.compile the whole step, one compilation per padded shape (core's speed.compile). Off here:
+    the 600M model's fwd+bwd takes minutes to compile for each of the dozen (source, target) bucket
+    pairs; CUDA graphs remove the launch overhead without it, and compile_loss fuses the head's math."""
+    length_buckets: str = "multiple:16"
+    """Padded lengths on the fast path (core's speed.length_buckets), per side. multiple:16 keeps the
+    padding under 16 tokens a side; each (source, target) bucket pair is one captured graph."""
     max_tokens_per_batch: int = 12288
     """Token budget per micro-batch, padding counted (len(batch) * longest side)."""
     max_batch_size: int = 0
     """Cap on sentences per micro-batch (0 = none); with a fixed effective batch, set batch_size."""
     batch_size: int = 0
-    """Fixed sentences per micro-batch instead of a token budget (0 = token budget)."""
+    """Fixed sentences per micro-batch instead of a token budget (0 = token budget). The fast path
+    fills a short batch to this many rows (ignored filler rows), so the shapes stay few."""
     chunked_ce: bool = True
     """Chunked linear + label-smoothed cross-entropy: never materializes full fp32 logits."""
     ce_chunk_tokens: int = 2048
     """Rows of the LM head per chunk: the chunk's fp32 logits take rows x vocab x 4 bytes (1 GiB at 1024)."""
-    compile_loss: bool = False
-    """torch.compile the per-chunk loss/gradient math (fused). H100: 177 vs 189 ms/step once warm, but
-    recompiles over the first steps cost more than that on short runs: off by default."""
+    compile_layers: Switch = False
+    """torch.compile each encoder and decoder layer (dynamic lengths: one compilation per layer kind,
+    shared by its 12 layers) to fuse the autocast casts, layer norms, dropout and residual adds.
+    Experimental: not yet with CUDA graphs (their capture failed on an H200; BENCHMARKS.md run 4),
+    so it needs speed.cuda_graphs=false."""
+    compile_loss: Switch = "auto"
+    """torch.compile the per-chunk loss/gradient math (two fused kernels instead of ~10 passes over
+    the chunk's fp32 logits). auto: on with CUDA and the fast path, where the shapes are few; eagerly
+    every batch has new shapes and the recompiles cost more than they save (H100, BENCHMARKS.md)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing. Not needed at batch 96 / 256 tokens with chunked CE."""
-    compile: bool = False
-    """torch.compile the model body. Measured slower on H100 (recompiles on variable shapes): off."""
     params_dtype: Literal["fp32", "bf16"] = "fp32"
     """bf16 = weights in bf16 with fp32 optimizer math (pure bf16 training; smaller, less exact)."""
 
@@ -142,6 +175,12 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.data.caps and len(self.data.caps) != len(self.data.train):
             raise ValueError(f"data.caps has {len(self.data.caps)} entries for {len(self.data.train)} sources")
+        if self.data.length_filter and len(self.data.length_filter) != len(self.data.train):
+            raise ConfigError(f"config key 'data.length_filter': {len(self.data.length_filter)} entries for "
+                              f"{len(self.data.train)} sources in data.train; give one true/false per source")
+        if self.data.length_filter and self.data.selection != "recipe":
+            raise ConfigError("config key 'data.length_filter': applies to data.selection=recipe; "
+                              "data.selection=cleaned filters every source")
         if self.data.min_chars > self.data.max_chars:
             raise ValueError("data.min_chars must be <= data.max_chars")
         if self.save_every_steps and self.eval_every_steps and self.save_every_steps % self.eval_every_steps:

@@ -1,8 +1,14 @@
 """Sentence pairs in, token-budget batches out.
 
-    sources (hub names or .tsv/.jsonl/.parquet) -> per-source caps -> 10..400-char filter -> dedup
-    -> held-out validation slice -> tokenize with language codes -> parquet cache (by fingerprint)
-    -> TranslationBatches (length-bucketed token-budget batches, resumable mid-epoch)
+    sources (hub names or .tsv/.jsonl/.parquet) -> selection (per-source caps, 10..400-char filter,
+    dedup: data.selection) -> held-out validation slice -> tokenize with language codes -> parquet
+    cache (by fingerprint) -> TranslationBatches (length-bucketed token-budget batches, resumable mid-epoch)
+
+data.selection=recipe (the default) follows the users' recipe: the first 5,000,000 rows of WMT19
+zh-en as they are, plus the first 500,000 rows of OPUS-100 en-zh kept when both sides are 10..400
+characters; no dedup. A cap takes the first N rows of its source (rows later dropped still count).
+data.selection=cleaned is ours: every source length-filtered, exact duplicates dropped across
+sources, and a cap counts the pairs kept.
 
 Bad rows (wrong column count, empty side, non-UTF-8, invalid JSON, missing key) are counted per
 source and reported with their file:line; they never stop the run. Over-length pairs are dropped by
@@ -39,6 +45,8 @@ class DataError(ValueError):
 @dataclass
 class SourceReport:
     name: str
+    rule: str = ""
+    """How this source's pairs were chosen (cap, filter, dedup), for the log."""
     read: int = 0
     kept: int = 0
     bad: Counter = field(default_factory=Counter)
@@ -51,13 +59,14 @@ class SourceReport:
             self.examples.append(f"{where}: {reason}")
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "read": self.read, "kept": self.kept, "bad": dict(self.bad),
+        return {"name": self.name, "rule": self.rule, "read": self.read, "kept": self.kept, "bad": dict(self.bad),
                 "filtered": dict(self.filtered), "examples": self.examples}
 
     def line(self) -> str:
         bad = ", ".join(f"{k} {v}" for k, v in sorted(self.bad.items())) or "none"
         filt = ", ".join(f"{k} {v}" for k, v in sorted(self.filtered.items())) or "none"
-        return f"data {self.name}: read {self.read}, kept {self.kept}, bad rows: {bad}; filtered: {filt}"
+        rule = f" ({self.rule})" if self.rule else ""
+        return f"data {self.name}{rule}: read {self.read}, kept {self.kept}, bad rows: {bad}; filtered: {filt}"
 
 
 SHIPPED_SAMPLES = {"sample": "zh-en.sample.tsv", "sample-test": "zh-en.test.tsv"}
@@ -90,11 +99,17 @@ def _pairs_from_translation(obj, src_key, tgt_key):
     return None, f"expected 'translation' {{{src_key}, {tgt_key}}} or 'src'/'tgt' keys, got {keys}"
 
 
-def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, split: str = "train"):
-    """Yield (src, tgt, where) raw pairs; malformed rows go to ``report``."""
+def _at_row_cap(report: SourceReport, max_rows: int) -> bool:
+    return bool(max_rows) and report.read >= max_rows
+
+
+def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, split: str = "train",
+                max_rows: int = 0):
+    """Yield (src, tgt, where) raw pairs; malformed rows go to ``report``. ``max_rows`` > 0: read only
+    the first that many rows (bad rows included), as a dataset's ``select(range(N))`` does."""
     source = resolve_source(source)
     if _is_hub_name(source):
-        yield from _iter_hub(source, src_key, tgt_key, report, split)
+        yield from _iter_hub(source, src_key, tgt_key, report, split, max_rows)
         return
     path = Path(source)
     if not path.exists():
@@ -103,6 +118,8 @@ def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, s
     if suffix in (".tsv", ".txt"):
         with open(path, "rb") as f:
             for n, raw in enumerate(f, 1):
+                if _at_row_cap(report, max_rows):
+                    return
                 report.read += 1
                 where = f"{path.name}:{n}"
                 try:
@@ -121,6 +138,8 @@ def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, s
                 where = f"{path.name}:{n}"
                 if not raw.strip():
                     continue
+                if _at_row_cap(report, max_rows):
+                    return
                 report.read += 1
                 try:
                     obj = json.loads(raw.decode("utf-8"))
@@ -136,12 +155,12 @@ def iter_source(source: str, src_key: str, tgt_key: str, report: SourceReport, s
                     continue
                 yield pair[0], pair[1], where
     elif suffix == ".parquet":
-        yield from _iter_parquet(path, src_key, tgt_key, report)
+        yield from _iter_parquet(path, src_key, tgt_key, report, max_rows)
     else:
         raise DataError(f"{source}: unsupported file type {suffix!r} (use .tsv, .jsonl or .parquet)")
 
 
-def _iter_hub(source: str, src_key: str, tgt_key: str, report: SourceReport, split: str):
+def _iter_hub(source: str, src_key: str, tgt_key: str, report: SourceReport, split: str, max_rows: int = 0):
     from trainstack.hub import loading
 
     dataset_id, config, train_split, test_split = HUB_SOURCES[source.lower()]
@@ -153,7 +172,7 @@ def _iter_hub(source: str, src_key: str, tgt_key: str, report: SourceReport, spl
         ds = load_dataset(dataset_id, config, split=train_split if split == "train" else test_split, streaming=True)
         rows = iter(ds)
         i = 0
-        while (row := next(rows, None)) is not None:
+        while not _at_row_cap(report, max_rows) and (row := next(rows, None)) is not None:
             report.read += 1
             pair, err = _pairs_from_translation(row, src_key, tgt_key)
             if err:
@@ -163,7 +182,7 @@ def _iter_hub(source: str, src_key: str, tgt_key: str, report: SourceReport, spl
             i += 1
 
 
-def _iter_parquet(path: Path, src_key: str, tgt_key: str, report: SourceReport):
+def _iter_parquet(path: Path, src_key: str, tgt_key: str, report: SourceReport, max_rows: int = 0):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -172,6 +191,8 @@ def _iter_parquet(path: Path, src_key: str, tgt_key: str, report: SourceReport):
         pf = pq.ParquetFile(path)
         for batch in pf.iter_batches(batch_size=8192):
             for row in batch.to_pylist():
+                if _at_row_cap(report, max_rows):
+                    return
                 n += 1
                 report.read += 1
                 pair, err = _pairs_from_translation(row, src_key, tgt_key)
@@ -184,15 +205,26 @@ def _iter_parquet(path: Path, src_key: str, tgt_key: str, report: SourceReport):
                         f"saved as .parquet? Re-export it, or name it by its format (.jsonl, .tsv)") from None
 
 
-def read_pairs(sources, caps, src_key, tgt_key, min_chars, max_chars, dedup=True, split="train"):
-    """Mixed, filtered, deduplicated pairs ``[(src, tgt)]`` and one SourceReport per source."""
+def read_pairs(sources, caps, src_key, tgt_key, min_chars, max_chars, dedup=True, split="train", *,
+               length_filter=None, caps_count="kept"):
+    """Mixed pairs ``[(src, tgt)]`` and one SourceReport per source.
+
+    ``length_filter``: per source, whether the min_chars..max_chars filter applies (None = every
+    source). ``caps_count``: "rows" = a cap takes the first N rows of its source; "kept" = a cap
+    counts the pairs kept after filtering and dedup. ``dedup`` drops exact duplicate pairs across
+    sources. Empty sides and rows that are not text are bad rows under every rule."""
+    if caps_count not in ("rows", "kept"):
+        raise ValueError(f"caps_count must be 'rows' or 'kept', got {caps_count!r}")
     caps = list(caps) or [0] * len(sources)
+    filters = [True] * len(sources) if length_filter is None else list(length_filter)
     pairs, reports, seen = [], [], set()
-    for source, cap in zip(sources, caps, strict=True):
-        report = SourceReport(source)
+    for source, cap, filtered in zip(sources, caps, filters, strict=True):
+        report = SourceReport(source, _describe_rule(cap, caps_count, filtered, min_chars, max_chars, dedup))
         reports.append(report)
-        for src, tgt, where in iter_source(source, src_key, tgt_key, report, split=split):
-            if cap and report.kept >= cap:
+        rows = iter_source(source, src_key, tgt_key, report, split=split,
+                           max_rows=cap if caps_count == "rows" else 0)
+        for src, tgt, where in rows:
+            if cap and caps_count == "kept" and report.kept >= cap:
                 break
             if not isinstance(src, str) or not isinstance(tgt, str):
                 report.bad_row(where, "a side is not text")
@@ -201,7 +233,7 @@ def read_pairs(sources, caps, src_key, tgt_key, min_chars, max_chars, dedup=True
             if not src or not tgt:
                 report.bad_row(where, "empty side")
                 continue
-            if not (min_chars <= len(src) <= max_chars and min_chars <= len(tgt) <= max_chars):
+            if filtered and not (min_chars <= len(src) <= max_chars and min_chars <= len(tgt) <= max_chars):
                 report.filtered["length"] += 1
                 continue
             if dedup:
@@ -213,6 +245,36 @@ def read_pairs(sources, caps, src_key, tgt_key, min_chars, max_chars, dedup=True
             report.kept += 1
             pairs.append((src, tgt))
     return pairs, reports
+
+
+def _describe_rule(cap: int, caps_count: str, filtered: bool, min_chars: int, max_chars: int, dedup: bool) -> str:
+    parts = [f"first {cap} rows" if caps_count == "rows" else f"up to {cap} kept pairs"] if cap else []
+    parts.append(f"{min_chars}..{max_chars} chars" if filtered else "no length filter")
+    parts.append("dedup" if dedup else "no dedup")
+    return ", ".join(parts)
+
+
+def _is_opus100(source: str) -> bool:
+    return _is_hub_name(source) and HUB_SOURCES[source.lower()][0] == "Helsinki-NLP/opus-100"
+
+
+def selection_options(data_cfg) -> dict:
+    """read_pairs' keyword arguments for ``data.selection`` (and the data keys that refine it)."""
+    recipe = data_cfg.selection == "recipe"
+    if not recipe:
+        length_filter = None
+    elif data_cfg.length_filter:
+        length_filter = list(data_cfg.length_filter)
+    else:  # the users' recipe filters OPUS-100 only
+        length_filter = [_is_opus100(source) for source in data_cfg.train]
+    dedup = (not recipe) if data_cfg.dedup is None else data_cfg.dedup
+    return {"dedup": dedup, "length_filter": length_filter, "caps_count": "rows" if recipe else "kept"}
+
+
+def read_training_pairs(data_cfg):
+    """The training pairs (validation not yet held out) and the per-source reports, as ``data.*`` says."""
+    return read_pairs(data_cfg.train, data_cfg.caps, data_cfg.src_key, data_cfg.tgt_key, data_cfg.min_chars,
+                      data_cfg.max_chars, **selection_options(data_cfg))
 
 
 def split_validation(pairs, validation_rows: int, seed: int):
@@ -319,29 +381,38 @@ def fingerprint(data_cfg, tokenizer_spec: str, src_lang: str, tgt_lang: str) -> 
         "version": CACHE_VERSION, "sources": [_source_identity(s) for s in data_cfg.train],
         "caps": list(data_cfg.caps), "validation_rows": data_cfg.validation_rows,
         "chars": [data_cfg.min_chars, data_cfg.max_chars], "max_length": data_cfg.max_length,
-        "dedup": data_cfg.dedup, "keys": [data_cfg.src_key, data_cfg.tgt_key], "seed": data_cfg.seed,
+        "selection": selection_options(data_cfg), "keys": [data_cfg.src_key, data_cfg.tgt_key], "seed": data_cfg.seed,
         "tokenizer": tokenizer_spec, "langs": [src_lang, tgt_lang],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int):
-    """input_ids/attention_mask (source), decoder_input_ids (shifted labels), labels (-100 on pad)."""
+def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int, buckets=None, rows: int = 0):
+    """input_ids/attention_mask (source), decoder_input_ids (shifted labels), labels (-100 on pad).
+
+    For the fast path (a compiled or captured step sees a few shapes): ``buckets`` (core's
+    LengthBuckets) pads each side to its bucket, and ``rows`` fills a short batch with filler rows. A
+    filler row attends to one pad token (a fully masked attention row would give NaN) and all its
+    labels are ignored: no loss, zero gradient, the mean over real tokens unchanged."""
     import torch
 
     n = len(indices)
     s_len = max(len(tp.src(i)) for i in indices)
     t_len = max(len(tp.tgt(i)) for i in indices)
-    input_ids = np.full((n, s_len), pad_id, dtype=np.int64)
-    attention = np.zeros((n, s_len), dtype=np.int64)
-    labels = np.full((n, t_len), -100, dtype=np.int64)
-    dec = np.full((n, t_len), pad_id, dtype=np.int64)
+    if buckets is not None:
+        s_len, t_len = buckets.bucket(s_len), buckets.bucket(t_len)
+    height = max(n, rows)
+    input_ids = np.full((height, s_len), pad_id, dtype=np.int64)
+    attention = np.zeros((height, s_len), dtype=np.int64)
+    labels = np.full((height, t_len), -100, dtype=np.int64)
+    dec = np.full((height, t_len), pad_id, dtype=np.int64)
+    attention[n:, 0] = 1
+    dec[:, 0] = decoder_start_id
     for row, i in enumerate(indices):
         s, t = tp.src(i), tp.tgt(i)
         input_ids[row, :len(s)] = s
         attention[row, :len(s)] = 1
         labels[row, :len(t)] = t
-        dec[row, 0] = decoder_start_id
         dec[row, 1:len(t)] = t[:-1]
     return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
             "decoder_input_ids": torch.from_numpy(dec), "labels": torch.from_numpy(labels)}
@@ -362,8 +433,11 @@ class TranslationBatches:
     """core's ``Batches`` protocol over TokenizedPairs: set_epoch, iteration, resumable position."""
 
     def __init__(self, tp: TokenizedPairs, *, max_tokens: int, pad_id: int, decoder_start_id: int, seed: int = 0,
-                 max_batch_size: int = 0, fixed_batch_size: int = 0, rank: int = 0, world_size: int = 1):
-        self.rank, self.world_size = rank, world_size
+                 max_batch_size: int = 0, fixed_batch_size: int = 0, rank: int = 0, world_size: int = 1,
+                 buckets=None):
+        """``buckets`` (core's LengthBuckets, the fast path): both sides padded to a bucket, and with a
+        ``fixed_batch_size`` every batch filled to that many rows, so the step sees few shapes."""
+        self.rank, self.world_size, self.buckets = rank, world_size, buckets
         self.tp, self.max_tokens, self.pad_id, self.decoder_start_id = tp, max_tokens, pad_id, decoder_start_id
         self.seed, self.max_batch_size, self.fixed_batch_size = seed, max_batch_size, fixed_batch_size
         self.lengths = tp.lengths()
@@ -397,7 +471,8 @@ class TranslationBatches:
         while self.position < len(batches):
             indices = batches[self.position]
             self.position += 1
-            yield collate(self.tp, indices, self.pad_id, self.decoder_start_id)
+            yield collate(self.tp, indices, self.pad_id, self.decoder_start_id, self.buckets,
+                          rows=self.fixed_batch_size if self.buckets is not None else 0)
         self.position = 0
 
     def state_dict(self) -> dict:

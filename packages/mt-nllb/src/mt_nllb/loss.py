@@ -4,7 +4,10 @@ With a 256,206-token vocabulary, HF's path keeps (tokens x vocab) logits in bf16
 log_softmax, and its gradient: at 12k tokens per micro-batch that is ~37 GB. Here the head runs in
 chunks of rows: each chunk's logits are formed, reduced to the loss, turned into their gradient
 right away (softmax - (1-eps)*onehot - eps/V), multiplied into the hidden-state and weight
-gradients, and freed. Only pad-free rows (labels != -100) enter, so padding costs nothing.
+gradients, and freed. Eager, only pad-free rows (labels != -100) enter, so padding costs nothing.
+With ``fixed_shapes`` (the CUDA-graph fast path) every row enters and padded rows are masked
+instead: picking the real rows would give a data-dependent shape and read a count back to the host,
+which a captured graph cannot do.
 
 The value equals transformers' ``LabelSmoother`` (the Seq2SeqTrainer's label_smoothing_factor):
     (1 - eps) * mean(nll) + eps * mean over tokens of (sum over vocab of -log p) / V
@@ -17,84 +20,123 @@ import torch
 IGNORE_INDEX = -100
 
 
-def _chunk_loss(logits, y, epsilon: float):
-    """Summed label-smoothed CE of one chunk of logits (any dtype), computed in fp32."""
-    logits = logits.float()
-    vocab = logits.shape[-1]
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    nll = lse - logits.gather(1, y)
-    smooth = lse * vocab - logits.sum(dim=-1, keepdim=True)
-    return (1.0 - epsilon) * nll.sum() + (epsilon / vocab) * smooth.sum()
+def _smoothed_rows(logits32, lse, y, epsilon: float, vocab: int):
+    """Per-row label-smoothed CE (n, 1) from fp32 logits (their first ``vocab`` columns are the
+    vocabulary; any further ones are alignment padding) and the vocabulary's logsumexp."""
+    nll = lse - logits32.gather(1, y.clamp(min=0))
+    smooth = lse * vocab - logits32[:, :vocab].sum(dim=-1, keepdim=True)
+    return (1.0 - epsilon) * nll + (epsilon / vocab) * smooth
 
 
-def _chunk_loss_and_grad(logits, y, epsilon: float):
-    """The chunk's summed loss and d(loss)/d(logits) = softmax - (1-eps)*onehot - eps/V, in the logits'
-    dtype. Compiled, this fuses into ~2 kernels over the chunk (BENCHMARKS.md: 2.8x faster steps)."""
+def _chunk_loss(logits, y, epsilon: float, masked: bool, vocab: int):
+    """Summed label-smoothed CE of one chunk of logits (any dtype), computed in fp32. ``masked``: rows
+    whose label is IGNORE_INDEX count zero (torch.where, so even a non-finite padded row adds nothing)."""
     logits32 = logits.float()
-    vocab = logits32.shape[-1]
-    lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
-    target = logits32.gather(1, y)
-    loss = (1.0 - epsilon) * (lse - target).sum() + (epsilon / vocab) * (lse * vocab - logits32.sum(dim=-1, keepdim=True)).sum()
+    lse = torch.logsumexp(logits32[:, :vocab], dim=-1, keepdim=True)
+    rows = _smoothed_rows(logits32, lse, y, epsilon, vocab)
+    if masked:
+        rows = torch.where(y.ne(IGNORE_INDEX), rows, 0.0)
+    return rows.sum()
+
+
+def _chunk_loss_and_grad(logits, y, epsilon: float, masked: bool, vocab: int):
+    """The chunk's summed loss and d(loss)/d(logits) = softmax - (1-eps)*onehot - eps/V (zero on
+    masked rows and padding columns), in the logits' dtype. Compiled, this fuses into ~2 kernels
+    over the chunk (BENCHMARKS.md: 2.8x faster steps)."""
+    logits32 = logits.float()
+    lse = torch.logsumexp(logits32[:, :vocab], dim=-1, keepdim=True)
+    rows = _smoothed_rows(logits32, lse, y, epsilon, vocab)
     grad = torch.exp(logits32 - lse) - epsilon / vocab
-    grad = grad.scatter_add(1, y, torch.full_like(target, -(1.0 - epsilon)))
-    return loss, grad.to(logits.dtype)
+    if logits32.shape[1] > vocab:
+        grad = torch.where(torch.arange(logits32.shape[1], device=grad.device) < vocab, grad, 0.0)
+    grad = grad.scatter_add(1, y.clamp(min=0), torch.full_like(lse, -(1.0 - epsilon)))
+    if masked:
+        real = y.ne(IGNORE_INDEX)
+        rows, grad = torch.where(real, rows, 0.0), torch.where(real, grad, 0.0)
+    return rows.sum(), grad.to(logits.dtype)
 
 
-def _chunk_loss_and_grad_inplace(logits, y, epsilon: float):
+def _chunk_loss_and_grad_inplace(logits, y, epsilon: float, masked: bool, vocab: int):
     """Eager form of _chunk_loss_and_grad that reuses the chunk's fp32 buffer (one fp32 copy at a time)."""
     logits32 = logits.float()
-    vocab = logits32.shape[-1]
-    lse = torch.logsumexp(logits32, dim=-1, keepdim=True)
-    target = logits32.gather(1, y)
-    loss = (1.0 - epsilon) * (lse - target).sum() + (epsilon / vocab) * (lse * vocab - logits32.sum(dim=-1, keepdim=True)).sum()
-    grad = logits32.sub_(lse).exp_().sub_(epsilon / vocab)
-    grad.scatter_add_(1, y, torch.full_like(target, -(1.0 - epsilon)))
-    return loss, grad.to(logits.dtype)
+    lse = torch.logsumexp(logits32[:, :vocab], dim=-1, keepdim=True)
+    rows = _smoothed_rows(logits32, lse, y, epsilon, vocab)
+    logits32[:, :vocab].sub_(lse).exp_().sub_(epsilon / vocab)
+    logits32[:, vocab:] = 0.0
+    grad = logits32
+    grad.scatter_add_(1, y.clamp(min=0), torch.full_like(lse, -(1.0 - epsilon)))
+    if masked:
+        padded = y.eq(IGNORE_INDEX)
+        rows = rows.masked_fill(padded, 0.0)
+        grad.masked_fill_(padded, 0.0)
+    return rows.sum(), grad.to(logits.dtype)
 
 
-COMPILE_CHUNK = False
-"""Set by configure(compile_loss=True): the per-chunk math runs through torch.compile."""
-_compiled: dict = {}
+def aligned_rows(vocab: int) -> int:
+    """The head's rows rounded up to a multiple of 128. With NLLB's 256,206 (not a multiple of 8) the
+    logits' row stride is misaligned and cuBLAS falls back to slower pre-Hopper kernels for the three
+    head matmuls (H200 profile: ~290 TFLOP/s); zero rows up to 256,256 cost 0.02% more work."""
+    return -(-vocab // 128) * 128
+
+
+_CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
+"""(loss, loss-and-gradient) per chunk; configure(compile_loss=True) swaps in compiled ones."""
+_COMPILED: tuple | None = None
 
 
 def configure(compile_loss: bool) -> None:
-    global COMPILE_CHUNK
-    COMPILE_CHUNK = bool(compile_loss)
+    """Choose the per-chunk math once, before any step: a choice made inside a traced step would be
+    a guard that changes, and recompile it."""
+    global _CHUNK_FNS, _COMPILED
+    if not compile_loss:
+        _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
+        return
+    if _COMPILED is None:
+        _COMPILED = (torch.compile(_chunk_loss, dynamic=True), torch.compile(_chunk_loss_and_grad, dynamic=True))
+    _CHUNK_FNS = _COMPILED
 
 
 def _chunk_fn(with_grad: bool):
-    if not COMPILE_CHUNK:
-        return _chunk_loss_and_grad_inplace if with_grad else _chunk_loss
-    fn = _chunk_loss_and_grad if with_grad else _chunk_loss
-    if fn not in _compiled:
-        _compiled[fn] = torch.compile(fn, dynamic=True)
-    return _compiled[fn]
+    return _CHUNK_FNS[1] if with_grad else _CHUNK_FNS[0]
 
 
 class _ChunkedLinearSmoothedCE(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, labels, epsilon: float, chunk_rows: int, denominator):
+    def forward(ctx, hidden, weight, labels, epsilon: float, chunk_rows: int, denominator, masked: bool):
         n, _ = hidden.shape
-        w = weight.to(hidden.dtype)
+        vocab = weight.shape[0]
+        w = hidden.new_zeros((aligned_rows(vocab), weight.shape[1]))
+        w[:vocab] = weight  # cast to the compute dtype and aligned (zero rows; masked in the chunk math)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        # Eagerly the gradients accumulate in place (one fp32 weight-gradient buffer); a compiled step
+        # (speed.compile) traces the functional form, since dynamo cannot keep in-place buffers made
+        # inside an autograd.Function.
+        tracing = torch.compiler.is_compiling()
+        grad_h = torch.empty_like(hidden) if need_h and not tracing else None
+        grad_h_chunks = []
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device) if need_w else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, chunk_rows):
             h = hidden[start:start + chunk_rows]
             y = labels[start:start + chunk_rows].unsqueeze(1)
             if need_h or need_w:
                 # The bf16 logits are passed, not kept: the chunk's only fp32 copy lives inside.
-                chunk_loss, g = _chunk_fn(True)(h @ w.t(), y, epsilon)
-                if need_h:
+                chunk_loss, g = _chunk_fn(True)(h @ w.t(), y, epsilon, masked, vocab)
+                if need_h and tracing:
+                    grad_h_chunks.append(g @ w)
+                elif need_h:
                     grad_h[start:start + chunk_rows] = g @ w
                 if need_w:
-                    grad_w += (g.t() @ h).float()
+                    grad_w = grad_w + (g.t() @ h).float() if tracing else grad_w.add_((g.t() @ h).float())
                 del g
             else:
-                chunk_loss = _chunk_fn(False)(h @ w.t(), y, epsilon)
-            total += chunk_loss
+                chunk_loss = _chunk_fn(False)(h @ w.t(), y, epsilon, masked, vocab)
+            total = total + chunk_loss
+        if grad_h_chunks:
+            grad_h = torch.cat(grad_h_chunks)
         loss = total / denominator
+        if grad_w is not None:
+            grad_w = grad_w[:vocab]
         ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None, denominator)
         ctx.weight_dtype = weight.dtype
         return loss
@@ -105,18 +147,25 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
         scale = grad_out / denominator
         dh = (grad_h * scale.to(grad_h.dtype)) if grad_h is not None else None
         dw = (grad_w * scale).to(ctx.weight_dtype) if grad_w is not None else None
-        return dh, dw, None, None, None, None
+        return dh, dw, None, None, None, None, None
 
 
-def chunked_smoothed_ce(hidden, weight, labels, epsilon: float = 0.1, chunk_rows: int = 2048):
+def chunked_smoothed_ce(hidden, weight, labels, epsilon: float = 0.1, chunk_rows: int = 2048,
+                        fixed_shapes: bool = False):
     """hidden (B, T, D) decoder output, weight (V, D) LM head, labels (B, T) with -100 for padding.
-    Returns (mean loss over real tokens, number of real tokens as a tensor)."""
+    Returns (mean loss over real tokens, number of real tokens as a tensor). ``fixed_shapes``: all
+    B*T rows enter (padding masked), so shapes depend on (B, T) alone and nothing syncs the host."""
     mask = labels.ne(IGNORE_INDEX)
-    h = hidden[mask]
-    y = labels[mask]
+    if fixed_shapes:
+        # Padded rows zeroed too: their zero gradient times a non-finite hidden state would still
+        # reach the weight gradient as NaN.
+        h = torch.where(mask.reshape(-1, 1), hidden.reshape(-1, hidden.shape[-1]), 0.0)
+        y = labels.reshape(-1)
+    else:
+        h, y = hidden[mask], labels[mask]
     count = mask.sum()
     denominator = count.clamp(min=1).to(torch.float32)
-    loss = _ChunkedLinearSmoothedCE.apply(h, weight, y, float(epsilon), int(chunk_rows), denominator)
+    loss = _ChunkedLinearSmoothedCE.apply(h, weight, y, float(epsilon), int(chunk_rows), denominator, fixed_shapes)
     return loss, count
 
 
@@ -134,14 +183,16 @@ def full_logits_smoothed_ce(logits, labels, epsilon: float = 0.1):
     return (1.0 - epsilon) * nll + epsilon * smooth, count
 
 
-def seq2seq_loss(model, batch, epsilon: float, chunked: bool = True, chunk_rows: int = 2048):
+def seq2seq_loss(model, batch, epsilon: float, chunked: bool = True, chunk_rows: int = 2048,
+                 fixed_shapes: bool = False):
     """(loss, real target tokens) of an M2M100ForConditionalGeneration on a batch with input_ids,
-    attention_mask, decoder_input_ids, labels. The body runs once; the head is ours."""
+    attention_mask, decoder_input_ids, labels. The body runs once; the head is ours. ``fixed_shapes``:
+    see chunked_smoothed_ce (the unchunked form is shape-fixed already)."""
     core = getattr(model, "_orig_mod", model)
     outputs = core.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          decoder_input_ids=batch["decoder_input_ids"], use_cache=False)
     hidden = outputs.last_hidden_state
     head = core.lm_head.weight
     if chunked:
-        return chunked_smoothed_ce(hidden, head, batch["labels"], epsilon, chunk_rows)
+        return chunked_smoothed_ce(hidden, head, batch["labels"], epsilon, chunk_rows, fixed_shapes)
     return full_logits_smoothed_ce(torch.nn.functional.linear(hidden, head.to(hidden.dtype)), batch["labels"], epsilon)

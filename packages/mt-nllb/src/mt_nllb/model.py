@@ -19,7 +19,8 @@ def shipped_config_path(name: str):
     return resources.files("mt_nllb") / "model_configs" / f"{name}.json"
 
 
-def load_arch_config(name: str, vocab_size: int | None = None, dropout: float | None = None):
+def load_arch_config(name: str, vocab_size: int | None = None, dropout: float | None = None,
+                     attention_dropout: float | None = None):
     from transformers import M2M100Config
 
     data = json.loads(shipped_config_path(name).read_text(encoding="utf-8"))
@@ -28,6 +29,8 @@ def load_arch_config(name: str, vocab_size: int | None = None, dropout: float | 
         data["vocab_size"] = vocab_size
     if dropout is not None:
         data["dropout"] = dropout
+    if attention_dropout is not None:
+        data["attention_dropout"] = attention_dropout
     return M2M100Config(**data)
 
 
@@ -89,7 +92,7 @@ def build_model(cfg, tokenizer, device=None):
     name = cfg.name_or_path
     if name in SHIPPED_ARCHS:
         vocab = len(tokenizer) if name == "tiny" and tokenizer is not None else None
-        config = load_arch_config(name, vocab_size=vocab, dropout=cfg.dropout)
+        config = load_arch_config(name, vocab_size=vocab, dropout=cfg.dropout, attention_dropout=cfg.attention_dropout)
         if tokenizer is not None and len(tokenizer) > config.vocab_size:
             raise ValueError(f"tokenizer has {len(tokenizer)} tokens but {name} has vocab_size {config.vocab_size}")
         config._attn_implementation = cfg.attn_implementation
@@ -97,8 +100,9 @@ def build_model(cfg, tokenizer, device=None):
             model = M2M100ForConditionalGeneration(config)
     else:
         kwargs = {"attn_implementation": cfg.attn_implementation, "dtype": torch.float32}
-        if cfg.dropout is not None:
-            kwargs["dropout"] = cfg.dropout
+        for key in ("dropout", "attention_dropout"):
+            if getattr(cfg, key) is not None:
+                kwargs[key] = getattr(cfg, key)
         model = hub_or_dir(lambda n: AutoModelForSeq2SeqLM.from_pretrained(n, **kwargs), name, "model.name_or_path")
     return model
 

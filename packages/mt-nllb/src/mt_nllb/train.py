@@ -7,9 +7,10 @@ N GPUs:           accelerate launch --num_processes N -m mt_nllb train --profile
 CPU (smoke):      mt-nllb train --profile cpu-debug --run-dir runs/debug
 Resume:           the same command plus --resume (latest checkpoint) or --resume PATH
 
-setup: config -> precision -> data (cached by fingerprint) -> model, moved to its device -> batches
-       -> optimizer (fused on CUDA; the line "optimizer: ..." says which) / scheduler
-       (the build_* functions below; `mt-nllb bench` times the same ones)
+setup: config -> precision -> data (cached by fingerprint) -> fast path (core's speed: CUDA graphs
+       over length-bucketed, row-filled batches; the line "speed: ..." says what runs) -> model, moved
+       to its device -> batches -> optimizer (fused on CUDA; the line "optimizer: ..." says which) /
+       scheduler (the build_* functions below; `mt-nllb bench` times the same ones)
 train: core's loop (trainstack.loop.fit): our loss_fn, evaluation by BLEU at the eval cadence
 end:   best checkpoint by BLEU -> test file -> predictions + metrics
 """
@@ -58,8 +59,7 @@ def read_data(cfg: TrainConfig, run_dir: Path) -> DataPlan:
         tokenizer = load_tokenizer(str(cache / "tokenizer")) if tok_spec == "sample" else load_tokenizer(tok_spec, tok_key)
         return DataPlan(tokenizer, cache, fp, tok_spec == "sample", cached_report=report)
     check_writable_dir(cache_root, "data.cache_dir")  # written after tokenizing: fail now, not then
-    pairs, reports = D.read_pairs(cfg.data.train, cfg.data.caps, cfg.data.src_key, cfg.data.tgt_key,
-                                  cfg.data.min_chars, cfg.data.max_chars, cfg.data.dedup)
+    pairs, reports = D.read_training_pairs(cfg.data)
     for r in reports:
         print(r.line())
         for ex in r.examples:
@@ -141,10 +141,26 @@ def resume_target(resume: str | None, run_dir: Path) -> bool | Path:
 # The builders below are the whole training setup; `mt-nllb bench` ("ours" arms) calls the same
 # functions, so a bench figure is what `mt-nllb train` runs (tests/test_bench_builders.py checks it).
 
-def build_training_model(cfg: TrainConfig, tokenizer, device):
+def resolve_train_speed(cfg: TrainConfig, device, precision, world_size: int = 1):
+    """Core's fast path for this run (trainstack.speed.Speed): CUDA graphs and length buckets on one
+    CUDA process unless the config turns them off; eager on CPU and under DDP."""
+    from trainstack.speed import resolve_speed
+
+    return resolve_speed(cfg.speed, device, use_grad_scaler=precision.use_grad_scaler, world_size=world_size,
+                         max_len=cfg.data.max_length)
+
+
+def compile_loss_chunks(cfg: TrainConfig, speed) -> bool:
+    """speed.compile_loss resolved: auto compiles the head's chunk math where the fast path keeps the
+    shapes few."""
+    return speed.fast if cfg.speed.compile_loss == "auto" else bool(cfg.speed.compile_loss)
+
+
+def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None):
     """The model `train` trains, already on ``device``, so that the optimizer built next sees CUDA
     parameters and takes the fused kernel. ``tokenizer`` may be None for a shipped architecture
-    (the bench's synthetic ids); a random-init architecture is initialised on ``device`` directly."""
+    (the bench's synthetic ids); a random-init architecture is initialised on ``device`` directly.
+    ``speed`` (resolve_train_speed) decides whether the loss's chunk math is compiled."""
     import torch
     from trainstack.config import ConfigError
 
@@ -161,19 +177,45 @@ def build_training_model(cfg: TrainConfig, tokenizer, device):
     if cfg.speed.params_dtype == "bf16":
         model.to(torch.bfloat16)
     model.to(device)
-    if cfg.speed.compile:
-        model.model.compile(dynamic=True)  # in place: state_dict keys stay the same
-    loss_mod.configure(cfg.speed.compile_loss)
+    loss_mod.configure(compile_loss_chunks(cfg, speed) if speed is not None else cfg.speed.compile_loss is True)
+    if speed is not None and compile_layers_on(cfg, speed):
+        compile_layers(model, speed.compile_backend)
     return model
 
 
-def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0, world_size: int = 1):
+def compile_layers_on(cfg: TrainConfig, speed) -> bool:
+    from trainstack.config import ConfigError
+
+    on = speed.cuda_graphs if cfg.speed.compile_layers == "auto" else bool(cfg.speed.compile_layers)
+    if on and speed.cuda_graphs:
+        # Measured on an H200 (BENCHMARKS.md, run 4): capturing a step with compiled layers fails and
+        # leaves the CUDA random-number state unusable for the rest of the process.
+        raise ConfigError("speed.compile_layers=true does not work under CUDA graphs yet: add "
+                          "speed.cuda_graphs=false, or leave speed.compile_layers=false")
+    return on
+
+
+def compile_layers(model, backend: str) -> None:
+    """Compile every encoder and decoder layer in place (state_dict keys unchanged). Layers of one
+    kind share the compiled code: their parameters are graph inputs, so 24 layers cost two
+    compilations; lengths are dynamic, so new padded shapes do not recompile."""
+    from trainstack.speed.cache import enable_compile_cache
+
+    enable_compile_cache()
+    for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
+        layer.compile(dynamic=True, backend=backend)
+
+
+def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0, world_size: int = 1, speed=None):
+    """Length-sorted batches; on the fast path padded to speed's length buckets and filled to
+    speed.batch_size rows, so the captured step sees a few shapes."""
     from .data import TranslationBatches
 
+    buckets = speed.buckets(cfg.data.max_length) if speed is not None and speed.fast else None
     return TranslationBatches(train_tp, max_tokens=cfg.speed.max_tokens_per_batch, pad_id=model_config.pad_token_id,
                               decoder_start_id=model_config.decoder_start_token_id, seed=cfg.seed,
                               max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size,
-                              rank=rank, world_size=world_size)
+                              rank=rank, world_size=world_size, buckets=buckets)
 
 
 def total_optimizer_steps(cfg: TrainConfig, batches) -> int:
@@ -193,17 +235,31 @@ def build_optimizer_and_scheduler(cfg: TrainConfig, model, total_steps: int):
     return optimizer, scheduler
 
 
-def make_loss_fn(cfg: TrainConfig):
-    """core's loss_fn(model, batch) -> (label-smoothed CE, real target tokens)."""
+def make_loss_fn(cfg: TrainConfig, speed=None):
+    """core's loss_fn(model, batch) -> (label-smoothed CE, real target tokens). On the fast path the
+    head keeps every row (padding masked): fixed shapes, nothing read back to the host."""
     from . import loss as loss_mod
+
+    fixed_shapes = speed is not None and speed.fast
 
     def loss_fn(model, batch):
         device = next(model.parameters()).device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         return loss_mod.seq2seq_loss(model, batch, cfg.label_smoothing, chunked=cfg.speed.chunked_ce,
-                                     chunk_rows=cfg.speed.ce_chunk_tokens)
+                                     chunk_rows=cfg.speed.ce_chunk_tokens, fixed_shapes=fixed_shapes)
 
     return loss_fn
+
+
+def describe_loss(cfg: TrainConfig, speed) -> str:
+    """The start-up line naming the loss path that runs."""
+    if not cfg.speed.chunked_ce:
+        return f"loss: label-smoothed CE ({cfg.label_smoothing}) over full logits"
+    math = "compiled" if compile_loss_chunks(cfg, speed) else "eager"
+    layers = ", layers compiled" if compile_layers_on(cfg, speed) else ""
+    rows = "every row, padding masked (fixed shapes)" if speed.fast else "real tokens only"
+    return (f"loss: label-smoothed CE ({cfg.label_smoothing}), LM head in chunks of {cfg.speed.ce_chunk_tokens} "
+            f"rows, {rows}, chunk math {math}{layers}")
 
 
 def build_loop_config(cfg: TrainConfig, total_steps: int):
@@ -243,7 +299,8 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
 
     # One process, or one of N under `accelerate launch`; its device is the one fit's accelerator uses.
     state = PartialState()
-    model = build_training_model(cfg, tokenizer, state.device)
+    speed = resolve_train_speed(cfg, state.device, precision, world_size=state.num_processes)
+    model = build_training_model(cfg, tokenizer, state.device, speed)
 
     make_run_dir(run_dir, "--run-dir")
     save_config(cfg, run_dir)
@@ -255,10 +312,12 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {cfg.model.name_or_path}, {n_params / 1e6:.1f}M parameters, attention {cfg.model.attn_implementation}")
 
-    batches = build_train_batches(cfg, train_tp, model.config, rank=state.process_index, world_size=state.num_processes)
+    batches = build_train_batches(cfg, train_tp, model.config, rank=state.process_index, world_size=state.num_processes,
+                                  speed=speed)
     total_steps = total_optimizer_steps(cfg, batches)
     optimizer, scheduler = build_optimizer_and_scheduler(cfg, model, total_steps)
-    loss_fn = make_loss_fn(cfg)
+    loss_fn = make_loss_fn(cfg, speed)
+    print(describe_loss(cfg, speed))
 
     val_pairs = list(zip(val_tp.src_text, val_tp.tgt_text, strict=True))
     if cfg.eval.max_rows:
@@ -296,7 +355,7 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
                  flops_per_token=flops_per_token, resume=resume_arg,
                  save_model_fn=lambda d: save_model_and_tokenizer(model, tokenizer, d), progress=progress,
                  overwrite=cfg.overwrite, resume_fingerprint=fingerprint,
-                 ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=resume_hint)
+                 ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=resume_hint, speed=speed)
     summary = {"steps": result.steps, "last_loss": result.last_loss, "best_bleu": result.best_metric,
                "checkpoint": str(result.checkpoint) if result.checkpoint else None, "interrupted": result.interrupted}
 

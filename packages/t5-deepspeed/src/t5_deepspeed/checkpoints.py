@@ -10,18 +10,21 @@ Resume happens only when asked: `--resume_from_checkpoint PATH`, or `--resume_fr
 for the newest complete `checkpoint-N` in --output_dir (an incomplete newer one is skipped, and said).
 
 DeepSpeed loads its shards with `torch.load(weights_only=False)`. We force `weights_only=True` for the
-whole resume (TORCH_FORCE_WEIGHTS_ONLY_LOAD) with only DeepSpeed's own plain state classes allowed, and
-before that scan every pickle the resume will read, so a crafted file is refused before it is opened.
+whole resume with only DeepSpeed's own plain state classes allowed, and before that scan every pickle the
+resume will read, so a crafted file is refused before it is opened (core's trainstack.safe_loading).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import re
 from pathlib import Path
+
+from trainstack.checkpoint import CheckpointError
+from trainstack.safe_loading import check_pickles_are_plain, numpy_array_globals
+from trainstack.safe_loading import weights_only_loading as core_weights_only_loading
 
 log = logging.getLogger("t5_deepspeed")
 
@@ -35,10 +38,6 @@ _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)(\.previous)?")
 _PICKLES_READ_ON_RESUME = ("global_step*/*.pt", "rng_state*.pth", "scheduler.pt", "optimizer.pt", "scaler.pt")
 # Config keys that are bookkeeping, not model size.
 _NOT_SIZE_KEYS = {"transformers_version", "_name_or_path", "dtype", "torch_dtype", "use_cache", "architectures"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot or must not be resumed; one line."""
 
 
 def checkpoint_step(path: Path) -> int | None:
@@ -129,60 +128,10 @@ def check_same_model(ckpt: Path, model_config) -> None:
         "arguments it was trained with, or train this model in a new --output_dir")
 
 
-def _allowed_state_classes() -> list:
-    """DeepSpeed's plain state classes found in its own optimizer shards (an enum, a dataclass, the loss
-    scalers: attributes only, no code runs when they are rebuilt). Looked up one by one: their module
-    paths move between DeepSpeed versions."""
-    import importlib
-
-    found = []
-    for module, name in (("deepspeed.runtime.zero.config", "ZeroStageEnum"),
-                         ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
-                         ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
-                         ("deepspeed.utils.tensor_fragment", "fragment_address")):
-        try:
-            found.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return found
-
-
-@contextlib.contextmanager
 def weights_only_loading():
-    """Every torch.load inside is weights_only=True, whatever the caller passes (DeepSpeed passes
-    False), with DeepSpeed's state classes and the numpy types of the Trainer's RNG file allowed."""
-    import torch
-    from transformers.trainer_pt_utils import safe_globals as trainer_numpy_globals
-
-    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
-    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
-    try:
-        with torch.serialization.safe_globals(_allowed_state_classes()), trainer_numpy_globals():
-            yield
-    finally:
-        if previous is None:
-            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
-        else:
-            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
-
-
-def check_pickles_are_plain(ckpt: Path) -> None:
-    """Refuse a checkpoint whose pickles name any global outside the allowed ones, without running them."""
-    import torch
-
-    with weights_only_loading():
-        for pattern in _PICKLES_READ_ON_RESUME:
-            for f in sorted(ckpt.glob(pattern)):
-                try:
-                    unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(f)
-                except Exception as err:  # a truncated or non-torch file: name it, in one line
-                    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                    raise CheckpointError(f"cannot read {f}: {first}") from None
-                if unsafe:
-                    raise CheckpointError(
-                        f"{f} asks to unpickle {', '.join(unsafe[:3])}, which is outside what a checkpoint holds "
-                        "(tensors, numbers, DeepSpeed's ZeRO stage, loss scaler, fragment address); t5-deepspeed "
-                        "does not load it, as unpickling it could run code. Resume only checkpoints you trust")
+    """core's weights_only_loading with the numpy classes of the Trainer's RNG file allowed: every torch.load
+    inside is weights_only=True, whatever the caller passes (DeepSpeed passes False)."""
+    return core_weights_only_loading(numpy_array_globals())
 
 
 def _torch_loads_safely() -> bool:
@@ -249,7 +198,7 @@ def resolve_resume(request: str | None, output_dir: Path, model_config, fingerpr
             log.warning("%s holds newer checkpoints (%s) of the run before this resume: this run replaces each "
                         "when it saves that step; --resume_from_checkpoint latest picks the highest step",
                         ckpt.parent, ", ".join(newer))
-    check_pickles_are_plain(ckpt)
+    check_pickles_are_plain(ckpt, _PICKLES_READ_ON_RESUME, numpy_array_globals())
     check_same_model(ckpt, model_config)
     check_same_run(ckpt, fingerprint, ignore_mismatch)
     return ckpt

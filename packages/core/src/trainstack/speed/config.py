@@ -91,7 +91,7 @@ def resolve_speed(cfg: SpeedConfig | None, device, *, use_grad_scaler: bool = Fa
 
     parts = [f"compile {'on' if compile_on else 'off'}",
              f"CUDA graphs {'on' if graphs_on else 'off'}"]
-    if max_len is not None:
+    if max_len is not None and (compile_on or graphs_on):  # eager batches keep their own lengths
         b = LengthBuckets.parse(cfg.length_buckets, max_len)
         parts.append(f"length buckets {b.describe() if b else 'off'}")
     why = "CUDA" if cuda else "CPU"

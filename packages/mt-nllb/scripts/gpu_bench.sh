@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# mt-nllb on one GPU, in one process per stage (repository root, any CUDA host):
+#   1. fast-vs-eager: the shipped fast path and the eager path from the same weights over the same
+#      batches (dropout off), 20 optimizer steps: each step's loss and the largest difference.
+#   2. speed: ours (the h100-80g profile as `mt-nllb train` runs it: CUDA graphs over length-bucketed,
+#      filled batches of 96, fused AdamW, chunked CE with compiled chunk math), ours-eager (the same
+#      with the fast path off), and the users' Seq2SeqTrainer recipe (24 x 4, gradient checkpointing,
+#      fused AdamW, bf16), on synthetic pairs with lognormal(38) lengths a side, NLLB-600M, random init.
+#      Ours warms up for one epoch first (each new padded shape is captured once, then replayed).
+#   3. the 16 GB fit: scripts/gpu_fit16.sh (the rtx4080s-16g profile's settings, 256 tokens a side).
+# Results in OUT_DIR (the first argument, default mt-nllb-gpu-bench): bench.json/.log, fit16/.
+#
+#   bash packages/mt-nllb/scripts/gpu_bench.sh results                 # all stages
+#   STAGES=speed bash packages/mt-nllb/scripts/gpu_bench.sh results
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
+export PYTHONPATH="$ROOT/packages/core/src:$ROOT/packages/mt-nllb/src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+PY="${PYTHON:-python3}"
+OUT_DIR="${1:-mt-nllb-gpu-bench}"
+STAGES="${STAGES:-compare,speed,fit16}"
+PAIRS="${PAIRS:-12000}"
+mkdir -p "$OUT_DIR"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT_DIR/gpu.txt" || true
+
+only=""
+[[ "$STAGES" == *compare* ]] && only="fast-vs-eager"
+[[ "$STAGES" == *speed* ]] && only="${only:+$only,}ours,ours-eager,users-trainer"
+if [[ -n "$only" ]]; then
+  # One epoch of 12000 pairs is 125 steps of 96: ours warms up over it, then 60 timed steps.
+  "$PY" -m mt_nllb bench --only "$only" --pairs "$PAIRS" --warmup-steps "${WARMUP:-125}" --timed-steps "${TIMED:-60}" \
+    --users-warmup-steps 3 --users-timed-steps 4 --compare-steps 20 --out "$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.log"
+fi
+if [[ "$STAGES" == *fit16* ]]; then
+  bash "$ROOT/packages/mt-nllb/scripts/gpu_fit16.sh" "$OUT_DIR/fit16"
+fi

@@ -1,0 +1,67 @@
+"""The fast path learns what the eager path learns: same weights, same batches, same losses.
+
+On CPU the fast path is forced with speed.compile=true and the aot_eager backend (traced, no code
+generation: seconds). It exercises what the GPU's captured step runs: batches padded to length
+buckets and filled to speed.batch_size rows, the head over every row with padding masked, the chunk
+math compiled, and core's TrainStep. The GPU bench (`mt-nllb bench --only fast-vs-eager`) repeats the
+comparison with CUDA graphs on the full-size model.
+"""
+
+import json
+
+import pytest
+from mt_nllb.cli import main
+
+STEPS = 4
+COMMON = ["--profile", "cpu-debug", "--no-progress", "speed.batch_size=8", f"max_steps={STEPS}", "log_every_steps=1",
+          "eval_every_steps=0", "save_every_steps=0", "data.test="]
+
+
+def _losses(run_dir):
+    return [r["loss"] for r in map(json.loads, (run_dir / "log.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_fast_path_losses_equal_the_eager_path(tmp_path, capsys):
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    assert main(["train", "--run-dir", str(tmp_path / "eager"), *COMMON, cache]) == 0
+    eager_out = capsys.readouterr().out
+    assert main(["train", "--run-dir", str(tmp_path / "fast"), *COMMON, cache, "speed.compile=true",
+                 "speed.compile_backend=aot_eager"]) == 0
+    fast_out = "".join(capsys.readouterr())  # the recompile warning goes to the log (stderr)
+    assert "speed: compile off, CUDA graphs off (CPU)" in eager_out
+    assert "real tokens only, chunk math eager" in eager_out
+    assert "speed: compile on, CUDA graphs off, length buckets 16,32,48,64 (CPU)" in fast_out
+    assert "every row, padding masked (fixed shapes), chunk math compiled" in fast_out
+    assert "recompiled" not in fast_out
+    eager, fast = _losses(tmp_path / "eager"), _losses(tmp_path / "fast")
+    assert len(eager) == len(fast) == STEPS
+    assert fast == pytest.approx(eager, abs=1e-5)
+    assert eager[-1] < eager[0]  # it learns at all
+
+
+def test_compiled_layers_learn_what_eager_layers_learn(tmp_path, capsys):
+    """speed.compile_layers compiles each encoder and decoder layer (dynamic lengths); traced with
+    aot_eager on CPU, the logged losses equal the eager run's, and new lengths do not recompile."""
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    assert main(["train", "--run-dir", str(tmp_path / "eager"), *COMMON, cache]) == 0
+    capsys.readouterr()
+    assert main(["train", "--run-dir", str(tmp_path / "layers"), *COMMON, cache, "speed.compile_layers=true",
+                 "speed.compile_backend=aot_eager"]) == 0
+    out = "".join(capsys.readouterr())
+    assert "chunk math eager, layers compiled" in out
+    assert _losses(tmp_path / "layers") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-5)
+
+
+def test_compiled_layers_with_cuda_graphs_is_a_config_error(tmp_path, capsys):
+    """Their capture failed on the GPU (BENCHMARKS.md run 4): asking for both is a ConfigError (train
+    prints it as one line and exits 2, before anything is written)."""
+    from mt_nllb import train as T
+    from trainstack.config import ConfigError
+    from trainstack.speed import Speed
+
+    cfg = T.TrainConfig()
+    cfg.speed.compile_layers = True
+    graphs = Speed(compile=False, cuda_graphs=True, compile_mode="default", compile_backend="inductor",
+                   warmup_runs=1, length_buckets="multiple:16", reason="test")
+    with pytest.raises(ConfigError, match="speed.cuda_graphs=false"):
+        T.compile_layers_on(cfg, graphs)
