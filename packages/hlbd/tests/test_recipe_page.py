@@ -22,6 +22,8 @@ def test_page_quotes_our_commands_and_readme_links_it():
 @pytest.mark.parametrize(("line", "argv"), COMMANDS, ids=[line for line, _ in COMMANDS])
 def test_quoted_command_parses_and_its_config_loads(line, argv, capsys):
     command, args, overrides = cli.parse(argv)
+    if command.raw:  # a command with its own parser (chat-pretrain tokenizer): the verb is known
+        return
     if args.command == "train":
         if args.resume:  # the run's saved config.yaml is used then; the overrides must still be keys
             load_config(TrainConfig, {}, overrides)
