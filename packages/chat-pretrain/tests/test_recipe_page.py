@@ -4,10 +4,9 @@ commands load their profile and overrides into the config, as `chat-pretrain tra
 from pathlib import Path
 
 import pytest
-from trainstack.doc_commands import quoted_commands
-
 from chat_pretrain.cli import cli
 from chat_pretrain.config import TrainConfig
+from trainstack.doc_commands import quoted_commands
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "from-the-users-recipe.md"
 COMMANDS = quoted_commands(PAGE.read_text(encoding="utf-8"), prog="chat-pretrain", module="chat_pretrain")

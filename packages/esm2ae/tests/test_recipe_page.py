@@ -4,12 +4,11 @@ commands load their profile and overrides into the config, as `esm2ae train` doe
 from pathlib import Path
 
 import pytest
+from esm2ae.cli import cli
+from esm2ae.config import Config as TrainConfig
+from esm2ae.profiles import get_profile
 from trainstack.config import load_config
 from trainstack.doc_commands import quoted_commands
-
-from esm2ae.cli import cli
-from esm2ae.profiles import get_profile
-from esm2ae.config import Config as TrainConfig
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "from-the-users-recipe.md"
 COMMANDS = quoted_commands(PAGE.read_text(encoding="utf-8"), prog="esm2ae", module="esm2ae")

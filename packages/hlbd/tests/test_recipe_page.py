@@ -4,11 +4,10 @@ commands load their profile and overrides into the config, as `hlbd train` does 
 from pathlib import Path
 
 import pytest
-from trainstack.config import load_config
-from trainstack.doc_commands import quoted_commands
-
 from hlbd.cli import cli
 from hlbd.config import TrainConfig
+from trainstack.config import load_config
+from trainstack.doc_commands import quoted_commands
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "from-the-users-recipe.md"
 COMMANDS = quoted_commands(PAGE.read_text(encoding="utf-8"), prog="hlbd", module="hlbd")

@@ -4,10 +4,9 @@ commands load their profile and overrides into the config, as `mt-nllb train` do
 from pathlib import Path
 
 import pytest
-from trainstack.doc_commands import quoted_commands
-
 from mt_nllb.cli import cli
 from mt_nllb.config import TrainConfig
+from trainstack.doc_commands import quoted_commands
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "from-the-users-recipe.md"
 COMMANDS = quoted_commands(PAGE.read_text(encoding="utf-8"), prog="mt-nllb", module="mt_nllb")
