@@ -47,7 +47,6 @@ def test_overrides_and_the_users_flags():
     (["epochs=abc"], "epochs"),
     (["optim.name=sgd"], "adafactor"),
     (["--profile", "nope"], "nope"),
-    (["save_every_steps=150", "eval.every_steps=100"], "multiple"),
     (["data.batch_size=-4"], "config key 'data.batch_size': must be >= 1, got -4"),
     (["--batch_size_per_gpu=0"], "config key 'data.batch_size': must be >= 1, got 0"),
     (["optim.lr=0"], "config key 'optim.lr': must be > 0, got 0.0"),
@@ -88,3 +87,18 @@ def test_old_spellings_are_the_new_grammar():
     assert resume and cfg.data.max_seq_len == 192
     _, args, overrides = cli.parse(["--use_large_config=True", "--epochs=2"])  # no verb: train
     assert args.command == "train" and args.profile == "large" and overrides == ["epochs=2"]
+
+
+def test_users_save_steps_between_evaluations_is_accepted(tmp_path):
+    """The users' --save_steps=2000 with evaluation every 5000 (the default) runs: a save between
+    evaluations evaluates first (core's eval_at_save), so every checkpoint has its score."""
+    from chat_pretrain.cli import cli
+    from chat_pretrain.config import users_flags
+    from chat_pretrain.train import build_loop_config
+
+    argv = users_flags(["--use_large_config=True", "--save_steps=2000", f"data.valid_files=[{tmp_path / 'v.parquet'}]"])
+    assert argv[:2] == ["--profile", "large"]
+    cfg, _ = cli.load_config("large", argv[2:])
+    assert (cfg.save_every_steps, cfg.eval.every_steps) == (2000, 5000)
+    loop = build_loop_config(cfg)
+    assert loop.eval_at_save and loop.save_every_steps == 2000

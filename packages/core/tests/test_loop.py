@@ -238,3 +238,28 @@ def test_short_last_window_is_a_mean_and_keeps_the_save_cadence(tmp_path):
         torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["step-2", "step-4"]  # step 2 ends epoch 1 with the short window
+
+
+def test_eval_at_save_scores_every_checkpoint(tmp_path):
+    """save_every_steps=3 between evaluations every 4 steps: with eval_at_save each save evaluates
+    first, so every checkpoint carries the metric best-checkpoint pruning ranks by."""
+    torch.manual_seed(0)
+    model = _toy.Toy()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    steps_evaluated = []
+
+    def evaluate(m):
+        steps_evaluated.append(len(steps_evaluated))
+        return {"loss": 10.0 - len(steps_evaluated)}
+
+    cfg = LoopConfig(max_steps=9, log_every_steps=1, eval_every_steps=4, save_every_steps=3, eval_at_save=True,
+                     keep_last=10, keep_best=1, best_metric="eval_loss", tensorboard=False)
+    result = fit(model=model, optimizer=opt, scheduler=None, train_batches=_toy.make_batches("tokens"),
+                 loss_fn=_toy.loss_fn, config=cfg, run_dir=tmp_path, precision=resolve_precision("fp32"),
+                 evaluate=evaluate, progress=False)
+    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in rows if "eval_loss" in r}) == [3, 4, 6, 8, 9]
+    for step in (3, 6, 9):
+        state = json.loads((tmp_path / "checkpoints" / f"step-{step}" / "trainer_state.json").read_text())
+        assert "eval_loss" in json.dumps(state), step
+    assert result.steps == 9

@@ -138,10 +138,6 @@ class TrainConfig:
             "log_every_steps": ">= 1", "save_every_steps": ">= 0", "keep_last": ">= 0", "keep_best": ">= 0",
             "memory_log_every_steps": ">= 0", "cleanup_every_steps": ">= 0",
         })
-        if self.eval.every_steps and self.save_every_steps and self.save_every_steps % self.eval.every_steps:
-            # Best-by-BLEU pruning needs a BLEU at every save.
-            raise ValueError(f"save_every_steps ({self.save_every_steps}) must be a multiple of "
-                             f"eval.every_steps ({self.eval.every_steps})")
 
 
 # The users' flag names (their train.py / TrainConfig) -> our dotted keys.

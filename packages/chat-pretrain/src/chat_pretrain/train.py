@@ -174,6 +174,9 @@ def build_loop_config(cfg: TrainConfig):
         log_every_steps=cfg.log_every_steps,
         eval_every_steps=cfg.eval.every_steps,
         save_every_steps=cfg.save_every_steps,
+        # The users' --save_steps=2000 with evaluation every 5000: a save between evaluations evaluates
+        # too, so every checkpoint has the score best-checkpoint pruning ranks by.
+        eval_at_save=evaluates,
         keep_last=cfg.keep_last,
         keep_best=cfg.keep_best,
         best_metric="eval_bleu" if (evaluates and cfg.eval.bleu) else ("eval_loss" if evaluates else None),
@@ -231,6 +234,9 @@ def run(job: Job):
     say(f"optimizer: {describe_optimizer(optimizer)}")
 
     evaluate = None
+    if valid_files and cfg.save_every_steps and cfg.eval.every_steps and cfg.save_every_steps % cfg.eval.every_steps:
+        say(f"checkpoints every {cfg.save_every_steps} steps, evaluation every {cfg.eval.every_steps}: a save between "
+            "evaluations evaluates first (each checkpoint is ranked by its score)")
     if valid_files:
 
         def evaluate(m):

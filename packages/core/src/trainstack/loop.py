@@ -44,6 +44,9 @@ class LoopConfig:
     """0 = at epoch ends only (evaluation also runs at every epoch end when this is > 0)."""
     save_every_steps: int = 0
     """0 = at the end only."""
+    eval_at_save: bool = False
+    """Also evaluate at a save that falls between evaluations, so every checkpoint carries the metric
+    that best-checkpoint pruning ranks by (save_every_steps need not be a multiple of eval_every_steps)."""
     keep_last: int = 2
     keep_best: int = 1
     best_metric: str | None = None
@@ -567,7 +570,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                         if config.save_every_steps and step % config.save_every_steps == 0:
                             save(m)
                     elif config.save_every_steps and step % config.save_every_steps == 0 and not done:
-                        save()
+                        save(run_eval() if config.eval_at_save and evaluate is not None else None)
                     cleanup.maybe_cleanup(step)
                     if done:
                         break
