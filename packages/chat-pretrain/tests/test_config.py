@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 from chat_pretrain.cli import cli, main
 from chat_pretrain.profiles import profile_dir
@@ -102,3 +104,28 @@ def test_users_save_steps_between_evaluations_is_accepted(tmp_path):
     assert (cfg.save_every_steps, cfg.eval.every_steps) == (2000, 5000)
     loop = build_loop_config(cfg)
     assert loop.eval_at_save and loop.save_every_steps == 2000
+
+
+@pytest.mark.parametrize("ram_gib, expected", [(12.0, "low-ram-12g"), (14.9, "low-ram-12g"), (15.0, "large"),
+                                               (64.0, "large")])
+def test_large_config_takes_low_ram_mode_below_15_gb(ram_gib, expected, monkeypatch, capsys):
+    """The users' rule: below 15 GB of host RAM the large config runs in low-memory mode, and a line
+    says so. The host's RAM is simulated; the run stops at the data check (no data given)."""
+    import chat_pretrain.cli as cli_mod
+    from trainstack import hardware
+
+    real = hardware.detect_hardware()
+    monkeypatch.setattr(hardware, "detect_hardware", lambda: dataclasses.replace(real, ram_gib=ram_gib))
+    seen = {}
+    real_load = cli_mod.cli.load_config
+
+    def load_config(profile, overrides):
+        seen["profile"] = profile
+        return real_load(profile, overrides)
+
+    monkeypatch.setattr(cli_mod.cli, "load_config", load_config)
+    assert main(["train", "--use_large_config=True"]) == 2  # no data.train_files: one line, exit 2
+    assert seen["profile"] == expected
+    out, err = capsys.readouterr()
+    assert ("low-RAM mode" in out) == (expected == "low-ram-12g")
+    assert "data.train_files is empty" in err

@@ -111,6 +111,7 @@ def test_two_gloo_processes_train_an_epoch_in_step(tmp_path, chatlm_dir):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "processes: 2" in proc.stdout
+    assert "distributed: collective timeout 1800 s; " in proc.stdout  # the users' NCCL settings, said once
     summary = json.loads((run / "summary.json").read_text())
     assert summary["interrupted"] is False and summary["best_metric"] is not None
     ckpts = sorted((run / "checkpoints").glob("step-*"))

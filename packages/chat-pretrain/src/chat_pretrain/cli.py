@@ -28,7 +28,7 @@ from pathlib import Path
 from trainstack.task_cli import TaskCLI
 
 from chat_pretrain import __version__
-from chat_pretrain.config import users_flags
+from chat_pretrain.config import profile_for_host_ram, users_flags
 
 cli = TaskCLI("chat-pretrain", version=__version__, description=__doc__,
               profile_dir="chat_pretrain.profiles:profile_dir", config_class="chat_pretrain.config:TrainConfig",
@@ -41,7 +41,14 @@ def cmd_train(args, overrides) -> int:
     from chat_pretrain.train import Job, run
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cfg, _ = cli.load_config(args.profile, overrides)
+    profile = args.profile
+    if profile == "large":  # (also what --use_large_config=True becomes)
+        from trainstack.hardware import detect_hardware
+
+        profile, why = profile_for_host_ram(profile, detect_hardware().ram_gib)
+        if why:
+            print(why)
+    cfg, _ = cli.load_config(profile, overrides)
     resume = {None: False, "auto": True}.get(args.resume, args.resume)
     try:
         result = run(Job(cfg, resume=resume, progress=not args.no_progress))

@@ -120,6 +120,9 @@ class TrainConfig:
     memory_log_every_steps: int = 200
     cleanup_every_steps: int = 0
     seed: int = 42
+    dist_timeout_s: int = 1800
+    """How long a collective waits for the slowest process (a long evaluation or save on rank 0) before
+    a multi-GPU run fails; the users' recipe sets 1800 s (torch's NCCL default is 600)."""
     overwrite: bool = False
     """Start afresh in a run_dir that holds another run's checkpoints: removes its checkpoints and logs
     (other files stay). Without it such a start is refused; --resume continues that run instead."""
@@ -136,7 +139,7 @@ class TrainConfig:
             "eval.max_new_tokens": ">= 0", "model.dropout_rate": ">= 0",
             "epochs": ">= 1", "max_steps": ">= 0", "grad_accum_steps": ">= 1", "max_grad_norm": ">= 0",
             "log_every_steps": ">= 1", "save_every_steps": ">= 0", "keep_last": ">= 0", "keep_best": ">= 0",
-            "memory_log_every_steps": ">= 0", "cleanup_every_steps": ">= 0",
+            "memory_log_every_steps": ">= 0", "cleanup_every_steps": ">= 0", "dist_timeout_s": ">= 1",
         })
 
 
@@ -161,6 +164,22 @@ ALIASES = {
 _TRUE = {"true", "1", "yes", "on"}
 # Flags of the shared grammar (trainstack.task_cli): left for the parser.
 _GRAMMAR_FLAGS = {"--profile", "--resume", "--help-config", "--help", "-h", "--no-progress"}
+
+
+LOW_RAM_BELOW_GIB = 15.0
+"""The users' rule: under 15 GB of host RAM the large config runs in low-memory mode."""
+
+
+def profile_for_host_ram(profile: str, ram_gib: float) -> tuple[str, str | None]:
+    """(the profile to run, the line that says why it changed, or None). ``large`` on a host with less
+    than LOW_RAM_BELOW_GIB of RAM becomes ``low-ram-12g`` (the same training settings, rows read in
+    small batches, caches cleared every 50 steps, memory logged every 200), as the users' recipe does."""
+    if profile == "large" and ram_gib < LOW_RAM_BELOW_GIB:
+        return "low-ram-12g", (f"host RAM {ram_gib:.1f} GiB < {LOW_RAM_BELOW_GIB:.0f} GB: low-RAM mode, profile "
+                               "low-ram-12g (the large settings with bounded host memory); to keep the large profile's "
+                               "buffers, save it (chat-pretrain profiles show large > large.yaml) and pass "
+                               "--profile large.yaml")
+    return profile, None
 
 
 def users_flags(argv: list[str]) -> list[str]:

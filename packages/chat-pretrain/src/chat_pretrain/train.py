@@ -190,6 +190,7 @@ def run(job: Job):
     from accelerate import Accelerator
     from trainstack.checkpoint import files_fingerprint
     from trainstack.config import format_config, make_run_dir, save_config
+    from trainstack.distributed import process_group_defaults
     from trainstack.hardware import detect_hardware
     from trainstack.loop import check_run_dir, fit
     from trainstack.optim import describe_optimizer
@@ -200,12 +201,18 @@ def run(job: Job):
     hw = detect_hardware()
     precision = resolve_precision(cfg.precision, hw)
     apply_precision(precision)
+    # The users' NCCL settings as defaults (collective timeout, shared memory only where /dev/shm has
+    # room), set before the process group exists; the environment overrides them.
+    handlers, dist_line = process_group_defaults(cfg.dist_timeout_s)
     # cpu=True on a CPU host: accelerate only sets up gloo for several CPU processes when told so.
-    accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=precision.accelerate_mixed_precision, cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=handlers)
     rank, world = accelerator.process_index, accelerator.num_processes
     main = accelerator.is_main_process
     run_dir = Path(cfg.run_dir)
     say = print if main else (lambda *a, **k: None)
+    if world > 1:
+        say(dist_line)
     resume_hint = "the same chat-pretrain train command plus --resume"
     # Before anything is written: a fresh start must not overwrite another run's config and logs.
     check_run_dir(run_dir, resume=bool(job.resume), overwrite=cfg.overwrite, resume_hint=resume_hint)
