@@ -1,4 +1,4 @@
-"""python -m t5_deepspeed ...  (also what `deepspeed --num_gpus=N -m t5_deepspeed ...` runs)."""
+"""python -m t5_deepspeed ...  (also what `deepspeed --num_gpus=N --module t5_deepspeed ...` runs)."""
 
 import sys
 

@@ -10,7 +10,7 @@
     t5-deepspeed configs                                                      (shipped DeepSpeed configs)
     t5-deepspeed --version
 
-Under launchers: `deepspeed --num_gpus=N -m t5_deepspeed ...`, `accelerate launch -m t5_deepspeed ...`.
+Under launchers: `deepspeed --num_gpus=N --module t5_deepspeed ...`, `accelerate launch -m t5_deepspeed ...`.
 Exit codes: 0 done, 1 the run failed, 2 bad usage, arguments or data (one line), 130/143 stopped by
 SIGINT/SIGTERM after saving a checkpoint.
 """

@@ -1,11 +1,11 @@
 """T5 translation fine-tuning with DeepSpeed ZeRO-2/3: the whole job, top to bottom.
 
 1 GPU (DeepSpeed launcher, as the users ran run_translation.py):
-    deepspeed --num_gpus=1 -m t5_deepspeed --deepspeed zero2 --model_name_or_path t5-small \
+    deepspeed --num_gpus=1 --module t5_deepspeed --deepspeed zero2 --model_name_or_path t5-small \
         --per_device_train_batch_size 8 --output_dir out --overwrite_output_dir --do_train --do_eval \
         --predict_with_generate --dataset_name wmt16 --dataset_config ro-en --source_lang en --target_lang ro \
         --source_prefix "translate English to Romanian: "
-N GPUs:  deepspeed --num_gpus=N -m t5_deepspeed ...   or   accelerate launch --num_processes N -m t5_deepspeed ...
+N GPUs:  deepspeed --num_gpus=N --module t5_deepspeed ...   or   accelerate launch --num_processes N -m t5_deepspeed ...
 CPU (one process, gloo, tiny random-init model and the shipped sample):
     t5-deepspeed --deepspeed zero2 --config_name tiny-t5 --train_file DATA/en-ro.train.jsonl ...
 
