@@ -1,0 +1,104 @@
+"""Two "nodes" on one host: two torchrun agents meeting at a c10d rendezvous, one CPU process each
+(gloo), through the real entry point. What a multi-node run needs beyond one machine: the global rank
+(not the node-local one, 0 on both nodes) picks the data shard and the one process that writes, and a
+resume hands each rank its own data position back."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed
+from chat_pretrain.synth import make_parquet
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+RECORDER = Path(__file__).parent / "_rows_per_rank.py"
+
+
+def run_two_nodes(args: list[str], out_dir: Path, timeout: float = 120) -> None:
+    """`torchrun --nnodes 2 --nproc_per_node 1 --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:PORT ARGS`,
+    started twice as two nodes would; both agents must exit 0. Output goes to files: a full pipe would
+    stall one node while the other waits for it in a collective."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+              "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes"]
+    agents = []
+    for node in (0, 1):
+        log = open(out_dir / f"node{node}.log", "w")
+        agents.append((subprocess.Popen(launch + args, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    try:
+        for agent, _ in agents:
+            agent.wait(timeout=timeout)
+    finally:
+        for agent, log in agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+            log.close()
+    logs = "\n".join((out_dir / f"node{n}.log").read_text()[-2500:] for n in (0, 1))
+    assert [a.returncode for a, _ in agents] == [0, 0], logs
+
+
+def rows_by_rank(out_dir: Path) -> list[list[dict]]:
+    """Per global rank, one record per run: {rank, local_rank, group_rank, world_size, rc, rows}."""
+    return [[json.loads(line) for line in (out_dir / f"rows.rank{r}.jsonl").read_text().splitlines()]
+            for r in (0, 1)]
+
+
+def expected_rows(train, tok_dir, overrides, rank: int, batches: int) -> list:
+    """The row ids of rank `rank`'s first `batches` micro-batches, read by the data class alone."""
+    from chat_pretrain.config import load_train_config
+    from chat_pretrain.tokenizer import load_tokenizer
+    from chat_pretrain.train import build_train_batches
+
+    cfg = load_train_config("cpu-tiny", overrides)
+    tok = load_tokenizer(tok_dir)
+    it = iter(build_train_batches(cfg, tok, rank=rank, world_size=2))
+    return [row for _ in range(batches) for row in next(it)["row_ids"]]
+
+
+def test_two_nodes_train_sharded_save_once_and_resume_each_ranks_position(tmp_path, chatlm_dir):
+    from trainstack.checkpoint import read_manifest
+
+    train = make_parquet(tmp_path / "train.parquet", 96, median_chars=10, row_group_rows=50, task="copy")
+    run = tmp_path / "run"
+    overrides = [f"data.train_files=[{train}]", f"tokenizer.path={chatlm_dir}", f"run_dir={run}", "data.id_column=id",
+                 "data.bucket_rows=64", "data.max_batch_rows=4", "log_every_steps=1"]
+    command = [str(RECORDER), str(tmp_path), "train", "--profile", "cpu-tiny", *overrides]
+
+    run_two_nodes(command + ["max_steps=3"], tmp_path)
+    first = rows_by_rank(tmp_path)
+    # one process per node: both are local rank 0, on different nodes, with global ranks 0 and 1
+    assert [(r[0]["local_rank"], r[0]["world_size"]) for r in first] == [(0, 2), (0, 2)]
+    assert sorted(r[0]["group_rank"] for r in first) == [0, 1]
+    rows0, rows1 = first[0][0]["rows"], first[1][0]["rows"]
+    assert rows0 and rows1 and not set(rows0) & set(rows1)  # both trained, each on its own rows
+
+    # written once, by global rank 0: one complete checkpoint, one log record per step, no leftovers
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3"]
+    step3 = run / "checkpoints" / "step-3"
+    assert read_manifest(step3) is not None and (step3 / "model.safetensors").is_file()
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    state = json.loads((step3 / "trainer_state.json").read_text())["extra"]
+    assert state["step"] == 3 and [d["batches_done"] for d in state["data_per_rank"]] == [3, 3]
+
+    run_two_nodes(command + ["max_steps=5", "--resume"], tmp_path)
+    second = rows_by_rank(tmp_path)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3", "step-5"]
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5]  # continues from the saved step
+    state = json.loads((run / "checkpoints" / "step-5" / "trainer_state.json").read_text())["extra"]
+    assert [d["batches_done"] for d in state["data_per_rank"]] == [5, 5]
+    for rank in (0, 1):
+        # each rank picks up at its own position: its 5 batches, none repeated, none skipped
+        trained = second[rank][0]["rows"] + second[rank][1]["rows"]
+        assert trained == expected_rows(train, chatlm_dir, overrides, rank, 5), rank
+    assert not set(second[0][1]["rows"]) & set(second[1][1]["rows"])
