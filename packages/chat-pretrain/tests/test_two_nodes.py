@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch.distributed
+import torch
 from chat_pretrain.synth import make_parquet
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
