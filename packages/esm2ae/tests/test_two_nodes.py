@@ -4,14 +4,11 @@
 resume hands each rank its own data position back."""
 
 import json
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from trainstack.testing import run_local_nodes
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -21,31 +18,9 @@ TINY = ["model.name=esm2_tiny", "data.max_length=128", "batch.max_tokens_per_bat
         "data.val_fraction=0.1", "eval_every_steps=0", "save_every_steps=3"]
 
 
-def run_two_nodes(args: list[str], out_dir: Path, timeout: float = 120) -> None:
-    """`torchrun --nnodes 2 --nproc_per_node 1 --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:PORT ARGS`,
-    started twice as two nodes would; both agents must exit 0. Output goes to files: a full pipe would
-    stall one node while the other waits for it in a collective."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
-              "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "two-nodes"]
-    agents = []
-    for node in (0, 1):
-        log = open(out_dir / f"node{node}.log", "w")
-        agents.append((subprocess.Popen(launch + args, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-    try:
-        for agent, _ in agents:
-            agent.wait(timeout=timeout)
-    finally:
-        for agent, log in agents:
-            if agent.poll() is None:
-                agent.kill()
-                agent.wait()
-            log.close()
-    logs = "\n".join((out_dir / f"node{n}.log").read_text()[-2500:] for n in (0, 1))
-    assert [a.returncode for a, _ in agents] == [0, 0], logs
+def run_two_nodes(args: list[str], out_dir: Path) -> None:
+    run_local_nodes(args, out_dir, nodes=2, timeout=120,
+                    env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 
 def batches_by_rank(out_dir: Path) -> list[list[dict]]:
