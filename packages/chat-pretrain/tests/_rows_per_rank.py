@@ -5,13 +5,11 @@ When the command returns, appends one line to OUT_DIR/rows.rank<RANK>.jsonl: the
 row ids of every micro-batch this process trained on, in order (a padding batch adds none).
 """
 
-import json
-import os
 import sys
-from pathlib import Path
 
 import chat_pretrain.train as train_mod
 from chat_pretrain.cli import main
+from trainstack.testing import append_rank_record
 
 
 def record_rows(seen: list) -> None:
@@ -30,11 +28,8 @@ def record_rows(seen: list) -> None:
 
 
 if __name__ == "__main__":
-    out_dir, argv = Path(sys.argv[1]), sys.argv[2:]
     seen: list = []
     record_rows(seen)
-    rc = main(argv)
-    ranks = {k.lower(): int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE")}
-    with open(out_dir / f"rows.rank{ranks['rank']}.jsonl", "a") as f:
-        f.write(json.dumps({**ranks, "rc": rc, "rows": seen}) + "\n")
+    rc = main(sys.argv[2:])
+    append_rank_record(sys.argv[1], "rows", rc=rc, rows=seen)
     sys.exit(rc)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from chat_pretrain.synth import make_parquet
-from trainstack.testing import run_local_nodes
+from trainstack.testing import read_rank_records, run_local_nodes
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -19,12 +19,6 @@ RECORDER = Path(__file__).parent / "_rows_per_rank.py"
 def run_two_nodes(args: list[str], out_dir: Path) -> None:
     run_local_nodes(args, out_dir, nodes=2, timeout=120,
                     env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-
-
-def rows_by_rank(out_dir: Path) -> list[list[dict]]:
-    """Per global rank, one record per run: {rank, local_rank, group_rank, world_size, rc, rows}."""
-    return [[json.loads(line) for line in (out_dir / f"rows.rank{r}.jsonl").read_text().splitlines()]
-            for r in (0, 1)]
 
 
 def expected_rows(train, tok_dir, overrides, rank: int, batches: int) -> list:
@@ -49,7 +43,7 @@ def test_two_nodes_train_sharded_save_once_and_resume_each_ranks_position(tmp_pa
     command = [str(RECORDER), str(tmp_path), "train", "--profile", "cpu-tiny", *overrides]
 
     run_two_nodes(command + ["max_steps=3"], tmp_path)
-    first = rows_by_rank(tmp_path)
+    first = read_rank_records(tmp_path, "rows", 2)
     # one process per node: both are local rank 0, on different nodes, with global ranks 0 and 1
     assert [(r[0]["local_rank"], r[0]["world_size"]) for r in first] == [(0, 2), (0, 2)]
     assert sorted(r[0]["group_rank"] for r in first) == [0, 1]
@@ -66,7 +60,7 @@ def test_two_nodes_train_sharded_save_once_and_resume_each_ranks_position(tmp_pa
     assert state["step"] == 3 and [d["batches_done"] for d in state["data_per_rank"]] == [3, 3]
 
     run_two_nodes(command + ["max_steps=5", "--resume"], tmp_path)
-    second = rows_by_rank(tmp_path)
+    second = read_rank_records(tmp_path, "rows", 2)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3", "step-5"]
     steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]  # continues from the saved step

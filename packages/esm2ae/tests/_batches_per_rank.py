@@ -5,13 +5,11 @@ When the command returns, appends one line to OUT_DIR/batches.rank<RANK>.jsonl: 
 per micro-batch trained on, its masked input ids (in order).
 """
 
-import json
-import os
 import sys
-from pathlib import Path
 
 import esm2ae.train as train_mod
 from esm2ae.cli import main
+from trainstack.testing import append_rank_record
 
 
 def record_batches(seen: list) -> None:
@@ -30,11 +28,8 @@ def record_batches(seen: list) -> None:
 
 
 if __name__ == "__main__":
-    out_dir, argv = Path(sys.argv[1]), sys.argv[2:]
     seen: list = []
     record_batches(seen)
-    rc = main(argv)
-    ranks = {k.lower(): int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE")}
-    with open(out_dir / f"batches.rank{ranks['rank']}.jsonl", "a") as f:
-        f.write(json.dumps({**ranks, "rc": rc, "batches": seen}) + "\n")
+    rc = main(sys.argv[2:])
+    append_rank_record(sys.argv[1], "batches", rc=rc, batches=seen)
     sys.exit(rc)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from trainstack.testing import run_local_nodes
+from trainstack.testing import read_rank_records, run_local_nodes
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -21,12 +21,6 @@ TINY = ["model.name=esm2_tiny", "data.max_length=128", "batch.max_tokens_per_bat
 def run_two_nodes(args: list[str], out_dir: Path) -> None:
     run_local_nodes(args, out_dir, nodes=2, timeout=120,
                     env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
-
-
-def batches_by_rank(out_dir: Path) -> list[list[dict]]:
-    """Per global rank, one record per run: {rank, local_rank, group_rank, world_size, rc, batches}."""
-    return [[json.loads(line) for line in (out_dir / f"batches.rank{r}.jsonl").read_text().splitlines()]
-            for r in (0, 1)]
 
 
 def train_steps(run: Path) -> list[int]:
@@ -60,7 +54,7 @@ def test_two_nodes_train_sharded_save_once_and_resume_each_ranks_position(tmp_pa
     command = [str(RECORDER), str(tmp_path), "train", "--profile", "cpu-debug", *overrides]
 
     run_two_nodes(command + ["max_steps=3"], tmp_path)
-    first = batches_by_rank(tmp_path)
+    first = read_rank_records(tmp_path, "batches", 2)
     # one process per node: both are local rank 0, on different nodes, with global ranks 0 and 1
     assert [(r[0]["local_rank"], r[0]["world_size"]) for r in first] == [(0, 2), (0, 2)]
     assert sorted(r[0]["group_rank"] for r in first) == [0, 1]
@@ -79,7 +73,7 @@ def test_two_nodes_train_sharded_save_once_and_resume_each_ranks_position(tmp_pa
 
     # 5 steps cross the epoch end (4 micro-batches per rank per epoch here)
     run_two_nodes(command + ["max_steps=5", "--resume", "auto"], tmp_path)
-    second = batches_by_rank(tmp_path)
+    second = read_rank_records(tmp_path, "batches", 2)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-3", "step-5"]
     steps = train_steps(run)
     assert steps == [1, 2, 3, 4, 5]  # continues from the saved step

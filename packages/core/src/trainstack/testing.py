@@ -3,11 +3,13 @@
 ``run_local_nodes(["-m", "my_task", "train", ...], log_dir)`` starts one torchrun agent per "node", as
 each machine of a real run would (``--nnodes N --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:PORT``):
 the processes get global ranks across the agents and local rank 0 on each, which is what a multi-node
-run looks like to the training code. On a CPU host they talk over gloo.
+run looks like to the training code. On a CPU host they talk over gloo. A script run by the agents can
+report per rank with ``append_rank_record``; the test reads the reports back with ``read_rank_records``.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -60,3 +62,19 @@ def run_local_nodes(args: list[str], log_dir, *, nodes: int = 2, procs_per_node:
                           for i, (c, log) in enumerate(zip(codes, logs, strict=True)))
         raise NodesFailed(f"local nodes exited {codes} (negative: killed after {timeout} s or by a signal)\n{tails}")
     return logs
+
+
+def append_rank_record(out_dir, name: str, **fields) -> Path:
+    """Append one JSON line to ``out_dir/<name>.rank<RANK>.jsonl``: this process's launcher ranks
+    (rank, local_rank, group_rank, world_size) and ``fields``. For a script run under the launcher."""
+    ranks = {k.lower(): int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE")}
+    path = Path(out_dir) / f"{name}.rank{ranks['rank']}.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps({**ranks, **fields}) + "\n")
+    return path
+
+
+def read_rank_records(out_dir, name: str, world_size: int) -> list[list[dict]]:
+    """What ``append_rank_record`` wrote, per global rank: one record per run, in order."""
+    return [[json.loads(line) for line in (Path(out_dir) / f"{name}.rank{r}.jsonl").read_text().splitlines()]
+            for r in range(world_size)]
