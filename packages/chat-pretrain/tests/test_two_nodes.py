@@ -21,15 +21,13 @@ def run_two_nodes(args: list[str], out_dir: Path) -> None:
                     env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
 
-def expected_rows(train, tok_dir, overrides, rank: int, batches: int) -> list:
+def expected_rows(overrides, rank: int, batches: int) -> list:
     """The row ids of rank `rank`'s first `batches` micro-batches, read by the data class alone."""
     from chat_pretrain.config import load_train_config
-    from chat_pretrain.tokenizer import load_tokenizer
-    from chat_pretrain.train import build_train_batches
+    from chat_pretrain.train import build_tokenizer, build_train_batches
 
     cfg = load_train_config("cpu-tiny", overrides)
-    tok = load_tokenizer(tok_dir)
-    it = iter(build_train_batches(cfg, tok, rank=rank, world_size=2))
+    it = iter(build_train_batches(cfg, build_tokenizer(cfg), rank=rank, world_size=2))
     return [row for _ in range(batches) for row in next(it)["row_ids"]]
 
 
@@ -69,5 +67,5 @@ def test_two_nodes_train_sharded_save_once_and_resume_each_ranks_position(tmp_pa
     for rank in (0, 1):
         # each rank picks up at its own position: its 5 batches, none repeated, none skipped
         trained = second[rank][0]["rows"] + second[rank][1]["rows"]
-        assert trained == expected_rows(train, chatlm_dir, overrides, rank, 5), rank
+        assert trained == expected_rows(overrides, rank, 5), rank
     assert not set(second[0][1]["rows"]) & set(second[1][1]["rows"])
