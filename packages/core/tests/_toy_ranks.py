@@ -1,7 +1,9 @@
 """Two CPU processes (torchrun, gloo) train the toy on rank-split data; one rank alone gets SIGTERM.
 
-    python -m torch.distributed.run --nproc_per_node 2 _toy_ranks.py RUN_DIR RESUME SIGNAL_AT_MICRO_STEP
-Each rank writes seen-<rank>.json: the row indices it trained on, in order.
+    python -m torch.distributed.run --nproc_per_node 2 _toy_ranks.py RUN_DIR RESUME SIGNAL_AT_MICRO_STEP [DATA]
+Each rank writes seen-<rank>.json: the row indices it trained on, in order. DATA "differs-on-rank-1" gives
+rank 1 another data fingerprint (a node with its own copy of the data); a rank whose fit refuses the
+checkpoint writes refused-<rank>.txt with the message and exits 2.
 """
 
 import json
@@ -15,6 +17,7 @@ from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _toy  # noqa: E402
+from trainstack.checkpoint import CheckpointError  # noqa: E402
 from trainstack.loop import LoopConfig, fit  # noqa: E402
 from trainstack.precision import resolve_precision  # noqa: E402
 
@@ -65,9 +68,14 @@ def main():
         return _toy.loss_fn(model, batch)
 
     cfg = LoopConfig(epochs=2, grad_accum_steps=2, log_every_steps=1, tensorboard=False)
-    res = fit(model=model, optimizer=opt, scheduler=None, train_batches=RankRows(rank, accelerator.num_processes),
-              loss_fn=loss_fn, config=cfg, run_dir=run_dir, precision=resolve_precision("fp32"),
-              accelerator=accelerator, resume=resume, progress=False)
+    data = "copy on rank 1" if len(sys.argv) > 4 and sys.argv[4] == "differs-on-rank-1" and rank == 1 else "shared"
+    try:
+        res = fit(model=model, optimizer=opt, scheduler=None, train_batches=RankRows(rank, accelerator.num_processes),
+                  loss_fn=loss_fn, config=cfg, run_dir=run_dir, precision=resolve_precision("fp32"),
+                  accelerator=accelerator, resume=resume, progress=False, resume_fingerprint={"data": data})
+    except CheckpointError as e:
+        (run_dir / f"refused-{rank}.txt").write_text(str(e))
+        sys.exit(2)
     (run_dir / f"seen-{rank}-{int(resume)}.json").write_text(json.dumps({"seen": seen, "steps": res.steps}))
     sys.exit(130 if res.interrupted else 0)
 

@@ -187,6 +187,20 @@ def test_one_rank_signalled_all_ranks_stop_together_and_resume_their_own_rows(tm
         assert rows == mine + mine  # epoch 1 finished with exactly the unseen rows, then epoch 2
 
 
+def test_a_checkpoint_refused_on_one_rank_is_refused_on_every_rank(tmp_path):
+    # Rank 1 has its own copy of the data (another fingerprint), as a node with the data on its local
+    # disk may: every rank must raise, or the others would wait in their first collective (across nodes
+    # no launcher ends them). Here torchrun would end rank 0 anyway, so rank 0's own message is the proof.
+    script = Path(__file__).parent / "_toy_ranks.py"
+    first = _torchrun(script, tmp_path, 0, 0, "differs-on-rank-1")  # a fresh run saves rank 0's fingerprint
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = _torchrun(script, tmp_path, 1, 0, "differs-on-rank-1")
+    assert resumed.returncode != 0
+    for rank in (0, 1):
+        refused = (tmp_path / f"refused-{rank}.txt").read_text()
+        assert refused.startswith("rank 1 of 2: ") and "data is 'copy on rank 1' now but 'shared'" in refused
+
+
 def test_an_underestimated_len_does_not_end_an_epochs_bound_run(tmp_path):
     class Short(list):
         def set_epoch(self, epoch):

@@ -11,6 +11,8 @@
     chat-pretrain train --profile large ... --resume          # or --is_keep_training=True; --resume PATH
     # several CPU processes (gloo), as the tests do
     torchrun --nproc_per_node 2 -m chat_pretrain train --profile cpu-tiny ...
+    # several machines: on each, the same command (run_dir on a filesystem they all see; README)
+    torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m chat_pretrain train ...
 
 Ctrl-C (SIGINT) or SIGTERM: a resumable checkpoint is saved, exit status 130 (one process: at the next
 micro-batch, a partly accumulated window is dropped and replayed on resume; several: after the step).

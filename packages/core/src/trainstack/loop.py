@@ -295,8 +295,11 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         _seed_everything(config.seed)
     else:
         # Before anything is loaded; the model's own names and shapes are checked by the load itself.
-        check_fingerprint(resume_path, fingerprint, ignore_mismatch=ignore_resume_mismatch, say=say)
-        check_engine_state(resume_path, deepspeed=deepspeed)
+        def check_resume():
+            check_fingerprint(resume_path, fingerprint, ignore_mismatch=ignore_resume_mismatch, say=say)
+            check_engine_state(resume_path, deepspeed=deepspeed)
+
+        _check_resume_on_every_rank(accelerator, check_resume)
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = getattr(accelerator, "scaler", None)
     train_step = _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config)
@@ -635,6 +638,27 @@ def _gather_objects(accelerator, obj) -> list:
     from accelerate.utils import gather_object
 
     return gather_object([obj])
+
+
+def _check_resume_on_every_rank(accelerator, check) -> None:
+    """Run ``check`` on every rank and raise its CheckpointError on all of them when it fails on any.
+
+    Each node checks its own files: data copied onto a node's local disk without its modification times
+    fingerprints differently there. A rank that failed alone would leave the others waiting in their
+    first collective until the timeout, so the ranks agree before any of them raises."""
+    if accelerator.num_processes == 1:
+        check()
+        return
+    try:
+        check()
+        problem = None
+    except CheckpointError as e:
+        problem = (type(e), str(e))
+    problems = _gather_objects(accelerator, problem)
+    for rank, found in enumerate(problems):
+        if found is not None:
+            kind, message = found
+            raise kind(f"rank {rank} of {len(problems)}: {message}")
 
 
 def _this_ranks_data_state(extra: dict, accelerator) -> dict:

@@ -2,6 +2,8 @@
 
     esm2ae train --profile h100-80g data.train=uniref50.fasta.gz            # one GPU
     torchrun --nproc_per_node 2 -m esm2ae train --profile 2x-rtx2080s-8g data.train=u50.parquet
+    # several machines: on each, the same command (run_dir on a filesystem they all see; README)
+    torchrun --nnodes 2 --nproc_per_node 2 --rdzv_backend c10d --rdzv_endpoint HOST:29500 -m esm2ae train ...
     esm2ae train --profile rtx3080-10g data.train=u50.parquet               # one GPU, DeepSpeed ZeRO-2 offload
     esm2ae train --profile cpu-debug                                         # CPU, shipped sample
     esm2ae train --profile cpu-debug task=ae model.name=runs/cpu-debug/final # AE on a frozen backbone

@@ -1,0 +1,35 @@
+"""The real `chat-pretrain` entry point inside a torchrun process, recording the row ids this rank trains on.
+
+    python -m torch.distributed.run ... _rows_per_rank.py OUT_DIR train --profile cpu-tiny ... data.id_column=id
+When the command returns, appends one line to OUT_DIR/rows.rank<RANK>.jsonl: the launcher's ranks and the
+row ids of every micro-batch this process trained on, in order (a padding batch adds none).
+"""
+
+import sys
+
+import chat_pretrain.train as train_mod
+from chat_pretrain.cli import main
+from trainstack.testing import append_rank_record
+
+
+def record_rows(seen: list) -> None:
+    real = train_mod.make_loss_fn
+
+    def recording():
+        loss_fn = real()
+
+        def record(model, batch):
+            seen.extend(batch["row_ids"])
+            return loss_fn(model, batch)
+
+        return record
+
+    train_mod.make_loss_fn = recording
+
+
+if __name__ == "__main__":
+    seen: list = []
+    record_rows(seen)
+    rc = main(sys.argv[2:])
+    append_rank_record(sys.argv[1], "rows", rc=rc, rows=seen)
+    sys.exit(rc)

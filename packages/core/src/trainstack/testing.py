@@ -1,0 +1,80 @@
+"""Launching several machines' worth of processes on one host, for tests of multi-node runs.
+
+``run_local_nodes(["-m", "my_task", "train", ...], log_dir)`` starts one torchrun agent per "node", as
+each machine of a real run would (``--nnodes N --rdzv_backend c10d --rdzv_endpoint 127.0.0.1:PORT``):
+the processes get global ranks across the agents and local rank 0 on each, which is what a multi-node
+run looks like to the training code. On a CPU host they talk over gloo. A script run by the agents can
+report per rank with ``append_rank_record``; the test reads the reports back with ``read_rank_records``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+
+class NodesFailed(AssertionError):
+    """An agent exited non-zero or ran past the timeout; the message holds the tail of every node's log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_local_nodes(args: list[str], log_dir, *, nodes: int = 2, procs_per_node: int = 1, timeout: float = 120,
+                    env: dict | None = None) -> list[Path]:
+    """Run ``torchrun --nnodes NODES --nproc_per_node PROCS --rdzv_backend c10d ... ARGS`` once per node
+    and wait for all; returns the node logs (``log_dir/node<i>.log``, stdout and stderr). Raises
+    ``NodesFailed`` unless every agent exits 0 within ``timeout`` seconds (the agents are killed then).
+
+    Output goes to files, not pipes: a full pipe would stall one node while the others wait for it in
+    a collective. The variables in ``env`` are added to this process's environment."""
+    log_dir = Path(log_dir)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--nproc_per_node",
+              str(procs_per_node), "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{free_port()}",
+              "--rdzv_id", "local-nodes"]
+    full_env = {**os.environ, **(env or {})}
+    logs = [log_dir / f"node{i}.log" for i in range(nodes)]
+    agents = []
+    try:
+        for log in logs:
+            with open(log, "w") as out:  # the child keeps its own handle
+                agents.append(subprocess.Popen(launch + list(args), env=full_env, stdout=out,
+                                               stderr=subprocess.STDOUT))
+        for agent in agents:
+            agent.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for agent in agents:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+    codes = [agent.returncode for agent in agents]
+    if codes != [0] * nodes:
+        tails = "\n".join(f"--- node {i} (exit {c}):\n{log.read_text()[-2500:]}"
+                          for i, (c, log) in enumerate(zip(codes, logs, strict=True)))
+        raise NodesFailed(f"local nodes exited {codes} (negative: killed after {timeout} s or by a signal)\n{tails}")
+    return logs
+
+
+def append_rank_record(out_dir, name: str, **fields) -> Path:
+    """Append one JSON line to ``out_dir/<name>.rank<RANK>.jsonl``: this process's launcher ranks
+    (rank, local_rank, group_rank, world_size) and ``fields``. For a script run under the launcher."""
+    ranks = {k.lower(): int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "GROUP_RANK", "WORLD_SIZE")}
+    path = Path(out_dir) / f"{name}.rank{ranks['rank']}.jsonl"
+    with open(path, "a") as f:
+        f.write(json.dumps({**ranks, **fields}) + "\n")
+    return path
+
+
+def read_rank_records(out_dir, name: str, world_size: int) -> list[list[dict]]:
+    """What ``append_rank_record`` wrote, per global rank: one record per run, in order."""
+    return [[json.loads(line) for line in (Path(out_dir) / f"{name}.rank{r}.jsonl").read_text().splitlines()]
+            for r in range(world_size)]
