@@ -49,10 +49,13 @@ from .ds_config import (
 )
 from .outputs import (
     FINAL_MODEL_STAGING,
+    TENSORBOARD_DIR,
     OutputDirError,
     OutputLedger,
     apply_plan,
+    default_report_to,
     plan_output_dir,
+    point_tensorboard_at,
     result_files,
     save_final_model,
 )
@@ -297,7 +300,8 @@ def run(parsed: ParsedArgs) -> dict:
     if training.get("generation_num_beams") is None and data_args.num_beams is not None:
         training["generation_num_beams"] = data_args.num_beams
     if training.get("report_to") in (None, "all", ["all"]):
-        training["report_to"] = "none"
+        # As core's loop: TensorBoard in OUTPUT_DIR/tb by default; W&B and the others only when named.
+        training["report_to"] = default_report_to()
 
     # 6. TrainingArguments now: with a DeepSpeed config this registers it globally (HfDeepSpeedConfig),
     # so from_pretrained/from_config below build a ZeRO-3 model already partitioned (zero.Init).
@@ -410,6 +414,7 @@ def run(parsed: ParsedArgs) -> dict:
         data_collator=collator, processing_class=tokenizer,
         compute_metrics=compute_metrics if args.predict_with_generate else None, callbacks=callbacks)
     trainer.output_ledger = ledger
+    point_tensorboard_at(trainer, out_dir / TENSORBOARD_DIR)
     trainer.run_fingerprint = run_fingerprint
     optimizer_report.trainer = trainer
 
