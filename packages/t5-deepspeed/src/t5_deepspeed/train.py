@@ -283,6 +283,10 @@ def run(parsed: ParsedArgs) -> dict:
         resume_ckpt = resolve_resume(training.get("resume_from_checkpoint"), out_dir, model_config,
                                      run_fingerprint, ignore_mismatch=extra.ignore_resume_mismatch)
     training["resume_from_checkpoint"] = str(resume_ckpt) if resume_ckpt is not None else None
+    if "report_to" not in parsed.given or training.get("report_to") in (None, "all", ["all"]):
+        # As core's loop: TensorBoard in OUTPUT_DIR/tb by default (the Trainer's default is "none"); W&B
+        # and the others only when named ("all" would be every integration that happens to be installed).
+        training["report_to"] = default_report_to()
     this_run_writes = result_files(training, extra) | {FINAL_MODEL_STAGING}
     inputs = [Path(f).expanduser() for f in files.values() if f]
     inputs += [Path(p).expanduser() for p in (model_args.model_name_or_path, model_args.tokenizer_name,
@@ -299,9 +303,6 @@ def run(parsed: ParsedArgs) -> dict:
         training["generation_max_length"] = data_args.val_max_target_length
     if training.get("generation_num_beams") is None and data_args.num_beams is not None:
         training["generation_num_beams"] = data_args.num_beams
-    if training.get("report_to") in (None, "all", ["all"]):
-        # As core's loop: TensorBoard in OUTPUT_DIR/tb by default; W&B and the others only when named.
-        training["report_to"] = default_report_to()
 
     # 6. TrainingArguments now: with a DeepSpeed config this registers it globally (HfDeepSpeedConfig),
     # so from_pretrained/from_config below build a ZeRO-3 model already partitioned (zero.Init).
