@@ -209,3 +209,51 @@ def test_report_without_matplotlib_names_the_extra_and_writes_nothing(tmp_path, 
     assert err == ["trainstack: error: trainstack report needs matplotlib, which is not installed: "
                    "pip install 'trainstack-core[report]'"]
     assert not (tmp_path / "out").exists()
+
+
+def test_report_overlays_several_runs_one_line_each_with_eval_plots(tmp_path, capsys):
+    from trainstack.report import draw, load_runs, plan_plots
+
+    runs = []
+    for name in ("lr-1e-3", "lr-3e-3"):
+        run = tmp_path / name
+        run.mkdir()
+        _write_log(run)
+        runs.append(run)
+    out = tmp_path / "compare"
+    assert main(["report", *map(str, runs)]) == 2  # several runs: where the report goes must be said
+    assert "pass --out DIR" in capsys.readouterr().err
+    assert main(["report", *map(str, runs), "--out", str(out)]) == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert [r["name"] for r in summary["runs"]] == ["lr-1e-3", "lr-3e-3"]
+    for plot in ("lr.png", "tokens_per_s.png", "eval_bleu.png"):
+        series = summary["plots"][plot]["series"]
+        assert [(s["run"], s["label"]) for s in series] == [("lr-1e-3", "lr-1e-3"), ("lr-3e-3", "lr-3e-3")], plot
+        assert (out / plot).read_bytes()[:4] == b"\x89PNG"
+    assert [s["points"] for s in summary["plots"]["eval_bleu.png"]["series"]] == [2, 2]
+    assert summary["plots"]["eval_bleu.png"]["series"][0]["last"] == 30.0
+    labels = [s["label"] for s in summary["plots"]["loss.png"]["series"]]
+    assert labels == ["lr-1e-3: train loss", "lr-1e-3: eval loss", "lr-3e-3: train loss", "lr-3e-3: eval loss"]
+    # CPU logs: GPU memory is 0.0 and left out; what is drawn says it is the host's RSS
+    assert [s["label"] for s in summary["plots"]["memory.png"]["series"]] == ["lr-1e-3: host RSS", "lr-3e-3: host RSS"]
+    md = (out / "report.md").read_text()
+    assert "# Runs compared: lr-1e-3, lr-3e-3" in md and "## lr-3e-3" in md and "![eval_bleu](eval_bleu.png)" in md
+
+    # The figures themselves: one line per run, a legend naming the runs, ticks without offsets
+    plots = plan_plots(load_runs(runs))
+    fig = draw(plots["eval_bleu.png"], {"lr-1e-3": "C0", "lr-3e-3": "C1"})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["lr-1e-3", "lr-3e-3"]
+    fig.canvas.draw()
+    assert all(t.get_text().isdigit() for t in ax.get_xticklabels() if t.get_text())
+    assert plots["loss.png"].logy and not plots["lr.png"].logy  # loss falls 5 -> 0.25: a log axis
+
+
+def test_report_tells_apart_runs_of_the_same_name(tmp_path):
+    from trainstack.report import load_runs
+
+    for parent in ("a", "b"):
+        (tmp_path / parent / "seed-1").mkdir(parents=True)
+        (tmp_path / parent / "seed-1" / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    runs = load_runs([tmp_path / "a" / "seed-1", tmp_path / "b" / "seed-1"])
+    assert [r.name for r in runs] == ["a/seed-1", "b/seed-1"]

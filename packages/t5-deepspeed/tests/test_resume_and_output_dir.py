@@ -205,8 +205,8 @@ def test_overwrite_keeps_foreign_files_and_the_train_file(data_dir, interrupted,
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     said = [line for line in r.stdout.splitlines() if "--overwrite_output_dir:" in line]
     assert len(said) == 1, said
-    ours = ", ".join(sorted(["checkpoint-2", f"checkpoint-{step}", "log.jsonl"]))
-    assert f"removed 3 entries t5-deepspeed wrote in {out} ({ours})" in said[0]
+    ours = ", ".join(sorted(["checkpoint-2", f"checkpoint-{step}", "log.jsonl", "tb"]))  # tb: TensorBoard events
+    assert f"removed 4 entries t5-deepspeed wrote in {out} ({ours})" in said[0]
     assert "kept 2 it did not write or reads as input (notes.txt, train.jsonl)" in said[0]
     assert (out / "notes.txt").read_text() == "the user's, not ours"
     assert train.read_bytes() == (data_dir / "en-ro.train.jsonl").read_bytes()

@@ -52,6 +52,15 @@ def _check_metrics_and_logs(out):
     losses = [r["loss"] for r in log if "loss" in r]
     # 32 steps at lr 5e-3 on 64 pairs: the loss must go down from ~ln(1000) = 6.9
     assert len(losses) >= 8 and sum(losses[-2:]) / 2 < sum(losses[:2]) / 2 - 0.5, losses
+    # core's field names (learning_rate -> lr, the memory fields) and TensorBoard in OUTPUT_DIR/tb, as fit writes
+    training = [r for r in log if "loss" in r]
+    assert all(r["lr"] > 0 and r["rss_gib"] > 0 and "learning_rate" not in r for r in training)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events_dir,) = {p.parent for p in (out / "tb").glob("events.out.tfevents.*")}
+    events = EventAccumulator(str(events_dir))
+    events.Reload()
+    assert len(events.Scalars("train/loss")) == len(losses)
     assert train["train_loss"] < 6.9
     resolved = json.loads((out / "ds_config.resolved.json").read_text())
     assert resolved["train_micro_batch_size_per_gpu"] == 8  # "auto" filled from the run's arguments

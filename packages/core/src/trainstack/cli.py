@@ -4,7 +4,8 @@
                                             # each task package's profile (exit 1 if it lacks a package)
     trainstack doctor --simulate rtx2080s-8g   # what that machine would get
     trainstack profiles                     # every installed task package's shipped profiles
-    trainstack report runs/my-run           # loss/lr/tokens-per-s/memory PNGs + report.md
+    trainstack report runs/my-run           # loss/lr/tokens-per-s/memory/eval PNGs + report.md
+    trainstack report runs/a runs/b --out runs/a-vs-b   # the runs overlaid, one line each
     python -m trainstack --help
 """
 
@@ -52,8 +53,8 @@ def report(args) -> int:
     from trainstack.report import write_report
 
     try:
-        path = write_report(args.run_dir, args.out)
-    except (FileNotFoundError, MissingExtra) as e:
+        path = write_report(args.run_dirs, args.out)
+    except (FileNotFoundError, ValueError, MissingExtra) as e:
         print(f"trainstack: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     written = sorted(p.name for p in path.parent.glob("*.png"))
@@ -72,9 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=doctor)
     p = sub.add_parser("profiles", help="every installed task package's shipped profiles")
     p.set_defaults(func=profiles)
-    r = sub.add_parser("report", help="plots (PNG) and report.md from RUN_DIR/log.jsonl")
-    r.add_argument("run_dir", metavar="RUN_DIR", type=Path)
-    r.add_argument("--out", type=Path, default=None, help="output directory (default: RUN_DIR)")
+    r = sub.add_parser("report", help="plots (PNG), report.md and report.json from RUN/log.jsonl; several runs "
+                                      "are overlaid, one line per run")
+    r.add_argument("run_dirs", metavar="RUN", type=Path, nargs="+", help="run directories holding log.jsonl")
+    r.add_argument("--out", type=Path, default=None,
+                   help="output directory (default: the run's directory; required with several runs)")
     r.set_defaults(func=report)
     return parser
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import signal
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -28,8 +27,7 @@ from .deepspeed_engine import check_engine_state, load_engine_state, save_engine
 from .memory import CleanupPolicy, memory_report
 from .metrics import ThroughputMeter
 from .precision import Precision
-
-log = logging.getLogger(__name__)
+from .runlog import RunLog, check_report_to, import_wandb
 
 
 @dataclass
@@ -54,14 +52,21 @@ class LoopConfig:
     cleanup_every_steps: int = 0
     seed: int = 0
     """Seeds torch/numpy/python at the start of a fresh run (a resumed run restores saved RNG states)."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where the log's numbers go besides run_dir/log.jsonl (always written): "tensorboard" (run_dir/tb,
+    a warning when tensorboard is not installed), "wandb" (pip install 'trainstack-core[wandb]'), or
+    ["none"]. See trainstack.runlog."""
     tensorboard: bool = True
-    """Write TensorBoard events to run_dir/tb when tensorboard is importable."""
+    """Kept for existing callers: False removes "tensorboard" from ``report_to``."""
     stop_check_every_steps: int = 1
     """With several processes, how often (optimizer steps) the ranks agree on a Ctrl-C/SIGTERM seen by
     any of them. Each check is a one-element all-reduce read on the host (a sync); a rank that stopped
     alone would wait in the save barrier while the others wait in a gradient all-reduce."""
 
     def __post_init__(self):
+        self.report_to = check_report_to(self.report_to) or ["none"]
+        if not self.tensorboard and "tensorboard" in self.report_to:
+            self.report_to = [n for n in self.report_to if n != "tensorboard"] or ["none"]
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 (or None to run `epochs` epochs), got {self.max_steps}")
         if self.epochs < 1:
@@ -206,19 +211,6 @@ class StopFlag:
             signal.signal(sig, old)
 
 
-def _tb_writer(run_dir: Path, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        # Optional extra: say so once instead of silently writing nothing.
-        log.warning("tensorboard is not installed, so no TensorBoard events are written "
-                    "(pip install 'trainstack-core[tensorboard]'); the JSONL log is complete")
-        return None
-    return SummaryWriter(str(run_dir / "tb"))
-
-
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -259,6 +251,8 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
 
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=bool(resume), overwrite=overwrite, resume_hint=resume_hint)
+    if "wandb" in config.report_to:
+        import_wandb()  # a missing optional package fails here, before anything is written
     # JSON round trip: tuples become lists, as they read back from the checkpoint
     fingerprint = json.loads(json.dumps({"model": model_fingerprint(model), **(resume_fingerprint or {})}))
     if accelerator is None:
@@ -339,8 +333,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         gpu = detect_hardware().gpu
     meter = ThroughputMeter(flops_per_token=flops_per_token, gpu=gpu)
     cleanup = CleanupPolicy(config.cleanup_every_steps)
-    tb = _tb_writer(run_dir, config.tensorboard) if main else None
-    log_file = (run_dir / "log.jsonl").open("a") if main else None
+    run_log = RunLog(run_dir, config.report_to, run_config=asdict(config)) if main else None
     bar = tqdm(total=bar_total, initial=step, disable=not (progress and main), desc="train", dynamic_ncols=True)
     history: list[dict] = []
     last_loss = float("nan")
@@ -368,13 +361,8 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
 
     def write(record: dict) -> None:
         history.append(record)
-        if log_file is not None:
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-        if tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step",):
-                    tb.add_scalar(k, v, record["step"])
+        if run_log is not None:
+            run_log.write(record)
 
     def save(metrics: dict | None = None) -> Path | None:
         nonlocal last_ckpt
@@ -603,10 +591,8 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                     f"continue with {resume_hint or DEFAULT_RESUME_HINT}")
         finally:
             bar.close()
-            if log_file is not None:
-                log_file.close()
-            if tb is not None:
-                tb.close()
+            if run_log is not None:
+                run_log.close()
     epochs_completed = epoch + 0.0
     return FitResult(steps=step, epochs_completed=epochs_completed, last_loss=last_loss, best_metric=best,
                      checkpoint=last_ckpt, interrupted=interrupted, history=history)

@@ -41,7 +41,7 @@ from trainstack.hardware import resolve_profile
 
 from hlbd.config import TrainConfig
 from hlbd.data import bundled_sample_path
-from hlbd.train import prepare_data, setup, train, train_one_epoch
+from hlbd.train import prepare_data, real_target_tokens, setup, train, train_one_epoch
 from hlbd.users_loop import UsersLoop
 
 STAGES = ("users-loop", "users-baseline", "fast", "fast-vs-eager")
@@ -53,10 +53,6 @@ def _cfg(name: str, data: str, overrides) -> TrainConfig:
 
     return load_config(TrainConfig, resolve_profile(name, shipped_profiles()).settings,
                        [*overrides, f"data.path={data}"])
-
-
-def _real_tokens(prepared) -> int:
-    return int(sum(1 for t in prepared.tgt for x in t[1:] if x != 0))  # predicted tokens, as the loss counts
 
 
 def _device_name() -> str:
@@ -108,7 +104,7 @@ def stage_users_loop(cfg: TrainConfig, epochs: int, max_seconds: float | None, d
         per_epoch = sum(r["seconds"] for r in runs[:-1]) + (stamps[head - 1] if head > 0 else 0) + rate * (n - head)
         per_epoch /= len(runs)
         how = f"extrapolated from {k}/{n} micro-batches in {last['seconds']:.1f} s"
-    tokens, samples = _real_tokens(prepared), len(prepared.pairs)
+    tokens, samples = real_target_tokens(prepared), len(prepared.pairs)
     res = BenchResult(name="users-loop", steps=1, seconds=per_epoch, real_tokens=tokens, samples=samples,
                       tokens_per_s=tokens / per_epoch, samples_per_s=samples / per_epoch, mfu=None,
                       peak_memory_gib=None, extra={"how": how, "device": _device_name(), "timer": "host"})
@@ -130,7 +126,7 @@ def stage_users_baseline(cfg: TrainConfig, epochs: int) -> dict:
         losses.append(train_one_epoch(s, micro_losses=collect))
 
     res = time_steps(one_epoch, warmup_steps=1, timed_steps=max(1, epochs - 1),
-                     real_tokens_per_step=_real_tokens(prepared), samples_per_step=len(prepared.pairs),
+                     real_tokens_per_step=real_target_tokens(prepared), samples_per_step=len(prepared.pairs),
                      name="users-baseline")
     epoch_losses = torch.stack(losses).tolist()
     micro = torch.stack(first_epoch_micro).tolist()
@@ -173,12 +169,12 @@ def stage_fast(cfg: TrainConfig, name: str) -> dict:
     hist = summary["history"]
     if summary["interrupted"] or not hist:  # stopped by a timeout's SIGTERM: keep what it reached
         print(f"{name}: interrupted after {len(hist)} epochs, {summary['train_seconds']:.1f} s of training; "
-              f"last teacher-forced exact match {hist[-1].get('exact_match_tf') if hist else None}", flush=True)
+              f"last teacher-forced exact match {hist[-1].get('eval_exact_match_tf') if hist else None}", flush=True)
         return {"interrupted": True, "epochs": len(hist), "train_seconds": summary["train_seconds"],
-                "loss_curve": [h["loss"] for h in hist], "exact_match_curve": [h.get("exact_match_tf") for h in hist]}
+                "loss_curve": [h["loss"] for h in hist], "exact_match_curve": [h.get("eval_exact_match_tf") for h in hist]}
     # Seconds per epoch from the run itself (epochs 2.. exclude the first one's warm-up).
     per_epoch = ((hist[-1]["seconds"] - hist[0]["seconds"]) / (len(hist) - 1)) if len(hist) > 1 else hist[0]["seconds"]
-    tokens = _real_tokens(prepare_data(cfg))
+    tokens = real_target_tokens(prepare_data(cfg))
     res = BenchResult(name=name, steps=len(hist), seconds=per_epoch * len(hist), real_tokens=tokens * len(hist),
                       samples=len(hist) * summary["pairs"], tokens_per_s=tokens / per_epoch,
                       samples_per_s=summary["pairs"] / per_epoch, mfu=None, peak_memory_gib=None,
@@ -188,7 +184,7 @@ def stage_fast(cfg: TrainConfig, name: str) -> dict:
           f"({per_epoch:.3f} s/epoch; first optimizer step after {summary['first_step_seconds']:.1f} s; "
           f"{wall:.1f} s with set-up and final greedy eval)", flush=True)
     return {"result": asdict(res), "summary": {k: v for k, v in summary.items() if k != "history"},
-            "loss_curve": [h["loss"] for h in hist], "exact_match_curve": [h.get("exact_match_tf") for h in hist],
+            "loss_curve": [h["loss"] for h in hist], "exact_match_curve": [h.get("eval_exact_match_tf") for h in hist],
             "wall_seconds": wall}
 
 

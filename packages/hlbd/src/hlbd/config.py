@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainstack.config import check_limits
+from trainstack.runlog import check_report_to
 from trainstack.speed import SpeedConfig
 
 from hlbd.data import DEFAULT_SOURCES, DEFAULT_TARGET, FIELDS
@@ -101,6 +102,9 @@ class TrainConfig:
     (other files stay). Without it such a start is refused; --resume continues that run instead."""
     ignore_resume_mismatch: bool = False
     """--resume even though the data file or vocabulary differs from the checkpoint's."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where log.jsonl's numbers also go: tensorboard (run_dir/tb), wandb (pip install
+    'trainstack-core[wandb]'; W&B's own WANDB_* variables set project and mode), or [none]."""
 
     def __post_init__(self):
         check_limits(self, {
@@ -111,5 +115,6 @@ class TrainConfig:
             "model.n_encoder_layers": ">= 1", "model.n_decoder_layers": ">= 1",
             "model.dropout": ">= 0", "data.pad_to": ">= 0",
         })
+        self.report_to = check_report_to(self.report_to) or ["none"]
         if not 0.0 <= self.stop_at_exact_match <= 1.0:
             raise ValueError(f"stop_at_exact_match is a fraction in [0, 1], got {self.stop_at_exact_match}")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -31,8 +31,11 @@ from trainstack.config import ConfigError, check_writable_dir, make_run_dir, sav
 from trainstack.data import DeviceDataset
 from trainstack.hardware import detect_hardware
 from trainstack.loop import StopFlag, check_run_dir, clear_run_outputs
+from trainstack.memory import memory_report
+from trainstack.metrics import ThroughputMeter
 from trainstack.optim import build_optimizer, build_scheduler, describe_optimizer
 from trainstack.precision import apply_precision, resolve_precision
+from trainstack.runlog import RunLog, import_wandb
 from trainstack.speed import LengthBuckets, Speed, TrainStep, resolve_speed
 
 from hlbd.config import TrainConfig
@@ -274,6 +277,8 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool | Pat
     from that checkpoint."""
     # 1. Data, validated before the run directory exists (a run_dir that can never work fails first).
     run_dir = check_writable_dir(cfg.run_dir, "run_dir")
+    if "wandb" in cfg.report_to:
+        import_wandb()  # report_to=[wandb] without wandb installed: the install line, nothing written
     data = prepare_data(cfg)
     n = len(data.pairs)
     ckpt_root = run_dir / "checkpoints"
@@ -321,97 +326,118 @@ def train(cfg: TrainConfig, progress: bool = True, say=print, resume: bool | Pat
     save_config(cfg, run_dir)
     with open(run_dir / "log.jsonl", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in history)
+    # From here on records go through core's RunLog: log.jsonl plus TensorBoard / W&B (report_to).
+    run_log = RunLog(run_dir, cfg.report_to, run_config=asdict(cfg))
+    try:
+        def save_extras(d: Path):
+            data.tokenizer.save(d / "tokenizer.json")
+            (d / "model_config.json").write_text(json.dumps(s.model.cfg.to_dict(), indent=2))
 
-    def save_extras(d: Path):
-        data.tokenizer.save(d / "tokenizer.json")
-        (d / "model_config.json").write_text(json.dumps(s.model.cfg.to_dict(), indent=2))
+        def save(metrics: dict, finished: bool) -> Path:
+            return manager.save(
+                s.step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, scaler=s.scaler, metrics=metrics,
+                extra={"epoch": s.epoch, "data": str(data.data_path), "position": _position(s), "history": history,
+                       "train_seconds": train_seconds, "learned_at": learned_at, "tokens": data.tokenizer.tokens,
+                       "finished": finished},
+                save_model_fn=save_extras, fingerprint=fingerprint)
 
-    def save(metrics: dict, finished: bool) -> Path:
-        return manager.save(
-            s.step, model=s.model, optimizer=s.optimizer, scheduler=s.scheduler, scaler=s.scaler, metrics=metrics,
-            extra={"epoch": s.epoch, "data": str(data.data_path), "position": _position(s), "history": history,
-                   "train_seconds": train_seconds, "learned_at": learned_at, "tokens": data.tokenizer.tokens,
-                   "finished": finished},
-            save_model_fn=save_extras, fingerprint=fingerprint)
-
-    # 4. Epochs: nothing reads a value back until the epoch ends, and then once.
-    interrupted = False
-    already_done = bool(history) and s.micro == 0 and (
-        learned_at is not None or s.epoch >= cfg.epochs)
-    # A run that stops at an exact-match target ends at an epoch nobody knows yet: an open-ended bar
-    # ("32 epochs") rather than "32/300" as if it had stopped short.
-    open_ended = cfg.stop_at_exact_match > 0
-    bar = tqdm(total=None if open_ended else cfg.epochs, initial=s.epoch, disable=not progress, leave=False,
-               desc=f"epochs (until {cfg.stop_at_exact_match:.0%} exact match, at most {cfg.epochs})" if open_ended
-               else "epochs", unit=" epochs" if open_ended else "it")
-    s.train_step.start_clock()  # time to the first step counts from here: compilation and capture
-    with StopFlag() as stop:
-        while s.epoch < cfg.epochs and not already_done:
-            t0 = time.perf_counter()
-            loss = train_one_epoch(s, stop)
-            if loss is None:  # stopped mid-epoch, right after an optimizer step
+        # 4. Epochs: nothing reads a value back until the epoch ends, and then once.
+        interrupted = False
+        already_done = bool(history) and s.micro == 0 and (
+            learned_at is not None or s.epoch >= cfg.epochs)
+        # A run that stops at an exact-match target ends at an epoch nobody knows yet: an open-ended bar
+        # ("32 epochs") rather than "32/300" as if it had stopped short.
+        open_ended = cfg.stop_at_exact_match > 0
+        bar = tqdm(total=None if open_ended else cfg.epochs, initial=s.epoch, disable=not progress, leave=False,
+                   desc=f"epochs (until {cfg.stop_at_exact_match:.0%} exact match, at most {cfg.epochs})" if open_ended
+                   else "epochs", unit=" epochs" if open_ended else "it")
+        s.train_step.start_clock()  # time to the first step counts from here: compilation and capture
+        meter = ThroughputMeter()  # rates per epoch; no MFU (no FLOPs-per-token figure for this model yet)
+        tokens_per_epoch = real_target_tokens(data)
+        with StopFlag() as stop:
+            while s.epoch < cfg.epochs and not already_done:
+                t0 = time.perf_counter()
+                meter.restart_clock()
+                loss = train_one_epoch(s, stop)
+                if loss is None:  # stopped mid-epoch, right after an optimizer step
+                    train_seconds += time.perf_counter() - t0
+                    interrupted = True
+                    break
+                epoch = s.epoch
+                check = cfg.stop_at_exact_match > 0 and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs)
+                right = teacher_forced_exact(s.model, s.dataset, s.precision, s.device) if check else loss * 0
+                grad_norm = s.train_step.grad_norm  # None when clipping is off (max_grad_norm=0)
+                synced = torch.stack([loss, right.float(), loss * 0 if grad_norm is None else grad_norm.float()])
+                mean_loss, n_right, last_grad_norm = synced.tolist()  # the one sync
                 train_seconds += time.perf_counter() - t0
-                interrupted = True
-                break
-            epoch = s.epoch
-            check = cfg.stop_at_exact_match > 0 and ((epoch + 1) % cfg.eval_every_epochs == 0 or epoch + 1 == cfg.epochs)
-            right = teacher_forced_exact(s.model, s.dataset, s.precision, s.device) if check else loss * 0
-            mean_loss, n_right = torch.stack([loss, right.float()]).tolist()  # the one sync
-            train_seconds += time.perf_counter() - t0
-            s.epoch += 1
-            record = {"epoch": s.epoch, "step": s.step, "loss": mean_loss, "lr": float(s.scheduler.get_last_lr()[0]),
-                      "seconds": round(train_seconds, 3), "samples_per_s": n * s.epoch / train_seconds,
-                      **_speed_record(s)}
-            if check:
-                record["exact_match_tf"] = n_right / n
-            history.append(record)
-            with open(run_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            bar.update(1)
-            bar.set_postfix(loss=f"{mean_loss:.3f}", em=f"{record.get('exact_match_tf', float('nan')):.2f}")
-            if check and n_right / n >= cfg.stop_at_exact_match:
-                learned_at = train_seconds
-                break
-            if stop.signum is not None:
-                interrupted = True
-                break
-            if cfg.save_every_epochs and s.epoch % cfg.save_every_epochs == 0:
-                save({"loss": mean_loss}, finished=False)
-        bar.close()
-        if interrupted:
-            ckpt = save({"loss": history[-1]["loss"] if history else None}, finished=False)
-            where = f"in epoch {s.epoch + 1} (micro-batch {s.micro})" if s.micro else f"after epoch {s.epoch}"
-            say(f"interrupted by signal {stop.signum} at step {s.step} {where}; checkpoint: {ckpt}")
-            say(f"resume with: hlbd train --resume run_dir={run_dir}")
-            return {"interrupted": True, "learned": False, "epochs": s.epoch, "steps": s.step,
-                    "train_seconds": round(train_seconds, 2), "checkpoint": str(ckpt), "history": history}
+                meter.update(tokens_per_epoch, n)
+                s.epoch += 1
+                # Core's field names (as fit logs them), then hlbd's own: seconds, the fast path's figures
+                # and eval_exact_match_tf (teacher-forced exact match on the training pairs).
+                record = {"step": s.step, "epoch": s.epoch, "loss": mean_loss,
+                          "lr": float(s.scheduler.get_last_lr()[0]),
+                          "grad_norm": None if grad_norm is None else last_grad_norm,
+                          **{k: meter.summary()[k] for k in ("tokens_per_s", "samples_per_s", "mfu")},
+                          **memory_report().as_dict(), "seconds": round(train_seconds, 3), **_speed_record(s)}
+                if check:
+                    record["eval_exact_match_tf"] = n_right / n
+                history.append(record)
+                run_log.write(record)
+                bar.update(1)
+                bar.set_postfix(loss=f"{mean_loss:.3f}", em=f"{record.get('eval_exact_match_tf', float('nan')):.2f}")
+                if check and n_right / n >= cfg.stop_at_exact_match:
+                    learned_at = train_seconds
+                    break
+                if stop.signum is not None:
+                    interrupted = True
+                    break
+                if cfg.save_every_epochs and s.epoch % cfg.save_every_epochs == 0:
+                    save({"loss": mean_loss}, finished=False)
+            bar.close()
+            if interrupted:
+                ckpt = save({"loss": history[-1]["loss"] if history else None}, finished=False)
+                where = f"in epoch {s.epoch + 1} (micro-batch {s.micro})" if s.micro else f"after epoch {s.epoch}"
+                say(f"interrupted by signal {stop.signum} at step {s.step} {where}; checkpoint: {ckpt}")
+                say(f"resume with: hlbd train --resume run_dir={run_dir}")
+                return {"interrupted": True, "learned": False, "epochs": s.epoch, "steps": s.step,
+                        "train_seconds": round(train_seconds, 2), "checkpoint": str(ckpt), "history": history}
 
-    # 5. Evaluation that means something: greedy decoding of every training target.
-    result = evaluate_pairs(s.model, data.tokenizer, data.pairs)
-    learned = result["exact_match"] >= LEARNED
-    summary = {"epochs": len(history), "steps": s.step, "train_seconds": round(train_seconds, 2),
-               "seconds_to_learned": round(learned_at, 2) if learned_at is not None and learned else None,
-               "final_loss": history[-1]["loss"], "exact_match": result["exact_match"], "chrf": result["chrf"],
-               "learned": learned, "pairs": n, "params": n_params, "device": str(s.device),
-               "precision": s.precision.name, "speed": s.speed.reason, **s.train_step.stats.as_dict(),
-               "interrupted": False, "history": history}
+        # 5. Evaluation that means something: greedy decoding of every training target.
+        result = evaluate_pairs(s.model, data.tokenizer, data.pairs)
+        # In the log, not in the history a checkpoint keeps: a finished run resumed evaluates again.
+        run_log.write({"step": s.step, "epoch": s.epoch, "eval_exact_match": result["exact_match"],
+                       "eval_chrf": result["chrf"]})
+        learned = result["exact_match"] >= LEARNED
+        summary = {"epochs": len(history), "steps": s.step, "train_seconds": round(train_seconds, 2),
+                   "seconds_to_learned": round(learned_at, 2) if learned_at is not None and learned else None,
+                   "final_loss": history[-1]["loss"], "exact_match": result["exact_match"], "chrf": result["chrf"],
+                   "learned": learned, "pairs": n, "params": n_params, "device": str(s.device),
+                   "precision": s.precision.name, "speed": s.speed.reason, **s.train_step.stats.as_dict(),
+                   "interrupted": False, "history": history}
 
-    # 6. Checkpoint: weights, optimizer, scheduler, position, tokenizer and model config together.
-    ckpt = save({k: v for k, v in summary.items() if k != "history"}, finished=True)
-    summary["checkpoint"] = str(ckpt)
-    (run_dir / "summary.json").write_text(json.dumps({**{k: v for k, v in summary.items() if k != "history"},
-                                                      "wrong_examples": result["wrong_examples"]},
-                                                     ensure_ascii=False, indent=2))
-    verdict = "learned" if learned else "not learned yet"
-    say(f"{verdict}: exact match {result['exact_match']:.1%} ({n} pairs, greedy), chrF {result['chrf']:.1f}, "
-        f"loss {summary['final_loss']:.3f}, {len(history)} epochs, {train_seconds:.1f} s of training")
-    stats = s.train_step.stats
-    if stats.first_step_seconds is not None:
-        say(f"first optimizer step after {stats.first_step_seconds:.1f} s ({stats.compiled_graphs} compiled graphs, "
-            f"{stats.captured_graphs} CUDA graphs, {stats.recompiles} recompiles); "
-            f"{train_seconds - stats.first_step_seconds:.1f} s of training after it")
-    say(f"checkpoint: {ckpt}")
-    return summary
+        # 6. Checkpoint: weights, optimizer, scheduler, position, tokenizer and model config together.
+        ckpt = save({k: v for k, v in summary.items() if k != "history"}, finished=True)
+        summary["checkpoint"] = str(ckpt)
+        (run_dir / "summary.json").write_text(json.dumps({**{k: v for k, v in summary.items() if k != "history"},
+                                                          "wrong_examples": result["wrong_examples"]},
+                                                         ensure_ascii=False, indent=2))
+        verdict = "learned" if learned else "not learned yet"
+        say(f"{verdict}: exact match {result['exact_match']:.1%} ({n} pairs, greedy), chrF {result['chrf']:.1f}, "
+            f"loss {summary['final_loss']:.3f}, {len(history)} epochs, {train_seconds:.1f} s of training")
+        stats = s.train_step.stats
+        if stats.first_step_seconds is not None:
+            say(f"first optimizer step after {stats.first_step_seconds:.1f} s ({stats.compiled_graphs} compiled graphs, "
+                f"{stats.captured_graphs} CUDA graphs, {stats.recompiles} recompiles); "
+                f"{train_seconds - stats.first_step_seconds:.1f} s of training after it")
+        say(f"checkpoint: {ckpt}")
+        return summary
+    finally:
+        run_log.close()
+
+
+def real_target_tokens(data: Prepared) -> int:
+    """Target tokens the loss counts in one epoch (every pair once; padding and the leading BOS left out)."""
+    return sum(1 for t in data.tgt for x in t[1:] if x != PAD)
 
 
 def _speed_record(s: Session) -> dict:

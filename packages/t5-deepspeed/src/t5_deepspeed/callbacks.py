@@ -11,9 +11,14 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+# The Trainer's names for what core's fit logs under its own (trainstack report reads core's names).
+CORE_NAMES = {"learning_rate": "lr"}
+
 
 class JsonlLogCallback(TrainerCallback):
-    """Every Trainer log record as one JSON line in OUTPUT_DIR/log.jsonl (rank 0 only)."""
+    """Every Trainer log record as one JSON line in OUTPUT_DIR/log.jsonl (rank 0 only), with core's
+    field names where the Trainer has its own (learning_rate -> lr) and the memory fields on training
+    records (rss_gib, gpu_*_gib), as core's fit writes them."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -24,7 +29,11 @@ class JsonlLogCallback(TrainerCallback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"step": state.global_step, "epoch": state.epoch, "time": round(time.time(), 3)}
         for k, v in logs.items():
-            record[k] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
+            record[CORE_NAMES.get(k, k)] = v if not isinstance(v, float) or math.isfinite(v) else str(v)
+        if "loss" in logs:
+            from trainstack.memory import memory_report
+
+            record.update(memory_report().as_dict())
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -75,11 +75,44 @@ class OutputLedger:
             self._write(self.names() - names)
 
 
+TENSORBOARD_DIR = "tb"  # as core's fit: OUTPUT_DIR/tb (unless TENSORBOARD_LOGGING_DIR says otherwise)
+
+
+def report_targets(report_to) -> list[str]:
+    """The Trainer's report_to as a list of names ("none" -> [])."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return [n for n in names if n != "none"]
+
+
+def default_report_to() -> str:
+    """TensorBoard when it is installed (else a warning, as core's loop gives): never every integration
+    installed, which is what the Trainer's own "all" would mean."""
+    from transformers.integrations import is_tensorboard_available
+
+    if is_tensorboard_available():
+        return "tensorboard"
+    log.warning("tensorboard is not installed, so no TensorBoard events are written "
+                "(pip install 'trainstack-core[tensorboard]'); log.jsonl is complete")
+    return "none"
+
+
+def point_tensorboard_at(trainer, directory: Path) -> None:
+    """The Trainer's TensorBoard callback writes to ``directory`` instead of OUTPUT_DIR/runs/DATE_HOST,
+    unless the user set TENSORBOARD_LOGGING_DIR (transformers 5's way to choose it)."""
+    from transformers.integrations import TensorBoardCallback
+
+    for callback in trainer.callback_handler.callbacks:
+        if isinstance(callback, TensorBoardCallback) and not os.environ.get("TENSORBOARD_LOGGING_DIR"):
+            callback.logging_dir = str(directory)
+
+
 def result_files(training: dict, extra) -> set[str]:
     """The fixed-name files a run with these arguments writes at the top of its output dir."""
     names = {"all_results.json"}
     if extra.log_jsonl:
         names.add("log.jsonl")
+    if "tensorboard" in report_targets(training.get("report_to")):
+        names.add(TENSORBOARD_DIR)
     if training.get("do_train"):
         names |= {"train_results.json", "trainer_state.json"}
         if training.get("deepspeed") is not None:

@@ -49,10 +49,13 @@ from .ds_config import (
 )
 from .outputs import (
     FINAL_MODEL_STAGING,
+    TENSORBOARD_DIR,
     OutputDirError,
     OutputLedger,
     apply_plan,
+    default_report_to,
     plan_output_dir,
+    point_tensorboard_at,
     result_files,
     save_final_model,
 )
@@ -280,6 +283,10 @@ def run(parsed: ParsedArgs) -> dict:
         resume_ckpt = resolve_resume(training.get("resume_from_checkpoint"), out_dir, model_config,
                                      run_fingerprint, ignore_mismatch=extra.ignore_resume_mismatch)
     training["resume_from_checkpoint"] = str(resume_ckpt) if resume_ckpt is not None else None
+    if "report_to" not in parsed.given or training.get("report_to") in (None, "all", ["all"]):
+        # As core's loop: TensorBoard in OUTPUT_DIR/tb by default (the Trainer's default is "none"); W&B
+        # and the others only when named ("all" would be every integration that happens to be installed).
+        training["report_to"] = default_report_to()
     this_run_writes = result_files(training, extra) | {FINAL_MODEL_STAGING}
     inputs = [Path(f).expanduser() for f in files.values() if f]
     inputs += [Path(p).expanduser() for p in (model_args.model_name_or_path, model_args.tokenizer_name,
@@ -296,8 +303,6 @@ def run(parsed: ParsedArgs) -> dict:
         training["generation_max_length"] = data_args.val_max_target_length
     if training.get("generation_num_beams") is None and data_args.num_beams is not None:
         training["generation_num_beams"] = data_args.num_beams
-    if training.get("report_to") in (None, "all", ["all"]):
-        training["report_to"] = "none"
 
     # 6. TrainingArguments now: with a DeepSpeed config this registers it globally (HfDeepSpeedConfig),
     # so from_pretrained/from_config below build a ZeRO-3 model already partitioned (zero.Init).
@@ -410,6 +415,7 @@ def run(parsed: ParsedArgs) -> dict:
         data_collator=collator, processing_class=tokenizer,
         compute_metrics=compute_metrics if args.predict_with_generate else None, callbacks=callbacks)
     trainer.output_ledger = ledger
+    point_tensorboard_at(trainer, out_dir / TENSORBOARD_DIR)
     trainer.run_fingerprint = run_fingerprint
     optimizer_report.trainer = trainer
 
