@@ -183,7 +183,3 @@ class TrainConfig:
                               "data.selection=cleaned filters every source")
         if self.data.min_chars > self.data.max_chars:
             raise ValueError("data.min_chars must be <= data.max_chars")
-        if self.save_every_steps and self.eval_every_steps and self.save_every_steps % self.eval_every_steps:
-            # Best-by-BLEU needs a fresh metric at every save (the Trainer's rule too).
-            raise ValueError(f"save_every_steps ({self.save_every_steps}) must be a multiple of "
-                             f"eval_every_steps ({self.eval_every_steps})")

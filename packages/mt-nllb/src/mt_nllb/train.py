@@ -268,6 +268,9 @@ def build_loop_config(cfg: TrainConfig, total_steps: int):
     return LoopConfig(max_steps=total_steps, epochs=cfg.epochs, grad_accum_steps=cfg.grad_accum_steps,
                       max_grad_norm=cfg.max_grad_norm, log_every_steps=cfg.log_every_steps,
                       eval_every_steps=cfg.eval_every_steps, save_every_steps=cfg.save_every_steps,
+                      # the users' eval 2000 / save 3000: a save between evaluations evaluates first,
+                      # so best-by-BLEU ranks every checkpoint
+                      eval_at_save=True,
                       keep_last=cfg.keep_last, keep_best=cfg.keep_best, best_metric="eval_bleu", best_mode="max",
                       seed=cfg.seed)
 
