@@ -163,11 +163,12 @@ def test_every_shipped_profile_loads_into_the_config():
     from trainstack.hardware import load_profiles
 
     profiles = load_profiles(profile_dir())
-    assert {p.name for p in profiles} == {"rtx4080s-16g", "h100-80g", "a100-40g", "cpu-debug"}
+    assert {p.name for p in profiles} == {"rtx4080s-16g", "rtx4090-24g", "h100-80g", "a100-40g", "v100-32g", "cpu-debug"}
     for p in profiles:
         cfg = load_config(TrainConfig, p.settings)
         if p.name != "cpu-debug":
             assert cfg.data.max_length == 256 and cfg.speed.batch_size * cfg.grad_accum_steps == 96
+        assert (cfg.precision == "fp16") == (p.name == "v100-32g")  # Volta has no bf16
 
 
 def test_nllb_600m_architecture_and_flops():

@@ -102,7 +102,10 @@ def test_profiles_memory_command(capsys):
     out = capsys.readouterr().out
     assert "rtx4080s-16g (nllb-600m, worst case: 24 x 256 tokens per side)" in out
     assert "optimizer states (adamw8bit)" in out and "peak reserved" in out
-    assert "DOES NOT FIT" not in out and out.count("-> fits in") == 3
+    gpu_profiles = ("a100-40g", "h100-80g", "rtx4080s-16g", "rtx4090-24g", "v100-32g")
+    assert "DOES NOT FIT" not in out and out.count("-> fits in") == len(gpu_profiles)
+    assert "v100-32g (nllb-600m, worst case: 48 x 256 tokens per side): batch=48, src_len=256, tgt_len=256, " \
+           "optim=adamw, params=fp32, autocast=fp16" in out
 
 
 def test_gpu_fit16_script_runs_on_cpu_with_the_tiny_switch(tmp_path):

@@ -157,7 +157,7 @@ class MemoryPlan:
 
 def estimate(config, *, batch: int, src_len: int, tgt_len: int, optim: str = "adamw", params_dtype: str = "fp32",
              autocast: bool = True, checkpointing: bool = False, chunked_ce: bool = True, ce_chunk_rows: int = 2048,
-             attn: str = "sdpa", label: str = "") -> MemoryPlan:
+             attn: str = "sdpa", label: str = "", autocast_dtype: str = "bf16") -> MemoryPlan:
     """Peak memory of one micro-step at ``batch`` sentences of ``src_len`` / ``tgt_len`` tokens (padded)."""
     shapes = count_params(config)
     p_bytes = 4 if params_dtype == "fp32" else 2
@@ -201,7 +201,7 @@ def estimate(config, *, batch: int, src_len: int, tgt_len: int, optim: str = "ad
     forward_peak = base + loss_fwd
     backward_peak = base + max(loss_bwd, 2 * head_grad + acts["recompute"])
     settings = {"batch": batch, "src_len": src_len, "tgt_len": tgt_len, "optim": optim, "params": params_dtype,
-                "autocast": "bf16" if autocast else "off", "checkpointing": checkpointing,
+                "autocast": autocast_dtype if autocast else "off", "checkpointing": checkpointing,
                 "chunked_ce": chunked_ce, "ce_chunk_rows": ce_chunk_rows}
     return MemoryPlan(label or "estimate", settings, parts, forward_peak, backward_peak)
 
@@ -228,7 +228,8 @@ def estimate_for_profile(name_or_path: str, overrides=()) -> MemoryPlan:
                     params_dtype=cfg.speed.params_dtype, autocast=cfg.precision != "fp32",
                     checkpointing=cfg.speed.gradient_checkpointing, chunked_ce=cfg.speed.chunked_ce,
                     ce_chunk_rows=cfg.speed.ce_chunk_tokens, attn=cfg.model.attn_implementation,
-                    label=f"{profile.name} ({arch}, worst case: {batch} x {length} tokens per side)")
+                    label=f"{profile.name} ({arch}, worst case: {batch} x {length} tokens per side)",
+                    autocast_dtype="fp16" if cfg.precision == "fp16" else "bf16")  # same bytes, named as run
 
 
 def print_profile_plans(profiles) -> None:
