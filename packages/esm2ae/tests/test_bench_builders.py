@@ -7,13 +7,13 @@ leave a builder unrecorded or train another model, and fail here.
 """
 
 import dataclasses
-import inspect
 
 import pytest
 import torch
 from esm2ae import train as T
 from esm2ae.bench import bench_config, bench_ours, lognormal_lengths, random_proteins
 from esm2ae.cli import main
+from trainstack.testing import StopRun, record_builders
 
 from .test_train import TINY
 
@@ -22,38 +22,8 @@ BUILDERS = ("build_training_model", "schedule_steps", "build_optimizer_and_sched
 ACCUM = 2
 
 
-class StopRun(Exception):
-    """Raised by the recording loss function after one optimizer step."""
-
-
 def _record_builders(monkeypatch):
-    run = {"calls": [], "losses": [], "optimizer_steps": 0}
-    for name in BUILDERS:
-        real = getattr(T, name)
-
-        def wrapper(*args, _real=real, _name=name, **kwargs):
-            out = _real(*args, **kwargs)
-            bound = inspect.signature(_real).bind(*args, **kwargs)
-            bound.apply_defaults()  # an argument left at its default compares equal to one passed as it
-            run["calls"].append((_name, dict(bound.arguments), out))
-            if _name == "build_optimizer_and_scheduler":
-                out[0].register_step_post_hook(lambda *a: run.__setitem__("optimizer_steps", run["optimizer_steps"] + 1))
-            if _name == "make_loss_fn":
-                return _stopping_loss(out, run)
-            return out
-
-        monkeypatch.setattr(T, name, wrapper)
-    return run
-
-
-def _stopping_loss(loss_fn, run):
-    def recorded(model, batch):
-        run["losses"].append((model, batch))
-        if len(run["losses"]) == ACCUM + 1:
-            raise StopRun
-        return loss_fn(model, batch)
-
-    return recorded
+    return record_builders(monkeypatch, T, BUILDERS, stop_after_micro_batches=ACCUM + 1)
 
 
 def _comparable(x):

@@ -7,50 +7,20 @@ leave a builder unrecorded or train another model and fail here.
 """
 
 import dataclasses
-import inspect
 
 import pytest
 import torch
 from mt_nllb import train as T
 from mt_nllb.bench import bench_ours
 from mt_nllb.cli import main
+from trainstack.testing import StopRun, record_builders
 
 BUILDERS = ("resolve_train_speed", "build_training_model", "build_train_batches", "total_optimizer_steps",
             "build_optimizer_and_scheduler", "make_loss_fn", "build_loop_config")
 
 
-class StopRun(Exception):
-    """Raised by the recording loss function: one optimizer step is enough to compare."""
-
-
 def _record_builders(monkeypatch):
-    run = {"calls": [], "losses": [], "optimizer_steps": 0}
-    for name in BUILDERS:
-        real = getattr(T, name)
-
-        def wrapper(*args, _real=real, _name=name, **kwargs):
-            out = _real(*args, **kwargs)
-            bound = inspect.signature(_real).bind(*args, **kwargs)
-            bound.apply_defaults()  # an argument left at its default compares equal to one passed as it
-            run["calls"].append((_name, dict(bound.arguments), out))
-            if _name == "build_optimizer_and_scheduler":
-                out[0].register_step_post_hook(lambda *a: run.__setitem__("optimizer_steps", run["optimizer_steps"] + 1))
-            if _name == "make_loss_fn":
-                return _stopping_loss(out, run)
-            return out
-
-        monkeypatch.setattr(T, name, wrapper)
-    return run
-
-
-def _stopping_loss(loss_fn, run):
-    def recorded(model, batch):
-        run["losses"].append((model, {k: v.clone() for k, v in batch.items()}))
-        if len(run["losses"]) == 2:
-            raise StopRun
-        return loss_fn(model, batch)
-
-    return recorded
+    return record_builders(monkeypatch, T, BUILDERS, stop_after_micro_batches=2)
 
 
 def _train(tmp_path, monkeypatch, *overrides):

@@ -78,3 +78,51 @@ def read_rank_records(out_dir, name: str, world_size: int) -> list[list[dict]]:
     """What ``append_rank_record`` wrote, per global rank: one record per run, in order."""
     return [[json.loads(line) for line in (Path(out_dir) / f"{name}.rank{r}.jsonl").read_text().splitlines()]
             for r in range(world_size)]
+
+
+class StopRun(Exception):
+    """Raised by ``record_builders``' loss function once enough micro-batches were seen."""
+
+
+def record_builders(monkeypatch, module, names, *, stop_after_micro_batches: int,
+                    optimizer_builder: str = "build_optimizer_and_scheduler", loss_builder: str = "make_loss_fn"):
+    """Wrap a package's train builders (``module.<name>`` for each of ``names``) to record every call:
+    (name, bound arguments with defaults applied, result). The optimizer built by ``optimizer_builder``
+    counts its steps; the loss function made by ``loss_builder`` records (model, batch; a dict's
+    tensors cloned) and raises StopRun at micro-batch ``stop_after_micro_batches``, so a `train` and a `bench`
+    run can be compared builder by builder (the package tests that a bench measures what ships).
+    Returns {"calls": [...], "losses": [...], "optimizer_steps": n}."""
+    import inspect
+
+    import torch
+
+    run = {"calls": [], "losses": [], "optimizer_steps": 0}
+
+    def count_step(*_):
+        run["optimizer_steps"] += 1
+
+    def stopping(loss_fn):
+        def recorded(model, batch):
+            kept = ({k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                    if isinstance(batch, dict) else batch)  # (a package's own batch type is kept as given)
+            run["losses"].append((model, kept))
+            if len(run["losses"]) == stop_after_micro_batches:
+                raise StopRun
+            return loss_fn(model, batch)
+
+        return recorded
+
+    for name in names:
+        real = getattr(module, name)
+
+        def wrapper(*args, _real=real, _name=name, **kwargs):
+            out = _real(*args, **kwargs)
+            bound = inspect.signature(_real).bind(*args, **kwargs)
+            bound.apply_defaults()  # an argument left at its default compares equal to one passed as it
+            run["calls"].append((_name, dict(bound.arguments), out))
+            if _name == optimizer_builder:
+                out[0].register_step_post_hook(count_step)
+            return stopping(out) if _name == loss_builder else out
+
+        monkeypatch.setattr(module, name, wrapper)
+    return run

@@ -105,8 +105,9 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
     def forward(ctx, hidden, weight, labels, epsilon: float, chunk_rows: int, denominator, masked: bool):
         n, _ = hidden.shape
         vocab = weight.shape[0]
-        w = hidden.new_zeros((aligned_rows(vocab), weight.shape[1]))
+        w = hidden.new_empty((aligned_rows(vocab), weight.shape[1]))
         w[:vocab] = weight  # cast to the compute dtype and aligned (zero rows; masked in the chunk math)
+        w[vocab:] = 0
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # Eagerly the gradients accumulate in place (one fp32 weight-gradient buffer); a compiled step
         # (speed.compile) traces the functional form, since dynamo cannot keep in-place buffers made
