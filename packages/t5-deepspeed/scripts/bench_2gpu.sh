@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Two-GPU runs for BENCHMARKS.md, on a host with 2 GPUs, from the repo root (about 6-8 minutes):
-#   bash packages/t5-deepspeed/scripts/bench_2gpu.sh [OUT_DIR]        (default t5ds-2gpu)
+#   [STEPS=plan,small,large,zero3,accelerate] bash packages/t5-deepspeed/scripts/bench_2gpu.sh [OUT_DIR]   (default t5ds-2gpu)
 # Needs torch with CUDA, transformers and deepspeed installed (no package install: PYTHONPATH is set).
 # What it shows: t5-small and t5-large with ZeRO-2 through DeepSpeed's own launcher on 2 GPUs (users'
 # Trainer settings vs ours), and the same job through `accelerate launch`; t5-small ZeRO-3 generate
@@ -24,20 +24,22 @@ run() {  # name timeout_s command...
   timeout "$t" "$@" > "$OUT_DIR/$name.txt" 2>&1; local rc=$?
   echo "--- $name rc=$rc ($((SECONDS - t0)) s)"; grep -v '^\$' "$OUT_DIR/$name.txt" | tail -n 12
 }
+STEPS=${STEPS:-all}
+want() { [[ $STEPS == all || ,$STEPS, == *,$1,* ]]; }
 B="python3 -m t5_deepspeed bench --num_gpus 2"
-run plan-t5-3b-2gpu 40 python3 -m t5_deepspeed plan --model t5-3b --num_gpus 2
-run bench-t5-small-zero2-2gpu 170 $B --model t5-small --deepspeed zero2 --batch_size 1 --users_fp16 --steps 60 --warmup 10 --out "$OUT_DIR/small" --timeout_s 80
-run bench-t5-large-zero2-2gpu 220 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --out "$OUT_DIR/large" --timeout_s 105
+want plan && run plan-t5-3b-2gpu 40 python3 -m t5_deepspeed plan --model t5-3b --num_gpus 2
+want small && run bench-t5-small-zero2-2gpu 170 $B --model t5-small --deepspeed zero2 --batch_size 1 --users_fp16 --steps 60 --warmup 10 --out "$OUT_DIR/small" --timeout_s 80
+want large && run bench-t5-large-zero2-2gpu 220 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --out "$OUT_DIR/large" --timeout_s 105
 D=packages/t5-deepspeed/src/t5_deepspeed/data
 ARGS="--config_name t5-small --train_file $D/en-ro.train.jsonl --test_file $D/en-ro.test.jsonl --source_lang en --target_lang ro
   --do_train --do_predict --predict_with_generate --per_device_train_batch_size 8 --max_steps 20 --val_max_target_length 16
   --save_strategy no --bf16"
 # ZeRO-3, DeepSpeed launcher, 2 ranks: partitioned load, synced generate, gathered 16-bit save
-run zero3-deepspeed-launcher 120 python3 -m deepspeed.launcher.runner --num_gpus 2 --master_port 29521 --module t5_deepspeed \
+want zero3 && run zero3-deepspeed-launcher 120 python3 -m deepspeed.launcher.runner --num_gpus 2 --master_port 29521 --module t5_deepspeed \
   --deepspeed zero3 $ARGS --output_dir /tmp/z3-ds --overwrite_output_dir
-run zero3-reload 60 python3 -c "from transformers import T5ForConditionalGeneration as T; m=T.from_pretrained('/tmp/z3-ds'); print('reloaded without DeepSpeed:', sum(p.numel() for p in m.parameters()), 'params')"
+want zero3 && run zero3-reload 60 python3 -c "from transformers import T5ForConditionalGeneration as T; m=T.from_pretrained('/tmp/z3-ds'); print('reloaded without DeepSpeed:', sum(p.numel() for p in m.parameters()), 'params')"
 # the same job under accelerate launch (no accelerate config file: DeepSpeed comes from --deepspeed)
-run zero2-accelerate-launch 120 python3 -m accelerate.commands.launch --multi_gpu --num_processes 2 --main_process_port 29531 -m t5_deepspeed \
+want accelerate && run zero2-accelerate-launch 120 python3 -m accelerate.commands.launch --multi_gpu --num_processes 2 --main_process_port 29531 -m t5_deepspeed \
   --deepspeed zero2 $ARGS --output_dir /tmp/z2-acc --overwrite_output_dir
 cp /tmp/z3-ds/predict_results.json "$OUT_DIR/zero3-2gpu-predict_results.json" 2>/dev/null
 cp /tmp/z2-acc/predict_results.json "$OUT_DIR/zero2-accelerate-predict_results.json" 2>/dev/null

@@ -28,11 +28,17 @@ want() { [[ $STEPS == all || ,$STEPS, == *,$1,* ]]; }
 B="python3 -m t5_deepspeed bench"
 want plan && for m in t5-small t5-large t5-3b; do run plan-$m 40 python3 -m t5_deepspeed plan --model $m; done
 # users' command 1: t5-small, ZeRO-2, batch 1, --fp16
-want small && run bench-t5-small-zero2 150 $B --model t5-small --deepspeed zero2 --batch_size 1 --users_fp16 --steps 60 --warmup 10 --out "$OUT_DIR/small" --timeout_s 70
+# (sides: ours without DeepSpeed, "plain", says when DeepSpeed costs more than it saves; profiled steps
+# come after the timed ones and write OUT/SIDE/profile/)
+want small && run bench-t5-small-zero2 320 $B --model t5-small --deepspeed zero2 --batch_size 1 --users_fp16 --steps 60 --warmup 10 --sides users,ours,plain --profile_steps 3 --out "$OUT_DIR/small" --timeout_s 100
 # fp16 vs bf16: weights scaled (initializer_factor=32) so activations pass fp16's 65504 as in pretrained T5
 want diverge && run fp16-vs-bf16 150 $B --model t5-small --deepspeed zero2 --batch_size 8 --users_fp16 --steps 30 --warmup 2 --config_overrides initializer_factor=32.0 --learning_rate 1e-4 --out "$OUT_DIR/diverge" --timeout_s 70
 # users' command 2: t5-large, ZeRO-2, batch 4, no fp16 (fp32)
-want large && run bench-t5-large-zero2 200 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --out "$OUT_DIR/large" --timeout_s 95
+# (ours-trainer-buckets: ours with the Trainer's "auto" gradient buckets, to isolate that setting)
+want large && run bench-t5-large-zero2 400 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --sides users,ours,plain --profile_steps 3 --out "$OUT_DIR/large" --timeout_s 120
+want buckets && run bench-t5-large-zero2-buckets 200 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --sides ours-trainer-buckets --out "$OUT_DIR/buckets" --timeout_s 120
+# --torch_compile (opt-in) vs ours at equal weights and batches (dropout off): losses step by step
+want compare && run compiled-vs-eager 300 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 6 --warmup 4 --sides ours-compiled,ours --config_overrides dropout_rate=0.0 --out "$OUT_DIR/compare" --timeout_s 140
 # users' command 3: t5-3b, ZeRO-3, batch 1, --fp16 (ours: bf16)
 want 3b && run bench-t5-3b-zero3 200 $B --model t5-3b --deepspeed zero3 --batch_size 1 --users_fp16 --steps 8 --warmup 3 --sides ours --out "$OUT_DIR/3b" --timeout_s 190
 # ours may spend the memory it saves on a bigger batch (same DeepSpeed config)
@@ -48,4 +54,5 @@ if want z3e2e; then
   cp /tmp/z3e2e/predict_results.json "$OUT_DIR/zero3-e2e-predict_results.json" 2>/dev/null
 fi
 rm -f "$OUT_DIR"/*/bench.train.jsonl
+find "$OUT_DIR" -name summary.json | sort | while read -r f; do echo "$f: $(tr -d '\n ' < "$f")"; done
 echo done

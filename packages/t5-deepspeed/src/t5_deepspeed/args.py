@@ -82,6 +82,12 @@ class ExtraArguments:
     log_jsonl: bool = field(default=True, metadata={"help": "Write OUTPUT_DIR/log.jsonl."})
     bench_json: str | None = field(default=None, metadata={"help": "Internal (t5-deepspeed bench)."})
     bench_warmup_steps: int = field(default=5, metadata={"help": "Internal (t5-deepspeed bench)."})
+    bench_profile_steps: int = field(default=0, metadata={
+        "help": "Internal (t5-deepspeed bench --profile_steps): profile N optimizer steps after the warm-up."})
+    ds_bucket_sizes: str = field(default="tuned", metadata={
+        "help": "'tuned': a DeepSpeed config's \"auto\" gradient bucket sizes become a few buckets per step; "
+                "'trainer': leave \"auto\" to the Trainer (d_model**2 elements).",
+        "choices": ["tuned", "trainer"]})
     recipe: str = field(default="ours", metadata={
         "help": "'ours' (defaults below) or 'users' (plain Trainer settings, for t5-deepspeed bench).",
         "choices": ["ours", "users"]})

@@ -38,27 +38,50 @@ def write_bench_data(path: Path, rows: int, join: int = 3) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+# side -> (recipe, extra flags). "plain" is ours without DeepSpeed (the users' rule of thumb for small
+# models); "ours-trainer-buckets" is ours with the Trainer's "auto" gradient buckets (d_model**2);
+# "ours-compiled" is ours with --torch_compile (with dropout off, its losses must match ours step by step).
+SIDES = {"users": ("users", []), "ours": ("ours", []), "plain": ("ours", []),
+         "ours-trainer-buckets": ("ours", ["--ds_bucket_sizes", "trainer"]),
+         "ours-compiled": ("ours", ["--torch_compile", "True"])}
+
+
 def side_command(side: str, a, data: Path, out: Path) -> list[str]:
+    recipe, flags = SIDES[side]
     if a.num_gpus > 1:
         launch = [sys.executable, "-m", "deepspeed.launcher.runner", f"--num_gpus={a.num_gpus}",
-                  f"--master_port={a.master_port + (side == 'ours')}", "--module", "t5_deepspeed"]
+                  f"--master_port={a.master_port + list(SIDES).index(side)}", "--module", "t5_deepspeed"]
     else:
         launch = [sys.executable, "-m", "t5_deepspeed"]
-    args = ["--config_name", a.model, "--deepspeed", a.deepspeed, "--train_file", str(data),
+    deepspeed = [] if side == "plain" else ["--deepspeed", a.deepspeed]
+    args = ["--config_name", a.model, *deepspeed, "--train_file", str(data),
             "--source_lang", "en", "--target_lang", "ro", "--source_prefix", "translate English to Romanian: ",
-            "--do_train", "--max_steps", str(a.steps + a.warmup),
+            "--do_train", "--max_steps", str(a.steps + a.warmup + a.profile_steps),
             "--output_dir", str(out / side), "--overwrite_output_dir", "--save_strategy", "no",
             "--logging_steps", "1", "--report_to", "none", "--seed", "0",
             "--bench_json", str(out / f"{side}.json"), "--bench_warmup_steps", str(a.warmup),
             "--max_source_length", "256", "--max_target_length", "256", "--learning_rate", str(a.learning_rate)]
     batch_size = a.batch_size if side == "users" else (a.ours_batch_size or a.batch_size)
     # both get the users' --fp16; "ours" turns it into bf16 for T5 where the GPU has it
-    args += ["--recipe", side, "--per_device_train_batch_size", str(batch_size)] + (["--fp16"] if a.users_fp16 else [])
+    args += ["--recipe", recipe, "--per_device_train_batch_size", str(batch_size), *flags]
+    args += ["--fp16"] if a.users_fp16 else []
+    args += ["--bench_profile_steps", str(a.profile_steps)] if a.profile_steps else []
     if a.gradient_checkpointing:
         args += ["--gradient_checkpointing"]
     if a.config_overrides:
         args += ["--config_overrides", a.config_overrides]
     return launch + args
+
+
+def compiled_vs_eager(compiled: dict, eager: dict) -> str:
+    """One line: the largest per-step loss difference between the compiled and the eager run."""
+    steps = sorted(set(compiled) & set(eager))
+    if not steps:
+        return "compiled vs eager: no common logged steps"
+    step = max(steps, key=lambda k: abs(compiled[k] - eager[k]))
+    return (f"compiled vs eager: largest loss difference {abs(compiled[step] - eager[step]):.2e} at step {step} "
+            f"(loss {eager[step]:.4f}) over {len(steps)} steps (equal only with dropout off: "
+            "--config_overrides dropout_rate=0.0)")
 
 
 def main(argv=None) -> int:
@@ -76,16 +99,21 @@ def main(argv=None) -> int:
     p.add_argument("--timeout_s", type=int, default=None, help="per side")
     p.add_argument("--num_gpus", type=int, default=1)
     p.add_argument("--master_port", type=int, default=29511)
-    p.add_argument("--sides", default="users,ours", help="comma list of users,ours")
+    p.add_argument("--sides", default="users,ours", help=f"comma list of {','.join(SIDES)}")
+    p.add_argument("--profile_steps", type=int, default=0,
+                   help="after the timed steps, profile N more (OUT/SIDE/profile: GPU kernels, Python functions)")
     p.add_argument("--out", default=None, help="directory for logs and JSON (default: a temp dir)")
     a = p.parse_args(argv)
+    unknown = [side for side in a.sides.split(",") if side not in SIDES]
+    if unknown:
+        p.error(f"unknown --sides {','.join(unknown)}; known: {','.join(SIDES)}")
 
     from trainstack.bench import BenchResult, compare, device_banner
 
     out = Path(a.out or tempfile.mkdtemp(prefix="t5ds-bench-"))
     out.mkdir(parents=True, exist_ok=True)
     data = out / "bench.train.jsonl"
-    write_bench_data(data, (a.steps + a.warmup + 2) * max(a.batch_size, a.ours_batch_size or 0) * a.num_gpus)
+    write_bench_data(data, (a.steps + a.warmup + a.profile_steps + 2) * max(a.batch_size, a.ours_batch_size or 0) * a.num_gpus)
     print(device_banner())
     results = []
     for side in a.sides.split(","):
@@ -111,13 +139,22 @@ def main(argv=None) -> int:
         results.append(BenchResult(
             name=side, steps=rec["steps"], seconds=rec["seconds"], real_tokens=rec["real_tokens"],
             samples=rec["samples"], tokens_per_s=rec["tokens_per_s"], samples_per_s=rec["samples_per_s"],
-            mfu=None, peak_memory_gib=rec["peak_memory_gib"],
+            mfu=rec.get("mfu"), peak_memory_gib=rec["peak_memory_gib"],
             extra={"precision": rec["precision"], "loss_finite": finite, "timer": rec.get("timer", "wall"),
                    "optimizer": rec.get("optimizer"),
                    "last_loss": rec["losses"][-1][1] if rec["losses"] else None}))
-        print(f"{side}: {rec['tokens_per_s']:.0f} tokens/s, peak {rec['peak_memory_gib']} GiB, precision "
-              f"{rec['precision']}, loss finite: {finite}, losses {[loss for _, loss in rec['losses']][-5:]}", flush=True)
-    if len(results) == 2:
+        mfu = f", MFU {rec['mfu']:.1%}" if rec.get("mfu") is not None else ""
+        print(f"{side}: {rec['tokens_per_s']:.0f} tokens/s{mfu}, {1000 * rec['seconds'] / rec['steps']:.1f} ms/step, "
+              f"peak {rec['peak_memory_gib']} GiB, precision {rec['precision']}, loss finite: {finite}, "
+              f"losses {[loss for _, loss in rec['losses']][-5:]}", flush=True)
+        profile = out / side / "profile" / "summary.json"
+        if profile.is_file():
+            print(f"{side}: profile {json.loads(profile.read_text())} (tables in {profile.parent})", flush=True)
+    if len(results) >= 2 and any(r.name == "users" for r in results):
         print(compare(results, baseline="users"))
+    losses = {side: dict(json.loads((out / f"{side}.json").read_text())["losses"]) for side in ("ours-compiled", "ours")
+              if any(r.name == side for r in results)}
+    if len(losses) == 2:
+        print(compiled_vs_eager(losses["ours-compiled"], losses["ours"]))
     (out / "bench_results.json").write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
     return 0 if results else 1

@@ -68,6 +68,7 @@ class TokenCountingCollator:
     def __init__(self, collator):
         self.collator = collator
         self.real_tokens = 0
+        self.source_tokens = 0
         self.padded_tokens = 0
         self.samples = 0
 
@@ -75,6 +76,7 @@ class TokenCountingCollator:
         batch = self.collator(features)
         mask = batch["attention_mask"]
         labels = batch["labels"]
+        self.source_tokens += int(mask.sum())
         self.real_tokens += int(mask.sum()) + int((labels != -100).sum())
         self.padded_tokens += mask.numel() + labels.numel()
         self.samples += mask.shape[0]
@@ -85,11 +87,16 @@ class BenchCallback(TrainerCallback):
     """Times optimizer steps after `warmup_steps` and writes a core BenchResult as JSON."""
 
     def __init__(self, counter: TokenCountingCollator, warmup_steps: int, out_json, precision: str, n_params: int,
-                 optimizer_report: OptimizerReportCallback | None = None):
+                 optimizer_report: OptimizerReportCallback | None = None, stop_after_step: int | None = None,
+                 flops=None):
+        """``stop_after_step``: the last timed step (default: the run's last); ``flops``: a
+        flops.ModelFlops for the MFU figure."""
         self.counter, self.warmup_steps, self.out_json = counter, warmup_steps, Path(out_json)
         self.precision, self.n_params = precision, n_params
         self.optimizer_report = optimizer_report
+        self.stop_after_step, self.flops = stop_after_step, flops
         self.t0 = None
+        self.stopped = False
         self.start_tokens = self.start_samples = 0
         self.steps = 0
         self.losses = []
@@ -115,18 +122,25 @@ class BenchCallback(TrainerCallback):
             # the loader runs ahead of the step: tokens of batches already collated count as
             # "before"; the same prefetch offset applies at the end, so the difference is exact
             self.start_tokens, self.start_samples = self.counter.real_tokens, self.counter.samples
+            self.start_source_tokens = self.counter.source_tokens
             self.start_step = state.global_step
+        elif state.global_step == self.stop_after_step:
+            self._stop(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.losses.append((state.global_step, logs["loss"]))
 
     def on_train_end(self, args, state, control, **kwargs):
+        self._stop(state)
+
+    def _stop(self, state):
         import torch
 
         self._sync()
-        if self.t0 is None:
+        if self.t0 is None or self.stopped:
             return
+        self.stopped = True
         seconds = time.perf_counter() - self.t0
         self.timer = "wall"
         if self.start_event is not None:
@@ -137,10 +151,25 @@ class BenchCallback(TrainerCallback):
             self.timer = "cuda_events"
         self.steps = state.global_step - self.start_step
         self.real_tokens = self.counter.real_tokens - self.start_tokens
+        self.source_tokens = self.counter.source_tokens - self.start_source_tokens
         self.samples = self.counter.samples - self.start_samples
         self.seconds = seconds
         self.peak = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
         self.peak_reserved = torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None
+
+    def mfu(self) -> float | None:
+        """This rank's model FLOPs of real tokens per second over its GPU's dense bf16 peak (None on CPU)."""
+        import torch
+        from trainstack.bench import _current_gpu
+        from trainstack.metrics import peak_bf16_flops
+
+        if self.flops is None or not torch.cuda.is_available():
+            return None
+        peak = peak_bf16_flops(_current_gpu())
+        if not peak:
+            return None
+        target_tokens = self.real_tokens - self.source_tokens
+        return self.flops.train_flops(self.source_tokens, target_tokens) / self.seconds / peak
 
     def finish(self):
         import os
@@ -156,6 +185,7 @@ class BenchCallback(TrainerCallback):
             "peak_memory_gib": self.peak, "peak_reserved_gib": self.peak_reserved, "precision": self.precision,
             "n_params": self.n_params, "losses": self.losses, "timer": self.timer,
             "optimizer": self.optimizer_report.description if self.optimizer_report else None,
+            "mfu": self.mfu(),
         }
         self.out_json.parent.mkdir(parents=True, exist_ok=True)
         self.out_json.write_text(json.dumps(record, indent=1, default=str))

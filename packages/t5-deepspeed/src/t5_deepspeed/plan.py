@@ -8,6 +8,13 @@ Model-state memory comes from DeepSpeed's own estimators (the functions behind
 estimate_zero{2,3}_model_states_mem_needs_all_cold), fed with the parameter count of the model
 built on the meta device: no GPU and no weights needed. Activations are not in those numbers, so a
 setup is only recommended when its model states leave `--activation_headroom` of the GPU free.
+
+The expected step time (`--batch_size` rows of `--tokens` source+target tokens) is the larger of
+what the host needs to launch an eager step and what the GPU needs for its FLOPs, plus what ZeRO
+adds per parameter tensor. The constants were measured on one H200 host (BENCHMARKS.md,
+2026-12-01): eager T5 steps at the users' batch sizes are bound by the host, ~5 ms per T5 layer
+whatever the width; ZeRO-2 adds ~0.2 ms and ZeRO-3 ~1.5 ms per parameter tensor (bookkeeping,
+norms, gathers). Another host's CPU scales the first two; offload (CPU Adam, PCIe) is not estimated.
 """
 
 from __future__ import annotations
@@ -23,6 +30,12 @@ GIB = 2**30
 ORDER = ["plain", "zero2", "zero3", "zero2-offload", "zero3-offload"]
 
 
+# Measured on one H200 host (BENCHMARKS.md, 2026-12-01); see the module docstring.
+HOST_MS_PER_LAYER = 5.0
+ZERO_MS_PER_TENSOR = {"plain": 0.0, "zero2": 0.2, "zero3": 1.5}
+GPU_FLOPS_EFFICIENCY = 0.35  # of the dense bf16 peak, for the GPU-bound side of a large batch
+
+
 @dataclass
 class PlanRow:
     setup: str
@@ -30,19 +43,47 @@ class PlanRow:
     cpu_gib: float
     fits: bool
     why: str
+    step_ms: float | None = None
+    """expected milliseconds per optimizer step; None where not estimated (offload)"""
 
 
-def count_params(config) -> tuple[int, int]:
-    """(total parameters, parameters of the largest single module) from a config, on the meta device."""
+@dataclass(frozen=True)
+class ModelShape:
+    params: int
+    largest_module_params: int
+    layers: int
+    """T5 blocks, encoder and decoder"""
+    tensors: int
+    """parameter tensors (what ZeRO handles one by one)"""
+
+
+def model_shape(config) -> ModelShape:
+    """Parameter counts, layers and tensors of the model a config builds, on the meta device."""
     import torch
     from transformers import AutoModelForSeq2SeqLM
 
     with torch.device("meta"):
         model = AutoModelForSeq2SeqLM.from_config(config)
     # the same rule as deepspeed's model_to_params: tied weights counted once, largest own-params module
-    total = sum({id(p): p.numel() for p in model.parameters()}.values())
+    unique = {id(p): p.numel() for p in model.parameters()}
     largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    return total, largest
+    layers = (getattr(config, "num_layers", 0) or 0) + (getattr(config, "num_decoder_layers", 0) or 0)
+    return ModelShape(sum(unique.values()), largest, layers, len(unique))
+
+
+def count_params(config) -> tuple[int, int]:
+    """(total parameters, parameters of the largest single module) from a config, on the meta device."""
+    shape = model_shape(config)
+    return shape.params, shape.largest_module_params
+
+
+def step_ms(setup: str, shape: ModelShape, tokens_per_step: int, gpu_peak_flops: float | None) -> float | None:
+    """Expected milliseconds per optimizer step on one GPU (see the module docstring); None for offload."""
+    if setup not in ZERO_MS_PER_TENSOR:
+        return None
+    host = HOST_MS_PER_LAYER * shape.layers
+    gpu = 6 * shape.params * tokens_per_step / (GPU_FLOPS_EFFICIENCY * gpu_peak_flops) * 1000 if gpu_peak_flops else 0.0
+    return max(host, gpu) + ZERO_MS_PER_TENSOR[setup] * shape.tensors
 
 
 def estimate(total: int, largest: int, num_gpus: int, num_nodes: int = 1) -> dict[str, tuple[int, int]]:
@@ -92,6 +133,8 @@ def main(argv=None) -> int:
     p.add_argument("--gpu_memory_gib", type=float, default=None, help="override the GPU memory")
     p.add_argument("--num_gpus", type=int, default=None, help="GPUs on the node (default: from the hardware, at least 1)")
     p.add_argument("--activation_headroom", type=float, default=0.3, help="fraction of GPU memory kept for activations")
+    p.add_argument("--batch_size", type=int, default=8, help="rows per GPU per step, for the step time")
+    p.add_argument("--tokens", type=int, default=128, help="source+target tokens per row, for the step time")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     a = p.parse_args(argv)
     if a.gpu is not None and a.gpu not in SIMULATED:
@@ -108,24 +151,36 @@ def main(argv=None) -> int:
     except RunError as err:
         print(f"t5-deepspeed plan: error: {err}")
         return 2
-    total, largest = count_params(config)
+    from trainstack.metrics import peak_bf16_flops
+
+    shape = model_shape(config)
+    total, largest = shape.params, shape.largest_module_params
     rows, pick = make_plan(total, largest, gpu_gib, hw.ram_gib, num_gpus, a.activation_headroom)
+    peak = peak_bf16_flops(hw.gpu)
+    for r in rows:
+        r.step_ms = step_ms(r.setup, shape, a.batch_size * a.tokens, peak)
     if a.json:
         print(json.dumps({"model": source, "params": total, "largest_layer_params": largest, "gpu_gib": gpu_gib,
-                          "ram_gib": hw.ram_gib, "num_gpus": num_gpus, "rows": [asdict(r) for r in rows],
-                          "recommended": pick}))
+                          "ram_gib": hw.ram_gib, "num_gpus": num_gpus, "batch_size": a.batch_size,
+                          "tokens": a.tokens, "rows": [asdict(r) for r in rows], "recommended": pick}))
         return 0
     gpu_name = hw.gpu.name if hw.gpu else "GPU"
-    print(f"model {source}: {total / 1e6:.1f}M parameters (largest layer {largest / 1e6:.1f}M)")
+    print(f"model {source}: {total / 1e6:.1f}M parameters (largest layer {largest / 1e6:.1f}M), "
+          f"{shape.layers} layers, {shape.tensors} parameter tensors")
     print(f"hardware: {num_gpus} x {gpu_name} {gpu_gib:.0f} GiB, host RAM {hw.ram_gib:.0f} GiB")
-    print("model states per GPU (DeepSpeed estimators; activations not included):")
-    print(f"  {'setup':<15}{'GPU GiB':>9}{'CPU GiB':>9}  fits")
+    print("model states per GPU (DeepSpeed estimators; activations not included); step time estimated for "
+          f"{a.batch_size} rows x {a.tokens} tokens per GPU (measured constants of one H200 host; see --help):")
+    print(f"  {'setup':<15}{'GPU GiB':>9}{'CPU GiB':>9}{'step ms':>9}  fits")
     for r in rows:
-        print(f"  {r.setup:<15}{r.gpu_gib:>9.2f}{r.cpu_gib:>9.2f}  {'yes' if r.fits else 'no: ' + r.why}")
+        step = f"{r.step_ms:>9.0f}" if r.step_ms is not None else f"{'-':>9}"
+        print(f"  {r.setup:<15}{r.gpu_gib:>9.2f}{r.cpu_gib:>9.2f}{step}  {'yes' if r.fits else 'no: ' + r.why}")
+    by = {r.setup: r for r in rows}
     if pick is None:
         print("recommended: none fits; use more GPUs or a node with more host RAM")
     elif pick == "plain":
-        print("recommended: plain (no --deepspeed): model states fit with room to spare; DeepSpeed adds nothing")
+        faster = ", ".join(f"~{by[s].step_ms:.0f} ms under {s}" for s in ("zero2", "zero3") if by[s].fits)
+        print(f"recommended: plain (no --deepspeed): model states fit with room to spare, and a plain step is "
+              f"faster (~{by['plain'].step_ms:.0f} ms{'; ' + faster if faster else ''})")
     else:
         print(f"recommended: --deepspeed {pick}")
     return 0

@@ -45,6 +45,8 @@ from .ds_config import (
     check_for_cpu,
     load_ds_config,
     offload_devices,
+    size_gradient_buckets,
+    skip_bf16_overflow_scan,
     zero_stage,
 )
 from .outputs import (
@@ -117,6 +119,15 @@ def prepare_distributed_env(has_gpu: bool, using_deepspeed: bool) -> None:
                           RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
 
 
+def is_existing_path(text: str) -> bool:
+    """Whether a flag's value names a file or directory; False for values that cannot be paths at all
+    (an inline JSON config longer than the system's name limit raises instead of answering)."""
+    try:
+        return Path(text).expanduser().exists()
+    except OSError:
+        return False
+
+
 def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
@@ -182,6 +193,34 @@ def choose_precision(training: dict, extra, model_type: str, hw):
     if p.name == "fp16" and is_t5 and not extra.force_fp16:
         return resolve_precision("fp32", hw), "auto precision picked fp16, which T5 overflows in: using fp32"
     return p, None
+
+
+REGIONAL_COMPILE_ENV = "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"
+
+
+def choose_compile(training: dict, given: set) -> str | None:
+    """--torch_compile as asked, with accelerate's regional compilation (each repeated T5 block
+    compiled on its own), and the log line. Not on by default: measured on t5-large under ZeRO-2, the
+    blocks' compiled code specialised per block (each has its own layer index) until Dynamo's
+    recompile limit (8) sent them back to eager, a minute of compiling for nothing (BENCHMARKS.md)."""
+    asked = given & {"torch_compile", "torch_compile_backend", "torch_compile_mode"}
+    if asked and (training.get("torch_compile") or training.get("torch_compile_backend")
+                  or training.get("torch_compile_mode")):
+        os.environ.setdefault(REGIONAL_COMPILE_ENV, "1")
+        return "compile: as asked (--torch_compile), each T5 block compiled on its own (regional); eval/predict eager"
+    return None
+
+
+def run_eager_from_here(model) -> int:
+    """Undo in-place module.compile() (how accelerate compiles under DeepSpeed): generation's changing
+    shapes and caches would recompile block after block for no gain. Returns how many modules were
+    compiled."""
+    compiled = 0
+    for module in model.modules():
+        if getattr(module, "_compiled_call_impl", None) is not None:
+            module._compiled_call_impl = None
+            compiled += 1
+    return compiled
 
 
 def postprocess_text(texts):
@@ -259,11 +298,21 @@ def run(parsed: ParsedArgs) -> dict:
         changes = apply_run_precision(ds_cfg, precision.name)
         if not hw.has_gpu:
             check_for_cpu(ds_cfg)
+        if extra.recipe == "ours" and extra.ds_bucket_sizes == "tuned":
+            from .plan import count_params
+
+            changes += size_gradient_buckets(ds_cfg, count_params(model_config)[0],
+                                             getattr(model_config, "hidden_size", 0) or 0)
+        if extra.recipe == "ours":
+            changes += skip_bf16_overflow_scan(ds_cfg)
         stage = zero_stage(ds_cfg)
         log.info("deepspeed: %s, ZeRO-%d, offload: %s%s", ds_source, stage,
                  ", ".join(f"{k}->{v}" for k, v in offload_devices(ds_cfg).items()) or "none",
                  f"; changed {'; '.join(changes)}" if changes else "")
         training["deepspeed"] = ds_cfg
+    compile_line = choose_compile(training, parsed.given)
+    if compile_line:
+        log.info(compile_line)
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 
     # 4b. output dir and resume, decided here but acted on only once the model is built (step 9), so a
@@ -291,7 +340,7 @@ def run(parsed: ParsedArgs) -> dict:
     inputs = [Path(f).expanduser() for f in files.values() if f]
     inputs += [Path(p).expanduser() for p in (model_args.model_name_or_path, model_args.tokenizer_name,
                                               model_args.config_name, ds_request if isinstance(ds_request, str) else None)
-               if p and Path(p).expanduser().exists()]
+               if p and is_existing_path(p)]
     output_plan = plan_output_dir(out_dir, overwrite=extra.overwrite_output_dir, do_train=bool(training.get("do_train")),
                                   resume=resume_ckpt is not None, inputs=inputs, this_run_writes=this_run_writes,
                                   ledger=ledger)
@@ -367,6 +416,7 @@ def run(parsed: ParsedArgs) -> dict:
     from transformers import DataCollatorForSeq2Seq
 
     from .callbacks import BenchCallback, JsonlLogCallback, OptimizerReportCallback, TokenCountingCollator
+    from .flops import model_flops
     from .trainer import CompleteCheckpointsTrainer, SaveOnSignalCallback, agreed_signal
 
     label_pad = -100 if data_args.ignore_pad_token_for_loss else tokenizer.pad_token_id
@@ -379,12 +429,18 @@ def run(parsed: ParsedArgs) -> dict:
 
     signatures = {}
 
+    # Rows of the split being scored. On several GPUs the last batch is topped up with repeated rows so
+    # that every rank runs the same number of batches, and the gathered predictions can come back
+    # longer than the split (seen on 2 GPUs: 16 for 8 test pairs); the repeats are at the end.
+    scored_rows = {"n": None}
+
     def compute_metrics(eval_preds):
         import numpy as np
         from trainstack.metrics import bleu, chrf
 
         preds, labels = eval_preds
         preds = preds[0] if isinstance(preds, tuple) else preds
+        preds, labels = preds[:scored_rows["n"]], labels[:scored_rows["n"]]
         preds = np.where(preds != -100, preds, tokenizer.pad_token_id)
         labels = np.where(labels != -100, labels, tokenizer.pad_token_id)
         hyps = postprocess_text(tokenizer.batch_decode(preds, skip_special_tokens=True))
@@ -407,9 +463,15 @@ def run(parsed: ParsedArgs) -> dict:
         callbacks.append(JsonlLogCallback(out_dir / "log.jsonl"))
     bench_cb = None
     if extra.bench_json:
+        # profiled steps come after the timed ones: the profilers' own overhead stays out of the figures
+        timed_until = args.max_steps - extra.bench_profile_steps
         bench_cb = BenchCallback(collator, extra.bench_warmup_steps, extra.bench_json, precision.name, n_params,
-                                 optimizer_report)
+                                 optimizer_report, stop_after_step=timed_until, flops=model_flops(model))
         callbacks.append(bench_cb)
+        if extra.bench_profile_steps:
+            from .profiling import StepProfileCallback
+
+            callbacks.append(StepProfileCallback(timed_until, extra.bench_profile_steps, out_dir / "profile"))
     trainer = CompleteCheckpointsTrainer(
         model=model, args=args, train_dataset=datasets.get("train"), eval_dataset=datasets.get("validation"),
         data_collator=collator, processing_class=tokenizer,
@@ -464,7 +526,14 @@ def run(parsed: ParsedArgs) -> dict:
             raise StoppedBySignal(late_signal)
 
     # 11. evaluate and predict with generate
+    compiled = run_eager_from_here(model)
+    if compiled:
+        from torch._dynamo.utils import counters
+
+        log.info("compile: %d modules ran compiled (%d graphs compiled); eager from here", compiled,
+                 counters["stats"]["unique_graphs"])
     if args.do_eval:
+        scored_rows["n"] = len(datasets["validation"])
         metrics = trainer.evaluate(metric_key_prefix="eval", **gen_kwargs)
         metrics.update({f"eval_{k}": v for k, v in signatures.items()})
         metrics["eval_samples"] = len(datasets["validation"])
@@ -472,6 +541,7 @@ def run(parsed: ParsedArgs) -> dict:
         trainer.save_metrics("eval", metrics)
         results["eval"] = metrics
     if args.do_predict:
+        scored_rows["n"] = len(datasets["test"])
         out = trainer.predict(datasets["test"], metric_key_prefix="predict", **gen_kwargs)
         metrics = dict(out.metrics)
         metrics.update({f"predict_{k}": v for k, v in signatures.items()})
@@ -482,7 +552,8 @@ def run(parsed: ParsedArgs) -> dict:
         if trainer.is_world_process_zero() and args.predict_with_generate:
             import numpy as np
 
-            preds = np.where(out.predictions != -100, out.predictions, tokenizer.pad_token_id)
+            predictions = out.predictions[:len(datasets["test"])]  # the repeats of a topped-up last batch go
+            preds = np.where(predictions != -100, predictions, tokenizer.pad_token_id)
             hyps = postprocess_text(tokenizer.batch_decode(preds, skip_special_tokens=True))
             (out_dir / "generated_predictions.txt").write_text("\n".join(hyps) + "\n", encoding="utf-8")
             with (out_dir / "predictions.jsonl").open("w", encoding="utf-8") as f:

@@ -1,0 +1,83 @@
+"""Where a training step's time goes: `t5-deepspeed bench --profile_steps N`.
+
+N optimizer steps after the warm-up run under torch.profiler (GPU kernels and CPU ops) and cProfile
+(the Python functions of the Trainer and DeepSpeed), on rank 0. Written to OUTPUT_DIR/profile/:
+    summary.json   wall ms per step, GPU kernel ms per step (busy time), the share the GPU was busy
+    kernels.txt    operators by self GPU time
+    host.txt       Python functions by cumulative time (cProfile)
+A step whose GPU is busy for a small share of its wall time is bound by the host: the host table
+says which code holds it.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import io
+import json
+import os
+import pstats
+import time
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+
+def gpu_kernel_us(events) -> float:
+    """Total self time on the device of a profiler's key_averages(), in microseconds."""
+    total = 0.0
+    for e in events:
+        total += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
+    return total
+
+
+class StepProfileCallback(TrainerCallback):
+    def __init__(self, start_after_step: int, steps: int, out_dir):
+        self.start_after_step, self.steps, self.out_dir = start_after_step, steps, Path(out_dir)
+        self.profiler = self.host = None
+        self.rank0 = os.environ.get("RANK", "0") == "0"
+
+    def _sync(self):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if not self.rank0 or self.steps <= 0:
+            return
+        if state.global_step == self.start_after_step:
+            import torch
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+            self._sync()
+            self.profiler = profile(activities=activities)
+            self.profiler.__enter__()
+            self.host = cProfile.Profile()
+            self.t0 = time.perf_counter()
+            self.host.enable()
+        elif self.profiler is not None and state.global_step == self.start_after_step + self.steps:
+            self.host.disable()
+            self._sync()
+            wall_s = time.perf_counter() - self.t0
+            self.profiler.__exit__(None, None, None)
+            self._write(wall_s)
+            self.profiler = None
+
+    def _write(self, wall_s: float) -> None:
+        import torch
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        events = self.profiler.key_averages()
+        on_gpu = torch.cuda.is_available()
+        sort_key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+        (self.out_dir / "kernels.txt").write_text(events.table(sort_by=sort_key, row_limit=40))
+        text = io.StringIO()
+        pstats.Stats(self.host, stream=text).sort_stats("cumulative").print_stats(45)
+        (self.out_dir / "host.txt").write_text(text.getvalue())
+        wall_ms = 1000 * wall_s / self.steps
+        summary = {"steps": self.steps, "wall_ms_per_step": round(wall_ms, 2)}
+        if on_gpu:
+            kernel_ms = gpu_kernel_us(events) / 1000 / self.steps
+            summary.update(gpu_kernel_ms_per_step=round(kernel_ms, 2), gpu_busy_share=round(kernel_ms / wall_ms, 3))
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
