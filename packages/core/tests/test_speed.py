@@ -305,3 +305,74 @@ def test_fit_on_the_fast_path_equals_fit_eager(tmp_path):
     assert fast == pytest.approx(ref, rel=1e-5)
     assert history[-1]["compiled_graphs"] == 2 and history[-1]["recompiles"] == 0
     assert history[-1]["first_step_seconds"] > 0
+
+
+# ---- cold start: the compile cache on disk, time to the first step --------------------------------
+def test_the_inductor_default_dir_in_the_environment_is_not_the_users_choice(monkeypatch, tmp_path):
+    """Inductor writes its temporary default into TORCHINDUCTOR_CACHE_DIR the first time it is asked
+    (importing some libraries asks): ours must still win over that, and lose to a directory the user set."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.setenv("TRAINSTACK_CACHE_DIR", str(tmp_path))
+    for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.setenv(var, "unset-by-test")  # restored afterwards
+        monkeypatch.delenv(var)
+    import os
+
+    cache_dir()  # what an import does: the default goes into the environment
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] != str(tmp_path / "compile" / "inductor")
+    assert enable_compile_cache() == tmp_path / "compile"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile" / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert enable_compile_cache() == tmp_path
+
+
+COMPILE_ONCE = """
+import json, torch
+from transformers import EsmConfig  # an import that sets Inductor's default cache directory
+from trainstack.speed import compile_cache_use, enable_compile_cache
+enable_compile_cache()
+f = torch.compile(lambda x: (x * 2).sin().sum(), dynamic=False)
+f(torch.randn(8, requires_grad=True)).backward()
+print(json.dumps(compile_cache_use()))
+"""
+
+
+def test_a_second_process_finds_the_first_ones_graphs(tmp_path):
+    """Inductor (on this CPU) in two fresh processes sharing TRAINSTACK_CACHE_DIR: the first compiles
+    (cold), the second loads every graph from the cache (warm)."""
+    import json
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env["TRAINSTACK_CACHE_DIR"] = str(tmp_path)
+    runs = [json.loads(subprocess.run([sys.executable, "-c", COMPILE_ONCE], env=env, capture_output=True, text=True,
+                                      check=True, timeout=300).stdout.strip().splitlines()[-1]) for _ in range(2)]
+    assert runs[0]["compile_cache"] == "cold" and runs[0]["compile_cache_misses"] > 0
+    assert runs[1] == {"compile_cache": "warm", "compile_cache_hits": runs[0]["compile_cache_misses"],
+                       "compile_cache_misses": 0}
+    assert (tmp_path / "compile" / "inductor").is_dir()
+
+
+def test_fit_logs_the_time_to_the_first_step_from_its_clock_start(tmp_path, capsys):
+    """Eager fit too: the first optimizer step's time counts from clock_start (a process start, say),
+    is printed once and rides in every log record with the compile cache's use."""
+    import time
+
+    from trainstack.loop import LoopConfig, fit
+    from trainstack.precision import resolve_precision
+
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    res = fit(model=model, optimizer=opt, scheduler=None, train_batches=_toy.ListBatches(batches(4)),
+              loss_fn=token_loss, config=LoopConfig(max_steps=3, log_every_steps=1, tensorboard=False),
+              run_dir=tmp_path, precision=resolve_precision("fp32"), progress=False,
+              clock_start=time.perf_counter() - 100.0)
+    steps = [r for r in res.history if "loss" in r]
+    assert len(steps) == 3
+    first = steps[0]["first_step_seconds"]
+    assert 100.0 <= first < 160.0 and all(r["first_step_seconds"] == first for r in steps)
+    assert all(r["compile_cache"] == "unused" for r in steps)
+    assert capsys.readouterr().out.count(f"first optimizer step after {first:.1f} s") == 1

@@ -87,3 +87,23 @@ def test_bench_ours_runs_the_bench_config_on_cpu():
                      warmup=1)
     assert res.steps == 2 and res.real_tokens > 0 and res.samples > 0
     assert res.extra["optimizer"] == "torch.optim.AdamW for-loop (parameters on cpu)"
+    # time to the first step counts the model build: more than the first step alone, less than the whole arm
+    assert 0 < res.extra["first_step_seconds"] < res.extra["wall_incl_compile_s"]
+    assert res.extra["compile_cache"] == "unused" and not res.extra["compiled"]
+
+
+def test_ours_profile_groups_the_step_by_kernel_category():
+    """The ours-profile arm profiles bench_ours's step; on a CPU the rows are operators (a GPU's are kernels)."""
+    from esm2ae.bench import profile_ours
+
+    cfg = bench_config("esm2_tiny", max_tokens=1024, attention="sdpa", compile=False, precision="fp32",
+                       overrides=["data.max_length=128"])
+    table = profile_ours(cfg, random_proteins(lognormal_lengths(64, seed=1, median=60, high=128), seed=1),
+                         warmup=1, steps=2)
+    assert table.device == "cpu" and table.steps == 2
+    spent = table.by_category()
+    for category in ("matmul", "attention fwd", "attention bwd", "norms", "optimizer"):
+        assert spent[category] > 0, category
+    assert sum(spent.values()) == pytest.approx(table.total_seconds)
+    text = table.format()
+    assert "not a GPU profile" in text and "aten::mm" in text

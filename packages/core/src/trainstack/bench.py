@@ -176,12 +176,19 @@ class FitStep:
     tokens and losses stay on the device (no host sync inside a step) until read after timing
     (``real_tokens_of(i)``, ``float(losses[i])``). ``count_batch(batch) ->
     (real_tokens, samples)``, optional, counts a batch on the host instead (before it moves), for a bench
-    whose token definition differs from the loss's. ``stats``: the fast path's time to the first
-    step, compilations and recompiles ({} on the eager path).
+    whose token definition differs from the loss's. ``stats``: time to the first optimizer step (from
+    ``clock_start``, a ``time.perf_counter()`` reading taken before the model was built, say; default:
+    construction) and the compile cache's use, as fit logs them, plus the fast path's compilations and
+    recompiles; {} before the first call.
     """
 
     def __init__(self, *, model, optimizer, scheduler, train_batches, loss_fn, config: LoopConfig, precision=None,
-                 accelerator=None, count_batch=None, speed=None):
+                 accelerator=None, count_batch=None, speed=None, clock_start: float | None = None):
+        from trainstack.speed.cache import compile_cache_use
+
+        self._clock_start = time.perf_counter() if clock_start is None else clock_start
+        self._cache_before = compile_cache_use()
+        self.startup: dict = {}
         if accelerator is None:  # as fit makes it
             from accelerate import Accelerator
 
@@ -190,7 +197,7 @@ class FitStep:
         _seed_everything(config.seed)
         self.model, self.optimizer = accelerator.prepare(model, optimizer)
         self.train_step = _fast_step(speed, accelerator, self.model, loss_fn, self.optimizer, scheduler,
-                                     getattr(accelerator, "scaler", None), config)
+                                     getattr(accelerator, "scaler", None), config, self._clock_start)
         if speed is not None and speed.compile and self.train_step is None:
             self.model = torch.compile(self.model, dynamic=False, backend=speed.compile_backend)
         self.accelerator, self.scheduler, self.loss_fn, self.config = accelerator, scheduler, loss_fn, config
@@ -248,6 +255,12 @@ class FitStep:
                 n_samples = _batch_size(batch)
             tokens, samples = tokens + n_tokens, samples + n_samples
         self._optimizer_step()
+        if not self.startup:
+            from trainstack.speed.cache import first_step_report
+
+            fast = self.train_step.stats.first_step_seconds if self.train_step is not None else None
+            self.startup = first_step_report(self._clock_start, cuda=self.accelerator.device.type == "cuda",
+                                             seconds=fast, cache_since=self._cache_before)
         self.real_tokens.append(tokens)
         self.samples.append(samples)
         self.losses.append(loss_sum / accum)
@@ -258,4 +271,5 @@ class FitStep:
 
     @property
     def stats(self) -> dict:
-        return self.train_step.stats.as_dict() if self.train_step is not None else {}
+        fast = self.train_step.stats.as_dict() if self.train_step is not None else {}
+        return {**fast, **self.startup}

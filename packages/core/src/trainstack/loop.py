@@ -7,6 +7,7 @@ import math
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -225,7 +226,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         precision: Precision, accelerator=None, evaluate=None, flops_per_token=None,
         resume: bool | str | Path = False, save_model_fn=None, progress: bool = True, speed=None,
         overwrite: bool = False, resume_fingerprint: dict | None = None, ignore_resume_mismatch: bool = False,
-        resume_hint: str | None = None) -> FitResult:
+        resume_hint: str | None = None, clock_start: float | None = None) -> FitResult:
     """Train ``model`` for ``config.max_steps`` optimizer steps (or ``config.epochs``).
 
     ``speed`` (a resolved ``trainstack.speed.Speed``) switches on core's fast path: with one process
@@ -245,10 +246,18 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     compared with the checkpoint's, field by field (``ignore_resume_mismatch`` to accept differences),
     and log.jsonl is cut back to the checkpoint's step. ``resume_hint`` tells a stopped run's user how
     to continue (the CLI's own spelling). See docs/core-api.md for the stop and crash guarantees.
+
+    Time to the first optimizer step (``first_step_seconds``, printed once and in every log record
+    with the compile cache's use: cold, warm) counts from ``clock_start``, a ``time.perf_counter()``
+    reading (``trainstack.speed.process_start_clock()`` for the wait a user sees); default: fit's call.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
+    from .speed.cache import compile_cache_use, describe_first_step, first_step_report
+
+    clock_start = time.perf_counter() if clock_start is None else clock_start
+    cache_before = compile_cache_use()  # a process that ran fit before counts only this run's lookups
     run_dir = Path(run_dir)
     check_run_dir(run_dir, resume=bool(resume), overwrite=overwrite, resume_hint=resume_hint)
     if "wandb" in config.report_to:
@@ -296,7 +305,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         _check_resume_on_every_rank(accelerator, check_resume)
     model, optimizer = accelerator.prepare(model, optimizer)
     scaler = getattr(accelerator, "scaler", None)
-    train_step = _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config)
+    train_step = _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config, clock_start)
     if speed is not None and speed.compile and train_step is None:
         model = torch.compile(model, dynamic=False, backend=speed.compile_backend)
     if speed is not None and main:
@@ -357,7 +366,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
 
     loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
     grad_norm = None
-    announced: list = []  # the first-step line is printed once
+    startup: dict = {}  # time to the first optimizer step and the compile cache's use, once it is taken
 
     def write(record: dict) -> None:
         history.append(record)
@@ -406,15 +415,22 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         return metrics
 
     def optimizer_step(window: int) -> None:
+        take_optimizer_step(window)
+        if not startup:
+            note_first_step()
+
+    def note_first_step() -> None:
+        stats = train_step.stats if train_step is not None else None
+        startup.update(first_step_report(clock_start, cuda=device.type == "cuda",
+                                         seconds=stats.first_step_seconds if stats else None, cache_since=cache_before))
+        say(describe_first_step(startup, " (compilation and CUDA-graph capture included)" if stats else ""))
+
+    def take_optimizer_step(window: int) -> None:
         nonlocal step, grad_norm
         if train_step is not None:
             grad_norm = train_step.optimizer_step(window)  # rescale, clip, update, schedule, zero
             step += 1
             bar.update(1)
-            if train_step.stats.first_step_seconds is not None and main and not announced:
-                announced.append(True)
-                print(f"first optimizer step after {train_step.stats.first_step_seconds:.1f} s "
-                      f"(compilation and CUDA-graph capture included)")
             return
         if deepspeed:  # the engine stepped in backward; the scheduler is ours
             grad_norm = accelerator.deepspeed_engine_wrapped.get_global_grad_norm()
@@ -453,8 +469,9 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
                   "grad_norm": None if grad_norm is None else float(grad_norm),
                   "tokens_per_s": rates["tokens_per_s"], "samples_per_s": rates["samples_per_s"],
                   "mfu": rates["mfu"], **memory_report().as_dict()}
-        if train_step is not None:  # time to the first step, compilations, recompiles (warned when they happen)
+        if train_step is not None:  # compilations, recompiles (warned when they happen)
             record.update(train_step.stats.as_dict())
+        record.update(startup)
         write(record)
         bar.set_postfix(loss=f"{last_loss:.4f}")
         loss_sum, tokens_sum, samples_sum, micro_count = zeros(), zeros(), zeros(), 0
@@ -602,7 +619,7 @@ _END = object()
 _NOT_FETCHED = object()
 
 
-def _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config):
+def _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config, clock_start=None):
     """A TrainStep when the fast path is on and one plain process trains (DDP, FSDP and DeepSpeed
     keep accelerate's step: their gradient hooks and sharding live outside our graphs)."""
     from accelerate.utils import DistributedType
@@ -615,7 +632,7 @@ def _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler,
     # The bare optimizer: TrainStep does the loss scaling itself, which accelerate's wrapper would repeat.
     return TrainStep(model, loss_fn, getattr(optimizer, "optimizer", optimizer), speed, scheduler=scheduler,
                      grad_accum_steps=config.grad_accum_steps, max_grad_norm=config.max_grad_norm,
-                     autocast=accelerator.autocast, scaler=scaler)
+                     autocast=accelerator.autocast, scaler=scaler, clock_start=clock_start)
 
 
 def _gather_objects(accelerator, obj) -> list:

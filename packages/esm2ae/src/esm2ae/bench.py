@@ -2,6 +2,15 @@
 
     PYTHONPATH=packages/core/src:packages/esm2ae/src python3 -m esm2ae bench --sizes esm2_t33_650M
     esm2ae bench --sizes esm2_t12_35M,esm2_t30_150M,esm2_t33_650M --out bench.json
+    esm2ae bench --sizes esm2_t33_650M --skip-baseline --max-tokens 32768     # a larger micro-batch
+    esm2ae bench --sizes esm2_t33_650M --skip-baseline --attention varlen     # torch's varlen kernel
+    esm2ae bench --sizes esm2_t33_650M --skip-baseline --profile              # + kernel time by category
+
+Each "ours" result carries ``first_step_seconds`` (from the start of the arm, model building,
+compilation and the first step included) and whether the compile cache was cold or warm.
+``--profile`` adds the "ours-profile" arm: the same step, warmed up, then 3 steps under
+torch.profiler, printed as kernel time per category (matmul, attention forward/backward, norms,
+elementwise, optimizer, ...) and the top kernels (trainstack.profiling); the table goes into --out too.
 
 Lengths (tokens, with <cls>/<eos>) are drawn from a lognormal with median 350 and sigma 0.7,
 clipped to [16, 512]; residues are random. Ours is `esm2ae train` on those proteins (bench_config:
@@ -75,19 +84,18 @@ def bench_config(size: str, max_tokens: int = 16384, attention: str = "auto", co
                                     "save_checkpoints=false", *overrides])
 
 
-def bench_ours(cfg, proteins: list[str], steps: int, warmup: int):
-    """`esm2ae train`'s step for ``cfg`` on the residue strings ``proteins``: model, batches (cropped,
-    masked, packed each step as in training), optimizer, scheduler, loss and loop settings come from
-    train.py's builders, and core's FitStep takes fit's optimizer step. DeepSpeed runs are not benched."""
-    from trainstack.bench import FitStep, time_steps
+def _ours_step(cfg, proteins: list[str]):
+    """(FitStep, model, optimizer, precision, device, accumulation) of `esm2ae train` for ``cfg``, built by
+    train.py's builders; the FitStep's clock (time to the first step) starts before the model is built."""
+    from trainstack.bench import FitStep
     from trainstack.hardware import detect_hardware
-    from trainstack.optim import describe_optimizer
     from trainstack.precision import apply_precision, resolve_precision
 
     from esm2ae import train as T
 
     if cfg.deepspeed.enabled:
         raise ValueError("esm2ae bench times fit's step on one device without DeepSpeed: set deepspeed.enabled=false")
+    clock_start = time.perf_counter()
     device = T._device(cfg, 0)
     prec = resolve_precision(cfg.precision, detect_hardware() if device.type == "cuda" else None)
     apply_precision(prec)
@@ -97,8 +105,19 @@ def bench_ours(cfg, proteins: list[str], steps: int, warmup: int):
     batches = T.build_train_batches(cfg, proteins, device)
     step = FitStep(model=model, optimizer=opt, scheduler=sched, train_batches=batches,
                    loss_fn=T.make_loss_fn(cfg, device), config=T.build_loop_config(cfg, max_steps, accum),
-                   precision=prec)
+                   precision=prec, clock_start=clock_start)
+    return step, model, opt, prec, device, accum
+
+
+def bench_ours(cfg, proteins: list[str], steps: int, warmup: int):
+    """`esm2ae train`'s step for ``cfg`` on the residue strings ``proteins``: model, batches (cropped,
+    masked, packed each step as in training), optimizer, scheduler, loss and loop settings come from
+    train.py's builders, and core's FitStep takes fit's optimizer step. DeepSpeed runs are not benched."""
+    from trainstack.bench import time_steps
+    from trainstack.optim import describe_optimizer
+
     t0 = time.time()
+    step, model, opt, prec, device, accum = _ours_step(cfg, proteins)
     res = time_steps(step, warmup_steps=warmup, timed_steps=steps,
                      real_tokens_per_step=lambda i: step.real_tokens_of(warmup + i),
                      samples_per_step=lambda i: step.samples[warmup + i],
@@ -110,8 +129,19 @@ def bench_ours(cfg, proteins: list[str], steps: int, warmup: int):
                      padding_fraction=1 - tokens_per_micro_batch / micro_batch_tokens,
                      wall_incl_compile_s=time.time() - t0, precision=prec.name,
                      params=count_params(model.backbone.hf), backend=model.backbone.backend(device.type),
-                     optimizer=describe_optimizer(opt))
+                     compiled=model.backbone.compile, optimizer=describe_optimizer(opt), **step.stats)
     return res   # the model and optimizer are freed with this frame
+
+
+def profile_ours(cfg, proteins: list[str], warmup: int, steps: int = 3):
+    """The "ours-profile" arm: ``bench_ours``'s step, ``warmup`` steps, then ``steps`` under torch.profiler;
+    a trainstack.profiling.KernelProfile (kernel time by category, the top kernels)."""
+    from trainstack.profiling import profile_steps
+
+    step, *_ = _ours_step(cfg, proteins)
+    for _ in range(warmup):
+        step()
+    return profile_steps(step, steps=steps)
 
 
 def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int = 20,
@@ -184,7 +214,7 @@ def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int =
 
 def run_bench(sizes: list[str], steps: int = 20, warmup: int = 5, max_tokens: int = 16384,
               baseline_batch: int = 20, attention: str = "auto", compile: bool = True,
-              skip_baseline: bool = False, out: str | None = None) -> list[dict]:
+              skip_baseline: bool = False, out: str | None = None, profile: bool = False) -> list[dict]:
     from dataclasses import asdict
 
     from trainstack.bench import compare, device_banner
@@ -207,9 +237,17 @@ def run_bench(sizes: list[str], steps: int = 20, warmup: int = 5, max_tokens: in
         print(format_config(cfg), flush=True)
         results.append(bench_ours(cfg, proteins, steps, warmup))
         print(json.dumps({"size": size, **asdict(results[-1])}), flush=True)
+        extra = results[-1].extra
+        print(f"{size}: first optimizer step after {extra['first_step_seconds']:.1f} s (model build and "
+              f"compilation included; compile cache {extra['compile_cache']})", flush=True)
         if not skip_baseline:
             print(f"## {size}\n" + compare(results, baseline="hf-trainer-sdpa-padded"), flush=True)
         records.extend({"size": size, **asdict(r)} for r in results)
+        if profile:
+            table = profile_ours(cfg, proteins, warmup)
+            print(f"## {size} ours-profile\n{table.format()}", flush=True)
+            records.append({"size": size, "name": "ours-profile", "micro_batch_tokens": max_tokens,
+                            "profile": table.as_dict()})
         if out:
             with open(out, "w") as f:
                 json.dump(records, f, indent=1)

@@ -10,6 +10,7 @@
     esm2ae eval runs/esm2ae/final --data held_out.fasta
     esm2ae profiles [list] | show NAME | validate [NAME|PATH ...] | pick [--simulate MACHINE]
     esm2ae bench --sizes esm2_t33_650M,esm2_t30_150M,esm2_t12_35M
+    esm2ae bench --sizes esm2_t33_650M --skip-baseline --profile           # + kernel time by category
     esm2ae --version
 
 Config overrides are dotted key=value pairs (`optim.lr=3e-4 batch.max_tokens_per_batch=8192`).
@@ -71,7 +72,7 @@ def cmd_bench(args, overrides) -> None:
 
     run_bench(args.sizes.split(","), steps=args.steps, warmup=args.warmup, max_tokens=args.max_tokens,
               baseline_batch=args.baseline_batch, attention=args.attention,
-              compile=not args.no_compile, skip_baseline=args.skip_baseline, out=args.out)
+              compile=not args.no_compile, skip_baseline=args.skip_baseline, out=args.out, profile=args.profile)
 
 
 def _declare() -> None:
@@ -98,6 +99,8 @@ def _declare() -> None:
     b.add_argument("--attention", default="auto")
     b.add_argument("--no-compile", action="store_true")
     b.add_argument("--skip-baseline", action="store_true")
+    b.add_argument("--profile", action="store_true",
+                   help="also run ours under torch.profiler: kernel time by category and the top kernels")
     b.add_argument("--out", default=None)
 
 

@@ -18,10 +18,18 @@ class ModelConfig:
     """Start from the published weights (hub id or ESM-2 size): weights that cannot be loaded stop the
     run with one line, never a random start. False: random init (the paper trains from scratch). A
     local HF directory is always loaded."""
-    attention: Literal["auto", "flash", "flex", "sdpa"] = "auto"
-    """auto: flash-attn varlen if installed, else FlexAttention on CUDA, SDPA (block mask) on CPU."""
+    attention: Literal["auto", "flash", "varlen", "flex", "sdpa"] = "auto"
+    """auto: flash-attn varlen if installed, else FlexAttention, on GPUs of compute capability 8.0+;
+    SDPA (dense block mask) below sm_80 and on CPU. varlen: PyTorch's own flash varlen kernel (torch >=
+    2.10, sm_80+, bf16/fp16; chosen only when asked for). flash and varlen fail at start-up where they
+    cannot run."""
     compile: bool = True
-    """torch.compile the layer function (CUDA only; one graph shared by every layer)."""
+    """torch.compile the layer function: one graph shared by every layer, compiled once, and kept in the
+    compile cache on disk (TRAINSTACK_CACHE_DIR, default ~/.cache/trainstack) so a second run starts warm.
+    On CUDA; on CPU only with a tracing compile_backend."""
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
+    """inductor generates fused kernels (CUDA); aot_eager and eager trace the same graphs without generating
+    code: for finding a compile problem, and for CPU tests of the compiled path."""
     gradient_checkpointing: bool = False
 
 

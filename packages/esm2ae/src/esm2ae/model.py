@@ -6,13 +6,25 @@ per-sequence rotary positions and block-diagonal attention, so no padding is com
 Attention backends, chosen once (``pick_attention_backend``):
 
 - ``flash``: flash-attn varlen kernels when the optional extra is installed (``HAS_FLASH_ATTN``);
+  compute capability 8.0 or newer;
+- ``varlen``: PyTorch's own flash varlen kernel (``torch.nn.attention.varlen``, torch >= 2.10:
+  ``HAS_TORCH_VARLEN``); compute capability 8.0 or newer, bf16/fp16; never picked by ``auto`` until measured;
 - ``flex``: torch FlexAttention with a document mask (compiled on CUDA);
-- ``sdpa``: PyTorch SDPA with a dense block-diagonal mask (CPU, tests; O(T^2) memory).
+- ``sdpa``: PyTorch SDPA with a dense block-diagonal mask (CPU, tests, GPUs older than sm_80; O(T^2)
+  memory for the mask).
+
+Compiled (``PackedEsm.compile``), one layer function serves every layer: its weights come in as
+tensors, so all layers share one graph (regional compilation: one compile, not one per layer). The
+varlen kernels take per-batch sequence boundaries (their count varies), so with ``flash`` and
+``varlen`` the layer is compiled in two parts around an eager attention call and the compiled parts
+see only fixed shapes.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +35,20 @@ import torch.utils.checkpoint
 from torch import nn
 
 HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+
+
+def _has_torch_varlen() -> bool:
+    try:
+        from torch.nn.attention.varlen import varlen_attn
+    except ImportError:
+        return False
+    # torch 2.9's first version had no ``scale``; ESM pre-scales the query, so the kernel's must be 1
+    return "scale" in inspect.signature(varlen_attn).parameters
+
+
+HAS_TORCH_VARLEN = _has_torch_varlen()
+ATTENTION_BACKENDS = ("auto", "flash", "varlen", "flex", "sdpa")
+VARLEN_MIN_CAPABILITY = (8, 0)   # flash kernels (flash-attn 2, torch's varlen): Ampere and newer
 
 # The ESM-2 family (Lin et al. 2023); written here so random init needs no hub access.
 ESM2_SIZES: dict[str, dict] = {
@@ -185,16 +211,29 @@ def pack_sequences(token_lists: list[list[int]], labels: list[list[int]] | None 
 
 # --------------------------------------------------------------------------------- attention
 
-def pick_attention_backend(requested: str, device_type: str) -> str:
-    if requested not in ("auto", "flash", "flex", "sdpa"):
-        raise ValueError(f"attention '{requested}'; allowed: auto, flash, flex, sdpa")
+def pick_attention_backend(requested: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
+    """The attention backend for ``requested`` on a device (``capability``: the CUDA compute capability).
+    auto: flash-attn on sm_80+ when installed, else FlexAttention; SDPA below sm_80 (flash kernels do
+    not run there, and FlexAttention's Triton kernels need more shared memory than Turing has) and on CPU."""
+    if requested not in ATTENTION_BACKENDS:
+        raise ValueError(f"model.attention={requested}; allowed: {', '.join(ATTENTION_BACKENDS)}")
     if requested == "flash" and not HAS_FLASH_ATTN:
-        raise ValueError("attention 'flash' needs the optional extra: pip install 'esm2ae[flash]'")
+        raise ValueError("model.attention=flash needs the optional extra: pip install 'esm2ae[flash]'")
+    if requested == "varlen" and not HAS_TORCH_VARLEN:
+        raise ValueError(f"model.attention=varlen needs torch >= 2.10 (torch.nn.attention.varlen with a scale "
+                         f"argument; this is torch {torch.__version__}): use flex or sdpa")
+    flash_capable = device_type == "cuda" and (capability is None or tuple(capability) >= VARLEN_MIN_CAPABILITY)
+    if requested in ("flash", "varlen") and not flash_capable:
+        where = "a CPU" if device_type != "cuda" else f"compute capability {capability[0]}.{capability[1]}"
+        raise ValueError(f"model.attention={requested} runs on CUDA GPUs of compute capability 8.0 or newer, "
+                         f"not on {where}: use sdpa")
     if requested != "auto":
         return requested
-    if device_type == "cuda":
-        return "flash" if HAS_FLASH_ATTN else "flex"
-    return "sdpa"
+    if device_type != "cuda":
+        return "sdpa"
+    if not flash_capable:
+        return "sdpa"
+    return "flash" if HAS_FLASH_ATTN else "flex"
 
 
 def document_block_mask(seq_ids: torch.Tensor):
@@ -218,12 +257,22 @@ def prepare_attention(backend: str, batch: PackedBatch):
     return (batch.cu_seqlens, batch.max_seqlen)
 
 
+def varlen_kernel():
+    """torch's varlen attention function (a seam: CPU tests put a reference implementation here)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    return varlen_attn
+
+
 def attend(backend: str, attn_arg, q, k, v):
     """q, k, v: (T, H, D), query pre-scaled (ESM scales before rotary) -> (T, H, D)."""
     if backend == "flash":
         from flash_attn import flash_attn_varlen_func
         cu, max_len = attn_arg
         return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, softmax_scale=1.0)
+    if backend == "varlen":
+        cu, max_len = attn_arg
+        return varlen_kernel()(q, k, v, cu, cu, max_len, max_len, scale=1.0)
     q, k, v = (x.transpose(0, 1).unsqueeze(0) for x in (q, k, v))
     if backend == "flex":
         from torch.nn.attention.flex_attention import flex_attention
@@ -240,10 +289,9 @@ def _rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
-def esm_layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
-    """One pre-LN ESM layer on packed tokens (T, d). Parameters come in as plain tensors so one
-    compiled graph serves every layer (a module argument would recompile per layer)."""
-    ln1_w, ln1_b, wq, bq, wk, bk, wv, bv, wo, bo, ln2_w, ln2_b, w1, b1, w2, b2, eps = p
+def attention_inputs(h, cos, sin, num_heads: int, p: tuple):
+    """The layer up to attention: LayerNorm, q/k/v projections, query scaling, rotary. -> q, k, v (T, H, D)."""
+    ln1_w, ln1_b, wq, bq, wk, bk, wv, bv, eps = p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[16]
     T, d = h.shape
     D = d // num_heads
     x = F.layer_norm(h, (d,), ln1_w, ln1_b, eps)
@@ -252,21 +300,43 @@ def esm_layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
     v = F.linear(x, wv, bv).view(T, num_heads, D)
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
-    a = attend(backend, attn_arg, q, k, v).reshape(T, d)
-    h = h + F.linear(a, wo, bo)
+    return q, k, v
+
+
+def attention_output(h, a, p: tuple):
+    """The layer after attention: output projection, residual, LayerNorm, GELU MLP, residual."""
+    wo, bo, ln2_w, ln2_b, w1, b1, w2, b2, eps = p[8:]
+    T, d = h.shape
+    h = h + F.linear(a.reshape(T, d), wo, bo)
     x = F.layer_norm(h, (d,), ln2_w, ln2_b, eps)
     x = F.gelu(F.linear(x, w1, b1))
     return h + F.linear(x, w2, b2)
 
 
-_compiled_layer = None
+def esm_layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
+    """One pre-LN ESM layer on packed tokens (T, d). Parameters come in as plain tensors so one
+    compiled graph serves every layer (a module argument would recompile per layer)."""
+    q, k, v = attention_inputs(h, cos, sin, num_heads, p)
+    return attention_output(h, attend(backend, attn_arg, q, k, v), p)
 
 
-def compiled_esm_layer():
-    global _compiled_layer
-    if _compiled_layer is None:
-        _compiled_layer = torch.compile(esm_layer, dynamic=False)
-    return _compiled_layer
+@functools.cache
+def compiled_esm_layer(compile_backend: str = "inductor"):
+    """The layer function compiled once per process (and backend), shared by every layer and model.
+    flex and sdpa: the whole layer, attention included, one graph. flash and varlen: the two parts
+    around the attention call, each one graph, with attention run as it is in between (its sequence
+    boundaries change in number from batch to batch, which would recompile a graph holding them)."""
+    whole = torch.compile(esm_layer, dynamic=False, backend=compile_backend)
+    before = torch.compile(attention_inputs, dynamic=False, backend=compile_backend)
+    after = torch.compile(attention_output, dynamic=False, backend=compile_backend)
+
+    def layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
+        if backend in ("flex", "sdpa"):
+            return whole(h, cos, sin, backend, attn_arg, num_heads, p)
+        q, k, v = before(h, cos, sin, num_heads, p)
+        return after(h, attend(backend, attn_arg, q, k, v), p)
+
+    return layer
 
 
 def layer_params(layer) -> tuple:
@@ -281,12 +351,13 @@ def layer_params(layer) -> tuple:
 class PackedEsm(nn.Module):
     """Packed forward over an HF ``EsmForMaskedLM``'s own modules and weights."""
 
-    def __init__(self, hf_model, attention: str = "auto", compile: bool = False):
+    def __init__(self, hf_model, attention: str = "auto", compile: bool = False, compile_backend: str = "inductor"):
         super().__init__()
         self.hf = hf_model
         self.config = hf_model.config
         self.attention_request = attention
         self.compile = compile
+        self.compile_backend = compile_backend
         self.gradient_checkpointing = False
         # HF's contact-prediction head is not part of MLM training; frozen so DDP does not wait
         # for gradients that never come
@@ -295,7 +366,8 @@ class PackedEsm(nn.Module):
             contact.requires_grad_(False)
 
     def backend(self, device_type: str) -> str:
-        return pick_attention_backend(self.attention_request, device_type)
+        capability = torch.cuda.get_device_capability() if device_type == "cuda" else None
+        return pick_attention_backend(self.attention_request, device_type, capability)
 
     def hidden_states(self, batch: PackedBatch) -> torch.Tensor:
         esm = self.hf.esm
@@ -318,7 +390,7 @@ class PackedEsm(nn.Module):
         cos, sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
         backend = self.backend(ids.device.type)
         attn_arg = prepare_attention(backend, batch)
-        fn = compiled_esm_layer() if self.compile else esm_layer
+        fn = compiled_esm_layer(self.compile_backend) if self.compile else esm_layer
         H = self.config.num_attention_heads
         for layer in esm.encoder.layer:
             args = (h, cos, sin, backend, attn_arg, H, layer_params(layer))

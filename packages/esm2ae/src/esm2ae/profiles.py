@@ -153,8 +153,14 @@ def validate_profile(name_or_path: str, check_deepspeed: bool = True) -> Validat
         return v
     if cfg.deepspeed.enabled and not hw.has_gpu:
         v.errors.append("deepspeed.enabled on a CPU profile: DeepSpeed offload needs a GPU")
-    if prec.name == "fp16" and cfg.model.attention == "flash" and not hw.has_gpu:
-        v.errors.append("attention 'flash' needs a GPU")
+    if cfg.model.attention in ("flash", "varlen"):
+        from esm2ae.model import VARLEN_MIN_CAPABILITY
+
+        cap = profile.requires.min_compute_capability
+        if not hw.has_gpu or cap is None or tuple(cap) < VARLEN_MIN_CAPABILITY:
+            admits = "no GPU" if not hw.has_gpu else f"GPUs from compute capability {hw.gpu.capability[0]}.{hw.gpu.capability[1]}"
+            v.errors.append(f"model.attention={cfg.model.attention} needs a GPU of compute capability 8.0 or newer; "
+                            f"this profile admits {admits} (requires.min_compute_capability): use sdpa or auto")
     world = max(1, profile.requires.gpu_count)
     accum = cfg.batch.grad_accum_steps(world)
     actual = accum * cfg.batch.max_tokens_per_batch * world

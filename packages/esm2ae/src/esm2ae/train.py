@@ -125,7 +125,7 @@ def evaluate(model: Esm2AE, sequences: list[str], cfg: Config, device, precision
     model.eval()
     batches = PackedMLMBatches(sequences, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
                                seed=12345, random_crop=False,
-                               fixed_len=device.type == "cuda" and cfg.model.compile)
+                               fixed_len=compiles(cfg, device))
     totals = {"loss": torch.zeros((), device=device), "n": torch.zeros((), device=device),
               "correct": torch.zeros((), device=device), "ae": torch.zeros((), device=device), "seqs": 0}
     for i, batch in enumerate(batches):
@@ -214,13 +214,25 @@ def load_for_inference(checkpoint: str, device="cpu", attention="auto") -> tuple
 # The training setup, one function per part; `esm2ae bench` (its "ours" arm) calls the same ones,
 # so a bench figure is what `esm2ae train` runs (tests/test_bench_builders.py checks it).
 
+def compiles(cfg: Config, device: torch.device) -> bool:
+    """Whether the layer runs compiled: on CUDA when model.compile asks; on CPU only with a tracing
+    backend (Inductor's CPU code costs more to compile than it saves here)."""
+    return cfg.model.compile and (device.type == "cuda" or cfg.model.compile_backend != "inductor")
+
+
 def build_training_model(cfg: Config, device: torch.device, rank: int = 0):
     """(model, the part that trains, weight source), the model already on ``device`` so that the
-    optimizer built next sees CUDA parameters and takes the fused kernel."""
+    optimizer built next sees CUDA parameters and takes the fused kernel. A compiled layer keeps its
+    graphs in core's compile cache on disk, so the next run with the same shapes starts warm."""
+    from trainstack.speed import enable_compile_cache
+
     torch.manual_seed(cfg.seed + rank)
     hf, source = load_esm(cfg.model.name, cfg.model.pretrained)
     model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
-    model.backbone.compile = cfg.model.compile and device.type == "cuda"
+    model.backbone.compile = compiles(cfg, device)
+    model.backbone.compile_backend = cfg.model.compile_backend
+    if model.backbone.compile:
+        enable_compile_cache()
     model.backbone.gradient_checkpointing = cfg.model.gradient_checkpointing
     model.train()
     return model, _trainable(model, cfg.task), source
@@ -254,7 +266,7 @@ def build_optimizer_and_scheduler(cfg: Config, trainable: torch.nn.Module, max_s
 
 
 def build_train_batches(cfg: Config, train_seqs: list[str], device: torch.device, rank: int = 0, world: int = 1):
-    fixed_len = device.type == "cuda" and cfg.model.compile   # static shapes: one compiled graph
+    fixed_len = compiles(cfg, device)   # static shapes: one compiled graph
     if cfg.data.streaming:
         from esm2ae.data import StreamingMLMBatches
         return StreamingMLMBatches(cfg.data.train, cfg.data.max_length, cfg.batch.max_tokens_per_batch,
@@ -318,6 +330,7 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     from trainstack.loop import fit
     from trainstack.optim import describe_optimizer
     from trainstack.precision import apply_precision, resolve_precision
+    from trainstack.speed import enable_compile_cache, process_start_clock
 
     # Everything that can be wrong with the input is found before the first write: the run directory,
     # --resume, the data and the model.
@@ -356,6 +369,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
     if rank == 0:
         print(f"model: {cfg.model.name} ({source} weights, {n_params / 1e6:.1f}M params), "
               f"attention {model.backbone.backend(device.type)}, task {cfg.task}")
+        if model.backbone.compile:
+            print(f"compile: the layer function, one graph for all {model.backbone.config.num_hidden_layers} layers "
+                  f"({cfg.model.compile_backend}); compile cache {enable_compile_cache()}")
 
     max_steps, accum = schedule_steps(cfg, world)
     optimizer, scheduler = build_optimizer_and_scheduler(cfg, trainable, max_steps)
@@ -395,7 +411,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
                      flops_per_token=esm_flops_per_token(model.backbone.config, mean_len) / world,
                      resume=False if not resume else (True if resume == "auto" else Path(resume)),
                      overwrite=cfg.overwrite, resume_fingerprint=fingerprint,
-                     ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=RESUME_HINT)
+                     ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=RESUME_HINT,
+                     clock_start=process_start_clock())  # first_step_seconds: the wait since the command started
 
     evals = [r for r in result.history if any(k.startswith("eval_") for k in r)]
     metrics = {k: v for k, v in evals[-1].items() if k.startswith("eval_")} if evals else {}

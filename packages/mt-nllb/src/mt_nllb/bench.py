@@ -133,17 +133,12 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    if profile:
-        from torch.profiler import ProfilerActivity
-        from torch.profiler import profile as torch_profile
+    if profile:  # kernel time by category (matmul, attention, norms, ...), then the top kernels
+        from trainstack.profiling import profile_steps
 
         for _ in range(warmup):
             step()
-        with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            for _ in range(3):
-                step()
-            torch.cuda.synchronize()
-        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=40, max_name_column_width=70))
+        print(profile_steps(step, steps=3).format(top=40), flush=True)
         return None
     t0 = time.perf_counter()
     res = time_steps(step, warmup_steps=warmup, timed_steps=steps, real_tokens_per_step=lambda i: step.real_tokens_of(warmup + i),

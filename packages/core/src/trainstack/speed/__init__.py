@@ -10,9 +10,18 @@ See docs/core-api.md (trainstack.speed) for the contract.
 """
 
 from .buckets import LengthBuckets
-from .cache import cache_root, compiled_graphs, enable_compile_cache
+from .cache import (
+    cache_root,
+    compile_cache_use,
+    compiled_graphs,
+    describe_first_step,
+    enable_compile_cache,
+    first_step_report,
+    process_start_clock,
+)
 from .config import Speed, SpeedConfig, SpeedError, resolve_speed
 from .step import CudaGraphs, StepStats, TrainStep, eager_optimizer_state
 
 __all__ = ["CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
-           "cache_root", "compiled_graphs", "eager_optimizer_state", "enable_compile_cache", "resolve_speed"]
+           "cache_root", "compile_cache_use", "compiled_graphs", "describe_first_step", "eager_optimizer_state",
+           "enable_compile_cache", "first_step_report", "process_start_clock", "resolve_speed"]
