@@ -121,7 +121,6 @@ class KernelProfile:
 def profile_steps(step_fn: Callable[[], object], *, steps: int = 3, trace_path=None) -> KernelProfile:
     """Run ``step_fn`` ``steps`` times under torch.profiler and group the time. Warm up first (the
     first steps compile and allocate). ``trace_path``: also write a Chrome trace (``.json.gz`` compresses)."""
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     if steps < 1:
@@ -139,6 +138,14 @@ def profile_steps(step_fn: Callable[[], object], *, steps: int = 3, trace_path=N
     wall = time.perf_counter() - t0
     if trace_path is not None:
         prof.export_chrome_trace(str(trace_path))
+    return kernel_profile(prof, steps=steps, wall_seconds=wall, cuda=cuda)
+
+
+def kernel_profile(prof, *, steps: int, wall_seconds: float, cuda: bool) -> KernelProfile:
+    """The grouped table of a finished ``torch.profiler.profile`` over ``steps`` steps (for callers
+    that run the profiler themselves, as a Trainer callback does)."""
+    from torch.autograd import DeviceType
+
     rows = []
     for evt in prof.key_averages():
         if cuda:
@@ -153,4 +160,4 @@ def profile_steps(step_fn: Callable[[], object], *, steps: int = 3, trace_path=N
         if us > 0:
             rows.append(KernelRow(evt.key, kernel_category(evt.key), int(evt.count), us / 1e6))
     rows.sort(key=lambda r: -r.seconds)
-    return KernelProfile("cuda" if cuda else "cpu", steps, wall, rows)
+    return KernelProfile("cuda" if cuda else "cpu", steps, wall_seconds, rows)

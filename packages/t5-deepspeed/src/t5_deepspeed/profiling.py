@@ -2,8 +2,9 @@
 
 N optimizer steps after the warm-up run under torch.profiler (GPU kernels and CPU ops) and cProfile
 (the Python functions of the Trainer and DeepSpeed), on rank 0. Written to OUTPUT_DIR/profile/:
-    summary.json   wall ms per step, GPU kernel ms per step (busy time), the share the GPU was busy
-    kernels.txt    operators by self GPU time
+    summary.json   wall ms per step, GPU kernel ms per step (busy time), the share the GPU was busy,
+                   kernel ms per step by category (core's trainstack.profiling)
+    kernels.txt    kernel time by category, then the top kernels (CPU operators without a GPU)
     host.txt       Python functions by cumulative time (cProfile)
 A step whose GPU is busy for a small share of its wall time is bound by the host: the host table
 says which code holds it.
@@ -20,14 +21,6 @@ import time
 from pathlib import Path
 
 from transformers import TrainerCallback
-
-
-def gpu_kernel_us(events) -> float:
-    """Total self time on the device of a profiler's key_averages(), in microseconds."""
-    total = 0.0
-    for e in events:
-        total += getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0) or 0
-    return total
 
 
 class StepProfileCallback(TrainerCallback):
@@ -66,18 +59,19 @@ class StepProfileCallback(TrainerCallback):
 
     def _write(self, wall_s: float) -> None:
         import torch
+        from trainstack.profiling import kernel_profile
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        events = self.profiler.key_averages()
         on_gpu = torch.cuda.is_available()
-        sort_key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
-        (self.out_dir / "kernels.txt").write_text(events.table(sort_by=sort_key, row_limit=40))
+        table = kernel_profile(self.profiler, steps=self.steps, wall_seconds=wall_s, cuda=on_gpu)
+        (self.out_dir / "kernels.txt").write_text(table.format(top=40) + "\n")
         text = io.StringIO()
         pstats.Stats(self.host, stream=text).sort_stats("cumulative").print_stats(45)
         (self.out_dir / "host.txt").write_text(text.getvalue())
-        wall_ms = 1000 * wall_s / self.steps
-        summary = {"steps": self.steps, "wall_ms_per_step": round(wall_ms, 2)}
+        grouped = table.as_dict()
+        summary = {"steps": self.steps, "wall_ms_per_step": round(grouped["wall_ms_per_step"], 2)}
         if on_gpu:
-            kernel_ms = gpu_kernel_us(events) / 1000 / self.steps
-            summary.update(gpu_kernel_ms_per_step=round(kernel_ms, 2), gpu_busy_share=round(kernel_ms / wall_ms, 3))
+            summary.update(gpu_kernel_ms_per_step=round(grouped["busy_ms_per_step"], 2),
+                           gpu_busy_share=round(grouped["busy_ms_per_step"] / grouped["wall_ms_per_step"], 3),
+                           ms_per_step_by_category=grouped["ms_per_step_by_category"])
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
