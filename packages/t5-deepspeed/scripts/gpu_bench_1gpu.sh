@@ -37,6 +37,8 @@ want diverge && run fp16-vs-bf16 150 $B --model t5-small --deepspeed zero2 --bat
 # (ours-trainer-buckets: ours with the Trainer's "auto" gradient buckets, to isolate that setting)
 want large && run bench-t5-large-zero2 400 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --sides users,ours,plain --profile_steps 3 --out "$OUT_DIR/large" --timeout_s 120
 want buckets && run bench-t5-large-zero2-buckets 200 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --sides ours-trainer-buckets --out "$OUT_DIR/buckets" --timeout_s 120
+# --torch_compile (opt-in): users vs ours vs ours compiled (warm-up 8: compiling happens there)
+want compiled && run bench-t5-large-zero2-compiled 480 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 8 --sides users,ours,ours-compiled --profile_steps 3 --out "$OUT_DIR/compiled" --timeout_s 170
 # --torch_compile (opt-in) vs ours at equal weights and batches (dropout off): losses step by step
 want compare && run compiled-vs-eager 300 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 6 --warmup 4 --sides ours-compiled,ours --config_overrides dropout_rate=0.0 --out "$OUT_DIR/compare" --timeout_s 140
 # users' command 3: t5-3b, ZeRO-3, batch 1, --fp16 (ours: bf16)

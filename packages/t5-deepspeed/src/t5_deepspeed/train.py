@@ -196,19 +196,42 @@ def choose_precision(training: dict, extra, model_type: str, hw):
 
 
 REGIONAL_COMPILE_ENV = "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"
+DYNAMIC_SHAPES_ENV = "ACCELERATE_DYNAMO_USE_DYNAMIC"
 
 
 def choose_compile(training: dict, given: set) -> str | None:
-    """--torch_compile as asked, with accelerate's regional compilation (each repeated T5 block
-    compiled on its own), and the log line. Not on by default: measured on t5-large under ZeRO-2, the
-    blocks' compiled code specialised per block (each has its own layer index) until Dynamo's
-    recompile limit (8) sent them back to eager, a minute of compiling for nothing (BENCHMARKS.md)."""
+    """--torch_compile as asked, set up so that T5's repeated blocks share compiled code; the log line.
+
+    accelerate's regional compilation compiles each block on its own. Measured on t5-large, the
+    blocks then recompiled one after another until Dynamo's recompile limit (8) sent them back to eager
+    (BENCHMARKS.md). The causes, read from TORCH_LOGS=recompiles: the decoder's KV cache, which
+    training does not need, guarded on each layer's own cache entry (the training forward runs with
+    use_cache off, see run), and each new length recompiled (shapes are marked dynamic from the start).
+    What is left is four graphs: the first block of each stack (which makes the position bias) and
+    the rest. Not on by default: not yet measured faster on a GPU.
+    """
     asked = given & {"torch_compile", "torch_compile_backend", "torch_compile_mode"}
-    if asked and (training.get("torch_compile") or training.get("torch_compile_backend")
-                  or training.get("torch_compile_mode")):
-        os.environ.setdefault(REGIONAL_COMPILE_ENV, "1")
-        return "compile: as asked (--torch_compile), each T5 block compiled on its own (regional); eval/predict eager"
-    return None
+    if not asked or not (training.get("torch_compile") or training.get("torch_compile_backend")
+                         or training.get("torch_compile_mode")):
+        return None
+    os.environ.setdefault(REGIONAL_COMPILE_ENV, "1")
+    os.environ.setdefault(DYNAMIC_SHAPES_ENV, "1")
+    import torch._dynamo
+
+    # two stacks x (first block, the rest), with room for a guard we have not seen
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
+    return ("compile: as asked (--torch_compile): T5 blocks compiled regionally with dynamic lengths; training "
+            "runs without the decoder's KV cache; eval/predict eager")
+
+
+def set_use_cache(model, value: bool) -> bool:
+    """Set use_cache on the model's config and on its stacks' own copies (T5's decoder reads its copy);
+    return the model's previous value. The training forward needs no KV cache, and compiled blocks
+    would guard on its per-layer state."""
+    previous = model.config.use_cache
+    for config in {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "use_cache")}.values():
+        config.use_cache = value
+    return previous
 
 
 def run_eager_from_here(model) -> int:
@@ -390,6 +413,7 @@ def run(parsed: ParsedArgs) -> dict:
     log.info("parameters: %.1fM", n_params / 1e6)
     if training.get("gradient_checkpointing"):
         model.config.use_cache = False
+    inference_use_cache = set_use_cache(model, False) if compile_line else None
 
     # 8. tokenize (pairs were read and checked in step 3)
     prefix = data_args.source_prefix
@@ -498,6 +522,8 @@ def run(parsed: ParsedArgs) -> dict:
         loading = weights_only_loading() if resume_ckpt is not None else contextlib.nullcontext()
         with stop_flag, loading:
             train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+        if inference_use_cache is not None:
+            set_use_cache(model, inference_use_cache)
         if save_on_signal.stopped_by is not None:
             log.warning("stopped by %s after step %d: saved %s; continue with the same command plus "
                         "--resume_from_checkpoint latest", signal.Signals(save_on_signal.stopped_by).name,
