@@ -233,7 +233,10 @@ def estimate_for_profile(name_or_path: str, overrides=()) -> MemoryPlan:
 
 
 def print_profile_plans(profiles) -> None:
-    """`mt-nllb profiles --memory`: the estimated peak GPU memory of each GPU profile's worst-case step."""
+    """`mt-nllb profiles --memory`: the estimated peak GPU memory of each GPU profile's worst-case step,
+    and its samples/s (measured or estimated, throughput.py)."""
+    from .throughput import throughput_line
+
     for prof in sorted(profiles, key=lambda p: p.name):
         if prof.requires.gpu_count == 0:
             continue
@@ -243,3 +246,6 @@ def print_profile_plans(profiles) -> None:
         print()
         print(plan.table())
         print(f"  -> {verdict} in {budget:g} GiB (estimate; measured numbers in BENCHMARKS.md)")
+        line = throughput_line(prof.name, plan.settings["checkpointing"])
+        if line:
+            print(line)
