@@ -55,6 +55,7 @@ def _check_metrics_and_logs(out):
     # core's field names (learning_rate -> lr, the memory fields) and TensorBoard in OUTPUT_DIR/tb, as fit writes
     training = [r for r in log if "loss" in r]
     assert all(r["lr"] > 0 and r["rss_gib"] > 0 and "learning_rate" not in r for r in training)
+    assert all(r["tokens_per_s"] > 0 for r in training[1:])  # real tokens since the previous record
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     (events_dir,) = {p.parent for p in (out / "tb").glob("events.out.tfevents.*")}

@@ -17,11 +17,15 @@ CORE_NAMES = {"learning_rate": "lr"}
 
 class JsonlLogCallback(TrainerCallback):
     """Every Trainer log record as one JSON line in OUTPUT_DIR/log.jsonl (rank 0 only), with core's
-    field names where the Trainer has its own (learning_rate -> lr) and the memory fields on training
-    records (rss_gib, gpu_*_gib), as core's fit writes them."""
+    field names where the Trainer has its own (learning_rate -> lr), and on training records the memory
+    fields (rss_gib, gpu_*_gib) and, given the token counter, real (non-pad) tokens_per_s of this rank
+    since the previous record, as core's fit writes them. The loader collates a batch or two ahead of
+    the step, so a window's count is off by at most that much."""
 
-    def __init__(self, path):
+    def __init__(self, path, counter: TokenCountingCollator | None = None):
         self.path = Path(path)
+        self.counter = counter
+        self.since = None  # (time, real tokens) at the previous training record
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -34,6 +38,11 @@ class JsonlLogCallback(TrainerCallback):
             from trainstack.memory import memory_report
 
             record.update(memory_report().as_dict())
+            if self.counter is not None:
+                now, tokens = time.perf_counter(), self.counter.real_tokens
+                if self.since is not None and now > self.since[0]:
+                    record["tokens_per_s"] = round((tokens - self.since[1]) / (now - self.since[0]), 1)
+                self.since = (now, tokens)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
 

@@ -484,7 +484,7 @@ def run(parsed: ParsedArgs) -> dict:
 
             # what a stopped or crashed run logged past its checkpoint goes: each step once in the log
             truncate_log(out_dir / "log.jsonl", checkpoint_step(resume_ckpt) or 0)
-        callbacks.append(JsonlLogCallback(out_dir / "log.jsonl"))
+        callbacks.append(JsonlLogCallback(out_dir / "log.jsonl", counter=collator))
     bench_cb = None
     if extra.bench_json:
         # profiled steps come after the timed ones: the profilers' own overhead stays out of the figures
