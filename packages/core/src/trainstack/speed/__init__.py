@@ -12,7 +12,8 @@ See docs/core-api.md (trainstack.speed) for the contract.
 from .buckets import LengthBuckets
 from .cache import cache_root, compiled_graphs, enable_compile_cache
 from .config import Speed, SpeedConfig, SpeedError, resolve_speed
+from .shapes import BatchShapes
 from .step import CudaGraphs, StepStats, TrainStep, eager_optimizer_state
 
-__all__ = ["CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
+__all__ = ["BatchShapes", "CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
            "cache_root", "compiled_graphs", "eager_optimizer_state", "enable_compile_cache", "resolve_speed"]

@@ -11,7 +11,8 @@ a real-token count, must be tensors when graphs are on); ``batch`` is a dict of 
 the device. ``micro`` returns the same structure, detached, as new tensors the caller may keep.
 
 With ``speed.compile`` the loss function (and the model inside it) is compiled once per input
-shape (``dynamic=False``: padded length buckets keep the shapes few). With ``speed.cuda_graphs``
+shape (``dynamic=False``: padded length buckets keep the shapes few), or once for all shapes with
+``speed.compile_dynamic``. With ``speed.cuda_graphs``
 each new shape first runs ``speed.warmup_runs`` times as a normal step (compiling, allocating the
 gradients and optimizer state), then its forward+backward is captured as one CUDA graph and every
 later batch of that shape is copied into the graph's input buffers and replayed. The optimizer
@@ -109,9 +110,7 @@ class TrainStep:
         self._compute = loss_fn
         if speed.compile:
             enable_compile_cache()
-            # Inductor alone takes a mode; the tracing backends take none.
-            mode = speed.compile_mode if speed.compile_backend == "inductor" else None
-            self._compute = torch.compile(loss_fn, dynamic=False, backend=speed.compile_backend, mode=mode)
+            self._compute = torch.compile(loss_fn, **speed.compile_options())
         self._graph_backend = None
         if speed.cuda_graphs:
             if self.scaler is not None:
