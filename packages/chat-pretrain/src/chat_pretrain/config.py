@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainstack.config import ConfigError, check_limits
+from trainstack.speed import SpeedConfig as CoreSpeedConfig
 
 
 @dataclass
@@ -100,12 +101,35 @@ class EvalConfig:
 
 
 @dataclass
+class SpeedConfig(CoreSpeedConfig):
+    """Core's fast path (trainstack.speed): with `auto`, one CUDA process runs a compiled step
+    replayed as CUDA graphs, several CUDA processes a compiled model, the CPU the eager step. The
+    line "speed: ..." at start-up says which runs; "batches: ..." the shapes."""
+    length_buckets: str = "multiple:32"
+    """Padded lengths per side (prompt, response): multiple:N, pow2, a comma list, or off. Batches are
+    grouped by them on every path, so the fast and the eager path train on the same rows together:
+    a batch holds rows of one (prompt bucket, response bucket) pair, as many as the token budget
+    allows at the wider bucket (rounded down to a multiple of 8). The fast path pads each side to its
+    bucket and fills a short batch with filler rows (no targets, no loss): one shape per pair. off:
+    plain token-budget batches padded to their longest row (every multiple of
+    data.pad_to_multiple_of is then a new shape for the fast path)."""
+    compile_dynamic: bool = True
+    """Compile once for every batch shape (symbolic sizes), instead of once per shape: a 0.2B T5 takes
+    about a minute per compilation, and multiple:32 at max_seq_len 192 gives up to 36 shapes. CUDA
+    graphs still capture each shape (cheap). false: shape-specialised kernels, one compilation each."""
+    shared_length: bool = False
+    """Pad the prompt and the response to the same bucket (the longer side's): one shape per bucket
+    instead of one per pair of buckets; more padding wherever the two sides' lengths differ."""
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    speed: SpeedConfig = field(default_factory=SpeedConfig)
     run_dir: str = "runs/chat-pretrain"
     epochs: int = 1
     max_steps: int = 0

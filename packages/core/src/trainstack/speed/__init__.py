@@ -10,10 +10,12 @@ See docs/core-api.md (trainstack.speed) for the contract.
 """
 
 from .buckets import LengthBuckets
-from .cache import cache_root, compiled_graphs, enable_compile_cache
+from .cache import allow_compilations, cache_root, compiled_graphs, enable_compile_cache
 from .config import Speed, SpeedConfig, SpeedError, resolve_speed
 from .shapes import BatchShapes
-from .step import CudaGraphs, StepStats, TrainStep, eager_optimizer_state
+from .step import CudaGraphs, StepStats, TrainStep, compile_for, eager_optimizer_state
 
 __all__ = ["BatchShapes", "CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
-           "cache_root", "compiled_graphs", "eager_optimizer_state", "enable_compile_cache", "resolve_speed"]
+           "allow_compilations", "cache_root", "compile_for", "compiled_graphs", "eager_optimizer_state",
+           "enable_compile_cache",
+           "resolve_speed"]

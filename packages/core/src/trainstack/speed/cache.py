@@ -45,3 +45,13 @@ def compiled_graphs() -> int:
     except ImportError:
         return 0
     return int(counters["stats"]["unique_graphs"])
+
+
+def allow_compilations(n: int) -> None:
+    """Let Dynamo compile ``n`` graphs of one function (one per input shape) before it gives up and runs
+    the function uncompiled (its recompile limit, 8 by default, would silently drop a step with more
+    length buckets than that back to eager). Never lowers the limit."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), int(n)))

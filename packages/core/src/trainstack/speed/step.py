@@ -107,10 +107,7 @@ class TrainStep:
         self._optimizer_graph: _Captured | None = None
         self._device: torch.device | None = None
 
-        self._compute = loss_fn
-        if speed.compile:
-            enable_compile_cache()
-            self._compute = torch.compile(loss_fn, **speed.compile_options())
+        self._compute = compile_for(speed, loss_fn) if speed.compile else loss_fn
         self._graph_backend = None
         if speed.cuda_graphs:
             if self.scaler is not None:
@@ -276,6 +273,18 @@ class TrainStep:
         for state in self.optimizer.state.values():  # restored from a checkpoint on the CPU
             if isinstance(state.get("step"), torch.Tensor) and state["step"].device != device:
                 state["step"] = state["step"].to(device)
+
+
+def compile_for(speed: Speed, fn):
+    """``torch.compile(fn)`` as ``speed`` asks, with the compile cache on disk switched on first."""
+    enable_compile_cache()
+    if speed.compile_dynamic:
+        # Dynamo gives two sizes that happen to be equal when first seen (a prompt and a response
+        # bucket of 64) one symbol, then compiles again at the first batch where they differ.
+        import torch.fx.experimental._config as fx_config
+
+        fx_config.use_duck_shape = False
+    return torch.compile(fn, **speed.compile_options())
 
 
 def eager_optimizer_state(optimizer) -> None:
