@@ -48,6 +48,7 @@ def test_fast_path_losses_equal_the_eager_path_through_train(tmp_path, chatlm_di
     assert ("batches: length buckets 8,16,24,32 per side, at most 16 batch shapes, 8 to 16 rows; padded to their "
             "bucket and filled to the shape's rows (fast path)") in fast_out
     assert "recompiled" not in fast_out
+    assert json.loads((tmp_path / "fast" / "summary.json").read_text())["speed"].startswith("speed: compile on")
     eager, fast = _records(tmp_path / "eager"), _records(tmp_path / "fast")
     assert [r["loss"] for r in fast] == pytest.approx([r["loss"] for r in eager], abs=1e-5)
     assert eager[-1]["loss"] < eager[0]["loss"]  # it learns at all

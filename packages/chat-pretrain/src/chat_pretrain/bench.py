@@ -9,7 +9,7 @@
     chat-pretrain bench --tokenizer path/to/chatlm-tokenizer --data d.parquet --profile cpu-tiny \
         --users-profile cpu-tiny --steps 3 --warmup 1
 
-Arms (`--arms`, default all of them; each timed arm runs in a child process of its own, so its peak
+Arms (`--arms`, by default the five below; each runs in a child process of its own, so its peak
 GPU memory and host RSS are its own, one after the other on the same GPU, and one table compares them):
 - users-eager, users-sdpa: the users' loop (ChatLM-mini-Chinese trainer, as described in SEEDS.md and
   issue 5) on `--users-profile` (default `large`: 32 rows x 192 tokens, accum 2), with eager
@@ -26,6 +26,9 @@ GPU memory and host RSS are its own, one after the other on the same GPU, and on
 - fast-vs-eager: not timed. ours and ours-eager from the same weights over the same batches, dropout
   off in both (a replayed graph draws its dropout masks elsewhere), `--compare-steps` optimizer steps:
   each step's loss side by side and the largest difference.
+- not run by default, one part of ours changed each: ours-graphs-only (speed.compile=false: the eager
+  step captured), ours-compile-only (speed.cuda_graphs=false), ours-static (speed.compile_dynamic=false:
+  one compilation per shape), ours-eager-attn (model.attn_implementation=eager).
 
 All arms use the same T5 (same seed), tokenizer, token-level truncation and precision. Tokens are real
 (non-pad, non-filler) prompt + response tokens; MFU counts the model FLOPs of those tokens only.
@@ -45,7 +48,15 @@ from pathlib import Path
 import torch
 
 USERS_ARMS = {"users-eager": "eager", "users-sdpa": "sdpa"}
-OURS_ARMS = {"ours": (), "ours-eager": ("speed.compile=false", "speed.cuda_graphs=false")}
+OURS_ARMS = {
+    "ours": (),
+    "ours-eager": ("speed.compile=false", "speed.cuda_graphs=false"),
+    # one part of the fast path changed at a time, for attribution or when a part fails on a GPU
+    "ours-graphs-only": ("speed.compile=false",),
+    "ours-compile-only": ("speed.cuda_graphs=false",),
+    "ours-static": ("speed.compile_dynamic=false",),
+    "ours-eager-attn": ("model.attn_implementation=eager",),
+}
 ARMS = (*USERS_ARMS, *OURS_ARMS)
 COMPARE = "fast-vs-eager"
 NO_DROPOUT = ("model.dropout_rate=0",)
@@ -255,7 +266,7 @@ def fast_vs_eager(args, overrides) -> dict:
     optimizer step's mean micro-batch loss, and the largest differences. On CPU ours is eager too
     unless the overrides force compilation (speed.compile=true speed.compile_backend=aot_eager)."""
     runs, lines = {}, {}
-    for arm in OURS_ARMS:
+    for arm in ("ours", "ours-eager"):
         cfg = arm_config(args, [*overrides, *NO_DROPOUT], arm)
         precision, accelerator = _setup(cfg)
         step, speed, _ = ours_step(cfg, precision, accelerator)

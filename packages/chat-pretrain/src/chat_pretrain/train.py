@@ -329,7 +329,7 @@ def run(job: Job):
     if main:
         summary = {"steps": result.steps, "last_loss": result.last_loss, "best_metric": result.best_metric,
                    "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-                   "interrupted": result.interrupted, "skipped_null": batches.skipped.null,
+                   "interrupted": result.interrupted, "speed": speed.reason, "skipped_null": batches.skipped.null,
                    "skipped_empty": batches.skipped.empty}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         say(f"done: {json.dumps(summary)}")
