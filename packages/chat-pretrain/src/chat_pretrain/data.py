@@ -15,10 +15,11 @@ once per epoch across ranks, and all ranks hold the same position, so the positi
 every rank's. The price is that each rank reads and tokenizes all rows (fast next to a T5 step).
 
 Shapes: with `speed.length_buckets` (core's `BatchShapes`) a bucket's rows are grouped by the length
-buckets of their prompt and response, and each group is cut into batches of as many rows as the token
-budget allows at its wider bucket. The eager path pads a batch to its longest row; the fast path
-(`fixed_shapes`) pads each side to its bucket and fills the batch with filler rows, so a compiled or
-captured step sees one shape per group, and both paths train on the same rows together.
+buckets of their prompt and response, each group is cut into batches of as many rows as the token
+budget allows at its wider bucket, and a group's leftover rows join the next larger group (so a bucket
+of rows leaves at most one short batch). The eager path pads a batch to its longest row; the fast path
+(`fixed_shapes`) pads each side to its group's buckets and fills a short batch with filler rows, so a
+compiled or captured step sees one shape per group, and both paths train on the same rows together.
 
 Position: the state of a batch is (the stream's state at the start of its bucket, how many batches
 of that bucket this rank already yielded). A bucket is rebuilt deterministically from that state, so a
@@ -244,9 +245,9 @@ class PromptResponseBatches:
         """
         if self.estimated_batches is None:
             buckets = math.ceil(self.num_rows / self.cfg.bucket_rows)
-            if self.shapes is not None:  # the widest shape holds the fewest rows; one short batch per group
+            if self.shapes is not None:  # the widest shape holds the fewest rows; one short batch per bucket
                 min_rows = self.shapes.rows((self.cfg.max_seq_len,))
-                partial = buckets * len(self.shapes.possible_shapes())
+                partial = buckets
             else:
                 min_rows = max(1, min(self.cfg.batch_size, self.max_batch_rows))
                 partial = buckets * math.ceil(self.cfg.bucket_rows / 100)
@@ -289,9 +290,10 @@ class PromptResponseBatches:
             rounds = -(-len(batches) // self.world_size)  # the same on every rank
             for i in range(skip, rounds):
                 if i < len(mine):
-                    batch = self._collate([src[j] for j in mine[i]], [tgt[j] for j in mine[i]])
+                    key, idx = mine[i]
+                    batch = self._collate([src[j] for j in idx], [tgt[j] for j in idx], key)
                     if ids is not None:
-                        batch["row_ids"] = self._row_ids([ids[j] for j in mine[i]], batch)
+                        batch["row_ids"] = self._row_ids([ids[j] for j in idx], batch)
                 else:
                     batch = self._padding_batch(ids is not None)
                 self._state = {"epoch": self.epoch, "stream": start_state, "bucket": bucket, "batches_done": i + 1}
@@ -302,11 +304,11 @@ class PromptResponseBatches:
             skip = 0
             bucket += 1
 
-    def _collate(self, src: list[list[int]], tgt: list[list[int]]) -> dict:
+    def _collate(self, src: list[list[int]], tgt: list[list[int]], key: tuple[int, int] | None) -> dict:
+        """``key``: the batch's group (core's BatchShapes), whose shape the fast path pads it to."""
         if not self.fixed_shapes:
             return collate(src, tgt, self.pad_id, multiple_of=self.cfg.pad_to_multiple_of)
-        shape = self.shapes.shape(self.shapes.key((max(map(len, src)), max(map(len, tgt)))))
-        return collate(src, tgt, self.pad_id, shape=shape, filler_id=self.eos_id)
+        return collate(src, tgt, self.pad_id, shape=self.shapes.shape(key), filler_id=self.eos_id)
 
     def _row_ids(self, ids: list, batch: dict):
         if not self.fixed_shapes:
@@ -318,7 +320,8 @@ class PromptResponseBatches:
 
     def _padding_batch(self, with_ids: bool) -> dict:
         """One EOS -> EOS row that keeps this rank in step with the others; its loss counts 0."""
-        batch = self._collate([[self.eos_id]], [[self.eos_id]])
+        smallest = (self.shapes.buckets.sizes[0],) * 2 if self.shapes is not None else None
+        batch = self._collate([[self.eos_id]], [[self.eos_id]], smallest)
         batch["is_padding"] = True
         if with_ids:
             batch["row_ids"] = self._row_ids([], batch)
@@ -361,15 +364,16 @@ class PromptResponseBatches:
         if len(self.skipped.first) < 5:
             self.skipped.first.append(what)
 
-    def _bucket_batches(self, src, tgt, bucket: int) -> list[list[int]]:
+    def _bucket_batches(self, src, tgt, bucket: int) -> list[tuple[tuple[int, int] | None, list[int]]]:
+        """(shape key or None without length buckets, row indices) per batch of this bucket of rows."""
         from trainstack.data import token_budget_batches
 
         seed = self.seed * 1_000_003 + bucket
         if self.shapes is not None:
             return self.shapes.batches([(len(s), len(t)) for s, t in zip(src, tgt, strict=True)], seed, self.epoch)
         lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
-        return token_budget_batches(lengths, self.max_tokens, seed=seed, epoch=self.epoch,
-                                    max_batch_size=self.max_batch_rows)
+        return [(None, idx) for idx in token_budget_batches(lengths, self.max_tokens, seed=seed, epoch=self.epoch,
+                                                             max_batch_size=self.max_batch_rows)]
 
 
 def read_valid_pairs(files, cfg: DataConfig, rank: int = 0, world_size: int = 1, max_rows: int = 0,

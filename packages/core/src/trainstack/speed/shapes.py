@@ -1,16 +1,18 @@
 """Token-budget batches on a few fixed shapes, for a step that is compiled or captured once per shape.
 
     shapes = BatchShapes(LengthBuckets.parse("multiple:64", 192), max_tokens=32 * 192, max_rows=256)
-    batches = shapes.batches([(len(src), len(tgt)) for src, tgt in rows], seed=0, epoch=0)  # lists of row indices
-    rows, src_len, tgt_len = shapes.shape(shapes.key((37, 90)))   # (48, 64, 128): pad to it, fill the rows
+    for key, indices in shapes.batches([(len(src), len(tgt)) for src, tgt in rows], seed=0, epoch=0):
+        n_rows, src_len, tgt_len = shapes.shape(key)   # (48, 64, 128) for key (64, 128): pad to it, fill the rows
 
 Every side of a row (a prompt and a response, say) goes to its length bucket; rows with the same
 buckets form one group, and a group is cut into batches of ``rows(key)`` rows: the token budget over
-the group's widest bucket, rounded down to a multiple of 8. So a batch never holds more than
-``max_tokens`` padded tokens per side, and a fast path that pads each side to its bucket and fills a
-short batch with filler rows sees one shape per group: at most (number of buckets) ** sides shapes, or
-one per bucket with ``shared_length``. The batches are the same whether or not the step pads them,
-so the eager and the fast path train on the same rows together and their losses can be compared.
+the group's widest bucket, rounded down to a multiple of 8. A group's leftover rows move up to the
+next larger group (one side one bucket longer) rather than make a short batch, so a call leaves at
+most one short batch, which a fast path fills with filler rows. A batch never holds more than
+``max_tokens`` padded tokens per side, and a fast path that pads each side to its bucket sees at most
+(number of buckets) ** sides shapes, or one per bucket with ``shared_length``. The batches are the
+same whether or not the step pads them, so the eager and the fast path train on the same rows
+together and their losses can be compared.
 """
 
 from __future__ import annotations
@@ -69,22 +71,47 @@ class BatchShapes:
         return (f"length buckets {self.buckets.describe()} {how}, at most {len(self.possible_shapes(sides))} "
                 f"batch shapes, {self.rows((self.buckets.sizes[-1],))} to {self.rows((self.buckets.sizes[0],))} rows")
 
-    def batches(self, lengths: Sequence[Sequence[int]], seed, epoch: int = 0) -> list[list[int]]:
-        """Indices of ``lengths`` (one tuple of side lengths per row) cut into batches, each index once.
+    def batches(self, lengths: Sequence[Sequence[int]], seed, epoch: int = 0) -> list[tuple[tuple[int, ...], list[int]]]:
+        """The indices of ``lengths`` (one tuple of side lengths per row) cut into batches, each index
+        once, as (key, indices) pairs: ``shape(key)`` holds the batch (it has at most ``rows(key)`` rows,
+        each side no longer than its bucket in ``key``).
 
-        Rows are shuffled by (seed, epoch), grouped by key, sorted by their longest side inside a group
-        (so an unpadded batch pads little), cut into ``rows(key)``-row batches (the last of a group may
-        be short), and the batches shuffled."""
+        Rows are shuffled by (seed, epoch) and grouped by key. Groups are taken from the smallest key
+        up; a group's rows, sorted by their longest side (so an unpadded batch pads little), are cut
+        into ``rows(key)``-row batches, and the rows left over are carried up into the next key (one
+        side's bucket one step longer) instead of making a short batch: only the largest key may leave
+        one. The batches are then shuffled."""
         rng = random.Random(f"{seed}-{epoch}")
         order = list(range(len(lengths)))
         rng.shuffle(order)
         groups: dict[tuple[int, ...], list[int]] = {}
         for i in order:
             groups.setdefault(self.key(lengths[i]), []).append(i)
-        out: list[list[int]] = []
-        for key in sorted(groups):
-            members = sorted(groups[key], key=lambda i: max(lengths[i]))  # stable: ties keep the shuffle
+        sizes = self.buckets.sizes
+        step = {size: i for i, size in enumerate(sizes)}
+        out: list[tuple[tuple[int, ...], list[int]]] = []
+        while groups:
+            # Carrying raises one side by one bucket, so the smallest sum of bucket steps has no sender left.
+            key = min(groups, key=lambda k: (sum(step[n] for n in k), k))
+            members = sorted(groups.pop(key), key=lambda i: max(lengths[i]))  # stable: ties keep the shuffle
             n = self.rows(key)
-            out += [members[j:j + n] for j in range(0, len(members), n)]
+            full = len(members) - len(members) % n
+            out += [(key, members[j:j + n]) for j in range(0, full, n)]
+            rest = members[full:]
+            up = self._next_key(key)
+            if rest and up is None:
+                out.append((key, rest))
+            elif rest:
+                groups.setdefault(up, []).extend(rest)
         rng.shuffle(out)
         return out
+
+    def _next_key(self, key: tuple[int, ...]) -> tuple[int, ...] | None:
+        """``key`` with its shortest side (the first of equals) one bucket longer; None at the largest."""
+        sizes = self.buckets.sizes
+        shorter = [i for i, n in enumerate(key) if n < sizes[-1]]
+        if not shorter:
+            return None
+        i = min(shorter, key=lambda j: key[j])
+        longer = sizes[sizes.index(key[i]) + 1]
+        return (longer,) * len(key) if self.shared_length else (*key[:i], longer, *key[i + 1:])
