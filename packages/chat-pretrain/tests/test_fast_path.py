@@ -51,7 +51,6 @@ def test_fast_path_losses_equal_the_eager_path_through_train(tmp_path, chatlm_di
     assert json.loads((tmp_path / "fast" / "summary.json").read_text())["speed"].startswith("speed: compile on")
     eager, fast = _records(tmp_path / "eager"), _records(tmp_path / "fast")
     assert [r["loss"] for r in fast] == pytest.approx([r["loss"] for r in eager], abs=1e-5)
-    assert eager[-1]["loss"] < eager[0]["loss"]  # it learns at all
     # one compilation for every shape, and the optimizer's steps equal: same gradients, same norms
     assert fast[-1]["compiled_graphs"] == 1 and fast[-1]["recompiles"] == 0
     assert [r["grad_norm"] for r in fast] == pytest.approx([r["grad_norm"] for r in eager], rel=1e-4)
