@@ -69,8 +69,10 @@ for name, x in r.items():
     e = x["extra"]
     print(f"{name:<12} {x['tokens_per_s']:>10,.0f} real tokens/s  MFU {(x['mfu'] or 0):.1%}  peak {x['peak_memory_gib'] or 0:.1f} GiB"
           f"  {e['ms_per_step']:.0f} ms/step  batch {e['batch_size']}x{e['max_seq_len']} x{e['grad_accum']}  attn {e['attn']}"
-          + (f"  shapes {e['shapes']} (new in timed steps {e['new_shapes_in_timed_steps']}), compiled {e['compiled_graphs']},"
-             f" captured {e['captured_graphs']}, first step {e['first_step_seconds']:.0f} s" if "shapes" in e else ""))
+          + (f"  shapes {e['shapes']}, compiled {e['compiled_graphs']}, captured {e['captured_graphs']}, first step"
+             f" {e['first_step_seconds']:.0f} s; while timed: {e['new_shapes_in_timed_steps']} new shapes,"
+             f" {e['compilations_in_timed_steps']} compilations, {e['captures_in_timed_steps']} captures"
+             if "shapes" in e else ""))
 c = b.get("fast_vs_eager")
 if c:
     print(f"fast vs eager, {c['steps']} steps, dropout off: largest loss difference {c['max_abs_loss_diff']:.3g} "

@@ -37,6 +37,7 @@ def test_bench_runs_every_arm_in_one_run(tmp_path, chatlm_dir, capsys):
     assert eager["extra"]["warmup_steps"] == 1 and 2 <= ours["extra"]["warmup_steps"] <= 3
     assert ours["extra"]["compiled_graphs"] == 1 and ours["extra"]["recompiles"] == 0
     assert 1 <= ours["extra"]["shapes"] <= 4  # buckets 16,32 on both sides
+    assert ours["extra"]["compilations_in_timed_steps"] == 0 and ours["extra"]["new_shapes_in_timed_steps"] >= 0
     assert set(summary["ratios"]) == {"ours_vs_users_eager", "ours_vs_users_sdpa", "ours_vs_ours_eager"}
     assert summary["ratios"]["ours_vs_users_eager"] == pytest.approx(
         ours["tokens_per_s"] / results["users-eager"]["tokens_per_s"])

@@ -181,16 +181,24 @@ def users_step(args, cfg, precision, accelerator, attn: str):
     return step, how
 
 
+def _fast_path_events(fast_step) -> tuple:
+    """Shapes seen, graphs compiled and captured so far: what warm-up waits to stop changing."""
+    if fast_step is None:
+        return ()
+    stats = fast_step.stats
+    return len(stats.shapes), stats.compiled_graphs, stats.captured_graphs
+
+
 def _warm_up(step, fast_step, min_steps: int, max_steps: int) -> int:
-    """Steps until ``min_steps`` have passed and, on the fast path, no new batch shape has been seen
-    (compiled, captured) for ``min_steps`` steps in a row, or ``max_steps``. Returns the steps run."""
-    done, quiet, shapes = 0, 0, -1
+    """Steps until ``min_steps`` have passed and, on the fast path, no shape has been new, compiled or
+    captured for ``min_steps`` steps in a row, or ``max_steps``. Returns the steps run."""
+    done, quiet, events = 0, 0, None
     while done < max_steps:
         step()
         done += 1
-        seen = len(fast_step.stats.shapes) if fast_step is not None else 0
-        quiet = quiet + 1 if seen == shapes else 0
-        shapes = seen
+        now = _fast_path_events(fast_step)
+        quiet = quiet + 1 if now == events else 0
+        events = now
         if done >= min_steps and (fast_step is None or quiet >= min_steps):
             break
     return done
@@ -219,7 +227,7 @@ def run_arm(arm: str, args, cfg) -> dict:
         _print_profile(step, args.warmup)
     warmup = _warm_up(step, fast_step, args.warmup, max(args.warmup, args.max_warmup))
     before = len(real_tokens)  # the steps so far (profiled ones included) are not timed
-    shapes_before = len(fast_step.stats.shapes) if fast_step is not None else 0
+    events_before = _fast_path_events(fast_step)
     res = time_steps(step, warmup_steps=0, timed_steps=args.steps, real_tokens_per_step=lambda i: real_tokens[before + i],
                      samples_per_step=lambda i: samples[before + i], flops_per_token=fpt, name=arm)
     # Whole-job figures across ranks: tokens summed, time = the slowest rank.
@@ -240,8 +248,11 @@ def run_arm(arm: str, args, cfg) -> dict:
                         grad_accum=cfg.grad_accum_steps, batch_size=cfg.data.batch_size, max_seq_len=cfg.data.max_seq_len,
                         users_pad=args.users_pad if arm in USERS_ARMS else None)
     if fast_step is not None:
+        # shapes first seen, compiled or captured while timed: each slowed the timed steps
+        late = [b - a for a, b in zip(events_before, _fast_path_events(fast_step), strict=True)]
         out["extra"].update(fast_step.stats.as_dict(), shapes=len(fast_step.stats.shapes),
-                            new_shapes_in_timed_steps=len(fast_step.stats.shapes) - shapes_before)
+                            new_shapes_in_timed_steps=late[0], compilations_in_timed_steps=late[1],
+                            captures_in_timed_steps=late[2])
     return out if accelerator.is_main_process else {}
 
 
