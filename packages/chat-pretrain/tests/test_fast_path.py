@@ -94,3 +94,31 @@ def test_shared_length_pads_both_sides_to_one_bucket(tmp_path, chatlm_dir):
     shapes = T.batch_shapes(cfg)
     assert shapes.possible_shapes() == [(16, 8, 8), (16, 16, 16), (8, 24, 24), (8, 32, 32)]
     assert T.batch_shapes(dataclasses.replace(cfg, speed=dataclasses.replace(cfg.speed, length_buckets="off"))) is None
+
+
+def test_two_gloo_processes_on_the_fast_path(tmp_path, chatlm_dir):
+    """Several processes: the model compiled (no graphs under DDP), batches on fixed shapes, and the
+    ranks' zero-weight padding batches on a shape of the set too; an epoch with evaluation finishes."""
+    import os
+    import subprocess
+    import sys
+
+    from trainstack.testing import free_port
+
+    train = make_parquet(tmp_path / "train.parquet", 150, median_chars=10, row_group_rows=50, task="copy")
+    valid = make_parquet(tmp_path / "valid.parquet", 7, median_chars=10, seed=9, task="copy")
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "chat_pretrain", "train", "--profile", "cpu-tiny", "--no-progress",
+           f"data.train_files=[{train}]", f"data.valid_files=[{valid}]", f"tokenizer.path={chatlm_dir}",
+           f"run_dir={run}", "data.bucket_rows=40", "data.max_batch_rows=8", "grad_accum_steps=2",
+           "log_every_steps=1", "eval.max_new_tokens=4", BUCKETS, *FAST]
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "padded to their bucket and filled to the shape's rows (fast path)" in proc.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["speed"].startswith("speed: compile on, dynamic shapes, CUDA graphs off")
+    assert summary["interrupted"] is False and summary["best_metric"] is not None
+    losses = [r["loss"] for r in _records(run) if "loss" in r]
+    assert losses and all(x == x for x in losses)  # no NaN from a padding or filler row
