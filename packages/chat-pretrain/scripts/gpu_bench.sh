@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One GPU, one command, about 6 minutes: every bench arm in one run (the users' loop with eager
+# One GPU, one command, sized for about 6 minutes: every bench arm in one run (the users' loop with eager
 # attention and with SDPA, ours as shipped, ours eager) plus the fast-vs-eager loss comparison, same
 # model, data and precision. From the repository root, nothing installed:
 #   bash packages/chat-pretrain/scripts/gpu_bench.sh OUT_DIR

@@ -109,15 +109,16 @@ class SpeedConfig(CoreSpeedConfig):
     length_buckets: str = "multiple:32"
     """Padded lengths per side (prompt, response): multiple:N, pow2, a comma list, or off. Batches are
     grouped by them on every path, so the fast and the eager path train on the same rows together:
-    a batch holds rows of one (prompt bucket, response bucket) pair, as many as the token budget
-    allows at the wider bucket (rounded down to a multiple of 8). The fast path pads each side to its
-    bucket and fills a short batch with filler rows (no targets, no loss): one shape per pair. off:
-    plain token-budget batches padded to their longest row (every multiple of
-    data.pad_to_multiple_of is then a new shape for the fast path)."""
+    rows of one (prompt bucket, response bucket) pair, as many as the token budget allows at the wider
+    bucket (rounded down to a multiple of 8), plus leftover rows of smaller pairs. The fast path pads
+    each side to its bucket and fills a bucket of rows' one short batch with filler rows (no targets,
+    no loss): one shape per pair. off: plain token-budget batches padded to their longest row (every
+    multiple of data.pad_to_multiple_of is then a new shape for the fast path)."""
     compile_dynamic: bool = True
-    """Compile once for every batch shape (symbolic sizes), instead of once per shape: a 0.2B T5 takes
-    about a minute per compilation, and multiple:32 at max_seq_len 192 gives up to 36 shapes. CUDA
-    graphs still capture each shape (cheap). false: shape-specialised kernels, one compilation each."""
+    """Compile once for every batch shape (symbolic sizes), instead of once per shape: multiple:32 at
+    max_seq_len 192 gives up to 36 shapes, and tracing the 0.2B T5's step alone took 18-36 s per shape
+    on a 2-core CPU, before any code generation. CUDA graphs still capture each shape (about one step
+    each). false: shape-specialised kernels, one compilation per shape."""
     shared_length: bool = False
     """Pad the prompt and the response to the same bucket (the longer side's): one shape per bucket
     instead of one per pair of buckets; more padding wherever the two sides' lengths differ."""
