@@ -316,6 +316,9 @@ def run_bench(args, overrides) -> int:
     of --arms in a child process, then one table and one JSON file."""
     from trainstack.bench import BenchResult, compare, device_banner
 
+    earlier = {"users": f"users-{args.users_attn or 'sdpa'}", "both": f"users-{args.users_attn or 'sdpa'},ours"}
+    if args.arm in earlier:  # the spellings of earlier releases: --arm users|both [--users-attn eager]
+        args.arm, args.arms = (None, earlier["both"]) if args.arm == "both" else (earlier["users"], args.arms)
     arms = [args.arm] if args.arm else [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = [a for a in arms if a not in (*ARMS, COMPARE)]
     if unknown:

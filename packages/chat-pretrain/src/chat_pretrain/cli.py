@@ -178,6 +178,8 @@ def _declare() -> None:
     p.add_argument("--max-warmup", type=int, default=100, help="at most this many warm-up steps")
     p.add_argument("--compare-steps", type=int, default=10, help="optimizer steps of fast-vs-eager")
     p.add_argument("--users-pad", choices=["longest", "max_length"], default="longest")
+    p.add_argument("--users-attn", choices=["sdpa", "eager"], default=None,
+                   help="earlier spelling: --arm users --users-attn eager is --arm users-eager")
     p.add_argument("--json-out", default=None,
                    help="results JSON (with --arms, also one file per arm beside it: NAME-ARM.json)")
     p.add_argument("--torch-profile", action="store_true", help="print a torch.profiler table of 3 steps first")
