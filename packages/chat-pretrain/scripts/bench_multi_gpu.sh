@@ -6,7 +6,8 @@
 # e.g. TOK=path/to/chatlm-tokenizer bash packages/chat-pretrain/scripts/bench_multi_gpu.sh 1000000 30 results/
 # TOK is a tokenizer.json or its directory; JSON results and logs go to OUT_DIR (default chat-pretrain-multi-gpu).
 # Prints tokens/s on 1 and 2 GPUs per arm and the scaling efficiency = tps(2) / (2 * tps(1)).
-# Weak scaling: each process keeps the per-GPU batch of the `large` config (32 x 192 budget, accum 2).
+# Weak scaling: each process keeps its per-GPU batch: ours the profile PROFILE (default auto: what train
+# picks on this GPU, fast path included), the users' loop their `large` config (32 x 192, accum 2).
 set -euo pipefail
 ROWS=${1:-1000000}
 STEPS=${2:-30}
@@ -18,11 +19,12 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 DATA=${TMPDIR:-/tmp}/chat-pretrain-bench.parquet  # large and regenerable: kept out of OUT_DIR
 [ -f "$DATA" ] || python3 -m chat_pretrain make-data "$DATA" --rows "$ROWS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-for ARM in ours users; do
+PROFILE=${PROFILE:-auto}
+for ARM in ours users-sdpa; do
   for N in 1 2; do
     if [ "$N" = 1 ]; then LAUNCH=(accelerate launch --num_processes 1)
     else LAUNCH=(accelerate launch --multi_gpu --num_processes "$N"); fi
-    "${LAUNCH[@]}" -m chat_pretrain bench --arm "$ARM" --tokenizer "$TOK" --data "$DATA" --profile large \
+    "${LAUNCH[@]}" -m chat_pretrain bench --arm "$ARM" --tokenizer "$TOK" --data "$DATA" --profile "$PROFILE" \
       --steps "$STEPS" --warmup 5 --json-out "$OUT_DIR/$ARM-$N.json" > "$OUT_DIR/$ARM-$N.log" 2>&1 \
       || { echo "FAILED: $ARM on $N GPU(s), see $OUT_DIR/$ARM-$N.log"; tail -20 "$OUT_DIR/$ARM-$N.log"; exit 1; }
   done
@@ -30,16 +32,16 @@ done
 python3 - "$OUT_DIR" <<'PY'
 import json, sys
 out = sys.argv[1]
-r = {(a, n): json.load(open(f"{out}/{a}-{n}.json")) for a in ("ours", "users") for n in (1, 2)}
-print(f"{'arm':<6} {'GPUs':>4} {'tokens/s':>12} {'MFU':>7} {'peak VRAM GiB':>14} {'peak RSS GiB':>13}")
+r = {(a, n): json.load(open(f"{out}/{a}-{n}.json")) for a in ("ours", "users-sdpa") for n in (1, 2)}
+print(f"{'arm':<10} {'GPUs':>4} {'tokens/s':>12} {'MFU':>7} {'peak VRAM GiB':>14} {'peak RSS GiB':>13}")
 for (a, n), x in sorted(r.items()):
     mfu = f"{x['mfu']:.1%}" if x.get("mfu") else "-"
-    print(f"{a:<6} {n:>4} {x['tokens_per_s']:>12,.0f} {mfu:>7} {x['peak_memory_gib'] or 0:>14.2f} "
+    print(f"{a:<10} {n:>4} {x['tokens_per_s']:>12,.0f} {mfu:>7} {x['peak_memory_gib'] or 0:>14.2f} "
           f"{x['extra']['peak_host_rss_gib']:>13.2f}")
-for a in ("ours", "users"):
+for a in ("ours", "users-sdpa"):
     eff = r[(a, 2)]["tokens_per_s"] / (2 * r[(a, 1)]["tokens_per_s"])
     print(f"scaling efficiency {a}: {eff:.1%}")
-print(f"ours vs users on 2 GPUs: {r[('ours', 2)]['tokens_per_s'] / r[('users', 2)]['tokens_per_s']:.2f}x")
+print(f"ours vs users on 2 GPUs: {r[('ours', 2)]['tokens_per_s'] / r[('users-sdpa', 2)]['tokens_per_s']:.2f}x")
 print(json.dumps({f"{a}-{n}": {"tokens_per_s": x["tokens_per_s"], "mfu": x["mfu"]} for (a, n), x in r.items()}))
 PY
 

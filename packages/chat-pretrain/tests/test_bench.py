@@ -1,28 +1,63 @@
-"""`chat-pretrain bench` on CPU: both arms run through the real entry point and report comparable figures."""
+"""`chat-pretrain bench` on CPU: every arm runs through the real entry point, each in its own process, and
+one run reports comparable figures, the ratios and the fast-vs-eager losses."""
 
 import json
 
+import pytest
 from chat_pretrain.cli import main
 from chat_pretrain.synth import make_parquet
 
+# The fast path forced on the CPU: compiled (traced, no code generation) once for every shape.
+FAST_ON_CPU = ["speed.compile=true", "speed.compile_backend=aot_eager", "speed.length_buckets=16,32"]
 
-def test_bench_both_arms_on_cpu(tmp_path, chatlm_dir, capsys):
+
+def test_bench_runs_every_arm_in_one_run(tmp_path, chatlm_dir, capsys):
     data = make_parquet(tmp_path / "b.parquet", 400, median_chars=8, row_group_rows=100)
-    out = tmp_path / "res.json"
-    argv = ["bench", "--tokenizer", str(chatlm_dir), "--data", str(data), "--profile", "cpu-tiny", "--steps", "2",
-            "--warmup", "1", "grad_accum_steps=2", "data.max_batch_rows=8", "data.batch_size=4"]
-    for arm in ("ours", "users"):
-        assert main([*argv, "--arm", arm, "--json-out", str(out.with_name(f"{arm}.json"))]) == 0
-    capsys.readouterr()
-    ours = json.loads(out.with_name("ours.json").read_text())
-    users = json.loads(out.with_name("users.json").read_text())
-    for r in (ours, users):
+    out = tmp_path / "res" / "bench.json"
+    argv = ["bench", "--tokenizer", str(chatlm_dir), "--data", str(data), "--profile", "cpu-tiny",
+            "--users-profile", "cpu-tiny", "--steps", "2", "--warmup", "1", "--max-warmup", "3", "--compare-steps", "3",
+            "--json-out", str(out), "grad_accum_steps=2", "data.max_batch_rows=8", "data.batch_size=4", *FAST_ON_CPU]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads(out.read_text())
+    results = {r["name"]: r for r in summary["results"]}
+    assert list(results) == ["users-eager", "users-sdpa", "ours", "ours-eager"] and not summary["errors"]
+    for r in results.values():
         assert r["steps"] == 2 and r["real_tokens"] > 0 and r["tokens_per_s"] > 0
         assert r["extra"]["peak_host_rss_gib"] > 0 and r["extra"]["grad_accum"] == 2
+        assert (out.parent / f"bench-{r['name']}.json").is_file()  # each arm's own file beside it
+    assert results["users-eager"]["extra"]["attn"] == "eager" and results["users-sdpa"]["extra"]["attn"] == "sdpa"
     # Users: fixed 4-row micro-batches; ours: a token budget of 4 x 32 per side, at most 8 rows.
-    assert users["samples"] == 2 * 2 * 4
-    assert ours["samples"] >= users["samples"]
-    from trainstack.bench import BenchResult, compare
+    assert results["users-eager"]["samples"] == 2 * 2 * 4
+    assert results["ours"]["samples"] >= results["users-eager"]["samples"]
+    ours, eager = results["ours"], results["ours-eager"]
+    assert ours["extra"]["speed"].startswith("speed: compile on, dynamic shapes")
+    assert eager["extra"]["speed"].startswith("speed: compile off, CUDA graphs off")
+    # ours warms up until a step brings no new shape (at least 2 steps here, at most --max-warmup)
+    assert eager["extra"]["warmup_steps"] == 1 and 2 <= ours["extra"]["warmup_steps"] <= 3
+    assert ours["extra"]["compiled_graphs"] == 1 and ours["extra"]["recompiles"] == 0
+    assert 1 <= ours["extra"]["shapes"] <= 4  # buckets 16,32 on both sides
+    assert ours["extra"]["compilations_in_timed_steps"] == 0 and ours["extra"]["new_shapes_in_timed_steps"] >= 0
+    assert set(summary["ratios"]) == {"ours_vs_users_eager", "ours_vs_users_sdpa", "ours_vs_ours_eager"}
+    assert summary["ratios"]["ours_vs_users_eager"] == pytest.approx(
+        ours["tokens_per_s"] / results["users-eager"]["tokens_per_s"])
+    assert "CPU figures" in printed and "ours_vs_users_sdpa:" in printed
 
-    table = compare([BenchResult(**users), BenchResult(**ours)], baseline="users")
-    assert "speedup" in table and "CPU figures" in table
+    cmp = summary["fast_vs_eager"]
+    assert cmp["fast"].startswith("speed: compile on") and cmp["eager"].startswith("speed: compile off")
+    assert len(cmp["fast_losses"]) == len(cmp["eager_losses"]) == 3
+    assert cmp["fast_losses"] == pytest.approx(cmp["eager_losses"], abs=1e-5) and cmp["max_abs_loss_diff"] < 1e-5
+
+
+def test_bench_arm_names_unknown_and_earlier(tmp_path, chatlm_dir, capsys):
+    data = make_parquet(tmp_path / "b.parquet", 20, median_chars=8)
+    argv = ["bench", "--tokenizer", str(chatlm_dir), "--data", str(data), "--profile", "cpu-tiny",
+            "--users-profile", "cpu-tiny"]
+    assert main([*argv, "--arms", "ours,users"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown arm(s) users" in err and "users-eager" in err
+    # the earlier spelling of one users' arm still runs it
+    out = tmp_path / "users.json"
+    assert main([*argv, "--arm", "users", "--users-attn", "eager", "--steps", "1", "--warmup", "1",
+                 "--json-out", str(out)]) == 0
+    assert json.loads(out.read_text())["name"] == "users-eager"

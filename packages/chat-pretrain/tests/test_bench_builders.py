@@ -14,9 +14,11 @@ import pytest
 import torch
 from chat_pretrain.cli import main
 from chat_pretrain.synth import make_parquet
+from trainstack.precision import Precision
+from trainstack.speed import Speed
 from trainstack.testing import StopRun, record_builders
 
-BUILDERS = ("build_tokenizer", "build_training_model", "build_train_batches", "schedule_steps",
+BUILDERS = ("build_tokenizer", "resolve_train_speed", "build_training_model", "build_train_batches", "schedule_steps",
             "build_optimizer_and_scheduler", "make_loss_fn", "build_loop_config")
 ACCUM = 2
 
@@ -34,8 +36,9 @@ def _comparable(x):
     if hasattr(x, "eos_id") and hasattr(x, "fixed"):  # LoadedTokenizer
         return ("tokenizer", str(x.path), x.vocab_size, x.pad_id, x.eos_id, x.fixed)
     if hasattr(x, "stream") and hasattr(x, "files"):  # PromptResponseBatches
-        return ("batches", [str(f) for f in x.files], x.cfg, x.seed, x.rank, x.world_size, x.max_tokens)
-    if isinstance(x, int | str | torch.device | type(None)):
+        return ("batches", [str(f) for f in x.files], x.cfg, x.seed, x.rank, x.world_size, x.max_tokens, x.shapes,
+                x.fixed_shapes)
+    if isinstance(x, int | str | torch.device | type(None) | Speed | Precision):
         return x
     return ("object", type(x).__name__)
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from trainstack.optim import build_scheduler
 from trainstack.speed import (
+    BatchShapes,
     LengthBuckets,
     SpeedConfig,
     SpeedError,
@@ -64,6 +65,37 @@ def test_bucket_pad_keeps_tokens():
 def test_bad_bucket_spec_fails_at_config_time():
     with pytest.raises(ValueError, match="not a positive integer"):
         SpeedConfig(length_buckets="multiple:0")
+
+
+def test_batch_shapes_cut_few_shapes_within_the_token_budget():
+    shapes = BatchShapes(LengthBuckets.parse("multiple:64", 192), max_tokens=32 * 192, max_rows=256)
+    assert shapes.key((37, 90)) == (64, 128) and shapes.shape((64, 128)) == (48, 64, 128)
+    assert shapes.rows((64, 64)) == 96 and shapes.rows((192, 64)) == 32
+    assert len(shapes.possible_shapes()) == 9
+    assert shapes.describe() == "length buckets 64,128,192 per side, at most 9 batch shapes, 32 to 96 rows"
+    shared = BatchShapes(shapes.buckets, max_tokens=32 * 192, max_rows=256, shared_length=True)
+    assert shared.key((37, 90)) == (128, 128) and len(shared.possible_shapes()) == 3
+    # rows below the multiple stay as they are; above it they round down to it
+    assert BatchShapes(LengthBuckets((100,)), max_tokens=700, max_rows=99).rows((100,)) == 7
+    assert BatchShapes(LengthBuckets((10,)), max_tokens=130, max_rows=99).rows((10,)) == 8
+    with pytest.raises(ValueError, match="does not hold one row"):
+        BatchShapes(LengthBuckets((64,)), max_tokens=32, max_rows=8)
+
+    g = torch.Generator().manual_seed(0)
+    lengths = [tuple(x) for x in torch.randint(1, 193, (500, 2), generator=g).tolist()]
+    for plan in (shapes, shared):
+        batches = plan.batches(lengths, seed=1, epoch=0)
+        assert sorted(i for _, b in batches for i in b) == list(range(500))  # each row once
+        for key, b in batches:
+            rows = plan.rows(key)
+            assert 0 < len(b) <= rows and rows * max(key) <= 32 * 192  # the shape holds it, within the budget
+            assert all(n <= bucket for i in b for n, bucket in zip(lengths[i], key, strict=True))
+        # leftovers move up to a larger key: one short batch at most, in the largest key
+        short = [key for key, b in batches if len(b) < plan.rows(key)]
+        assert short in ([], [(192, 192)])
+        assert plan.batches(lengths, seed=1, epoch=0) == batches  # deterministic
+        assert plan.batches(lengths, seed=1, epoch=1) != batches  # reshuffled per epoch
+    assert {key for key, _ in shapes.batches(lengths, 1)} > {key for key, _ in shared.batches(lengths, 1)}
 
 
 # ---- resolution ----------------------------------------------------------------------------------
@@ -172,9 +204,9 @@ def _as_tuple(x):
     return x if isinstance(x, tuple) else (x,)
 
 
-def _speed(compile=False, graphs=False, backend="aot_eager"):
+def _speed(compile=False, graphs=False, backend="aot_eager", dynamic=False):
     return Speed(compile=compile, cuda_graphs=graphs, compile_mode="default", compile_backend=backend,
-                 warmup_runs=1, length_buckets="pow2", reason="test")
+                 warmup_runs=1, length_buckets="pow2", reason="test", compile_dynamic=dynamic)
 
 
 def train(speed, data, accum=2, graphs_backend=None):
@@ -207,6 +239,24 @@ def test_compiled_step_equals_eager_step():
     assert tokens == ref_tokens and lrs == pytest.approx(ref_lrs)
     assert step.stats.compiled_graphs == 2 and step.stats.recompiles == 0  # one per shape
     assert step.stats.first_step_seconds is not None and len(step.stats.shapes) == 2
+
+
+def test_dynamic_compile_serves_every_shape_with_one_graph():
+    """compile_dynamic: one compilation for all the shapes (here three widths and three row counts,
+    the first with as many rows as tokens: no duck sizing ties them), and the same losses and weights
+    as the eager step."""
+    g = torch.Generator().manual_seed(5)
+    data = [{"ids": torch.randint(1, 20, (rows, width), generator=g)} for rows, width in
+            [(8, 8), (4, 16), (6, 24), (4, 8), (6, 16), (8, 24)]]
+    ref_losses, _, _, ref_params, _, _ = train(_speed(), data)
+    losses, _, _, params, step, _ = train(_speed(compile=True, dynamic=True), data)
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-5, atol=1e-6)
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+    assert len(step.stats.shapes) == 6 and step.stats.compiled_graphs == 1 and step.stats.recompiles == 0
+    assert resolve_speed(SpeedConfig(compile=True, compile_dynamic=True), "cpu").reason.startswith(
+        "speed: compile on, dynamic shapes, CUDA graphs off")
+    assert not resolve_speed(SpeedConfig(compile_dynamic=True), "cpu").compile_dynamic  # nothing compiled
 
 
 def test_replayed_step_equals_eager_step():

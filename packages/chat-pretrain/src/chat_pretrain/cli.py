@@ -4,7 +4,7 @@
     chat-pretrain train --help-config              every config key with its default and doc
     chat-pretrain eval CHECKPOINT --data F.parquet [--max-rows N]     validation loss and BLEU-4
     chat-pretrain generate CHECKPOINT "prompt" ["prompt" ...]
-    chat-pretrain bench --tokenizer DIR --data F.parquet [--profile large] [--arm both|ours|users]
+    chat-pretrain bench --tokenizer DIR --data F.parquet [--profile auto] [--arms users-eager,users-sdpa,ours,...]
     chat-pretrain tokenizer check --tokenizer DIR_OR_JSON [--files F ...] [--write-fixed OUT_DIR]
     chat-pretrain tokenizer train --files F ... --vocab-size N [--kind bpe|unigram] --out OUT_DIR
     chat-pretrain make-data OUT.parquet --rows N [--median-chars 60] [--task random|copy]
@@ -163,14 +163,25 @@ def _declare() -> None:
                         description="our recipe vs the users' trainer loop (see chat_pretrain/bench.py)")
     p.add_argument("--tokenizer", required=True)
     p.add_argument("--data", required=True, help="one parquet file with prompt/response")
-    p.add_argument("--profile", default="large", metavar="NAME|PATH", help="the train profile both arms run")
-    p.add_argument("--arm", choices=["both", "ours", "users"], default="both")
+    p.add_argument("--profile", default="auto", metavar="NAME|PATH",
+                   help="the train profile ours runs (default auto: the one train picks on this machine)")
+    p.add_argument("--users-profile", default="large", metavar="NAME|PATH",
+                   help="the config the users' loop runs (default large: their large config)")
+    p.add_argument("--arms", default="users-eager,users-sdpa,ours,ours-eager,fast-vs-eager",
+                   help="arms to run, each in its own process, in this order; also ours-graphs-only, "
+                        "ours-compile-only, ours-static, ours-eager-attn (chat_pretrain/bench.py)")
+    p.add_argument("--arm", default=None, metavar="ARM",
+                   help="run this one arm (of --arms' choices) in this process; under a launcher, one arm on N GPUs")
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
-    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=5,
+                   help="warm-up steps; ours warms up until no new batch shape appeared for this many steps")
+    p.add_argument("--max-warmup", type=int, default=100, help="at most this many warm-up steps")
+    p.add_argument("--compare-steps", type=int, default=10, help="optimizer steps of fast-vs-eager")
     p.add_argument("--users-pad", choices=["longest", "max_length"], default="longest")
     p.add_argument("--users-attn", choices=["sdpa", "eager"], default=None,
-                   help="attention for the users' arm (default: the same as ours)")
-    p.add_argument("--json-out", default=None)
+                   help="earlier spelling: --arm users --users-attn eager is --arm users-eager")
+    p.add_argument("--json-out", default=None,
+                   help="results JSON (with --arms, also one file per arm beside it: NAME-ARM.json)")
     p.add_argument("--torch-profile", action="store_true", help="print a torch.profiler table of 3 steps first")
     cli.add_command("tokenizer", _tokenizer_main, help="check (the Metaspace defect) or train a tokenizer", raw=True)
     cli.add_command("make-data", _make_data_main, help="synthetic prompt/response parquet", raw=True)

@@ -14,6 +14,13 @@ padding batch (`is_padding`, loss weight 0; at most W - 1 per bucket). Every row
 once per epoch across ranks, and all ranks hold the same position, so the position rank 0 saves is
 every rank's. The price is that each rank reads and tokenizes all rows (fast next to a T5 step).
 
+Shapes: with `speed.length_buckets` (core's `BatchShapes`) a bucket's rows are grouped by the length
+buckets of their prompt and response, each group is cut into batches of as many rows as the token
+budget allows at its wider bucket, and a group's leftover rows join the next larger group (so a bucket
+of rows leaves at most one short batch). The eager path pads a batch to its longest row; the fast path
+(`fixed_shapes`) pads each side to its group's buckets and fills a short batch with filler rows, so a
+compiled or captured step sees one shape per group, and both paths train on the same rows together.
+
 Position: the state of a batch is (the stream's state at the start of its bucket, how many batches
 of that bucket this rank already yielded). A bucket is rebuilt deterministically from that state, so a
 resumed run sees exactly the rows it had not seen yet; the state never holds more than one bucket of
@@ -126,12 +133,32 @@ def tokenize_pairs(tokenizer, prompts: list[str], responses: list[str], max_seq_
 
 
 def collate(src: list[list[int]], tgt: list[list[int]], pad_id: int, pad_to: int | None = None,
-            multiple_of: int = 1) -> dict:
+            multiple_of: int = 1, shape: tuple[int, int, int] | None = None, filler_id: int = 0) -> dict:
     """Pad to the longest row in the batch (or to `pad_to`, as the users' loop does). Labels use -100 at
-    padding. Vectorised: one numpy scatter per side instead of a tensor per row."""
-    input_ids, attention_mask = _pad(src, pad_id, pad_to, multiple_of)
-    labels, _ = _pad(tgt, -100, pad_to, multiple_of)
+    padding. Vectorised: one numpy scatter per side instead of a tensor per row.
+
+    ``shape`` = (rows, prompt width, response width), the fast path's: each side padded to its width and
+    the batch filled to ``rows`` with filler rows. A filler row attends to one ``filler_id`` token (a
+    fully masked attention row would give NaN) and has no targets: no loss, no gradient, no real token
+    (see ``real_tokens``), and the mean loss over the real targets is unchanged."""
+    if shape is not None:
+        rows, src_width, tgt_width = shape
+        fillers = rows - len(src)
+        if fillers < 0 or max(map(len, src)) > src_width or max(map(len, tgt)) > tgt_width:
+            raise ValueError(f"a batch of {len(src)} rows does not fit the shape {shape}")
+        input_ids, attention_mask = _pad(src + [[filler_id]] * fillers, pad_id, src_width)
+        labels, _ = _pad(tgt + [[]] * fillers, -100, tgt_width)
+    else:
+        input_ids, attention_mask = _pad(src, pad_id, pad_to, multiple_of)
+        labels, _ = _pad(tgt, -100, pad_to, multiple_of)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def real_tokens(batch: dict):
+    """Non-pad prompt + response tokens of a collated batch, on its device (no host sync on a GPU).
+    A filler row's one attended token is not counted: it is a row without targets."""
+    targets = batch["labels"] != -100
+    return (batch["attention_mask"] * targets.any(dim=1, keepdim=True)).sum() + targets.sum()
 
 
 def _pad(rows: list[list[int]], fill: int, pad_to: int | None, multiple_of: int = 1):
@@ -150,8 +177,14 @@ class PromptResponseBatches:
     """Core's `Batches` protocol over parquet files: set_epoch, __iter__, state_dict, load_state_dict."""
 
     def __init__(self, files, tokenizer, cfg: DataConfig, *, pad_id: int, eos_id: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1, memory_log=None):
+                 rank: int = 0, world_size: int = 1, memory_log=None, shapes=None, fixed_shapes: bool = False):
+        """``shapes`` (core's BatchShapes): batches grouped by length buckets (module docstring);
+        ``fixed_shapes``: padded to the group's shape and filled with filler rows (the fast path)."""
         from trainstack.data import ParquetStream
+
+        if fixed_shapes and shapes is None:
+            raise ValueError("fixed_shapes needs shapes (length buckets)")
+        self.shapes, self.fixed_shapes = shapes, fixed_shapes
 
         self.files = expand_files(files)
         self.cfg = cfg
@@ -211,9 +244,13 @@ class PromptResponseBatches:
         `estimate_batches` gives the expected count (used for the lr schedule).
         """
         if self.estimated_batches is None:
-            min_rows = max(1, min(self.cfg.batch_size, self.max_batch_rows))
             buckets = math.ceil(self.num_rows / self.cfg.bucket_rows)
-            partial = buckets * math.ceil(self.cfg.bucket_rows / 100)
+            if self.shapes is not None:  # the widest shape holds the fewest rows; one short batch per bucket
+                min_rows = self.shapes.rows((self.cfg.max_seq_len,))
+                partial = buckets
+            else:
+                min_rows = max(1, min(self.cfg.batch_size, self.max_batch_rows))
+                partial = buckets * math.ceil(self.cfg.bucket_rows / 100)
             global_batches = math.ceil(self.num_rows / min_rows) + partial
             self.estimated_batches = max(1, math.ceil(global_batches / self.world_size) + buckets)
         return self.estimated_batches
@@ -253,11 +290,10 @@ class PromptResponseBatches:
             rounds = -(-len(batches) // self.world_size)  # the same on every rank
             for i in range(skip, rounds):
                 if i < len(mine):
-                    idx = mine[i]
-                    batch = collate([src[j] for j in idx], [tgt[j] for j in idx], self.pad_id,
-                                    multiple_of=self.cfg.pad_to_multiple_of)
+                    key, idx = mine[i]
+                    batch = self._collate([src[j] for j in idx], [tgt[j] for j in idx], key)
                     if ids is not None:
-                        batch["row_ids"] = [ids[j] for j in idx]
+                        batch["row_ids"] = self._row_ids([ids[j] for j in idx], batch)
                 else:
                     batch = self._padding_batch(ids is not None)
                 self._state = {"epoch": self.epoch, "stream": start_state, "bucket": bucket, "batches_done": i + 1}
@@ -268,12 +304,27 @@ class PromptResponseBatches:
             skip = 0
             bucket += 1
 
+    def _collate(self, src: list[list[int]], tgt: list[list[int]], key: tuple[int, int] | None) -> dict:
+        """``key``: the batch's group (core's BatchShapes), whose shape the fast path pads it to."""
+        if not self.fixed_shapes:
+            return collate(src, tgt, self.pad_id, multiple_of=self.cfg.pad_to_multiple_of)
+        return collate(src, tgt, self.pad_id, shape=self.shapes.shape(key), filler_id=self.eos_id)
+
+    def _row_ids(self, ids: list, batch: dict):
+        if not self.fixed_shapes:
+            return ids
+        # A tensor, as a captured step needs every value of a batch to be; filler rows are -1.
+        out = torch.full((batch["input_ids"].shape[0],), -1, dtype=torch.int64)
+        out[:len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        return out
+
     def _padding_batch(self, with_ids: bool) -> dict:
         """One EOS -> EOS row that keeps this rank in step with the others; its loss counts 0."""
-        batch = collate([[self.eos_id]], [[self.eos_id]], self.pad_id, multiple_of=self.cfg.pad_to_multiple_of)
+        smallest = (self.shapes.buckets.sizes[0],) * 2 if self.shapes is not None else None
+        batch = self._collate([[self.eos_id]], [[self.eos_id]], smallest)
         batch["is_padding"] = True
         if with_ids:
-            batch["row_ids"] = []
+            batch["row_ids"] = self._row_ids([], batch)
         return batch
 
     # -- internals --------------------------------------------------------------------------
@@ -313,12 +364,16 @@ class PromptResponseBatches:
         if len(self.skipped.first) < 5:
             self.skipped.first.append(what)
 
-    def _bucket_batches(self, src, tgt, bucket: int) -> list[list[int]]:
+    def _bucket_batches(self, src, tgt, bucket: int) -> list[tuple[tuple[int, int] | None, list[int]]]:
+        """(shape key or None without length buckets, row indices) per batch of this bucket of rows."""
         from trainstack.data import token_budget_batches
 
+        seed = self.seed * 1_000_003 + bucket
+        if self.shapes is not None:
+            return self.shapes.batches([(len(s), len(t)) for s, t in zip(src, tgt, strict=True)], seed, self.epoch)
         lengths = [max(len(s), len(t)) for s, t in zip(src, tgt, strict=True)]
-        return token_budget_batches(lengths, self.max_tokens, seed=self.seed * 1_000_003 + bucket, epoch=self.epoch,
-                                    max_batch_size=self.max_batch_rows)
+        return [(None, idx) for idx in token_budget_batches(lengths, self.max_tokens, seed=seed, epoch=self.epoch,
+                                                             max_batch_size=self.max_batch_rows)]
 
 
 def read_valid_pairs(files, cfg: DataConfig, rank: int = 0, world_size: int = 1, max_rows: int = 0,

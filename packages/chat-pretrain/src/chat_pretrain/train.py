@@ -17,10 +17,12 @@
 Ctrl-C (SIGINT) or SIGTERM: a resumable checkpoint is saved, exit status 130 (one process: at the next
 micro-batch, a partly accumulated window is dropped and replayed on resume; several: after the step).
 
-Steps: config -> hardware and precision -> tokenizer -> model (SDPA when supported), on its device ->
-streamed token-budget batches, every W-th to rank r -> AdamW + warmup/cosine, fused on CUDA (or Adafactor
-with the given lr; the line "optimizer: ..." says which runs) -> the build_* functions, which
-`chat-pretrain bench` times too ->
+Steps: config -> hardware and precision -> tokenizer -> fast path (core's speed: on one CUDA process a
+compiled step replayed as CUDA graphs, compiled under DDP, eager on CPU; the line "speed: ..." says
+which) -> model (SDPA when supported), on its device -> streamed token-budget batches grouped by
+length buckets (the fast path pads them to a few fixed shapes: the line "batches: ..."), every W-th to
+rank r -> AdamW + warmup/cosine, fused on CUDA (or Adafactor with the given lr; the line
+"optimizer: ..." says which runs) -> the build_* functions, which `chat-pretrain bench` times too ->
 core's fit (accelerate, no_sync on non-final micro-steps, checkpoints with the data position, keep-N
 best by BLEU) with evaluation = validation loss + BLEU-4 over the whole validation set.
 """
@@ -42,6 +44,7 @@ from chat_pretrain.data import (
     check_schema,
     expand_files,
     has_usable_row,
+    real_tokens,
 )
 from chat_pretrain.evaluate import evaluate_model
 from chat_pretrain.model import SHIPPED, build_model, count_params, flops_per_token
@@ -49,6 +52,9 @@ from chat_pretrain.tokenizer import load_tokenizer
 
 
 def make_loss_fn():
+    """core's loss_fn(model, batch) -> (mean CE over the real targets, real tokens). The same function
+    on every path: a fixed-shape batch's bucket padding and filler rows carry no targets, so its loss
+    is the unpadded batch's."""
     def loss_fn(model, batch):
         device = next(iter(model.parameters())).device if not hasattr(model, "device") else model.device
         b = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
@@ -58,8 +64,7 @@ def make_loss_fn():
             # matches the other ranks, add nothing to the gradient or the token count.
             return out.loss * 0.0, 0
         # Real (non-pad) tokens on both sides, as a tensor: no host sync on the hot path.
-        real = b["attention_mask"].sum() + (b["labels"] != -100).sum()
-        return out.loss, real
+        return out.loss, real_tokens(b)
 
     return loss_fn
 
@@ -134,6 +139,42 @@ def build_tokenizer(cfg: TrainConfig):
     return load_tokenizer(cfg.tokenizer.path, fix=cfg.tokenizer.fix_metaspace)
 
 
+def resolve_train_speed(cfg: TrainConfig, device, precision, world_size: int = 1):
+    """Core's fast path for this run (trainstack.speed.Speed, with its one-line reason). Compiled per
+    shape (speed.compile_dynamic=false), Dynamo may compile as many graphs as there are shapes."""
+    from trainstack.speed import allow_compilations, resolve_speed
+
+    speed = resolve_speed(cfg.speed, device, use_grad_scaler=precision.use_grad_scaler, world_size=world_size,
+                          max_len=cfg.data.max_seq_len)
+    shapes = batch_shapes(cfg)
+    if speed.compile and not speed.compile_dynamic and shapes is not None:
+        allow_compilations(len(shapes.possible_shapes()))
+    return speed
+
+
+def batch_shapes(cfg: TrainConfig):
+    """core's BatchShapes for speed.length_buckets (None: off): the token budget is
+    data.batch_size x data.max_seq_len per side, at most data.max_batch_rows rows."""
+    from trainstack.speed import BatchShapes, LengthBuckets
+
+    buckets = LengthBuckets.parse(cfg.speed.length_buckets, cfg.data.max_seq_len)
+    if buckets is None:
+        return None
+    return BatchShapes(buckets, max_tokens=cfg.data.batch_size * cfg.data.max_seq_len,
+                       max_rows=cfg.data.max_batch_rows or cfg.data.batch_size * 8, shared_length=cfg.speed.shared_length)
+
+
+def describe_batches(cfg: TrainConfig, speed) -> str:
+    """The start-up line saying how batches are cut and padded on this run."""
+    shapes = batch_shapes(cfg)
+    if shapes is None:
+        return (f"batches: token budget, padded to each batch's longest row (multiple of "
+                f"{cfg.data.pad_to_multiple_of}), length buckets off")
+    padded = ("padded to their bucket and filled to the shape's rows (fast path)" if speed.fast
+              else "padded to each batch's longest row (eager)")
+    return f"batches: {shapes.describe()}; {padded}"
+
+
 def build_training_model(cfg: TrainConfig, tok, device):
     """(model, description), the model already on ``device`` so that the optimizer built next sees
     CUDA parameters and takes the fused kernel (accelerate's prepare in fit moves it too late)."""
@@ -142,9 +183,13 @@ def build_training_model(cfg: TrainConfig, tok, device):
     return model.to(device), how
 
 
-def build_train_batches(cfg: TrainConfig, tok, rank: int = 0, world_size: int = 1, memory_log=None):
+def build_train_batches(cfg: TrainConfig, tok, rank: int = 0, world_size: int = 1, memory_log=None, speed=None):
+    """Streamed batches grouped by speed.length_buckets; ``speed`` on the fast path pads them to their
+    fixed shapes (the same rows in each batch either way)."""
+    shapes = batch_shapes(cfg)
     return PromptResponseBatches(cfg.data.train_files, tok.tokenizer, cfg.data, pad_id=tok.pad_id, eos_id=tok.eos_id,
-                                 seed=cfg.seed, rank=rank, world_size=world_size, memory_log=memory_log)
+                                 seed=cfg.seed, rank=rank, world_size=world_size, memory_log=memory_log,
+                                 shapes=shapes, fixed_shapes=shapes is not None and speed is not None and speed.fast)
 
 
 def schedule_steps(cfg: TrainConfig, batches) -> tuple[int, int]:
@@ -218,6 +263,7 @@ def run(job: Job):
     resume_hint = "the same chat-pretrain train command plus --resume"
     # Before anything is written: a fresh start must not overwrite another run's config and logs.
     check_run_dir(run_dir, resume=bool(job.resume), overwrite=cfg.overwrite, resume_hint=resume_hint)
+    speed = resolve_train_speed(cfg, accelerator.device, precision, world_size=world)
     model, how = build_training_model(cfg, tok, accelerator.device)
     if main:  # the first write, now that the config, the data and the model are known to be good
         make_run_dir(run_dir, "run_dir")
@@ -234,10 +280,11 @@ def run(job: Job):
 
     memory_log = MemoryLog(run_dir / f"memory.rank{rank}.jsonl",
                            cfg.memory_log_every_steps * cfg.grad_accum_steps) if cfg.memory_log_every_steps else None
-    batches = build_train_batches(cfg, tok, rank=rank, world_size=world, memory_log=memory_log)
+    batches = build_train_batches(cfg, tok, rank=rank, world_size=world, memory_log=memory_log, speed=speed)
     steps_per_epoch, total_steps = schedule_steps(cfg, batches)
     say(f"data: {len(batches.files)} file(s), {batches.num_rows:,} rows; ~{steps_per_epoch:,} optimizer steps "
         f"per epoch (estimated from token lengths); token budget {batches.max_tokens} per side per micro-batch")
+    say(describe_batches(cfg, speed))
 
     optimizer, scheduler = build_optimizer_and_scheduler(cfg, model, total_steps)
     say(f"optimizer: {describe_optimizer(optimizer)}")
@@ -264,8 +311,10 @@ def run(job: Job):
     loop_cfg = build_loop_config(cfg)
     # A saved data position only means something on the same rows cut into the same batches.
     d = cfg.data
+    # (the fast path only pads the same batches differently: a run may resume on the other path)
     fingerprint = {"max_seq_len": d.max_seq_len, "vocab_size": tok.vocab_size,
-                   "batching": [d.batch_size, d.max_batch_rows, d.bucket_rows, d.shuffle_buffer, d.pad_to_multiple_of],
+                   "batching": [d.batch_size, d.max_batch_rows, d.bucket_rows, d.shuffle_buffer, d.pad_to_multiple_of,
+                                cfg.speed.length_buckets, cfg.speed.shared_length],
                    "data": files_fingerprint(batches.files)}
     result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches,
                  loss_fn=make_loss_fn(), config=loop_cfg, run_dir=run_dir, precision=precision,
@@ -273,14 +322,14 @@ def run(job: Job):
                  flops_per_token=flops_per_token(model, cfg.data.max_seq_len) / 2,
                  resume=job.resume, save_model_fn=save_model_fn, progress=job.progress and main,
                  overwrite=cfg.overwrite, resume_fingerprint=fingerprint,
-                 ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=resume_hint)
+                 ignore_resume_mismatch=cfg.ignore_resume_mismatch, resume_hint=resume_hint, speed=speed)
     if batches.skipped.total:
         say(f"skipped rows: {batches.skipped.null} null, {batches.skipped.empty} empty; first: "
             f"{batches.skipped.first[0]}")
     if main:
         summary = {"steps": result.steps, "last_loss": result.last_loss, "best_metric": result.best_metric,
                    "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-                   "interrupted": result.interrupted, "skipped_null": batches.skipped.null,
+                   "interrupted": result.interrupted, "speed": speed.reason, "skipped_null": batches.skipped.null,
                    "skipped_empty": batches.skipped.empty}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
         say(f"done: {json.dumps(summary)}")

@@ -199,7 +199,9 @@ class FitStep:
         self.train_step = _fast_step(speed, accelerator, self.model, loss_fn, self.optimizer, scheduler,
                                      getattr(accelerator, "scaler", None), config, self._clock_start)
         if speed is not None and speed.compile and self.train_step is None:
-            self.model = torch.compile(self.model, dynamic=False, backend=speed.compile_backend)
+            from trainstack.speed import compile_for
+
+            self.model = compile_for(speed, self.model)
         self.accelerator, self.scheduler, self.loss_fn, self.config = accelerator, scheduler, loss_fn, config
         self.batches, self.count_batch = train_batches, count_batch
         self.epoch, self._it = 0, None

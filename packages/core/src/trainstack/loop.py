@@ -307,7 +307,9 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
     scaler = getattr(accelerator, "scaler", None)
     train_step = _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config, clock_start)
     if speed is not None and speed.compile and train_step is None:
-        model = torch.compile(model, dynamic=False, backend=speed.compile_backend)
+        from .speed import compile_for
+
+        model = compile_for(speed, model)
     if speed is not None and main:
         print(speed.reason)
     last_ckpt: Path | None = None

@@ -11,6 +11,7 @@ See docs/core-api.md (trainstack.speed) for the contract.
 
 from .buckets import LengthBuckets
 from .cache import (
+    allow_compilations,
     cache_root,
     compile_cache_use,
     compiled_graphs,
@@ -20,8 +21,11 @@ from .cache import (
     process_start_clock,
 )
 from .config import Speed, SpeedConfig, SpeedError, resolve_speed
-from .step import CudaGraphs, StepStats, TrainStep, eager_optimizer_state
+from .shapes import BatchShapes
+from .step import CudaGraphs, StepStats, TrainStep, compile_for, eager_optimizer_state
 
-__all__ = ["CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
-           "cache_root", "compile_cache_use", "compiled_graphs", "describe_first_step", "eager_optimizer_state",
-           "enable_compile_cache", "first_step_report", "process_start_clock", "resolve_speed"]
+__all__ = ["BatchShapes", "CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
+           "allow_compilations", "cache_root", "compile_cache_use", "compile_for", "compiled_graphs",
+           "describe_first_step", "eager_optimizer_state", "enable_compile_cache", "first_step_report",
+           "process_start_clock", "resolve_speed"]
+

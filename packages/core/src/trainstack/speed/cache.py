@@ -120,3 +120,11 @@ def process_start_clock() -> float:
         return now - max(0.0, now_wall - psutil.Process().create_time())
     except Exception:  # noqa: BLE001 - no psutil or no /proc: count from now
         return now
+def allow_compilations(n: int) -> None:
+    """Let Dynamo compile ``n`` graphs of one function (one per input shape) before it gives up and runs
+    the function uncompiled (its recompile limit, 8 by default, would silently drop a step with more
+    length buckets than that back to eager). Never lowers the limit."""
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    setattr(dynamo_config, name, max(getattr(dynamo_config, name), int(n)))

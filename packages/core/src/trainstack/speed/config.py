@@ -37,6 +37,11 @@ class SpeedConfig:
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     """torch.compile backend: inductor generates fused kernels; aot_eager and eager trace the same
     graphs without generating code (for finding a compile problem, and for fast CPU tests)."""
+    compile_dynamic: bool = False
+    """Compile once with symbolic batch and length sizes instead of once per input shape: one
+    compilation (a large model's takes a minute or more) serves every length bucket, and CUDA graphs
+    still capture each shape. Kernels lose their shape specialisation, which costs little next to
+    matmuls; a model whose code branches on a size recompiles where it does."""
     warmup_runs: int = 1
     """Eager (or compiled, uncaptured) runs of each new shape before it is captured: they compile,
     allocate the gradients and the optimizer state, and train as normal steps."""
@@ -57,6 +62,12 @@ class Speed:
     length_buckets: str
     reason: str
     """One line, printed at start-up."""
+    compile_dynamic: bool = False
+
+    def compile_options(self) -> dict:
+        """torch.compile's keyword arguments for this run (Inductor alone takes a mode)."""
+        return {"dynamic": self.compile_dynamic, "backend": self.compile_backend,
+                "mode": self.compile_mode if self.compile_backend == "inductor" else None}
 
     def buckets(self, max_len: int) -> LengthBuckets | None:
         return LengthBuckets.parse(self.length_buckets, max_len)
@@ -89,7 +100,8 @@ def resolve_speed(cfg: SpeedConfig | None, device, *, use_grad_scaler: bool = Fa
                          "use speed.cuda_graphs=auto or false")
     graphs_on = not blockers if cfg.cuda_graphs == "auto" else bool(cfg.cuda_graphs)
 
-    parts = [f"compile {'on' if compile_on else 'off'}",
+    compile_part = ("on, dynamic shapes" if cfg.compile_dynamic else "on") if compile_on else "off"
+    parts = [f"compile {compile_part}",
              f"CUDA graphs {'on' if graphs_on else 'off'}"]
     if max_len is not None and (compile_on or graphs_on):  # eager batches keep their own lengths
         b = LengthBuckets.parse(cfg.length_buckets, max_len)
@@ -99,4 +111,4 @@ def resolve_speed(cfg: SpeedConfig | None, device, *, use_grad_scaler: bool = Fa
         why += f"; no graphs: {'; '.join(blockers)}"
     return Speed(compile=compile_on, cuda_graphs=graphs_on, compile_mode=cfg.compile_mode,
                  compile_backend=cfg.compile_backend, warmup_runs=cfg.warmup_runs, length_buckets=cfg.length_buckets,
-                 reason=f"speed: {', '.join(parts)} ({why})")
+                 reason=f"speed: {', '.join(parts)} ({why})", compile_dynamic=compile_on and cfg.compile_dynamic)

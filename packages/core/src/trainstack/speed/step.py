@@ -11,7 +11,8 @@ a real-token count, must be tensors when graphs are on); ``batch`` is a dict of 
 the device. ``micro`` returns the same structure, detached, as new tensors the caller may keep.
 
 With ``speed.compile`` the loss function (and the model inside it) is compiled once per input
-shape (``dynamic=False``: padded length buckets keep the shapes few). With ``speed.cuda_graphs``
+shape (``dynamic=False``: padded length buckets keep the shapes few), or once for all shapes with
+``speed.compile_dynamic``. With ``speed.cuda_graphs``
 each new shape first runs ``speed.warmup_runs`` times as a normal step (compiling, allocating the
 gradients and optimizer state), then its forward+backward is captured as one CUDA graph and every
 later batch of that shape is copied into the graph's input buffers and replayed. The optimizer
@@ -106,12 +107,7 @@ class TrainStep:
         self._optimizer_graph: _Captured | None = None
         self._device: torch.device | None = None
 
-        self._compute = loss_fn
-        if speed.compile:
-            enable_compile_cache()
-            # Inductor alone takes a mode; the tracing backends take none.
-            mode = speed.compile_mode if speed.compile_backend == "inductor" else None
-            self._compute = torch.compile(loss_fn, dynamic=False, backend=speed.compile_backend, mode=mode)
+        self._compute = compile_for(speed, loss_fn) if speed.compile else loss_fn
         self._graph_backend = None
         if speed.cuda_graphs:
             if self.scaler is not None:
@@ -277,6 +273,18 @@ class TrainStep:
         for state in self.optimizer.state.values():  # restored from a checkpoint on the CPU
             if isinstance(state.get("step"), torch.Tensor) and state["step"].device != device:
                 state["step"] = state["step"].to(device)
+
+
+def compile_for(speed: Speed, fn):
+    """``torch.compile(fn)`` as ``speed`` asks, with the compile cache on disk switched on first."""
+    enable_compile_cache()
+    if speed.compile_dynamic:
+        # Dynamo gives two sizes that happen to be equal when first seen (a prompt and a response
+        # bucket of 64) one symbol, then compiles again at the first batch where they differ.
+        import torch.fx.experimental._config as fx_config
+
+        fx_config.use_duck_shape = False
+    return torch.compile(fn, **speed.compile_options())
 
 
 def eager_optimizer_state(optimizer) -> None:
