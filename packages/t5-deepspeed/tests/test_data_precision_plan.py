@@ -56,7 +56,7 @@ def test_non_t5_fp16_is_kept():
 
 def test_plan_param_counts_match_published_sizes():
     from t5_deepspeed.args import ModelArguments
-    from t5_deepspeed.plan import count_params
+    from t5_deepspeed.model_size import count_params
     from t5_deepspeed.train import resolve_model_config
 
     # published sizes of google-t5 checkpoints: the shipped configs must reproduce them

@@ -125,7 +125,7 @@ def test_compiled_training_logs_the_eager_losses(cli, data_dir, tmp_path):
 
 def test_model_flops_count_each_linear_once_per_token_it_sees():
     from t5_deepspeed.flops import model_flops
-    from t5_deepspeed.plan import count_params
+    from t5_deepspeed.model_size import count_params
     from transformers import AutoConfig, AutoModelForSeq2SeqLM
 
     from .conftest import DATA

@@ -23,6 +23,8 @@ import argparse
 import json
 from dataclasses import asdict, dataclass
 
+from .model_size import ModelShape, model_shape
+
 GIB = 2**30
 
 # Preference when several fit: the users' rule of thumb (plain, then ZeRO-2, then ZeRO-3), computed:
@@ -45,36 +47,6 @@ class PlanRow:
     why: str
     step_ms: float | None = None
     """expected milliseconds per optimizer step; None where not estimated (offload)"""
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    params: int
-    largest_module_params: int
-    layers: int
-    """T5 blocks, encoder and decoder"""
-    tensors: int
-    """parameter tensors (what ZeRO handles one by one)"""
-
-
-def model_shape(config) -> ModelShape:
-    """Parameter counts, layers and tensors of the model a config builds, on the meta device."""
-    import torch
-    from transformers import AutoModelForSeq2SeqLM
-
-    with torch.device("meta"):
-        model = AutoModelForSeq2SeqLM.from_config(config)
-    # the same rule as deepspeed's model_to_params: tied weights counted once, largest own-params module
-    unique = {id(p): p.numel() for p in model.parameters()}
-    largest = max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
-    layers = (getattr(config, "num_layers", 0) or 0) + (getattr(config, "num_decoder_layers", 0) or 0)
-    return ModelShape(sum(unique.values()), largest, layers, len(unique))
-
-
-def count_params(config) -> tuple[int, int]:
-    """(total parameters, parameters of the largest single module) from a config, on the meta device."""
-    shape = model_shape(config)
-    return shape.params, shape.largest_module_params
 
 
 def step_ms(setup: str, shape: ModelShape, tokens_per_step: int, gpu_peak_flops: float | None) -> float | None:

@@ -322,7 +322,7 @@ def run(parsed: ParsedArgs) -> dict:
         if not hw.has_gpu:
             check_for_cpu(ds_cfg)
         if extra.recipe == "ours" and extra.ds_bucket_sizes == "tuned":
-            from .plan import count_params
+            from .model_size import count_params
 
             changes += size_gradient_buckets(ds_cfg, count_params(model_config)[0],
                                              getattr(model_config, "hidden_size", 0) or 0)
