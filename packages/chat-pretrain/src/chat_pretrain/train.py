@@ -230,6 +230,7 @@ def build_loop_config(cfg: TrainConfig):
         best_mode="max" if (evaluates and cfg.eval.bleu) else "min",
         cleanup_every_steps=cfg.cleanup_every_steps,
         seed=cfg.seed,
+        report_to=cfg.report_to,
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainstack.config import check_limits
+from trainstack.runlog import check_report_to
 
 
 @dataclass
@@ -134,8 +135,12 @@ class Config:
     (other files stay). Without it such a start is refused; --resume continues that run instead."""
     ignore_resume_mismatch: bool = False
     """--resume even though the data, max_length, task or batching differ from the checkpoint's."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where log.jsonl's numbers also go: tensorboard (RUN_DIR/tb), wandb (pip install
+    'trainstack-core[wandb]'; W&B's own WANDB_* variables set project and mode), or [none]."""
 
     def __post_init__(self):
+        self.report_to = check_report_to(self.report_to) or ["none"]
         check_limits(self, {
             "max_steps": ">= 1", "optim.lr": "> 0", "optim.eps": "> 0", "optim.weight_decay": ">= 0",
             "optim.warmup_steps": ">= 0", "optim.lr_floor": ">= 0", "optim.max_grad_norm": ">= 0",

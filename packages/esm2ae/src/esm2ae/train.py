@@ -294,7 +294,7 @@ def build_loop_config(cfg: Config, max_steps: int, accum: int):
     return LoopConfig(max_steps=max_steps, grad_accum_steps=accum, max_grad_norm=cfg.optim.max_grad_norm,
                       log_every_steps=cfg.log_every_steps, eval_every_steps=cfg.eval_every_steps,
                       save_every_steps=cfg.save_every_steps if cfg.save_checkpoints else 0,
-                      keep_last=cfg.keep_last, seed=cfg.seed)
+                      keep_last=cfg.keep_last, seed=cfg.seed, report_to=cfg.report_to)
 
 
 # ------------------------------------------------------------------------------------- train

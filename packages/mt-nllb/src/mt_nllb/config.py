@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from trainstack.config import ConfigError, check_limits
+from trainstack.runlog import check_report_to
 from trainstack.speed import SpeedConfig as CoreSpeedConfig
 from trainstack.speed.config import Switch
 
@@ -153,8 +154,12 @@ class TrainConfig:
     (other files stay). Without it such a start is refused; --resume continues that run instead."""
     ignore_resume_mismatch: bool = False
     """--resume even though the data, vocabulary, max_length or batching differ from the checkpoint's."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where log.jsonl's numbers also go: tensorboard (RUN_DIR/tb), wandb (pip install
+    'trainstack-core[wandb]'; W&B's own WANDB_* variables set project and mode), or [none]."""
 
     def __post_init__(self):
+        self.report_to = check_report_to(self.report_to) or ["none"]
         check_limits(self, {
             "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup_ratio": ">= 0",
             "speed.max_tokens_per_batch": ">= 1", "speed.max_batch_size": ">= 0", "speed.batch_size": ">= 0",

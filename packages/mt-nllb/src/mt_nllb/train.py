@@ -272,7 +272,7 @@ def build_loop_config(cfg: TrainConfig, total_steps: int):
                       # so best-by-BLEU ranks every checkpoint
                       eval_at_save=True,
                       keep_last=cfg.keep_last, keep_best=cfg.keep_best, best_metric="eval_bleu", best_mode="max",
-                      seed=cfg.seed)
+                      seed=cfg.seed, report_to=cfg.report_to)
 
 
 def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> dict:
