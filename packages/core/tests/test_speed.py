@@ -119,6 +119,9 @@ def test_graphs_off_with_loss_scaling_or_several_processes(monkeypatch):
     assert s.compile and not s.cuda_graphs and "fp16 loss scaling" in s.reason
     assert not resolve_speed(SpeedConfig(), torch.device("cuda"), world_size=2).cuda_graphs
     assert resolve_speed(SpeedConfig(), torch.device("cuda")).cuda_graphs
+    # asked for under several processes: captured, gradients all-reduced after the captured backward
+    asked = resolve_speed(SpeedConfig(cuda_graphs=True), torch.device("cuda"), world_size=2)
+    assert asked.cuda_graphs and "all-reduced after the captured backward" in asked.reason
 
 
 def test_compile_cache_goes_under_trainstack_cache_dir(monkeypatch, tmp_path):

@@ -622,19 +622,33 @@ _NOT_FETCHED = object()
 
 
 def _fast_step(speed, accelerator, model, loss_fn, optimizer, scheduler, scaler, config, clock_start=None):
-    """A TrainStep when the fast path is on and one plain process trains (DDP, FSDP and DeepSpeed
-    keep accelerate's step: their gradient hooks and sharding live outside our graphs)."""
+    """A TrainStep when the fast path is on and one plain process trains, or DDP processes asked for
+    CUDA graphs (speed.cuda_graphs=true: the bare module is captured and its gradients all-reduced
+    between the captured backward and the captured optimizer step). Otherwise DDP, FSDP and DeepSpeed
+    keep accelerate's step: their gradient hooks and sharding live outside our graphs."""
     from accelerate.utils import DistributedType
 
-    if speed is None or not speed.fast or accelerator.num_processes > 1 \
-            or accelerator.distributed_type != DistributedType.NO:
+    if speed is None or not speed.fast:
         return None
+    grad_sync = None
+    if accelerator.num_processes > 1 or accelerator.distributed_type != DistributedType.NO:
+        ddp = accelerator.distributed_type in (DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
+        if not (ddp and speed.cuda_graphs):
+            return None
+        from functools import partial
+
+        from .speed.step import all_reduce_gradients
+
+        # DDP's wrapper is left aside: its hooks do nothing without its forward, and its construction
+        # already gave every process rank 0's weights.
+        model = accelerator.unwrap_model(model)
+        grad_sync = partial(all_reduce_gradients, model)
     from .speed import TrainStep
 
     # The bare optimizer: TrainStep does the loss scaling itself, which accelerate's wrapper would repeat.
     return TrainStep(model, loss_fn, getattr(optimizer, "optimizer", optimizer), speed, scheduler=scheduler,
                      grad_accum_steps=config.grad_accum_steps, max_grad_norm=config.max_grad_norm,
-                     autocast=accelerator.autocast, scaler=scaler, clock_start=clock_start)
+                     autocast=accelerator.autocast, scaler=scaler, clock_start=clock_start, grad_sync=grad_sync)
 
 
 def _gather_objects(accelerator, obj) -> list:

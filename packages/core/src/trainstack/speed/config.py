@@ -91,13 +91,17 @@ def resolve_speed(cfg: SpeedConfig | None, device, *, use_grad_scaler: bool = Fa
     blockers = []
     if not cuda:
         blockers.append("no CUDA device")
-    if world_size > 1:
-        blockers.append(f"{world_size} processes (gradients are all-reduced outside the graph)")
     if use_grad_scaler:
         blockers.append("fp16 loss scaling")
     if cfg.cuda_graphs is True and blockers:
         raise SpeedError(f"speed.cuda_graphs=true cannot work here ({'; '.join(blockers)}): "
                          "use speed.cuda_graphs=auto or false")
+    # Several processes: graphs only when asked (speed.cuda_graphs=true). The replayed backward runs no
+    # DDP hooks, so the gradients are all-reduced after it, without DDP's overlap with the backward:
+    # not measured on GPUs yet, so "auto" keeps DDP's own step (compiled) there.
+    several = f"{world_size} processes (gradients all-reduced after the captured backward, asked for)"
+    if world_size > 1 and cfg.cuda_graphs == "auto":
+        blockers.append(f"{world_size} processes (DDP's step; speed.cuda_graphs=true to capture)")
     graphs_on = not blockers if cfg.cuda_graphs == "auto" else bool(cfg.cuda_graphs)
 
     compile_part = ("on, dynamic shapes" if cfg.compile_dynamic else "on") if compile_on else "off"
@@ -109,6 +113,8 @@ def resolve_speed(cfg: SpeedConfig | None, device, *, use_grad_scaler: bool = Fa
     why = "CUDA" if cuda else "CPU"
     if not graphs_on and blockers and cfg.cuda_graphs == "auto" and cuda:
         why += f"; no graphs: {'; '.join(blockers)}"
+    if graphs_on and world_size > 1:
+        why += f"; {several}"
     return Speed(compile=compile_on, cuda_graphs=graphs_on, compile_mode=cfg.compile_mode,
                  compile_backend=cfg.compile_backend, warmup_runs=cfg.warmup_runs, length_buckets=cfg.length_buckets,
                  reason=f"speed: {', '.join(parts)} ({why})", compile_dynamic=compile_on and cfg.compile_dynamic)

@@ -86,14 +86,49 @@ class CudaGraphs:
         return graph.replay, outputs
 
 
+def all_reduce_gradients(model: torch.nn.Module, bucket_bytes: int = 256 * 2**20, group=None) -> None:
+    """Average the gradients of ``model`` over the processes of ``group``, in place: each dtype's
+    gradients flattened into buckets of ~``bucket_bytes``, one all-reduce per bucket. DDP does this
+    inside the backward pass; a backward replayed from a CUDA graph runs no hooks, so a TrainStep under
+    several processes does it here, once per optimizer step, between the captured backward and the
+    captured optimizer step (the gradients are the graphs' static buffers, updated in place)."""
+    import torch.distributed as dist
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    world = dist.get_world_size(group)
+    if world == 1:
+        return
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for p in model.parameters():
+        if p.grad is not None:
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        bucket, size = [], 0
+        for g in grads + [None]:  # None: flush the last bucket
+            if g is not None:
+                bucket.append(g)
+                size += g.numel() * g.element_size()
+            if bucket and (g is None or size >= bucket_bytes):
+                flat = _flatten_dense_tensors(bucket)
+                dist.all_reduce(flat, group=group)
+                flat.div_(world)
+                for grad, synced in zip(bucket, _unflatten_dense_tensors(flat, bucket), strict=True):
+                    grad.copy_(synced)
+                bucket, size = [], 0
+
+
 class TrainStep:
     def __init__(self, model: torch.nn.Module, loss_fn, optimizer: torch.optim.Optimizer, speed: Speed, *,
                  scheduler=None, grad_accum_steps: int = 1, max_grad_norm: float | None = None, autocast=None,
-                 scaler=None, clock_start: float | None = None, graphs=None):
+                 scaler=None, clock_start: float | None = None, graphs=None, grad_sync=None):
+        """``grad_sync()``: called once per optimizer step, after the last backward and before clipping,
+        outside any graph: several processes average their gradients there (``all_reduce_gradients``),
+        with ``model`` the bare module, not its DDP wrapper."""
         if grad_accum_steps < 1:
             raise ValueError(f"grad_accum_steps must be >= 1, got {grad_accum_steps}")
         self.model, self.loss_fn, self.optimizer, self.scheduler = model, loss_fn, optimizer, scheduler
         self.speed = speed
+        self.grad_sync = grad_sync
         self.grad_accum_steps = grad_accum_steps
         self.max_grad_norm = max_grad_norm if max_grad_norm and max_grad_norm > 0 else None
         self.autocast = autocast or contextlib.nullcontext
@@ -200,6 +235,8 @@ class TrainStep:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
                 torch._foreach_mul_(grads, self.grad_accum_steps / window)
+        if self.grad_sync is not None:
+            self.grad_sync()
         if self._optimizer_steps == 0:
             self._prepare_optimizer()  # after any checkpoint was loaded into it
         backend = self._graph_backend
