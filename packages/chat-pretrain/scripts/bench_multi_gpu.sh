@@ -8,6 +8,9 @@
 # Prints tokens/s on 1 and 2 GPUs per arm and the scaling efficiency = tps(2) / (2 * tps(1)).
 # Weak scaling: each process keeps its per-GPU batch: ours the profile PROFILE (default auto: what train
 # picks on this GPU, fast path included), the users' loop their `large` config (32 x 192, accum 2).
+# OURS_OVERRIDES: config overrides for ours on both GPU counts, e.g. "speed.cuda_graphs=true" (CUDA
+# graphs under DDP too: gradients all-reduced after the captured backward; without it, 2 GPUs run
+# DDP's compiled step while 1 GPU replays graphs).
 set -euo pipefail
 ROWS=${1:-1000000}
 STEPS=${2:-30}
@@ -25,7 +28,8 @@ for ARM in ours users-sdpa; do
     if [ "$N" = 1 ]; then LAUNCH=(accelerate launch --num_processes 1)
     else LAUNCH=(accelerate launch --multi_gpu --num_processes "$N"); fi
     "${LAUNCH[@]}" -m chat_pretrain bench --arm "$ARM" --tokenizer "$TOK" --data "$DATA" --profile "$PROFILE" \
-      --steps "$STEPS" --warmup 5 --json-out "$OUT_DIR/$ARM-$N.json" > "$OUT_DIR/$ARM-$N.log" 2>&1 \
+      --steps "$STEPS" --warmup 5 --json-out "$OUT_DIR/$ARM-$N.json" $([ "$ARM" = ours ] && echo "${OURS_OVERRIDES:-}") \
+      > "$OUT_DIR/$ARM-$N.log" 2>&1 \
       || { echo "FAILED: $ARM on $N GPU(s), see $OUT_DIR/$ARM-$N.log"; tail -20 "$OUT_DIR/$ARM-$N.log"; exit 1; }
   done
 done
