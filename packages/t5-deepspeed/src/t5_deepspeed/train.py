@@ -333,10 +333,10 @@ def run(parsed: ParsedArgs) -> dict:
                  ", ".join(f"{k}->{v}" for k, v in offload_devices(ds_cfg).items()) or "none",
                  f"; changed {'; '.join(changes)}" if changes else "")
         training["deepspeed"] = ds_cfg
+        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
     compile_line = choose_compile(training, parsed.given)
     if compile_line:
         log.info(compile_line)
-        os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
 
     # 4b. output dir and resume, decided here but acted on only once the model is built (step 9), so a
     # typo or a bad checkpoint never clears a dir. Resume only when asked, only complete checkpoints.
