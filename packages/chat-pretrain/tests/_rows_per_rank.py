@@ -9,27 +9,11 @@ import sys
 
 import chat_pretrain.train as train_mod
 from chat_pretrain.cli import main
-from trainstack.testing import append_rank_record
-
-
-def record_rows(seen: list) -> None:
-    real = train_mod.make_loss_fn
-
-    def recording():
-        loss_fn = real()
-
-        def record(model, batch):
-            seen.extend(batch["row_ids"])
-            return loss_fn(model, batch)
-
-        return record
-
-    train_mod.make_loss_fn = recording
-
+from trainstack.testing import append_rank_record, record_loss_batches
 
 if __name__ == "__main__":
     seen: list = []
-    record_rows(seen)
+    record_loss_batches(train_mod, lambda batch: seen.extend(batch["row_ids"]))
     rc = main(sys.argv[2:])
     append_rank_record(sys.argv[1], "rows", rc=rc, rows=seen)
     sys.exit(rc)

@@ -9,27 +9,11 @@ import sys
 
 import esm2ae.train as train_mod
 from esm2ae.cli import main
-from trainstack.testing import append_rank_record
-
-
-def record_batches(seen: list) -> None:
-    real = train_mod.make_loss_fn
-
-    def recording(cfg, device):
-        loss_fn = real(cfg, device)
-
-        def record(model, batch):
-            seen.append(batch.input_ids.tolist())
-            return loss_fn(model, batch)
-
-        return record
-
-    train_mod.make_loss_fn = recording
-
+from trainstack.testing import append_rank_record, record_loss_batches
 
 if __name__ == "__main__":
     seen: list = []
-    record_batches(seen)
+    record_loss_batches(train_mod, lambda batch: seen.append(batch.input_ids.tolist()))
     rc = main(sys.argv[2:])
     append_rank_record(sys.argv[1], "batches", rc=rc, batches=seen)
     sys.exit(rc)

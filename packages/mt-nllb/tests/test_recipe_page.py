@@ -6,25 +6,21 @@ from pathlib import Path
 import pytest
 from mt_nllb.cli import cli
 from mt_nllb.config import TrainConfig
-from trainstack.doc_commands import quoted_commands
+from trainstack.testing import check_quoted_task_command, check_recipe_page, recipe_page_commands
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "from-the-users-recipe.md"
-COMMANDS = quoted_commands(PAGE.read_text(encoding="utf-8"), prog="mt-nllb", module="mt_nllb")
+PACKAGE = Path(__file__).resolve().parents[1]
+PAGE, COMMANDS = recipe_page_commands(PACKAGE, prog="mt-nllb", module="mt_nllb")
 
 
 def test_page_quotes_our_commands_and_readme_links_it():
-    assert len(COMMANDS) >= 10, COMMANDS
-    assert "docs/from-the-users-recipe.md" in (PAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    check_recipe_page(PAGE, COMMANDS)
+
+
+def load_train(args, overrides):
+    cfg, _ = cli.load_config(args.profile, overrides)
+    assert isinstance(cfg, TrainConfig)
 
 
 @pytest.mark.parametrize(("line", "argv"), COMMANDS, ids=[line for line, _ in COMMANDS])
-def test_quoted_command_parses_and_its_config_loads(line, argv, capsys):
-    command, args, overrides = cli.parse(argv)
-    if command.raw:  # a command with its own parser (chat-pretrain tokenizer): the verb is known
-        return
-    if args.command == "train":
-        cfg, profile = cli.load_config(args.profile, overrides)
-        assert isinstance(cfg, TrainConfig)
-    elif args.command == "profiles":
-        for name in args.names:
-            assert name in {p.name for p in cli.profiles()}, line
+def test_quoted_command_parses_and_its_config_loads(line, argv):
+    check_quoted_task_command(cli, line, argv, load_train)

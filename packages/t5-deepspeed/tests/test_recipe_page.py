@@ -8,11 +8,10 @@ import pytest
 from t5_deepspeed.args import parse_args
 from t5_deepspeed.cli import cli
 from t5_deepspeed.profiles import profile_settings
-from trainstack.doc_commands import quoted_commands
+from trainstack.testing import check_recipe_page, recipe_page_commands
 
-PAGE = Path(__file__).resolve().parents[1] / "docs" / "from-the-users-recipe.md"
+PAGE, COMMANDS = recipe_page_commands(Path(__file__).resolve().parents[1], prog="t5-deepspeed", module="t5_deepspeed")
 TEXT = PAGE.read_text(encoding="utf-8")
-COMMANDS = quoted_commands(TEXT, prog="t5-deepspeed", module="t5_deepspeed")
 USERS = ("deepspeed --num_gpus=1 run_translation.py --deepspeed ds_config_zero2.json --model_name_or_path t5-small "
          "--per_device_train_batch_size 1 --output_dir output_dir --overwrite_output_dir --fp16 --do_train "
          "--max_train_samples 500 --num_train_epochs 1 --dataset_name wmt16 --dataset_config \"ro-en\" "
@@ -20,8 +19,7 @@ USERS = ("deepspeed --num_gpus=1 run_translation.py --deepspeed ds_config_zero2.
 
 
 def test_page_quotes_our_commands_and_readme_links_it():
-    assert len(COMMANDS) >= 10, COMMANDS
-    assert "docs/from-the-users-recipe.md" in (PAGE.parents[1] / "README.md").read_text(encoding="utf-8")
+    check_recipe_page(PAGE, COMMANDS)
 
 
 @pytest.mark.parametrize(("line", "argv"), COMMANDS, ids=[line for line, _ in COMMANDS])

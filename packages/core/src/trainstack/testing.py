@@ -126,3 +126,51 @@ def record_builders(monkeypatch, module, names, *, stop_after_micro_batches: int
 
         monkeypatch.setattr(module, name, wrapper)
     return run
+
+
+def record_loss_batches(module, on_batch) -> None:
+    """Make ``module.make_loss_fn`` build loss functions that hand each batch to ``on_batch`` first (a
+    script run under ``run_local_nodes`` records what its rank trains on; the training is unchanged)."""
+    real = module.make_loss_fn
+
+    def recording(*args, **kwargs):
+        loss_fn = real(*args, **kwargs)
+
+        def record(model, batch):
+            on_batch(batch)
+            return loss_fn(model, batch)
+
+        return record
+
+    module.make_loss_fn = recording
+
+
+RECIPE_PAGE = Path("docs") / "from-the-users-recipe.md"
+
+
+def recipe_page_commands(package_dir, prog: str, module: str) -> tuple[Path, list[tuple[str, list[str]]]]:
+    """A package's docs/from-the-users-recipe.md and the commands of ours it quotes (doc_commands)."""
+    from .doc_commands import quoted_commands
+
+    page = Path(package_dir) / RECIPE_PAGE
+    return page, quoted_commands(page.read_text(encoding="utf-8"), prog=prog, module=module)
+
+
+def check_recipe_page(page: Path, commands: list, minimum: int = 10) -> None:
+    """The page quotes at least ``minimum`` of our commands and the package's README links it."""
+    assert len(commands) >= minimum, commands
+    assert RECIPE_PAGE.as_posix() in (page.parents[1] / "README.md").read_text(encoding="utf-8")
+
+
+def check_quoted_task_command(cli, line: str, argv: list[str], load_train) -> None:
+    """A quoted command of a core task CLI (trainstack.task_cli) parses; a train command's profile and
+    overrides load into its config (``load_train(args, overrides)``, the package's own way, nothing
+    trains); a profiles command names shipped profiles. Commands with their own parser: the verb is known."""
+    command, args, overrides = cli.parse(argv)
+    if command.raw:
+        return
+    if args.command == "train":
+        load_train(args, overrides)
+    elif args.command == "profiles":
+        for name in args.names:
+            assert name in {p.name for p in cli.profiles()}, line

@@ -85,8 +85,9 @@ class TokenCountingCollator:
         batch = self.collator(features)
         mask = batch["attention_mask"]
         labels = batch["labels"]
-        self.source_tokens += int(mask.sum())
-        self.real_tokens += int(mask.sum()) + int((labels != -100).sum())
+        source = int(mask.sum())
+        self.source_tokens += source
+        self.real_tokens += source + int((labels != -100).sum())
         self.padded_tokens += mask.numel() + labels.numel()
         self.samples += mask.shape[0]
         return batch
