@@ -43,24 +43,24 @@ for i, batch in enumerate(batches):
         ref_opt.zero_grad()
 diff = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), ref.parameters()))
 moved = max((a - b).abs().max().item() for a, b in zip(ours.parameters(), make().parameters()))
-print(f"rank {rank} diff {diff:.3e} moved {moved:.3e}", flush=True)
+from trainstack.testing import append_rank_record
+append_rank_record(sys.argv[1], "ddp", diff=diff, moved=moved)  # one file per rank: no interleaved output
 dist.destroy_process_group()
 '''
 
 
 def test_train_step_with_all_reduced_gradients_trains_as_ddp(tmp_path):
-    from trainstack.testing import run_local_nodes
+    from trainstack.testing import read_rank_records, run_local_nodes
 
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    logs = run_local_nodes([str(script)], tmp_path, nodes=1, procs_per_node=2, timeout=150,
+    logs = run_local_nodes([str(script), str(tmp_path)], tmp_path, nodes=1, procs_per_node=2, timeout=150,
                            env={"OMP_NUM_THREADS": "1"})
-    lines = [line for line in logs[0].read_text().splitlines() if line.startswith("rank ")]
-    assert len(lines) == 2, logs[0].read_text()[-2000:]
-    for line in lines:
-        _, rank, _, diff, _, moved = line.split()
-        assert float(moved) > 1e-3  # the weights did train
-        assert float(diff) < 1e-6, line  # and exactly as DDP: averaged gradients, same clipping
+    records = read_rank_records(tmp_path, "ddp", world_size=2)
+    assert all(len(r) == 1 for r in records), logs[0].read_text()[-2000:]
+    for (record,) in records:
+        assert record["moved"] > 1e-3  # the weights did train
+        assert record["diff"] < 1e-6, record  # and exactly as DDP: averaged gradients, same clipping
 
 
 def test_fast_step_under_ddp_needs_graphs_and_uses_the_bare_module(monkeypatch):
