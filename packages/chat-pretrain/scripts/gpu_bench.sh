@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
-# One GPU, one command, sized for about 6 minutes: every bench arm in one run (the users' loop with eager
-# attention and with SDPA, ours as shipped, ours eager) plus the fast-vs-eager loss comparison, same
-# model, data and precision. From the repository root, nothing installed:
+# One GPU, one command: every bench arm (the users' loop with eager attention and with SDPA, ours as
+# shipped, ours eager) plus the fast-vs-eager loss comparison, same model, data and precision. Takes
+# 10-15 minutes on an H200 with a cold compile cache: ours compiles its step once (about 3 minutes),
+# then captures each batch shape while it warms up; fast-vs-eager compiles again, from the cache.
+# ARMS splits the run, e.g. ARMS=users-eager,users-sdpa,ours then ARMS=ours-eager,fast-vs-eager
+# (bench.json then holds the last run's arms; bench-ARM.json files keep every arm).
+# From the repository root, nothing installed:
 #   bash packages/chat-pretrain/scripts/gpu_bench.sh OUT_DIR
 #   TOK=path/to/chatlm-tokenizer bash packages/chat-pretrain/scripts/gpu_bench.sh OUT_DIR
 # OUT_DIR gets bench.json (all arms, ratios, fast_vs_eager), bench-ARM.json per arm, bench.log, and
 # verdict.txt (the issue's targets). TOK: the ChatLM tokenizer (tokenizer.json or its directory);
 # without it a stand-in with the same vocabulary size (29,298) and one token per character is
 # written to OUT_DIR/stand-in-tokenizer (the generated text is random characters either way).
-# Knobs: ROWS (generated rows, 300000), STEPS (timed steps, 15), COMPARE_STEPS (10), PROFILE (ours'
-# profile, auto: what train picks on this GPU), BENCH_ARGS (more bench options and overrides, e.g.
+# Knobs: ROWS (generated rows, 300000), STEPS (timed steps, 30), WARMUP (steps without a new shape,
+# compilation or capture before timing, 15), COMPARE_STEPS (10), PROFILE (ours' profile, auto: what
+# train picks on this GPU), BENCH_ARGS (more bench options and overrides, e.g.
 # "speed.compile_dynamic=false" or, for a CPU smoke run, "--users-profile cpu-tiny model.name=tiny"),
 # TRAIN_SMOKE=1 (then a short real `train` on the fast path with a checkpoint and a resume, into
 # OUT_DIR/train*.log).
 set -uo pipefail
 OUT_DIR=${1:?usage: gpu_bench.sh OUT_DIR}
 mkdir -p "$OUT_DIR"
-ROWS=${ROWS:-300000}; STEPS=${STEPS:-15}; COMPARE_STEPS=${COMPARE_STEPS:-10}; PROFILE=${PROFILE:-auto}
+ROWS=${ROWS:-300000}; STEPS=${STEPS:-30}; COMPARE_STEPS=${COMPARE_STEPS:-10}; PROFILE=${PROFILE:-auto}
 WORK=${TMPDIR:-/tmp}/chat-pretrain-gpu-bench
 mkdir -p "$WORK"
 export PYTHONPATH="packages/core/src:packages/chat-pretrain/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -49,14 +54,24 @@ fi
 # Every arm in its own process, one after the other on this GPU; bench.json is rewritten after each,
 # so a run cut short keeps the arms it finished.
 python3 -m chat_pretrain bench --tokenizer "$TOK" --data "$DATA" --profile "$PROFILE" --users-profile large \
-  --arms users-eager,users-sdpa,ours,ours-eager,fast-vs-eager --steps "$STEPS" --warmup 5 --max-warmup 100 \
+  --arms "${ARMS:-users-eager,users-sdpa,ours,ours-eager,fast-vs-eager}" --steps "$STEPS" --warmup ${WARMUP:-15} --max-warmup 150 \
   --compare-steps "$COMPARE_STEPS" --json-out "$OUT_DIR/bench.json" ${BENCH_ARGS:-} 2>&1 | tee -a "$OUT_DIR/bench.log"
 
 python3 - "$OUT_DIR/bench.json" <<'PY' | tee "$OUT_DIR/verdict.txt"
 import json, sys
+from pathlib import Path
 b = json.load(open(sys.argv[1]))
 r = {x["name"]: x for x in b["results"]}
+# Arms of an earlier, split run (ARMS) into this OUT_DIR: their bench-ARM.json files.
+for f in sorted(Path(sys.argv[1]).parent.glob("bench-*.json")):
+    arm = json.loads(f.read_text())
+    if f.stem == "bench-fast-vs-eager":
+        b["fast_vs_eager"] = b.get("fast_vs_eager") or arm
+    elif arm.get("name") and arm["name"] not in r:
+        r[arm["name"]] = arm
 ours = r.get("ours")
+if ours:
+    b["ratios"] = {f"ours_vs_{n.replace('-', '_')}": ours["tokens_per_s"] / x["tokens_per_s"] for n, x in r.items() if n != "ours"}
 def line(what, value, target, fmt):
     if value is None:
         return f"{what}: not measured (target {format(target, fmt)})"

@@ -58,7 +58,9 @@ def make_loss_fn():
     def loss_fn(model, batch):
         device = next(iter(model.parameters())).device if not hasattr(model, "device") else model.device
         b = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
-        out = model(**b)
+        # use_cache=False: training needs no KV cache, and building one (transformers 5.17's T5 decoder
+        # makes a DynamicCache when the config's use_cache is on) breaks the compiled graph in three.
+        out = model(**b, use_cache=False)
         if batch.get("is_padding"):
             # A rank with no batch left in this bucket's last round: run the graph so DDP's all-reduce
             # matches the other ranks, add nothing to the gradient or the token count.
