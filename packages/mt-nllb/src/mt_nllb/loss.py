@@ -92,6 +92,9 @@ def configure(compile_loss: bool) -> None:
         _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
         return
     if _COMPILED is None:
+        from trainstack.speed import one_graph_for_all_sizes
+
+        one_graph_for_all_sizes()
         _COMPILED = (torch.compile(_chunk_loss, dynamic=True), torch.compile(_chunk_loss_and_grad, dynamic=True))
     _CHUNK_FNS = _COMPILED
 

@@ -199,9 +199,10 @@ def compile_layers(model, backend: str) -> None:
     """Compile every encoder and decoder layer in place (state_dict keys unchanged). Layers of one
     kind share the compiled code: their parameters are graph inputs, so 24 layers cost two
     compilations; lengths are dynamic, so new padded shapes do not recompile."""
-    from trainstack.speed.cache import enable_compile_cache
+    from trainstack.speed import enable_compile_cache, one_graph_for_all_sizes
 
     enable_compile_cache()
+    one_graph_for_all_sizes()
     for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
         layer.compile(dynamic=True, backend=backend)
 

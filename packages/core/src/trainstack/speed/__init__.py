@@ -22,10 +22,10 @@ from .cache import (
 )
 from .config import Speed, SpeedConfig, SpeedError, resolve_speed
 from .shapes import BatchShapes
-from .step import CudaGraphs, StepStats, TrainStep, compile_for, eager_optimizer_state
+from .step import CudaGraphs, StepStats, TrainStep, compile_for, eager_optimizer_state, one_graph_for_all_sizes
 
 __all__ = ["BatchShapes", "CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
            "allow_compilations", "cache_root", "compile_cache_use", "compile_for", "compiled_graphs",
            "describe_first_step", "eager_optimizer_state", "enable_compile_cache", "first_step_report",
-           "process_start_clock", "resolve_speed"]
+           "one_graph_for_all_sizes", "process_start_clock", "resolve_speed"]
 

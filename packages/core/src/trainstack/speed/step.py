@@ -316,23 +316,26 @@ def compile_for(speed: Speed, fn):
     """``torch.compile(fn)`` as ``speed`` asks, with the compile cache on disk switched on first."""
     enable_compile_cache()
     if speed.compile_dynamic:
-        # Dynamo gives two sizes that happen to be equal when first seen (a prompt and a response
-        # bucket of 64) one symbol, then compiles again at the first batch where they differ.
-        import torch.fx.experimental._config as fx_config
-
-        fx_config.use_duck_shape = False
-        _no_size_guards_from_mixed_reductions()
+        one_graph_for_all_sizes()
     return torch.compile(fn, **speed.compile_options())
 
 
-def _no_size_guards_from_mixed_reductions() -> None:
-    """Inductor fuses a norm's row and column reductions (its backward) only above a size
-    (rows x columns >= 5 Mi, rows >= 4096), and under dynamic shapes that test becomes a guard on the
-    batch's tokens: on an H200, T5 pretraining compiled three graphs (3 minutes each) for one set of
-    shapes, one per side of the threshold. Non-strict mode skips the size test, so all shapes share
-    one graph (the fused reduction stays correct on small batches, where it only saves less)."""
-    import torch._inductor.config as inductor_config
+def one_graph_for_all_sizes() -> None:
+    """Settings for ``torch.compile(dynamic=True)`` (process-wide, set before the first compile) so
+    that one graph serves every batch size and length instead of a few guarded variants:
 
+    - Dynamo gives two sizes that happen to be equal when first seen (a prompt and a response bucket
+      of 64) one symbol, then compiles again at the first batch where they differ: sizes get their
+      own symbols.
+    - Inductor fuses a norm's row and column reductions (its backward) only above a size (rows x
+      columns >= 5 Mi, rows >= 4096), and under dynamic shapes that test is a guard on the batch's
+      tokens: on an H200, T5 pretraining compiled its one graph three times (3 minutes each), once per
+      side of the threshold. Non-strict mode skips the size test (the fused reduction stays correct on
+      small batches, where it saves less)."""
+    import torch._inductor.config as inductor_config
+    import torch.fx.experimental._config as fx_config
+
+    fx_config.use_duck_shape = False
     if hasattr(inductor_config.triton, "mix_order_reduction_non_strict_mode"):
         inductor_config.triton.mix_order_reduction_non_strict_mode = True
 
