@@ -217,7 +217,9 @@ def choose_compile(training: dict, given: set) -> str | None:
     os.environ.setdefault(REGIONAL_COMPILE_ENV, "1")
     os.environ.setdefault(DYNAMIC_SHAPES_ENV, "1")
     import torch._dynamo
+    from trainstack.speed import one_graph_for_all_sizes
 
+    one_graph_for_all_sizes()  # no recompile when a batch's tokens cross an Inductor fusion threshold
     # two stacks x (first block, the rest), with room for a guard we have not seen
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
     return ("compile: as asked (--torch_compile): T5 blocks compiled regionally with dynamic lengths; training "
