@@ -43,6 +43,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -192,12 +193,15 @@ def _fast_path_events(fast_step) -> tuple:
 def _warm_up(step, fast_step, min_steps: int, max_steps: int) -> int:
     """Steps until ``min_steps`` have passed and, on the fast path, no shape has been new, compiled or
     captured for ``min_steps`` steps in a row, or ``max_steps``. Returns the steps run."""
-    done, quiet, events = 0, 0, None
+    done, quiet, events, start = 0, 0, None, time.perf_counter()
     while done < max_steps:
         step()
         done += 1
         now = _fast_path_events(fast_step)
         quiet = quiet + 1 if now == events else 0
+        if now != events:  # progress in the log, so that a run cut short still says how far it got
+            print(f"warm-up step {done}, {time.perf_counter() - start:.0f} s: shapes, compiled graphs, "
+                  f"captured graphs {now}", flush=True)
         events = now
         if done >= min_steps and (fast_step is None or quiet >= min_steps):
             break
