@@ -78,6 +78,7 @@ CFG = ("model.d_model=32", "model.n_heads=4", "model.d_ff=64", "model.n_encoder_
 
 def test_double_ctrl_c_before_any_save_exits_130_in_one_line(tmp_path, monkeypatch, capsys):
     real, calls = train_mod.seq2seq_loss, [0]
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the test process was started in the background
 
     def ctrl_c_twice(*args, **kwargs):
         calls[0] += 1
@@ -92,7 +93,7 @@ def test_double_ctrl_c_before_any_save_exits_130_in_one_line(tmp_path, monkeypat
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["hlbd: interrupted twice: stopped without saving; no checkpoint was saved"]
     assert not list((run / "checkpoints").glob("step-*"))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler_before
 
 
 def test_double_ctrl_c_during_the_save_keeps_the_last_checkpoint_resumable(tmp_path, monkeypatch, capsys):

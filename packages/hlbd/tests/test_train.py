@@ -119,6 +119,7 @@ def test_interrupt_saves_and_resume_is_exact(tmp_path, monkeypatch, capsys, sign
     capsys.readouterr()
 
     run = tmp_path / "run"
+    handler_before = signal.getsignal(signal.SIGINT)  # SIG_IGN where the test process was started in the background
     with monkeypatch.context() as m:
         _interrupt_at_call(m, call, signum)
         rc = main(["train", "--no-progress", f"run_dir={run}", *RESUME_CFG])
@@ -126,7 +127,7 @@ def test_interrupt_saves_and_resume_is_exact(tmp_path, monkeypatch, capsys, sign
     assert rc == 130, out
     assert f"interrupted by signal {int(signum)}" in out and where in out, out
     assert (run / "checkpoints").is_dir() and len(list((run / "log.jsonl").read_text().splitlines())) < 4
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is handler_before  # handlers restored
 
     # --resume [auto|PATH]: the latest checkpoint of run_dir, or the one named
     (saved,) = (run / "checkpoints").glob("step-*")
