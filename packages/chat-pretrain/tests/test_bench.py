@@ -61,3 +61,19 @@ def test_bench_arm_names_unknown_and_earlier(tmp_path, chatlm_dir, capsys):
     assert main([*argv, "--arm", "users", "--users-attn", "eager", "--steps", "1", "--warmup", "1",
                  "--json-out", str(out)]) == 0
     assert json.loads(out.read_text())["name"] == "users-eager"
+
+
+def test_one_micro_arm_keeps_the_tokens_per_optimizer_step(tmp_path):
+    """ours-one-micro: the profile's micro-batches of one optimizer step as one (a larger batch per
+    kernel, one graph replay per step), the same token budget per step; the users' arms as they are."""
+    from types import SimpleNamespace
+
+    from chat_pretrain.bench import arm_config
+
+    args = SimpleNamespace(profile="h100-80g", users_profile="large", data=str(tmp_path / "d.parquet"),
+                           tokenizer=str(tmp_path))
+    ours, one = arm_config(args, [], "ours"), arm_config(args, [], "ours-one-micro")
+    assert (ours.data.batch_size, ours.grad_accum_steps) == (96, 2) and (one.data.batch_size, one.grad_accum_steps) == (192, 1)
+    assert one.data.max_seq_len == ours.data.max_seq_len and one.optim == ours.optim
+    users = arm_config(args, [], "users-eager")
+    assert (users.data.batch_size, users.grad_accum_steps) == (32, 2)

@@ -28,7 +28,8 @@ GPU memory and host RSS are its own, one after the other on the same GPU, and on
   each step's loss side by side and the largest difference.
 - not run by default, one part of ours changed each: ours-graphs-only (speed.compile=false: the eager
   step captured), ours-compile-only (speed.cuda_graphs=false), ours-static (speed.compile_dynamic=false:
-  one compilation per shape), ours-eager-attn (model.attn_implementation=eager).
+  one compilation per shape), ours-eager-attn (model.attn_implementation=eager), ours-one-micro (the
+  profile's batch_size x grad_accum_steps as one micro-batch: the same tokens per optimizer step).
 
 All arms use the same T5 (same seed), tokenizer, token-level truncation and precision. Tokens are real
 (non-pad, non-filler) prompt + response tokens; MFU counts the model FLOPs of those tokens only.
@@ -57,6 +58,7 @@ OURS_ARMS = {
     "ours-compile-only": ("speed.cuda_graphs=false",),
     "ours-static": ("speed.compile_dynamic=false",),
     "ours-eager-attn": ("model.attn_implementation=eager",),
+    "ours-one-micro": (),  # the profile's whole optimizer step in one micro-batch (arm_config)
 }
 ARMS = (*USERS_ARMS, *OURS_ARMS)
 COMPARE = "fast-vs-eager"
@@ -88,6 +90,9 @@ def arm_config(args, overrides, arm: str):
         cfg = load_train_config(args.users_profile, overrides)
     else:
         cfg = load_train_config(args.profile, [*overrides, *OURS_ARMS.get(arm, ())])
+        if arm == "ours-one-micro":
+            # The same tokens per optimizer step as one micro-batch: larger kernels, one replay per step.
+            cfg.data.batch_size, cfg.grad_accum_steps = cfg.data.batch_size * cfg.grad_accum_steps, 1
     cfg.data.train_files, cfg.tokenizer.path = [args.data], args.tokenizer
     return cfg
 
