@@ -22,7 +22,14 @@ from .cache import (
 )
 from .config import Speed, SpeedConfig, SpeedError, resolve_speed
 from .shapes import BatchShapes
-from .step import CudaGraphs, StepStats, TrainStep, compile_for, eager_optimizer_state, one_graph_for_all_sizes
+from .step import (
+    CudaGraphs,
+    StepStats,
+    TrainStep,
+    compile_for,
+    eager_optimizer_state,
+    one_graph_for_all_sizes,
+)
 
 __all__ = ["BatchShapes", "CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
            "allow_compilations", "cache_root", "compile_cache_use", "compile_for", "compiled_graphs",
