@@ -120,6 +120,8 @@ def process_start_clock() -> float:
         return now - max(0.0, now_wall - psutil.Process().create_time())
     except Exception:  # noqa: BLE001 - no psutil or no /proc: count from now
         return now
+
+
 def allow_compilations(n: int) -> None:
     """Let Dynamo compile ``n`` graphs of one function (one per input shape) before it gives up and runs
     the function uncompiled (its recompile limit, 8 by default, would silently drop a step with more
