@@ -70,7 +70,8 @@ def test_fast_step_under_ddp_needs_graphs_and_uses_the_bare_module(monkeypatch):
     from trainstack.loop import LoopConfig, _fast_step
     from trainstack.speed import Speed
 
-    monkeypatch.setattr("trainstack.speed.step.CudaGraphs", lambda: object())  # no graph pool without a GPU
+    monkeypatch.setattr("trainstack.speed.step.CudaGraphs",  # no graph pool without a GPU
+                        lambda: SimpleNamespace(needs_capturable_optimizer=False))
     model = torch.nn.Linear(2, 2)
     wrapped = SimpleNamespace(module=model)  # stands for the DDP wrapper
     accelerator = SimpleNamespace(num_processes=2, distributed_type=DistributedType.MULTI_GPU,

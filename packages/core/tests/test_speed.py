@@ -26,6 +26,7 @@ from trainstack.speed import (
     resolve_speed,
 )
 from trainstack.speed.config import Speed
+from trainstack.speed.step import as_if_capturing
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _toy  # noqa: E402
@@ -195,7 +196,8 @@ class ReplayByCall:
         static = None if outputs is None else tuple(o.clone() for o in _as_tuple(outputs))
 
         def replay():
-            fresh = fn()
+            with as_if_capturing():  # a replay repeats what the capture recorded
+                fresh = fn()
             if static is not None:
                 for s, f in zip(static, _as_tuple(fresh), strict=True):
                     s.copy_(f)
@@ -314,6 +316,75 @@ def test_a_recompile_for_a_known_shape_is_counted_and_warned(caplog):
         step.micro(batch)
     assert step.stats.recompiles == 1
     assert "recompiled for an input shape already compiled" in caplog.text
+
+
+def _compiled_graph_step(loss_fn):
+    """A compiled step under stand-in graphs, with an optimizer that does not move the weights."""
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    backend = ReplayByCall(model, opt)
+    return TrainStep(model, loss_fn, opt, _speed(compile=True, graphs=True), graphs=backend), backend, model
+
+
+def test_a_compilation_due_inside_a_capture_defers_the_capture(caplog):
+    """A guard that fails between the warm-up run and the capture (here a Python value the loss reads)
+    would compile inside the capture, which breaks a real one: the capture is refused before compiling,
+    that batch runs uncaptured (and compiles), and the shape is captured at its next batch."""
+    flag = {"scale": 1.0}
+
+    def loss_reading_a_python_value(model, batch):
+        loss, real = token_loss(model, batch)
+        return loss * flag["scale"], real
+
+    step, backend, model = _compiled_graph_step(loss_reading_a_python_value)
+    batch = batches(1)[0]
+    step.micro(batch)  # warm-up run: compiles for scale 1
+    flag["scale"] = 2.0
+    with caplog.at_level(logging.WARNING):
+        deferred = step.micro(batch)[0]
+    assert "deferred: a compilation was due inside it" in caplog.text and "scale" in caplog.text
+    assert backend.captures == 0 and step.stats.captured_graphs == 0
+    assert float(deferred) == pytest.approx(2 * float(token_loss(model, batch)[0].detach()))  # it ran, compiled
+    replayed = step.micro(batch)[0]
+    assert backend.captures == 1 and step.stats.captured_graphs == 1
+    assert float(replayed) == pytest.approx(float(deferred))
+
+
+def test_warm_up_runs_take_the_branch_the_capture_takes():
+    """Model code that branches on whether a capture is on (transformers builds an explicit attention
+    mask then) sees the same answer in the warm-up run as in the capture, so the graph compiled in
+    the warm-up serves the capture: no compilation deferred, captured at the second batch."""
+    def loss_branching_on_capture(model, batch):
+        loss, real = token_loss(model, batch)
+        return (loss * 2 if torch.cuda.is_current_stream_capturing() else loss), real
+
+    step, backend, _ = _compiled_graph_step(loss_branching_on_capture)
+    batch = batches(1)[0]
+    warm = step.micro(batch)[0]
+    replayed = step.micro(batch)[0]
+    assert backend.captures == 1 and step.stats.compiled_graphs == 1
+    assert float(replayed) == pytest.approx(float(warm))
+    assert torch.cuda.is_current_stream_capturing.__name__ == "is_current_stream_capturing"  # restored
+
+
+def test_an_optimizer_without_a_capturable_mode_means_no_capture_at_all(caplog):
+    """Known at construction (bitsandbytes' 8-bit AdamW, SGD): no micro-step is captured first, whose
+    graph would hold its activations in the pool for nothing."""
+    class NeedsCapturable(ReplayByCall):
+        needs_capturable_optimizer = True
+
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    backend = NeedsCapturable(model, opt)
+    with caplog.at_level(logging.WARNING):
+        step = TrainStep(model, token_loss, opt, _speed(graphs=True), graphs=backend)
+    assert "CUDA graphs switched off for this run: SGD has no capturable mode" in caplog.text
+    for batch in batches(4):
+        step.micro(batch)
+    step.optimizer_step()
+    assert backend.captures == 0 and step.stats.captured_graphs == 0
 
 
 def test_eager_optimizer_state_undoes_capturable_settings():

@@ -6,12 +6,15 @@
 #      filled batches of 96, fused AdamW, chunked CE with compiled chunk math), ours-eager (the same
 #      with the fast path off), and the users' Seq2SeqTrainer recipe (24 x 4, gradient checkpointing,
 #      fused AdamW, bf16), on synthetic pairs with lognormal(38) lengths a side, NLLB-600M, random init.
-#      Ours warms up for one epoch first (each new padded shape is captured once, then replayed).
+#      Ours warms up for two epochs first (each new padded shape is captured once, then replayed).
 #   3. the 16 GB fit: scripts/gpu_fit16.sh (the rtx4080s-16g profile's settings, 256 tokens a side).
 # Results in OUT_DIR (the first argument, default mt-nllb-gpu-bench): bench.json/.log, fit16/.
 #
 #   bash packages/mt-nllb/scripts/gpu_bench.sh results                 # all stages
 #   STAGES=speed bash packages/mt-nllb/scripts/gpu_bench.sh results
+#   STAGES=speed,compare ARMS=ours,ours-each-side COMPARE_ARM=ours-each-side-nodropout bash ... results
+# ARMS: the speed stage's arms (`mt-nllb bench --help` lists them); COMPARE_ARM: the fast side of
+# fast-vs-eager (an arm with dropout off); WARMUP / TIMED: ours' warm-up and timed steps.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../.." && pwd)"
 export PYTHONPATH="$ROOT/packages/core/src:$ROOT/packages/mt-nllb/src${PYTHONPATH:+:$PYTHONPATH}"
@@ -25,11 +28,13 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 only=""
 [[ "$STAGES" == *compare* ]] && only="fast-vs-eager"
-[[ "$STAGES" == *speed* ]] && only="${only:+$only,}ours,ours-eager,users-trainer"
+[[ "$STAGES" == *speed* ]] && only="${only:+$only,}${ARMS:-ours,ours-eager,users-trainer}"
 if [[ -n "$only" ]]; then
-  # One epoch of 12000 pairs is 125 steps of 96: ours warms up over it, then 60 timed steps.
-  "$PY" -m mt_nllb bench --only "$only" --pairs "$PAIRS" --warmup-steps "${WARMUP:-125}" --timed-steps "${TIMED:-60}" \
-    --users-warmup-steps 3 --users-timed-steps 4 --compare-steps 20 --out "$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.log"
+  # One epoch of 12000 pairs is 125 steps of 96: ours warms up over two (each new padded shape
+  # is captured once; each epoch groups the rows anew), then 60 timed steps.
+  "$PY" -m mt_nllb bench --only "$only" --pairs "$PAIRS" --warmup-steps "${WARMUP:-250}" --timed-steps "${TIMED:-60}" \
+    --users-warmup-steps 3 --users-timed-steps 4 --compare-steps 20 \
+    --compare-fast-arm "${COMPARE_ARM:-ours-nodropout}" --out "$OUT_DIR/bench.json" 2>&1 | tee "$OUT_DIR/bench.log"
 fi
 if [[ "$STAGES" == *fit16* ]]; then
   bash "$ROOT/packages/mt-nllb/scripts/gpu_fit16.sh" "$OUT_DIR/fit16"

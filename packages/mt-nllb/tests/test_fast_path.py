@@ -52,16 +52,15 @@ def test_compiled_layers_learn_what_eager_layers_learn(tmp_path, capsys):
     assert _losses(tmp_path / "layers") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-5)
 
 
-def test_compiled_layers_with_cuda_graphs_is_a_config_error(tmp_path, capsys):
-    """Their capture failed on the GPU (BENCHMARKS.md run 4): asking for both is a ConfigError (train
-    prints it as one line and exits 2, before anything is written)."""
-    from mt_nllb import train as T
-    from trainstack.config import ConfigError
-    from trainstack.speed import Speed
-
-    cfg = T.TrainConfig()
-    cfg.speed.compile_layers = True
-    graphs = Speed(compile=False, cuda_graphs=True, compile_mode="default", compile_backend="inductor",
-                   warmup_runs=1, length_buckets="multiple:16", reason="test")
-    with pytest.raises(ConfigError, match="speed.cuda_graphs=false"):
-        T.compile_layers_on(cfg, graphs)
+def test_batches_grouped_by_each_side_learn_alike_on_both_paths(tmp_path, capsys):
+    """speed.group_by=each_side: the eager and the fast path cut the same batches (grouped by both
+    sides' length buckets) and log the same losses."""
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    group = "speed.group_by=each_side"
+    assert main(["train", "--run-dir", str(tmp_path / "eager"), *COMMON, cache, group]) == 0
+    assert main(["train", "--run-dir", str(tmp_path / "fast"), *COMMON, cache, group, "speed.compile=true",
+                 "speed.compile_backend=aot_eager"]) == 0
+    capsys.readouterr()
+    assert _losses(tmp_path / "fast") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-5)
+    assert main(["train", "--run-dir", str(tmp_path / "off"), *COMMON, cache, group, "speed.length_buckets=off"]) == 2
+    assert "speed.group_by=each_side groups rows by speed.length_buckets, which is off" in capsys.readouterr().err

@@ -141,7 +141,7 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
         print(profile_steps(step, steps=3).format(top=40), flush=True)
         return None
     t0 = time.perf_counter()
-    res = time_steps(step, warmup_steps=warmup, timed_steps=steps, real_tokens_per_step=lambda i: step.real_tokens_of(warmup + i),
+    res = time_steps(_with_progress(step, name, warmup), warmup_steps=warmup, timed_steps=steps, real_tokens_per_step=lambda i: step.real_tokens_of(warmup + i),
                      samples_per_step=lambda i: step.samples[warmup + i], flops_per_token=fpt, name=name)
     res.extra.update(peak_reserved_gib=_gib(_peak_reserved_gib()), peak_allocated_gib=_gib(_peak_allocated_gib()),
                      max_padded_len=padded_len[0], wall_s=round(time.perf_counter() - t0, 1),
@@ -151,12 +151,34 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
                      compile_loss=cfg.speed.compile_loss, chunked_ce=cfg.speed.chunked_ce,
                      ce_chunk=cfg.speed.ce_chunk_tokens, optim=cfg.optim.name, optimizer=describe_optimizer(opt),
                      precision=precision.name, memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt,
-                     speed=speed.reason, loss=T.describe_loss(cfg, speed), **step.stats)
+                     speed=speed.reason, loss=T.describe_loss(cfg, speed), **step.stats,
+                     fast_path_events_in_timed_steps=step.events_in_timed_steps)
     model = opt = step = None  # free the GPU before the next variant
     if device.type == "cuda":
         torch.cuda.set_per_process_memory_fraction(1.0)
         torch.cuda.empty_cache()
     return res
+
+
+def _with_progress(step, name: str, warmup: int):
+    """``step`` that prints each new shape, compilation or capture of the fast path with the time so
+    far (a run cut short still says how far it got) and counts those that fall in the timed steps
+    (``step.events_in_timed_steps``: each one's cost is in the figure)."""
+    seen, start, calls = [()], time.perf_counter(), [0]
+    step.events_in_timed_steps = 0
+
+    def run():
+        step()
+        calls[0] += 1
+        stats = step.train_step.stats if step.train_step is not None else None
+        now = (len(stats.shapes), stats.compiled_graphs, stats.captured_graphs) if stats else ()
+        if now != seen[0]:
+            print(f"bench {name}: step {calls[0]}, {time.perf_counter() - start:.0f} s: shapes, compiled graphs, "
+                  f"captured graphs {now}", flush=True)
+            step.events_in_timed_steps += calls[0] > warmup
+            seen[0] = now
+
+    return run
 
 
 def bench_users(config, tp, *, steps, warmup, workdir, seed=0, overrides=None):
@@ -294,20 +316,41 @@ different random-number offsets in a replayed graph, so it is off in both."""
 # chunked CE in 4096-row chunks); the others change one setting. Effective batch 96 sentences everywhere.
 VARIANTS = {
     "ours": Variant("h100-80g"),
-    "ours-eager": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=false")),
+    "ours-eager": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=false",
+                                       "speed.compile_layers=false")),
     "ours-eager-compile-loss": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=true")),
     "ours-compile-loss": Variant("h100-80g", ("speed.compile_loss=true",)),
     "ours-compile-step": Variant("h100-80g", ("speed.compile=true",)),
     "ours-unchunked": Variant("h100-80g", ("speed.chunked_ce=false",)),
     "ours-pow2": Variant("h100-80g", ("speed.length_buckets=pow2",)),
-    # compiled layers without graphs (under graphs their capture fails: BENCHMARKS.md run 4)
+    # Rows grouped by both sides' length buckets (less padding, more captured shapes).
+    "ours-each-side": Variant("h100-80g", ("speed.group_by=each_side",)),
+    "ours-each-side-nodropout": Variant("h100-80g", ("speed.group_by=each_side", *NO_DROPOUT)),
+    # Encoder and decoder layers compiled (Inductor, dynamic lengths: one graph per layer kind), with
+    # and without CUDA graphs (their capture failed in BENCHMARKS.md run 4; core now refuses to
+    # compile inside a capture and says why).
     "ours-compile-layers": Variant("h100-80g", ("speed.compile_layers=true", "speed.cuda_graphs=false")),
+    "ours-compile-layers-each-side": Variant("h100-80g", ("speed.compile_layers=true", "speed.cuda_graphs=false",
+                                                          "speed.group_by=each_side", "speed.length_buckets=multiple:8")),
+    "ours-compile-layers-graphs": Variant("h100-80g", ("speed.compile_layers=true",)),
+    "ours-compile-layers-graphs-each-side": Variant("h100-80g", ("speed.compile_layers=true", "speed.group_by=each_side")),
+    "ours-compile-layers-graphs-each-side-chunk8192": Variant("h100-80g", ("speed.compile_layers=true",
+                                                                           "speed.group_by=each_side",
+                                                                           "speed.ce_chunk_tokens=8192")),
+    "ours-compile-layers-graphs-each-side-multiple8": Variant("h100-80g", ("speed.compile_layers=true",
+                                                                           "speed.group_by=each_side",
+                                                                           "speed.length_buckets=multiple:8")),
+    "ours-compile-layers-graphs-each-side-nodropout": Variant("h100-80g", ("speed.compile_layers=true",
+                                                                           "speed.group_by=each_side", *NO_DROPOUT)),
     "ours-chunk2048": Variant("h100-80g", ("speed.ce_chunk_tokens=2048",)),
     "ours-nodropout": Variant("h100-80g", NO_DROPOUT),
-    "ours-eager-nodropout": Variant("h100-80g", (*NO_DROPOUT, "speed.cuda_graphs=false", "speed.compile_loss=false")),
+    "ours-eager-nodropout": Variant("h100-80g", (*NO_DROPOUT, "speed.cuda_graphs=false", "speed.compile_loss=false",
+                                                 "speed.compile_layers=false")),
     # Kernels one by one: a replayed graph hides them from the profiler, so this runs without graphs
     # (the chunk math compiled as on the fast path).
     "ours-profile": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=true"), torch_profile=True),
+    "ours-each-side-profile": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=true",
+                                                   "speed.group_by=each_side"), torch_profile=True),
     # The shipped rtx4080s-16g profile under a 16 GiB cap; "-adamw" is the same with fp32 AdamW states,
     # and uncapped: the true peak with fp32 states, to check the memory estimate (and, minus the states'
     # difference, what 8-bit states imply) on a machine without bitsandbytes.
@@ -340,14 +383,25 @@ def variant_config(name: str, arch: str):
     return cfg
 
 
+def eager_twin(cfg):
+    """``cfg`` with the fast path off (no graphs, nothing compiled), the same batches: the reference
+    that a fast arm's losses are compared with."""
+    import copy
+
+    twin = copy.deepcopy(cfg)
+    twin.speed.cuda_graphs = twin.speed.compile = twin.speed.compile_loss = twin.speed.compile_layers = False
+    return twin
+
+
 def fast_vs_eager(arch: str, tp, steps: int, fast_arm: str = "ours-nodropout") -> dict:
     """The shipped step (fast path) and the eager step from the same initial weights over the same
     batches (the fast path pads them to buckets and fills short ones: the math is unchanged), dropout
     off in both: each optimizer step's loss, and the largest difference. On CPU both run eagerly.
     ``fast_arm``: a variant with dropout off."""
-    runs = {name: bench_ours(name, variant_config(name, arch), tp, steps=steps, warmup=0, losses_only=True)
-            for name in (fast_arm, "ours-eager-nodropout")}
-    fast, eager = runs[fast_arm], runs["ours-eager-nodropout"]
+    fast_cfg = variant_config(fast_arm, arch)
+    eager_cfg = eager_twin(fast_cfg)
+    fast = bench_ours(fast_arm, fast_cfg, tp, steps=steps, warmup=0, losses_only=True)
+    eager = bench_ours(f"{fast_arm} (eager)", eager_cfg, tp, steps=steps, warmup=0, losses_only=True)
     diff = max(abs(a - b) for a, b in zip(fast, eager, strict=True))
     print(f"fast-vs-eager: {steps} steps, largest loss difference {diff:.2e} (fast {fast[-1]:.4f}, eager "
           f"{eager[-1]:.4f} at the last step)", flush=True)

@@ -93,6 +93,10 @@ class SpeedConfig(CoreSpeedConfig):
     length_buckets: str = "multiple:16"
     """Padded lengths on the fast path (core's speed.length_buckets), per side. multiple:16 keeps the
     padding under 16 tokens a side; each (source, target) bucket pair is one captured graph."""
+    group_by: Literal["longest", "each_side"] = "longest"
+    """How rows are grouped into batches. longest: sorted by a pair's longer side. each_side: by the
+    length buckets of both sides (core's BatchShapes), so neither side pads far when source and target
+    lengths differ (less padding, more padded shapes: one per bucket pair)."""
     max_tokens_per_batch: int = 12288
     """Token budget per micro-batch, padding counted (len(batch) * longest side)."""
     max_batch_size: int = 0

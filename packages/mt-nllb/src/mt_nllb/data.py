@@ -418,6 +418,23 @@ def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int, buc
             "decoder_input_ids": torch.from_numpy(dec), "labels": torch.from_numpy(labels)}
 
 
+def side_grouped_batches(side_lengths, buckets, max_tokens: int, seed: int, epoch: int, max_batch_size: int = 0,
+                         fixed_batch_size: int = 0):
+    """Batches whose rows share both sides' length buckets (core's BatchShapes): a batch sorted by its
+    longest side still mixes short and long targets where source and target lengths differ, and pads
+    every target to the longest. ``side_lengths``: (n, 2) source and target lengths. Fixed-size
+    batches of ``fixed_batch_size`` rows (at most one short one), or a token budget per side."""
+    from trainstack.speed.shapes import BatchShapes
+
+    if fixed_batch_size:
+        shapes = BatchShapes(buckets, max_tokens=fixed_batch_size * buckets.sizes[-1], max_rows=fixed_batch_size,
+                             row_multiple=1)
+    else:
+        shapes = BatchShapes(buckets, max_tokens=max_tokens, max_rows=max_batch_size or max_tokens)
+    rows = [(int(s), int(t)) for s, t in side_lengths]
+    return [indices for _, indices in shapes.batches(rows, seed, epoch)]
+
+
 def length_bucketed_batches(lengths, max_tokens: int, seed: int, epoch: int, max_batch_size: int = 0,
                             fixed_batch_size: int = 0):
     """Token-budget batches from core (padding counted), or fixed-size length-bucketed batches when
@@ -434,10 +451,12 @@ class TranslationBatches:
 
     def __init__(self, tp: TokenizedPairs, *, max_tokens: int, pad_id: int, decoder_start_id: int, seed: int = 0,
                  max_batch_size: int = 0, fixed_batch_size: int = 0, rank: int = 0, world_size: int = 1,
-                 buckets=None):
+                 buckets=None, group_buckets=None):
         """``buckets`` (core's LengthBuckets, the fast path): both sides padded to a bucket, and with a
-        ``fixed_batch_size`` every batch filled to that many rows, so the step sees few shapes."""
-        self.rank, self.world_size, self.buckets = rank, world_size, buckets
+        ``fixed_batch_size`` every batch filled to that many rows, so the step sees few shapes.
+        ``group_buckets``: rows grouped by both sides' buckets (side_grouped_batches) instead of sorted
+        by their longest side; the same batches whether or not ``buckets`` pads them."""
+        self.rank, self.world_size, self.buckets, self.group_buckets = rank, world_size, buckets, group_buckets
         self.tp, self.max_tokens, self.pad_id, self.decoder_start_id = tp, max_tokens, pad_id, decoder_start_id
         self.seed, self.max_batch_size, self.fixed_batch_size = seed, max_batch_size, fixed_batch_size
         self.lengths = tp.lengths()
@@ -450,8 +469,13 @@ class TranslationBatches:
 
     def _batches(self):
         if self._plan is None or self._plan[0] != self.epoch:
-            plan = length_bucketed_batches(self.lengths, self.max_tokens, self.seed, self.epoch,
-                                           self.max_batch_size, self.fixed_batch_size)
+            if self.group_buckets is not None:
+                sides = np.stack([np.diff(self.tp.src_offsets), np.diff(self.tp.tgt_offsets)], axis=1)
+                plan = side_grouped_batches(sides, self.group_buckets, self.max_tokens, self.seed, self.epoch,
+                                            self.max_batch_size, self.fixed_batch_size)
+            else:
+                plan = length_bucketed_batches(self.lengths, self.max_tokens, self.seed, self.epoch,
+                                               self.max_batch_size, self.fixed_batch_size)
             if self.world_size > 1:
                 # Same plan on every rank (same seed and epoch); each takes every world_size-th batch,
                 # cut to a multiple of world_size so all ranks run the same number of steps.

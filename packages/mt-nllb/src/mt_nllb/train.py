@@ -184,15 +184,7 @@ def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None):
 
 
 def compile_layers_on(cfg: TrainConfig, speed) -> bool:
-    from trainstack.config import ConfigError
-
-    on = speed.cuda_graphs if cfg.speed.compile_layers == "auto" else bool(cfg.speed.compile_layers)
-    if on and speed.cuda_graphs:
-        # Measured on an H200 (BENCHMARKS.md, run 4): capturing a step with compiled layers fails and
-        # leaves the CUDA random-number state unusable for the rest of the process.
-        raise ConfigError("speed.compile_layers=true does not work under CUDA graphs yet: add "
-                          "speed.cuda_graphs=false, or leave speed.compile_layers=false")
-    return on
+    return speed.cuda_graphs if cfg.speed.compile_layers == "auto" else bool(cfg.speed.compile_layers)
 
 
 def compile_layers(model, backend: str) -> None:
@@ -210,13 +202,23 @@ def compile_layers(model, backend: str) -> None:
 def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0, world_size: int = 1, speed=None):
     """Length-sorted batches; on the fast path padded to speed's length buckets and filled to
     speed.batch_size rows, so the captured step sees a few shapes."""
+    from trainstack.config import ConfigError
+    from trainstack.speed import LengthBuckets
+
     from .data import TranslationBatches
 
     buckets = speed.buckets(cfg.data.max_length) if speed is not None and speed.fast else None
+    group_buckets = None
+    if cfg.speed.group_by == "each_side":
+        # The same groups on the eager path, so that both train on the same batches.
+        group_buckets = LengthBuckets.parse(cfg.speed.length_buckets, cfg.data.max_length)
+        if group_buckets is None:
+            raise ConfigError("speed.group_by=each_side groups rows by speed.length_buckets, which is off: "
+                              "set speed.length_buckets (multiple:16, say) or speed.group_by=longest")
     return TranslationBatches(train_tp, max_tokens=cfg.speed.max_tokens_per_batch, pad_id=model_config.pad_token_id,
                               decoder_start_id=model_config.decoder_start_token_id, seed=cfg.seed,
                               max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size,
-                              rank=rank, world_size=world_size, buckets=buckets)
+                              rank=rank, world_size=world_size, buckets=buckets, group_buckets=group_buckets)
 
 
 def total_optimizer_steps(cfg: TrainConfig, batches) -> int:
@@ -352,7 +354,8 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     # A saved data position only means something on the same tokenized data cut into the same batches.
     # (the specific fields first: the first difference is the one named)
     fingerprint = {"max_length": cfg.data.max_length, "vocab_size": len(tokenizer),
-                   "batching": [cfg.speed.max_tokens_per_batch, cfg.speed.max_batch_size, cfg.speed.batch_size],
+                   "batching": [cfg.speed.max_tokens_per_batch, cfg.speed.max_batch_size, cfg.speed.batch_size,
+                                cfg.speed.group_by],
                    "train_rows": len(train_tp), "data": data_report["fingerprint"]}
     result = fit(model=model, optimizer=optimizer, scheduler=scheduler, train_batches=batches, loss_fn=loss_fn,
                  config=loop_cfg, run_dir=run_dir, precision=precision, evaluate=evaluate,

@@ -139,6 +139,7 @@ class TrainStep:
         self._optimizer_steps = 0
         self._seen: dict[tuple, int] = {}     # shape key -> runs so far
         self._graphs: dict[tuple, _Captured] = {}
+        self._capture_failures: dict[tuple, int] = {}  # shape key -> captures that met a compilation
         self._optimizer_graph: _Captured | None = None
         self._device: torch.device | None = None
 
@@ -148,6 +149,10 @@ class TrainStep:
             if self.scaler is not None:
                 raise ValueError("CUDA graphs cannot capture fp16 loss scaling; resolve_speed turns them off")
             self._graph_backend = graphs if graphs is not None else CudaGraphs()
+            if self._graph_backend.needs_capturable_optimizer and not _capturable(optimizer):
+                # Known now, not at the first optimizer step: a micro-step captured before then would
+                # hold its activations in the graph pool for nothing (on a 16 GB card, the margin).
+                self._graphs_impossible(f"{type(optimizer).__name__} has no capturable mode")
 
     def start_clock(self) -> None:
         """Time to the first optimizer step counts from now (default: from construction)."""
@@ -165,9 +170,12 @@ class TrainStep:
         captured = self._graphs.get(key)
         if captured is None:
             if self._seen.get(key, 0) < self.speed.warmup_runs:
-                with self._graph_backend.warmup():
+                with self._graph_backend.warmup(), as_if_capturing():
                     return self._counted(key, lambda: self._forward_backward(batch))
             captured = self._capture_micro(key, batch)
+            if captured is None and self._graph_backend is not None:  # capture deferred: one more warm-up run
+                with self._graph_backend.warmup(), as_if_capturing():
+                    return self._counted(key, lambda: self._forward_backward(batch))
             if captured is None:  # graphs switched off (see _graphs_impossible): this step runs as it is
                 return self._counted(key, lambda: self._forward_backward(batch))
         for name, value in batch.items():
@@ -213,13 +221,33 @@ class TrainStep:
                                            f"{'...' if len(missing) > 3 else ''}): a graph would overwrite "
                                            "instead of accumulating them; freeze unused parameters")
         inputs = {name: value.clone() for name, value in batch.items()}
-        replay, outputs = self._graph_backend.capture(lambda: self._forward_backward(inputs))
+        try:
+            with _no_compiling(), as_if_capturing():
+                replay, outputs = self._graph_backend.capture(lambda: self._forward_backward(inputs))
+        except Exception as e:
+            reason = _compile_due(e)
+            if reason is None:
+                raise
+            return self._capture_deferred(key, reason)
         if any(not isinstance(o, torch.Tensor) for o in _as_tuple(outputs)):
             return self._graphs_impossible("the loss function returns Python values; a graph would freeze them")
         captured = _Captured(replay, inputs, outputs)
         self._graphs[key] = captured
         self.stats.captured_graphs += 1
         return captured
+
+    def _capture_deferred(self, key, reason: str) -> None:
+        """A compilation was due inside the capture (a guard failed: see ``reason``). Nothing ran on the
+        device (a capture only records), so the step runs uncaptured now, compiling, and the shape is
+        captured at its next batch; a second such failure for one shape switches graphs off."""
+        self._capture_failures[key] = self._capture_failures.get(key, 0) + 1
+        if self._capture_failures[key] > 1:
+            return self._graphs_impossible(f"a compilation was due inside the capture of {_describe(key)} twice; "
+                                           f"the last one because: {reason}")
+        log.warning("capture of %s deferred: a compilation was due inside it (%s); this batch runs uncaptured",
+                    _describe(key), reason)
+        self._seen[key] = self.speed.warmup_runs - 1  # this run is one more warm-up run
+        return None
 
     def _graphs_impossible(self, why: str):
         log.warning("CUDA graphs switched off for this run: %s", why)
@@ -247,7 +275,8 @@ class TrainStep:
                 self.grad_norm = self._update(set_to_none=False)  # graphs accumulate into these tensors
         else:
             if self._optimizer_graph is None:
-                replay, norm = backend.capture(lambda: self._update(set_to_none=False))
+                with _no_compiling():
+                    replay, norm = backend.capture(lambda: self._update(set_to_none=False))
                 self._optimizer_graph = _Captured(replay, {}, (norm,))
                 self.stats.captured_graphs += 1
             self._optimizer_graph.replay()
@@ -292,7 +321,7 @@ class TrainStep:
         if backend is None:
             eager_optimizer_state(self.optimizer)
         elif backend.needs_capturable_optimizer:
-            if all("capturable" in g for g in self.optimizer.param_groups):
+            if _capturable(self.optimizer):
                 self._make_capturable()
             else:
                 self._graphs_impossible(f"{type(self.optimizer).__name__} has no capturable mode")
@@ -354,6 +383,48 @@ def eager_optimizer_state(optimizer) -> None:
                     state = optimizer.state.get(p, {})
                     if isinstance(state.get("step"), torch.Tensor) and state["step"].device.type != "cpu":
                         state["step"] = state["step"].cpu()
+
+
+def _capturing() -> bool:
+    return True
+
+
+@contextlib.contextmanager
+def as_if_capturing():
+    """Warm-up runs take the branches the capture will take: ``torch.cuda.is_current_stream_capturing()``
+    answers True inside. Model code branches on it: transformers skips an all-ones attention mask
+    (letting SDPA use ``is_causal``) only when not capturing, since deciding reads the mask on the
+    host. Without this, layers compiled in the warm-up run are compiled for "no mask", and the
+    capture needs a new compilation for "a mask", which cannot happen inside a capture. The capture
+    runs under it too: compiled code that calls the function guards on which function it is."""
+    real = torch.cuda.is_current_stream_capturing
+    torch.cuda.is_current_stream_capturing = _capturing
+    try:
+        yield
+    finally:
+        torch.cuda.is_current_stream_capturing = real
+
+
+def _capturable(optimizer) -> bool:
+    return all("capturable" in g for g in optimizer.param_groups)
+
+
+def _no_compiling():
+    """Inside a capture, a torch.compile'd function that would compile (a new shape, a failed guard)
+    raises instead. Compiling there breaks the capture at some host-side step, and a broken capture
+    leaves the CUDA random-number generator unusable for the rest of the process."""
+    return torch.compiler.set_stance("fail_on_recompile")
+
+
+def _compile_due(error: BaseException) -> str | None:
+    """Dynamo's reason when ``error`` (or an error it caused) is the stance above refusing to compile."""
+    while error is not None:
+        text = str(error)
+        if "fail_on_recompile" in text:
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("- ")]
+            return "; ".join(lines[:3]) or text.splitlines()[0]
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _shape_key(batch: dict) -> tuple:
