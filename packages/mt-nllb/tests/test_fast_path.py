@@ -39,14 +39,16 @@ def test_fast_path_losses_equal_the_eager_path(tmp_path, capsys):
     assert eager[-1] < eager[0]  # it learns at all
 
 
-def test_compiled_layers_learn_what_eager_layers_learn(tmp_path, capsys):
-    """speed.compile_layers compiles each encoder and decoder layer (dynamic lengths); traced with
-    aot_eager on CPU, the logged losses equal the eager run's, and new lengths do not recompile."""
+@pytest.mark.parametrize("symbolic", ["true", "false"])
+def test_compiled_layers_learn_what_eager_layers_learn(tmp_path, capsys, symbolic):
+    """speed.compile_layers compiles each encoder and decoder layer (dynamic lengths; with
+    speed.symbolic_widths=false only the sizes that change); traced with aot_eager on CPU, the logged
+    losses equal the eager run's."""
     cache = f"data.cache_dir={tmp_path / 'cache'}"
     assert main(["train", "--run-dir", str(tmp_path / "eager"), *COMMON, cache]) == 0
     capsys.readouterr()
     assert main(["train", "--run-dir", str(tmp_path / "layers"), *COMMON, cache, "speed.compile_layers=true",
-                 "speed.compile_backend=aot_eager"]) == 0
+                 "speed.compile_backend=aot_eager", f"speed.symbolic_widths={symbolic}"]) == 0
     out = "".join(capsys.readouterr())
     assert "chunk math eager, layers compiled" in out
     assert _losses(tmp_path / "layers") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-5)

@@ -87,10 +87,12 @@ def test_model_gradients_match_hf(model):
             torch.testing.assert_close(ours[k], p.grad, rtol=1e-4, atol=1e-6, msg=k)
 
 
-@pytest.mark.parametrize("compiled", [False, True])
-def test_fixed_shapes_loss_and_gradients_match_float64_reference(compiled):
+@pytest.mark.parametrize("compiled,symbolic", [(False, True), (True, True), (True, False)],
+                         ids=["eager", "compiled", "compiled-constant-vocabulary"])
+def test_fixed_shapes_loss_and_gradients_match_float64_reference(compiled, symbolic):
     """The fast path's head keeps every row and masks padding (a captured graph cannot pick rows):
-    loss and gradients equal the float64 reference over real tokens, eager and compiled."""
+    loss and gradients equal the float64 reference over real tokens, eager and compiled (every size
+    symbolic, or the vocabulary a constant: speed.symbolic_widths)."""
     g = torch.Generator().manual_seed(2)
     n, d, v, eps = 10, 8, 40, 0.1
     hidden = torch.randn(3, n, d, generator=g, requires_grad=True)
@@ -98,7 +100,7 @@ def test_fixed_shapes_loss_and_gradients_match_float64_reference(compiled):
     labels = torch.randint(0, v, (3, n), generator=g)
     labels[0, 6:] = -100
     labels[2, :] = -100  # a filler row: no label at all
-    L.configure(compiled)
+    L.configure(compiled, dynamic=symbolic)
     try:
         loss, count = L.chunked_smoothed_ce(hidden, weight, labels, eps, chunk_rows=7, fixed_shapes=True)
         loss.backward()

@@ -117,6 +117,11 @@ class SpeedConfig(CoreSpeedConfig):
     """torch.compile the per-chunk loss/gradient math (two fused kernels instead of ~10 passes over
     the chunk's fp32 logits). auto: on with CUDA and the fast path, where the shapes are few; eagerly
     every batch has new shapes and the recompiles cost more than they save (H100, BENCHMARKS.md)."""
+    symbolic_widths: bool = True
+    """The compiled layers and chunk math: true compiles once with every size symbolic (rows, lengths,
+    width, vocabulary); false compiles the first shape as it is and makes symbolic only the sizes
+    that then change (lengths, rows), so the width (1024) and the vocabulary stay constants in the
+    kernels' index math, for one more compilation each. Not yet measured on a GPU."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing. Not needed at batch 96 / 256 tokens with chunked CE."""
     params_dtype: Literal["fp32", "bf16"] = "fp32"

@@ -82,22 +82,25 @@ def aligned_rows(vocab: int) -> int:
 
 _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
 """(loss, loss-and-gradient) per chunk; configure(compile_loss=True) swaps in compiled ones."""
-_COMPILED: tuple | None = None
+_COMPILED: dict[bool, tuple] = {}
 
 
-def configure(compile_loss: bool) -> None:
+def configure(compile_loss: bool, dynamic: bool = True) -> None:
     """Choose the per-chunk math once, before any step: a choice made inside a traced step would be
-    a guard that changes, and recompile it."""
-    global _CHUNK_FNS, _COMPILED
+    a guard that changes, and recompile it. ``dynamic`` (speed.symbolic_widths): True compiles once
+    with every size symbolic; False compiles the first chunk as it is and then makes symbolic only the
+    sizes that change (the row count), so the vocabulary stays a constant in the kernels' index math."""
+    global _CHUNK_FNS
     if not compile_loss:
         _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
         return
-    if _COMPILED is None:
+    if dynamic not in _COMPILED:
         from trainstack.speed import one_graph_for_all_sizes
 
         one_graph_for_all_sizes()
-        _COMPILED = (torch.compile(_chunk_loss, dynamic=True), torch.compile(_chunk_loss_and_grad, dynamic=True))
-    _CHUNK_FNS = _COMPILED
+        mode = True if dynamic else None  # None: Dynamo's automatic dynamic shapes
+        _COMPILED[dynamic] = (torch.compile(_chunk_loss, dynamic=mode), torch.compile(_chunk_loss_and_grad, dynamic=mode))
+    _CHUNK_FNS = _COMPILED[dynamic]
 
 
 def _chunk_fn(with_grad: bool):

@@ -177,9 +177,10 @@ def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None):
     if cfg.speed.params_dtype == "bf16":
         model.to(torch.bfloat16)
     model.to(device)
-    loss_mod.configure(compile_loss_chunks(cfg, speed) if speed is not None else cfg.speed.compile_loss is True)
+    loss_mod.configure(compile_loss_chunks(cfg, speed) if speed is not None else cfg.speed.compile_loss is True,
+                       dynamic=cfg.speed.symbolic_widths)
     if speed is not None and compile_layers_on(cfg, speed):
-        compile_layers(model, speed.compile_backend)
+        compile_layers(model, speed.compile_backend, dynamic=cfg.speed.symbolic_widths)
     return model
 
 
@@ -187,16 +188,19 @@ def compile_layers_on(cfg: TrainConfig, speed) -> bool:
     return speed.cuda_graphs if cfg.speed.compile_layers == "auto" else bool(cfg.speed.compile_layers)
 
 
-def compile_layers(model, backend: str) -> None:
+def compile_layers(model, backend: str, dynamic: bool = True) -> None:
     """Compile every encoder and decoder layer in place (state_dict keys unchanged). Layers of one
     kind share the compiled code: their parameters are graph inputs, so 24 layers cost two
-    compilations; lengths are dynamic, so new padded shapes do not recompile."""
+    compilations. ``dynamic`` (speed.symbolic_widths): every size symbolic, so new padded shapes do
+    not recompile; False: the first shape compiles as it is, and the sizes that change (lengths)
+    become symbolic at their first change, the width (1024) staying a constant (one more compilation
+    per layer kind)."""
     from trainstack.speed import enable_compile_cache, one_graph_for_all_sizes
 
     enable_compile_cache()
     one_graph_for_all_sizes()
     for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
-        layer.compile(dynamic=True, backend=backend)
+        layer.compile(dynamic=True if dynamic else None, backend=backend)
 
 
 def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0, world_size: int = 1, speed=None):
