@@ -387,6 +387,39 @@ def test_an_optimizer_without_a_capturable_mode_means_no_capture_at_all(caplog):
     assert backend.captures == 0 and step.stats.captured_graphs == 0
 
 
+def test_clipping_inside_fused_adamw_equals_clip_grad_norm(monkeypatch):
+    """With fused Adam(W) the step clips through the kernel's gradient divisor (one pass over the
+    gradients fewer): same weights and norms as clip_grad_norm_ then step."""
+    data = batches(6)
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def run(clip_in_kernel: bool):
+        torch.manual_seed(0)
+        model = Tiny()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1, fused=True)
+        step = TrainStep(model, token_loss, opt, _speed(), max_grad_norm=0.05)
+        norms = []
+        for batch in data:
+            if clip_in_kernel:
+                monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", None)  # the step must not call it
+                step.micro(batch)
+                norms.append(float(step.optimizer_step()))
+                monkeypatch.undo()
+                continue
+            token_loss(model, batch)[0].backward()
+            norms.append(float(clip(model.parameters(), 0.05)))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        assert not hasattr(opt, "grad_scale")  # nothing left for a later step
+        return norms, [p.detach().clone() for p in model.parameters()]
+
+    norms, params = run(True)
+    ref_norms, ref_params = run(False)
+    assert norms == pytest.approx(ref_norms, rel=1e-6) and max(norms) > 0.05  # clipping was active
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
 def test_eager_optimizer_state_undoes_capturable_settings():
     model = Tiny()
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

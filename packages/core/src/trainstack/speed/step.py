@@ -295,14 +295,24 @@ class TrainStep:
         norm = None
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
-        if self.max_grad_norm is not None:
+        fused = _fused_adam(self.optimizer) if self.scaler is None and self.max_grad_norm is not None else None
+        if fused is not None:
+            # Clipping inside the fused update: it divides the gradients by grad_scale in place, as
+            # clip_grad_norm_ would multiply them by its coefficient, without its own pass over them.
+            norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+            fused.grad_scale = torch.clamp((norm + 1e-6) / self.max_grad_norm, min=1.0)
+        elif self.max_grad_norm is not None:
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self._scale_before = self.scaler.get_scale() if self.scheduler is not None else None
             self.scaler.update()
         else:
-            self.optimizer.step()
+            try:
+                self.optimizer.step()
+            finally:
+                if fused is not None:
+                    del fused.grad_scale
         if set_to_none:
             self.optimizer.zero_grad(set_to_none=True)
         elif params:
@@ -403,6 +413,15 @@ def as_if_capturing():
         yield
     finally:
         torch.cuda.is_current_stream_capturing = real
+
+
+def _fused_adam(optimizer):
+    """The torch Adam/AdamW under ``optimizer`` (accelerate wraps it) when it runs the fused kernel,
+    which takes a divisor for the gradients; else None."""
+    inner = getattr(optimizer, "optimizer", optimizer)
+    if type(inner) in (torch.optim.Adam, torch.optim.AdamW) and all(g.get("fused") for g in inner.param_groups):
+        return inner
+    return None
 
 
 def _capturable(optimizer) -> bool:
