@@ -195,10 +195,14 @@ def compile_layers(model, backend: str, dynamic: bool = True) -> None:
     not recompile; False: the first shape compiles as it is, and the sizes that change (lengths)
     become symbolic at their first change, the width (1024) staying a constant (one more compilation
     per layer kind)."""
-    from trainstack.speed import enable_compile_cache, one_graph_for_all_sizes
+    from trainstack.speed import allow_compilations, enable_compile_cache, one_graph_for_all_sizes
 
     enable_compile_cache()
     one_graph_for_all_sizes()
+    # Encoder and decoder layers share one code object (transformers' checkpointing wrapper), whose
+    # variants (layer kind, static then symbolic lengths, a backend's size guards) can pass Dynamo's
+    # default limit of 8; past it the layers would silently run eagerly.
+    allow_compilations(16)
     for layer in [*model.model.encoder.layers, *model.model.decoder.layers]:
         layer.compile(dynamic=True if dynamic else None, backend=backend)
 
