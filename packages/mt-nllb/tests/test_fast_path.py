@@ -64,5 +64,7 @@ def test_batches_grouped_by_each_side_learn_alike_on_both_paths(tmp_path, capsys
                  "speed.compile_backend=aot_eager"]) == 0
     capsys.readouterr()
     assert _losses(tmp_path / "fast") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-5)
-    assert main(["train", "--run-dir", str(tmp_path / "off"), *COMMON, cache, group, "speed.length_buckets=off"]) == 2
-    assert "speed.group_by=each_side groups rows by speed.length_buckets, which is off" in capsys.readouterr().err
+    off = tmp_path / "off"
+    assert main(["train", "--run-dir", str(off), *COMMON, cache, group, "speed.length_buckets=off"]) == 2
+    assert "'speed.group_by': each_side groups rows by speed.length_buckets, which is off" in capsys.readouterr().err
+    assert not off.exists()  # refused before anything is written

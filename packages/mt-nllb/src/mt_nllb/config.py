@@ -14,6 +14,7 @@ from typing import Literal
 
 from trainstack.config import ConfigError, check_limits
 from trainstack.runlog import check_report_to
+from trainstack.speed import LengthBuckets
 from trainstack.speed import SpeedConfig as CoreSpeedConfig
 from trainstack.speed.config import Switch
 
@@ -185,6 +186,9 @@ class TrainConfig:
             # A pair may be data.max_length tokens long; it must fit one batch.
             raise ConfigError(f"config key 'speed.max_tokens_per_batch': {self.speed.max_tokens_per_batch} is below "
                               f"data.max_length={self.data.max_length}; raise it to at least that")
+        if self.speed.group_by == "each_side" and LengthBuckets.parse(self.speed.length_buckets, self.data.max_length) is None:
+            raise ConfigError("config key 'speed.group_by': each_side groups rows by speed.length_buckets, which is "
+                              "off; set speed.length_buckets (multiple:16, say) or speed.group_by=longest")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.data.caps and len(self.data.caps) != len(self.data.train):

@@ -210,19 +210,15 @@ def compile_layers(model, backend: str, dynamic: bool = True) -> None:
 def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0, world_size: int = 1, speed=None):
     """Length-sorted batches; on the fast path padded to speed's length buckets and filled to
     speed.batch_size rows, so the captured step sees a few shapes."""
-    from trainstack.config import ConfigError
     from trainstack.speed import LengthBuckets
 
     from .data import TranslationBatches
 
     buckets = speed.buckets(cfg.data.max_length) if speed is not None and speed.fast else None
-    group_buckets = None
-    if cfg.speed.group_by == "each_side":
-        # The same groups on the eager path, so that both train on the same batches.
-        group_buckets = LengthBuckets.parse(cfg.speed.length_buckets, cfg.data.max_length)
-        if group_buckets is None:
-            raise ConfigError("speed.group_by=each_side groups rows by speed.length_buckets, which is off: "
-                              "set speed.length_buckets (multiple:16, say) or speed.group_by=longest")
+    # The same groups on the eager path, so that both train on the same batches (TrainConfig checks
+    # that the buckets are on).
+    group_buckets = (LengthBuckets.parse(cfg.speed.length_buckets, cfg.data.max_length)
+                     if cfg.speed.group_by == "each_side" else None)
     return TranslationBatches(train_tp, max_tokens=cfg.speed.max_tokens_per_batch, pad_id=model_config.pad_token_id,
                               decoder_start_id=model_config.decoder_start_token_id, seed=cfg.seed,
                               max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size,
