@@ -12,7 +12,7 @@
 #
 #   bash packages/mt-nllb/scripts/gpu_bench.sh results                 # all stages
 #   STAGES=speed bash packages/mt-nllb/scripts/gpu_bench.sh results
-#   STAGES=speed,compare ARMS=ours,ours-each-side COMPARE_ARM=ours-each-side-nodropout bash ... results
+#   STAGES=speed,compare ARMS=ours,ours-static-widths COMPARE_ARM=ours-nodropout bash ... results
 # ARMS: the speed stage's arms (`mt-nllb bench --help` lists them); COMPARE_ARM: the fast side of
 # fast-vs-eager (an arm with dropout off); WARMUP / TIMED: ours' warm-up and timed steps.
 set -euo pipefail

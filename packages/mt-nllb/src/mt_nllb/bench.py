@@ -323,39 +323,26 @@ VARIANTS = {
     "ours-compile-step": Variant("h100-80g", ("speed.compile=true",)),
     "ours-unchunked": Variant("h100-80g", ("speed.chunked_ce=false",)),
     "ours-pow2": Variant("h100-80g", ("speed.length_buckets=pow2",)),
-    # Rows grouped by both sides' length buckets (less padding, more captured shapes).
-    "ours-each-side": Variant("h100-80g", ("speed.group_by=each_side",)),
-    "ours-each-side-nodropout": Variant("h100-80g", ("speed.group_by=each_side", *NO_DROPOUT)),
-    # Encoder and decoder layers compiled (Inductor, dynamic lengths: one graph per layer kind), with
-    # and without CUDA graphs (their capture failed in BENCHMARKS.md run 4; core now refuses to
-    # compile inside a capture and says why).
-    "ours-compile-layers": Variant("h100-80g", ("speed.compile_layers=true", "speed.cuda_graphs=false")),
-    "ours-compile-layers-each-side": Variant("h100-80g", ("speed.compile_layers=true", "speed.cuda_graphs=false",
-                                                          "speed.group_by=each_side", "speed.length_buckets=multiple:8")),
-    "ours-compile-layers-graphs": Variant("h100-80g", ("speed.compile_layers=true",)),
-    "ours-compile-layers-graphs-each-side": Variant("h100-80g", ("speed.compile_layers=true", "speed.group_by=each_side")),
-    "ours-compile-layers-graphs-each-side-chunk8192": Variant("h100-80g", ("speed.compile_layers=true",
-                                                                           "speed.group_by=each_side",
-                                                                           "speed.ce_chunk_tokens=8192")),
-    "ours-compile-layers-graphs-each-side-multiple8": Variant("h100-80g", ("speed.compile_layers=true",
-                                                                           "speed.group_by=each_side",
-                                                                           "speed.length_buckets=multiple:8")),
-    # The shipped profile with constant widths in the compiled kernels (speed.symbolic_widths=false).
+    # Run 5's ladder, each arm the shipped profile with the later steps undone (BENCHMARKS.md run 5):
+    # run 3's settings; + rows grouped by both sides; + layers compiled (4096-row chunks); the same
+    # without graphs or with multiple:8 buckets. `ours` adds 8192-row chunks.
+    "ours-run3": Variant("h100-80g", ("speed.group_by=longest", "speed.compile_layers=false",
+                                      "speed.ce_chunk_tokens=4096")),
+    "ours-each-side": Variant("h100-80g", ("speed.compile_layers=false", "speed.ce_chunk_tokens=4096")),
+    "ours-compile-layers-chunk4096": Variant("h100-80g", ("speed.ce_chunk_tokens=4096",)),
+    "ours-compile-layers-no-graphs": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.ce_chunk_tokens=4096",
+                                                         "speed.length_buckets=multiple:8")),
+    "ours-multiple8": Variant("h100-80g", ("speed.ce_chunk_tokens=4096", "speed.length_buckets=multiple:8")),
+    # Constant widths in the compiled kernels (speed.symbolic_widths=false): not yet measured.
     "ours-static-widths": Variant("h100-80g", ("speed.symbolic_widths=false",)),
-    "ours-compile-layers-graphs-each-side-nodropout": Variant("h100-80g", ("speed.compile_layers=true",
-                                                                           "speed.group_by=each_side", *NO_DROPOUT)),
     "ours-chunk2048": Variant("h100-80g", ("speed.ce_chunk_tokens=2048",)),
     "ours-nodropout": Variant("h100-80g", NO_DROPOUT),
     "ours-eager-nodropout": Variant("h100-80g", (*NO_DROPOUT, "speed.cuda_graphs=false", "speed.compile_loss=false",
                                                  "speed.compile_layers=false")),
-    # Kernels one by one: a replayed graph hides them from the profiler, so this runs without graphs
-    # (the chunk math compiled as on the fast path).
+    # Kernels one by one without graphs (the chunk math compiled as on the fast path).
     "ours-profile": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=true"), torch_profile=True),
-    # The shipped step itself (graphs on): whether the profiler sees the kernels of a replayed graph
-    # depends on the CUDA profiling interface; the busy share of the wall time is read either way.
+    # The shipped step itself, graphs on (the profiler saw a replayed graph's kernels on an H200: run 6).
     "ours-shipped-profile": Variant("h100-80g", torch_profile=True),
-    "ours-each-side-profile": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.compile_loss=true",
-                                                   "speed.group_by=each_side"), torch_profile=True),
     # The shipped rtx4080s-16g profile under a 16 GiB cap; "-adamw" is the same with fp32 AdamW states,
     # and uncapped: the true peak with fp32 states, to check the memory estimate (and, minus the states'
     # difference, what 8-bit states imply) on a machine without bitsandbytes.
