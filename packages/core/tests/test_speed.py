@@ -279,6 +279,44 @@ def test_replayed_step_equals_eager_step():
     assert len({id(x) for x in losses}) == len(losses)  # each loss is the caller's own tensor
 
 
+@pytest.mark.parametrize("whole", [True, False])
+def test_one_micro_batch_per_step_replays_forward_backward_and_update_as_one_graph(whole):
+    """grad_accum_steps 1: each shape's graph holds the update too (no optimizer graph, no gradient
+    buffers kept between steps), and trains as the eager step does; whole_step_graphs=false keeps the
+    separate optimizer graph."""
+    import dataclasses
+
+    data = batches(10)
+    ref_losses, _, ref_lrs, ref_params, ref_step, _ = train(_speed(), data, accum=1)
+    speed = dataclasses.replace(_speed(graphs=True), whole_step_graphs=whole)
+    losses, _, lrs, params, step, backend = train(speed, data, accum=1, graphs_backend=ReplayByCall)
+    torch.testing.assert_close(losses, ref_losses, rtol=1e-6, atol=1e-7)
+    for p, q in zip(params, ref_params, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert lrs == pytest.approx(ref_lrs)
+    torch.testing.assert_close(step.grad_norm, ref_step.grad_norm)  # the captured norm, as clipping saw it
+    assert backend.captures == (2 if whole else 3) and step.stats.captured_graphs == backend.captures
+    assert all(p.grad is None for p in step.model.parameters()) == whole
+
+
+def test_a_whole_step_graph_must_be_followed_by_the_optimizer_step():
+    data = batches(4)
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step = TrainStep(model, token_loss, opt, _speed(graphs=True), graphs=ReplayByCall(model, opt))
+    for batch in data[:2]:  # each shape's warm-up run
+        step.micro(batch)
+        step.optimizer_step()
+    step.micro(data[2])  # captured and replayed: the weights moved already
+    with pytest.raises(RuntimeError, match="call optimizer_step"):
+        step.micro(data[3])
+    step.optimizer_step()
+    step.micro(data[3])  # replayed: the other shape's graph
+    step.optimizer_step()
+    assert step.stats.captured_graphs == 2
+
+
 def test_short_window_is_rescaled_to_its_mean():
     data = batches(3)
     torch.manual_seed(0)
@@ -340,13 +378,16 @@ def test_a_compilation_due_inside_a_capture_defers_the_capture(caplog):
     step, backend, model = _compiled_graph_step(loss_reading_a_python_value)
     batch = batches(1)[0]
     step.micro(batch)  # warm-up run: compiles for scale 1
+    step.optimizer_step()
     flag["scale"] = 2.0
     with caplog.at_level(logging.WARNING):
         deferred = step.micro(batch)[0]
+    step.optimizer_step()
     assert "deferred: a compilation was due inside it" in caplog.text and "scale" in caplog.text
     assert backend.captures == 0 and step.stats.captured_graphs == 0
     assert float(deferred) == pytest.approx(2 * float(token_loss(model, batch)[0].detach()))  # it ran, compiled
     replayed = step.micro(batch)[0]
+    step.optimizer_step()
     assert backend.captures == 1 and step.stats.captured_graphs == 1
     assert float(replayed) == pytest.approx(float(deferred))
 
@@ -362,6 +403,7 @@ def test_warm_up_runs_take_the_branch_the_capture_takes():
     step, backend, _ = _compiled_graph_step(loss_branching_on_capture)
     batch = batches(1)[0]
     warm = step.micro(batch)[0]
+    step.optimizer_step()
     replayed = step.micro(batch)[0]
     assert backend.captures == 1 and step.stats.compiled_graphs == 1
     assert float(replayed) == pytest.approx(float(warm))

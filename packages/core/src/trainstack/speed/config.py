@@ -45,6 +45,11 @@ class SpeedConfig:
     warmup_runs: int = 1
     """Eager (or compiled, uncaptured) runs of each new shape before it is captured: they compile,
     allocate the gradients and the optimizer state, and train as normal steps."""
+    whole_step_graphs: bool = True
+    """With CUDA graphs, one process and one micro-batch per optimizer step (grad_accum_steps 1):
+    capture forward, backward and the optimizer update of each shape as one graph. The backward then
+    writes each gradient where a separate optimizer graph would need it added into a static buffer
+    (one pass over every parameter, plus zeroing them, a step); false keeps the two graphs."""
 
     def __post_init__(self):
         if self.warmup_runs < 1:
@@ -63,6 +68,8 @@ class Speed:
     reason: str
     """One line, printed at start-up."""
     compile_dynamic: bool = False
+    whole_step_graphs: bool = True
+    """One graph per shape for forward, backward and update where the step has one micro-batch."""
 
     def compile_options(self) -> dict:
         """torch.compile's keyword arguments for this run (Inductor alone takes a mode)."""
@@ -117,4 +124,5 @@ def resolve_speed(cfg: SpeedConfig | None, device, *, use_grad_scaler: bool = Fa
         why += f"; {several}"
     return Speed(compile=compile_on, cuda_graphs=graphs_on, compile_mode=cfg.compile_mode,
                  compile_backend=cfg.compile_backend, warmup_runs=cfg.warmup_runs, length_buckets=cfg.length_buckets,
-                 reason=f"speed: {', '.join(parts)} ({why})", compile_dynamic=compile_on and cfg.compile_dynamic)
+                 reason=f"speed: {', '.join(parts)} ({why})", compile_dynamic=compile_on and cfg.compile_dynamic,
+                 whole_step_graphs=graphs_on and cfg.whole_step_graphs)

@@ -17,8 +17,11 @@ each new shape first runs ``speed.warmup_runs`` times as a normal step (compilin
 gradients and optimizer state), then its forward+backward is captured as one CUDA graph and every
 later batch of that shape is copied into the graph's input buffers and replayed. The optimizer
 step (clip, update, zero) is captured likewise after its first run, with the learning rate held in
-a device tensor that the scheduler fills, so schedules keep working. Nothing in a step reads a
-value back to the host; the one sync is at the end of the first optimizer step, to time it.
+a device tensor that the scheduler fills, so schedules keep working. With one micro-batch per
+optimizer step in one process (``speed.whole_step_graphs``) forward, backward and update are one
+graph per shape instead: ``micro`` replays all of it and ``optimizer_step`` only moves the schedule.
+Nothing in a step reads a value back to the host; the one sync is at the end of the first optimizer
+step, to time it.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class _Captured:
     replay: object
     inputs: dict[str, torch.Tensor]
     outputs: tuple
+    grad_norm: torch.Tensor | None = None
+    """Whole-step graphs: the gradient norm the captured update computed (None without clipping)."""
 
 
 @dataclass
@@ -142,6 +147,14 @@ class TrainStep:
         self._capture_failures: dict[tuple, int] = {}  # shape key -> captures that met a compilation
         self._optimizer_graph: _Captured | None = None
         self._device: torch.device | None = None
+        # Forward, backward and update in one graph per shape: the backward writes each gradient
+        # (autograd assigns a gradient that is None) instead of adding it into a static buffer that an
+        # optimizer graph reads, and nothing zeroes them. Only where a step is one micro-batch of one
+        # process: several micro-batches must accumulate, several processes all-reduce in between.
+        self._whole_step = (speed.cuda_graphs and speed.whole_step_graphs and grad_accum_steps == 1
+                            and grad_sync is None and self.scaler is None)
+        self._updated_by_graph: _Captured | None = None  # the whole-step graph micro() just replayed
+        self._micro_pending = False
 
         self._compute = compile_for(speed, loss_fn) if speed.compile else loss_fn
         self._graph_backend = None
@@ -160,7 +173,13 @@ class TrainStep:
 
     # ---- micro-steps -------------------------------------------------------------------------------
     def micro(self, batch: dict[str, torch.Tensor]):
-        """Forward, loss and backward of ``loss / grad_accum_steps``; gradients accumulate."""
+        """Forward, loss and backward of ``loss / grad_accum_steps``; gradients accumulate. Replaying a
+        whole-step graph, the update is done too (``optimizer_step`` must follow)."""
+        if self._whole_step and self._graph_backend is not None:
+            if self._micro_pending:  # a whole-step graph starts without gradients: nothing may accumulate
+                raise RuntimeError("one micro-batch per optimizer step (whole-step CUDA graphs): call "
+                                   "optimizer_step() after each micro()")
+            self._micro_pending = True
         batch = self._on_device(batch)
         key = _shape_key(batch)
         if self._graph_backend is not None and any(not isinstance(v, torch.Tensor) for v in batch.values()):
@@ -181,6 +200,8 @@ class TrainStep:
         for name, value in batch.items():
             captured.inputs[name].copy_(value, non_blocking=True)
         captured.replay()
+        if self._whole_step:
+            self._updated_by_graph = captured
         return _clone(captured.outputs)
 
     def _on_device(self, batch: dict) -> dict:
@@ -216,14 +237,32 @@ class TrainStep:
 
     def _capture_micro(self, key, batch) -> _Captured | None:
         missing = [n for n, p in self.model.named_parameters() if p.requires_grad and p.grad is None]
-        if missing:
+        if missing and not self._whole_step:
             return self._graphs_impossible(f"parameters without gradients after warm-up ({', '.join(missing[:3])}"
                                            f"{'...' if len(missing) > 3 else ''}): a graph would overwrite "
                                            "instead of accumulating them; freeze unused parameters")
         inputs = {name: value.clone() for name, value in batch.items()}
+
+        shape = {}
+
+        def whole_step():
+            # Gradients are None here (the warm-up update set them so): the backward allocates them in
+            # the graph's pool, the update reads them, and dropping them afterwards hands the memory
+            # back to the pool, for this graph's next replay or another shape's. One flat tuple out.
+            outputs = self._forward_backward(inputs)
+            norm = self._update(set_to_none=True)
+            shape.update(single=not isinstance(outputs, (tuple, list)), norm=norm is not None)
+            return _as_tuple(outputs) + ((norm,) if norm is not None else ())
+
         try:
             with _no_compiling(), as_if_capturing():
-                replay, outputs = self._graph_backend.capture(lambda: self._forward_backward(inputs))
+                if self._whole_step:
+                    replay, flat = self._graph_backend.capture(whole_step)
+                    flat, norm = (flat[:-1], flat[-1]) if shape["norm"] else (flat, None)
+                    outputs = flat[0] if shape["single"] else flat
+                else:
+                    replay, outputs = self._graph_backend.capture(lambda: self._forward_backward(inputs))
+                    norm = None
         except Exception as e:
             reason = _compile_due(e)
             if reason is None:
@@ -231,7 +270,7 @@ class TrainStep:
             return self._capture_deferred(key, reason)
         if any(not isinstance(o, torch.Tensor) for o in _as_tuple(outputs)):
             return self._graphs_impossible("the loss function returns Python values; a graph would freeze them")
-        captured = _Captured(replay, inputs, outputs)
+        captured = _Captured(replay, inputs, outputs, norm)
         self._graphs[key] = captured
         self.stats.captured_graphs += 1
         return captured
@@ -259,6 +298,11 @@ class TrainStep:
         """Clip, update, schedule, zero. ``window`` < grad_accum_steps (an epoch's short last window)
         rescales the gradients to the mean over the micro-batches it really had. Returns the
         gradient norm before clipping (a device tensor) when clipping is on."""
+        self._micro_pending = False
+        if self._updated_by_graph is not None:  # micro() replayed the update already
+            norm, self._updated_by_graph = self._updated_by_graph.grad_norm, None
+            self.grad_norm = None if norm is None else norm.clone()
+            return self._after_update()
         if window is not None and window < self.grad_accum_steps:
             grads = [p.grad for p in self.model.parameters() if p.grad is not None]
             if grads:
@@ -270,6 +314,9 @@ class TrainStep:
         backend = self._graph_backend
         if backend is None:
             self.grad_norm = self._update(set_to_none=True)
+        elif self._whole_step:  # after a warm-up micro-step: whole-step graphs start without gradients
+            with backend.warmup():
+                self.grad_norm = self._update(set_to_none=True)
         elif self._optimizer_graph is None and self._optimizer_steps < self.speed.warmup_runs:
             with backend.warmup():
                 self.grad_norm = self._update(set_to_none=False)  # graphs accumulate into these tensors
@@ -281,6 +328,9 @@ class TrainStep:
                 self.stats.captured_graphs += 1
             self._optimizer_graph.replay()
             self.grad_norm = self._optimizer_graph.outputs[0]
+        return self._after_update()
+
+    def _after_update(self) -> torch.Tensor | None:
         if self.scheduler is not None and not self._skipped_by_scaler():
             self.scheduler.step()
         self._optimizer_steps += 1
