@@ -92,9 +92,9 @@ def test_train_builds_the_optimizer_after_the_model_is_on_its_device(tmp_path, m
     real_model, real_optim = T.build_training_model, T.build_optimizer_and_scheduler
     seen = {}
 
-    def on_meta(cfg, tokenizer, device, speed=None):
+    def on_meta(cfg, tokenizer, device, speed=None, world_size=1):
         seen["asked"] = device
-        return real_model(cfg, tokenizer, torch.device("meta"), speed)
+        return real_model(cfg, tokenizer, torch.device("meta"), speed, world_size)
 
     def check(cfg, model, total_steps):
         seen["devices"] = {p.device.type for p in model.parameters()}

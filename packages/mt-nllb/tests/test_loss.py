@@ -124,3 +124,31 @@ def test_fixed_shapes_ignore_non_finite_padded_rows():
     loss, _ = L.chunked_smoothed_ce(hidden, weight, labels, 0.1, chunk_rows=4, fixed_shapes=True)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(weight.grad).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fp32-output matmuls are CUDA-only)")
+@pytest.mark.parametrize("chunk_rows", [7, 4096])
+def test_cuda_bf16_weight_gradient_in_fp32_matmuls_matches_float64_reference(chunk_rows):
+    """On CUDA the head's weight gradient is accumulated by matmuls that write fp32 (one chunk: mm,
+    more: addmm into the same buffer). Against the float64 reference of the same bf16 inputs."""
+    g = torch.Generator().manual_seed(2)
+    n, d, v, eps = 37, 64, 1000, 0.1
+    hidden = torch.randn(1, n, d, generator=g).bfloat16().cuda().requires_grad_()
+    weight = torch.randn(v, d, generator=g).cuda().requires_grad_()
+    labels = torch.randint(0, v, (1, n), generator=g).cuda()
+    labels[0, 30:] = -100
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        loss, _ = L.chunked_smoothed_ce(hidden, weight, labels, eps, chunk_rows=chunk_rows)
+    loss.backward()
+    assert weight.grad.dtype == torch.float32
+    h64 = hidden.detach().double().requires_grad_()
+    w64 = weight.detach().bfloat16().double().requires_grad_()
+    logp = torch.log_softmax(h64 @ w64.t(), dim=-1)
+    m = labels != -100
+    nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[m].mean()
+    ref = (1 - eps) * nll + eps * (-logp.sum(-1))[m].mean() / v
+    ref.backward()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-3)
+    # bf16 logits and chunk gradients: a few parts in a thousand of the largest entry.
+    scale = w64.grad.abs().max().item()
+    torch.testing.assert_close(weight.grad.double(), w64.grad, rtol=0, atol=1e-2 * scale)

@@ -103,7 +103,7 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
     apply_precision(precision)
     speed = T.resolve_train_speed(cfg, device, precision, world_size=state.num_processes)
     print(f"bench {name}: {speed.reason}; {T.describe_loss(cfg, speed)}", flush=True)
-    model = T.build_training_model(cfg, tokenizer, device, speed)
+    model = T.build_training_model(cfg, tokenizer, device, speed, world_size=state.num_processes)
     batches = T.build_train_batches(cfg, tp, model.config, rank=state.process_index, world_size=state.num_processes,
                                     speed=speed)
     total_steps = T.total_optimizer_steps(cfg, batches)
@@ -335,6 +335,10 @@ VARIANTS = {
     "ours-multiple8": Variant("h100-80g", ("speed.ce_chunk_tokens=4096", "speed.length_buckets=multiple:8")),
     # Constant widths in the compiled kernels (speed.symbolic_widths=false): not yet measured.
     "ours-static-widths": Variant("h100-80g", ("speed.symbolic_widths=false",)),
+    # `ours` with one of its later steps undone: a graph per micro-batch (forward and backward, the
+    # update as its own graph, gradients added into static buffers), or the embeddings' dense gradients.
+    "ours-micro-graphs": Variant("h100-80g", ("speed.whole_step_graphs=false",)),
+    "ours-dense-embedding-grads": Variant("h100-80g", ("speed.embedding_row_grads=false",)),
     "ours-chunk2048": Variant("h100-80g", ("speed.ce_chunk_tokens=2048",)),
     "ours-nodropout": Variant("h100-80g", NO_DROPOUT),
     "ours-eager-nodropout": Variant("h100-80g", (*NO_DROPOUT, "speed.cuda_graphs=false", "speed.compile_loss=false",

@@ -123,6 +123,12 @@ class SpeedConfig(CoreSpeedConfig):
     width, vocabulary); false compiles the first shape as it is and makes symbolic only the sizes
     that then change (lengths, rows), so the width (1024) and the vocabulary stay constants in the
     kernels' index math, for one more compilation each. Not yet measured on a GPU."""
+    embedding_row_grads: Switch = "auto"
+    """The encoder's and decoder's token lookups add their gradient rows into the shared embedding
+    (and LM head) weight's gradient in place, instead of two dense 256k x 1024 gradients that autograd
+    zero-fills and then sums with the head's (~4 GB of memory traffic a step). auto: on in one
+    process; off under several, where DistributedDataParallel's hook could reduce that gradient before
+    the rows arrive (true is refused there)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing. Not needed at batch 96 / 256 tokens with chunked CE."""
     params_dtype: Literal["fp32", "bf16"] = "fp32"

@@ -80,6 +80,21 @@ def aligned_rows(vocab: int) -> int:
     return -(-vocab // 128) * 128
 
 
+def _fp32_out_matmul(hidden) -> bool:
+    """Whether the head's weight gradient can be formed by matmuls that write fp32 directly: CUDA
+    has bf16/fp16 x bf16/fp16 -> fp32 mm and addmm (``out_dtype``); CPU has not."""
+    return hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16)
+
+
+def _accumulate_weight_grad(grad_w, g, h):
+    """grad_w (fp32, or None before the first chunk) + g.t() @ h, accumulated in fp32 inside the
+    matmul. The other form (a zeroed fp32 buffer, the product in bf16, cast, added) writes and reads
+    the 256k x 1024 gradient four more times per chunk (~1 GB each): most steps are one chunk."""
+    if grad_w is None:
+        return torch.mm(g.t(), h, out_dtype=torch.float32)
+    return torch.addmm(grad_w, g.t(), h, out_dtype=torch.float32, out=grad_w)
+
+
 _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
 """(loss, loss-and-gradient) per chunk; configure(compile_loss=True) swaps in compiled ones."""
 _COMPILED: dict[bool, tuple] = {}
@@ -122,7 +137,10 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
         tracing = torch.compiler.is_compiling()
         grad_h = torch.empty_like(hidden) if need_h and not tracing else None
         grad_h_chunks = []
-        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        fp32_out = not tracing and _fp32_out_matmul(hidden)
+        grad_w = None
+        if need_w and not fp32_out:
+            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, chunk_rows):
             h = hidden[start:start + chunk_rows]
@@ -133,8 +151,10 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
                 if need_h and tracing:
                     grad_h_chunks.append(g @ w)
                 elif need_h:
-                    grad_h[start:start + chunk_rows] = g @ w
-                if need_w:
+                    torch.mm(g, w, out=grad_h[start:start + chunk_rows])
+                if need_w and fp32_out:
+                    grad_w = _accumulate_weight_grad(grad_w, g, h)
+                elif need_w:
                     grad_w = grad_w + (g.t() @ h).float() if tracing else grad_w.add_((g.t() @ h).float())
                 del g
             else:

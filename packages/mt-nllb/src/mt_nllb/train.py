@@ -156,15 +156,17 @@ def compile_loss_chunks(cfg: TrainConfig, speed) -> bool:
     return speed.fast if cfg.speed.compile_loss == "auto" else bool(cfg.speed.compile_loss)
 
 
-def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None):
+def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None, world_size: int = 1):
     """The model `train` trains, already on ``device``, so that the optimizer built next sees CUDA
     parameters and takes the fused kernel. ``tokenizer`` may be None for a shipped architecture
     (the bench's synthetic ids); a random-init architecture is initialised on ``device`` directly.
-    ``speed`` (resolve_train_speed) decides whether the loss's chunk math is compiled."""
+    ``speed`` (resolve_train_speed) decides whether the loss's chunk math is compiled;
+    ``world_size`` whether the embeddings add their gradient rows in place."""
     import torch
     from trainstack.config import ConfigError
 
     from . import loss as loss_mod
+    from .embedding_grad import add_embedding_rows_to_grad
     from .model import build_model, enable_checkpointing
 
     torch.manual_seed(cfg.seed)
@@ -177,11 +179,23 @@ def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None):
     if cfg.speed.params_dtype == "bf16":
         model.to(torch.bfloat16)
     model.to(device)
+    if embedding_row_grads_on(cfg, world_size):
+        add_embedding_rows_to_grad(model)
     loss_mod.configure(compile_loss_chunks(cfg, speed) if speed is not None else cfg.speed.compile_loss is True,
                        dynamic=cfg.speed.symbolic_widths)
     if speed is not None and compile_layers_on(cfg, speed):
         compile_layers(model, speed.compile_backend, dynamic=cfg.speed.symbolic_widths)
     return model
+
+
+def embedding_row_grads_on(cfg: TrainConfig, world_size: int) -> bool:
+    """speed.embedding_row_grads resolved for a run of ``world_size`` processes."""
+    from trainstack.config import ConfigError
+
+    if cfg.speed.embedding_row_grads is True and world_size > 1:
+        raise ConfigError(f"config key 'speed.embedding_row_grads': true needs one process, this run has {world_size} "
+                          "(DistributedDataParallel could reduce the gradient before the rows arrive); set it to auto")
+    return world_size == 1 if cfg.speed.embedding_row_grads == "auto" else bool(cfg.speed.embedding_row_grads)
 
 
 def compile_layers_on(cfg: TrainConfig, speed) -> bool:
@@ -310,7 +324,7 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     # One process, or one of N under `accelerate launch`; its device is the one fit's accelerator uses.
     state = PartialState()
     speed = resolve_train_speed(cfg, state.device, precision, world_size=state.num_processes)
-    model = build_training_model(cfg, tokenizer, state.device, speed)
+    model = build_training_model(cfg, tokenizer, state.device, speed, world_size=state.num_processes)
 
     make_run_dir(run_dir, "--run-dir")
     save_config(cfg, run_dir)
