@@ -128,12 +128,14 @@ def test_fixed_shapes_ignore_non_finite_padded_rows():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the fp32-output matmuls are CUDA-only)")
 @pytest.mark.parametrize("chunk_rows", [7, 4096])
-def test_cuda_bf16_weight_gradient_in_fp32_matmuls_matches_float64_reference(chunk_rows):
+@pytest.mark.parametrize("hidden_dtype", [torch.float32, torch.bfloat16])
+def test_cuda_bf16_weight_gradient_in_fp32_matmuls_matches_float64_reference(chunk_rows, hidden_dtype):
     """On CUDA the head's weight gradient is accumulated by matmuls that write fp32 (one chunk: mm,
-    more: addmm into the same buffer). Against the float64 reference of the same bf16 inputs."""
+    more: addmm into the same buffer). Against the float64 reference of the same bf16 inputs. Under
+    autocast the decoder's output (the hidden states) is fp32, the head's products bf16."""
     g = torch.Generator().manual_seed(2)
     n, d, v, eps = 37, 64, 1000, 0.1
-    hidden = torch.randn(1, n, d, generator=g).bfloat16().cuda().requires_grad_()
+    hidden = torch.randn(1, n, d, generator=g).bfloat16().to(hidden_dtype).cuda().requires_grad_()
     weight = torch.randn(v, d, generator=g).cuda().requires_grad_()
     labels = torch.randint(0, v, (1, n), generator=g).cuda()
     labels[0, 30:] = -100

@@ -80,19 +80,21 @@ def aligned_rows(vocab: int) -> int:
     return -(-vocab // 128) * 128
 
 
-def _fp32_out_matmul(hidden) -> bool:
-    """Whether the head's weight gradient can be formed by matmuls that write fp32 directly: CUDA
-    has bf16/fp16 x bf16/fp16 -> fp32 mm and addmm (``out_dtype``); CPU has not."""
-    return hidden.is_cuda and hidden.dtype in (torch.bfloat16, torch.float16)
-
-
-def _accumulate_weight_grad(grad_w, g, h):
-    """grad_w (fp32, or None before the first chunk) + g.t() @ h, accumulated in fp32 inside the
-    matmul. The other form (a zeroed fp32 buffer, the product in bf16, cast, added) writes and reads
-    the 256k x 1024 gradient four more times per chunk (~1 GB each): most steps are one chunk."""
+def _accumulate_weight_grad(grad_w, g, h, shape):
+    """grad_w (fp32, or None before the first chunk) + g.t() @ h, in place. On CUDA with bf16/fp16
+    chunk gradients the matmul accumulates and writes fp32 itself (``out_dtype``; mm for the first
+    chunk, addmm into the same buffer after): the other form (a zeroed fp32 buffer, the product in
+    bf16, cast, added) writes and reads the 256k x 1024 gradient four more times per chunk (~1 GB
+    each), and most steps are one chunk. CPU has no such matmul."""
+    if g.is_cuda and g.dtype in (torch.bfloat16, torch.float16):
+        h = h.to(g.dtype)  # what autocast does to the product's input (the decoder's output is fp32)
+        with torch.autocast("cuda", enabled=False):
+            if grad_w is None:
+                return torch.mm(g.t(), h, out_dtype=torch.float32)
+            return torch.addmm(grad_w, g.t(), h, out_dtype=torch.float32, out=grad_w)
     if grad_w is None:
-        return torch.mm(g.t(), h, out_dtype=torch.float32)
-    return torch.addmm(grad_w, g.t(), h, out_dtype=torch.float32, out=grad_w)
+        grad_w = torch.zeros(shape, dtype=torch.float32, device=g.device)
+    return grad_w.add_((g.t() @ h).float())
 
 
 _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
@@ -137,10 +139,7 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
         tracing = torch.compiler.is_compiling()
         grad_h = torch.empty_like(hidden) if need_h and not tracing else None
         grad_h_chunks = []
-        fp32_out = not tracing and _fp32_out_matmul(hidden)
-        grad_w = None
-        if need_w and not fp32_out:
-            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device)
+        grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device) if need_w and tracing else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, n, chunk_rows):
             h = hidden[start:start + chunk_rows]
@@ -151,11 +150,11 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
                 if need_h and tracing:
                     grad_h_chunks.append(g @ w)
                 elif need_h:
-                    torch.mm(g, w, out=grad_h[start:start + chunk_rows])
-                if need_w and fp32_out:
-                    grad_w = _accumulate_weight_grad(grad_w, g, h)
+                    grad_h[start:start + chunk_rows] = g @ w
+                if need_w and tracing:
+                    grad_w = grad_w + (g.t() @ h).float()
                 elif need_w:
-                    grad_w = grad_w + (g.t() @ h).float() if tracing else grad_w.add_((g.t() @ h).float())
+                    grad_w = _accumulate_weight_grad(grad_w, g, h, w.shape)
                 del g
             else:
                 chunk_loss = _chunk_fn(False)(h @ w.t(), y, epsilon, masked, vocab)
@@ -163,6 +162,8 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
         if grad_h_chunks:
             grad_h = torch.cat(grad_h_chunks)
         loss = total / denominator
+        if need_w and grad_w is None:  # no rows
+            grad_w = torch.zeros(w.shape, dtype=torch.float32, device=weight.device)
         if grad_w is not None:
             grad_w = grad_w[:vocab]
         ctx.save_for_backward(grad_h if need_h else None, grad_w if need_w else None, denominator)
