@@ -109,6 +109,15 @@ class SpeedConfig(CoreSpeedConfig):
     """Chunked linear + label-smoothed cross-entropy: never materializes full fp32 logits."""
     ce_chunk_tokens: int = 2048
     """Rows of the LM head per chunk: the chunk's fp32 logits take rows x vocab x 4 bytes (1 GiB at 1024)."""
+    liger_ce: bool = False
+    """The LM head's loss by liger-kernel's fused linear + label-smoothed cross-entropy (Triton, CUDA
+    only; pip install 'mt-nllb[gpu]') in place of the chunked path (speed.chunked_ce); same value,
+    in chunks of at most ce_chunk_tokens rows where liger's sizing allows. Where it may help: a step
+    that runs without CUDA graphs anyway (several processes, fp16 loss scaling, 8-bit optimizer
+    states), if its kernel beats the chunk math (`mt-nllb bench --only fused-vs-chunked` compares
+    them; not yet measured on a GPU). It turns CUDA graphs off (auto resolves to off, true is
+    refused): its forward reads the count of real tokens back to the host on every call, which a
+    captured graph cannot do."""
     compile_layers: Switch = False
     """torch.compile each encoder and decoder layer (dynamic lengths: one compilation per layer kind,
     shared by its 12 layers) to fuse the autocast casts, layer norms, dropout and residual adds.
@@ -189,6 +198,10 @@ class TrainConfig:
         if self.speed.group_by == "each_side" and LengthBuckets.parse(self.speed.length_buckets, self.data.max_length) is None:
             raise ConfigError("config key 'speed.group_by': each_side groups rows by speed.length_buckets, which is "
                               "off; set speed.length_buckets (multiple:16, say) or speed.group_by=longest")
+        if self.speed.liger_ce and self.speed.cuda_graphs is True:
+            raise ConfigError("config key 'speed.cuda_graphs': true cannot capture speed.liger_ce's loss (liger-kernel "
+                              "reads the count of real tokens back to the host on every call); set "
+                              "speed.cuda_graphs=auto or false, or speed.liger_ce=false")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.data.caps and len(self.data.caps) != len(self.data.train):
