@@ -1,6 +1,6 @@
 """speed.liger_ce (liger-kernel's fused linear CE): refused where it cannot run, one line and nothing
-written; CUDA graphs off with the reason said; the call liger gets; liger against the chunked path on
-a GPU."""
+written; CUDA graphs off with the reason said; the call liger gets; the bench's head comparison on CPU;
+liger against the chunked path on a GPU."""
 
 import sys
 import types
@@ -8,7 +8,9 @@ import types
 import pytest
 import torch
 from mt_nllb import fused_ce
+from mt_nllb import head_compare as H
 from mt_nllb import train as T
+from mt_nllb.bench import synthetic_lengths
 from mt_nllb.cli import main
 from mt_nllb.config import TrainConfig
 from mt_nllb.loss import chunked_smoothed_ce, full_logits_smoothed_ce
@@ -112,6 +114,59 @@ def test_liger_is_called_with_our_rows_and_settings(monkeypatch, fixed_shapes):
         "ignore_index": -100, "label_smoothing": 0.1, "reduction": "mean", "accum_dtype": torch.float32,
         "chunk_mem_const": fused_ce.chunk_mem_const(call["rows"], 16, 301, 2048)}
     assert loss.item() == pytest.approx(chunked_smoothed_ce(hidden, weight, labels, 0.1)[0].item(), rel=1e-6)
+
+
+def test_train_loss_fn_takes_liger_for_the_head(monkeypatch):
+    """make_loss_fn (train's and the bench's) hands the decoder output and the LM head to liger's loss
+    under speed.liger_ce, with the run's label smoothing and chunk rows."""
+    from mt_nllb.model import load_arch_config
+    from transformers import M2M100ForConditionalGeneration
+
+    seen = []
+
+    def head(hidden, weight, labels, epsilon, chunk_rows, fixed_shapes):
+        seen.append((hidden.shape, weight is model.lm_head.weight, epsilon, chunk_rows, fixed_shapes))
+        return chunked_smoothed_ce(hidden, weight, labels, epsilon, chunk_rows, fixed_shapes)
+
+    monkeypatch.setattr(fused_ce, "liger_smoothed_ce", head)
+    torch.manual_seed(0)
+    model = M2M100ForConditionalGeneration(load_arch_config("tiny", vocab_size=257))
+    labels = torch.randint(4, 257, (2, 5))
+    batch = {"input_ids": torch.randint(4, 257, (2, 6)), "attention_mask": torch.ones(2, 6, dtype=torch.long),
+             "decoder_input_ids": torch.randint(4, 257, (2, 5)), "labels": labels}
+    cfg = load_config(TrainConfig, {}, ["speed.liger_ce=true", "speed.ce_chunk_tokens=64", "label_smoothing=0.2"])
+    loss, count = T.make_loss_fn(cfg)(model, batch)
+    assert seen == [((2, 5, 64), True, 0.2, 64, False)] and int(count) == 10
+    plain = load_config(TrainConfig, {}, ["speed.ce_chunk_tokens=64", "label_smoothing=0.2"])
+    assert loss.item() == pytest.approx(T.make_loss_fn(plain)(model, batch)[0].item(), rel=1e-6) and len(seen) == 1
+
+
+def _compare_on_cpu(paths, seed=0):
+    lengths = [synthetic_lengths(6, seed=seed + i)[:, 1] for i in range(2)]
+    weight, batches = H.head_batches(lengths, width=16, vocab=301, seed=seed, device="cpu")  # 301: not aligned
+    return H.compare_heads(weight, batches, paths)
+
+
+def test_head_comparison_chunked_matches_the_float64_reference_on_cpu():
+    result = _compare_on_cpu(H.head_paths(0.1, chunk_rows=7, liger=False, reference_dtype=torch.float64))
+    assert result["paths"] == ["chunked", "reference"] and not result["skipped"]
+    padded = [rows * length for rows, length in result["shapes"]]
+    assert all(0 < n < size for n, size in zip(result["rows"], padded, strict=True))  # the batches carry padding
+    d = result["differences"]["chunked_vs_reference"]
+    assert d["loss_rel"] < 1e-6 and d["grad_hidden_max_rel"] < 1e-5 and d["grad_weight_max_rel"] < 1e-5
+    assert set(result["per_path"]) == {"chunked", "reference"}
+
+
+def test_head_comparison_reports_a_path_that_differs():
+    """The comparison's numbers are not blind: a path with another label smoothing (0.3) is reported
+    off, in the loss a little (near-uniform logits: every token's loss is near log V) and in the
+    gradients by a fifth (the target's weight 1 - eps)."""
+    paths = H.head_paths(0.1, chunk_rows=7, liger=False, reference_dtype=torch.float64)
+    paths = {"off": H.head_paths(0.3, chunk_rows=7, liger=False, reference_dtype=torch.float64)["chunked"], **paths}
+    d = _compare_on_cpu(paths)["differences"]
+    assert d["off_vs_reference"]["loss_rel"] > 1e-4 > 1e-6 > d["chunked_vs_reference"]["loss_rel"]
+    assert d["off_vs_reference"]["grad_hidden_max_rel"] > 0.1 and d["off_vs_reference"]["grad_weight_max_rel"] > 0.1
+    assert d["off_vs_chunked"]["grad_weight_max_rel"] > 0.1
 
 
 @pytest.mark.gpu
