@@ -125,6 +125,16 @@ def test_graphs_off_with_loss_scaling_or_several_processes(monkeypatch):
     assert asked.cuda_graphs and "all-reduced after the captured backward" in asked.reason
 
 
+
+def test_a_task_blocker_turns_auto_graphs_off_with_its_reason_and_refuses_true():
+    blocker = "a loss that reads a count back to the host"
+    s = resolve_speed(SpeedConfig(), torch.device("cuda"), graph_blockers=[blocker])
+    assert not s.cuda_graphs and not s.whole_step_graphs and s.compile
+    assert s.reason == f"speed: compile on, CUDA graphs off (CUDA; no graphs: {blocker})"
+    with pytest.raises(SpeedError, match=f"cannot work here \\({blocker}\\)"):
+        resolve_speed(SpeedConfig(cuda_graphs=True), torch.device("cuda"), graph_blockers=[blocker])
+    assert not resolve_speed(SpeedConfig(cuda_graphs=False), torch.device("cuda"), graph_blockers=[blocker]).cuda_graphs
+
 def test_compile_cache_goes_under_trainstack_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("TRAINSTACK_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)

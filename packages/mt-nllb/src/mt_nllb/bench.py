@@ -3,6 +3,7 @@
     mt-nllb bench                                  # users' recipe, ours, rtx4080s-16g under 16 GB
     mt-nllb bench --only ours --timed-steps 20     # one side
     mt-nllb bench --model-config tiny --steps ...  # CPU smoke run (figures say they are CPU figures)
+    mt-nllb bench --only fused-vs-chunked          # the LM head's loss: liger-kernel vs chunked vs unfused
 
 Data: synthetic pairs whose source and target token lengths are lognormal (median 38, sigma 0.6,
 clipped to [4, 256]), our stand-in for WMT19 zh-en; ids drawn uniformly from the vocabulary.
@@ -308,6 +309,9 @@ class Variant:
     torch_profile: bool = False
 
 
+STAGES = ("users-trainer", "fast-vs-eager", "fused-vs-chunked")
+"""--only's names besides VARIANTS: the users' recipe and the two comparisons."""
+
 NO_DROPOUT = ("model.dropout=0.0", "model.attention_dropout=0.0")
 """fast-vs-eager compares losses at equal weights and batches: dropout's random masks come from
 different random-number offsets in a replayed graph, so it is off in both."""
@@ -333,13 +337,17 @@ VARIANTS = {
     "ours-compile-layers-no-graphs": Variant("h100-80g", ("speed.cuda_graphs=false", "speed.ce_chunk_tokens=4096",
                                                          "speed.length_buckets=multiple:8")),
     "ours-multiple8": Variant("h100-80g", ("speed.ce_chunk_tokens=4096", "speed.length_buckets=multiple:8")),
-    # Constant widths in the compiled kernels (speed.symbolic_widths=false): not yet measured.
-    "ours-static-widths": Variant("h100-80g", ("speed.symbolic_widths=false",)),
+    # Every size symbolic in the compiled kernels (the profile keeps the width and vocabulary constant).
+    "ours-symbolic-widths": Variant("h100-80g", ("speed.symbolic_widths=true",)),
     # `ours` with one of its later steps undone: a graph per micro-batch (forward and backward, the
     # update as its own graph, gradients added into static buffers), or the embeddings' dense gradients.
     "ours-micro-graphs": Variant("h100-80g", ("speed.whole_step_graphs=false",)),
     "ours-dense-embedding-grads": Variant("h100-80g", ("speed.embedding_row_grads=false",)),
     "ours-chunk2048": Variant("h100-80g", ("speed.ce_chunk_tokens=2048",)),
+    # liger-kernel's fused linear CE (pip install 'mt-nllb[gpu]'), which turns CUDA graphs off; its fair
+    # comparison is the same profile without graphs (ours-eager-compile-loss: that with the chunk math compiled).
+    "ours-liger": Variant("h100-80g", ("speed.liger_ce=true",)),
+    "ours-no-graphs": Variant("h100-80g", ("speed.cuda_graphs=false",)),
     "ours-nodropout": Variant("h100-80g", NO_DROPOUT),
     "ours-eager-nodropout": Variant("h100-80g", (*NO_DROPOUT, "speed.cuda_graphs=false", "speed.compile_loss=false",
                                                  "speed.compile_layers=false")),
@@ -404,6 +412,45 @@ def fast_vs_eager(arch: str, tp, steps: int, fast_arm: str = "ours-nodropout") -
     return {"steps": steps, "fast_arm": fast_arm, "fast_losses": fast, "eager_losses": eager, "max_abs_loss_diff": diff}
 
 
+def fused_vs_chunked(arch: str, head_batches: int, seed: int = 0) -> dict:
+    """The LM head's loss and gradients by liger-kernel, by our chunked path and unfused (head_compare), on
+    ``head_batches`` batches at the architecture's width and vocabulary, with the h100-80g profile's
+    rows, chunk rows, label smoothing and precision. liger runs on CUDA with liger-kernel installed;
+    elsewhere the chunked path is compared with the reference alone (float64 on CPU) and "liger" says why."""
+    import torch
+    from trainstack.precision import resolve_precision
+
+    from . import fused_ce
+    from . import head_compare as H
+    from .model import load_arch_config
+
+    cfg, config = variant_config("ours", arch), load_arch_config(arch)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    liger = device.type == "cuda" and fused_ce.HAS_LIGER_KERNEL
+    precision = resolve_precision(cfg.precision)
+    lengths = [synthetic_lengths(cfg.speed.batch_size, seed=seed + 1 + i)[:, 1] for i in range(head_batches)]
+    weight, batches = H.head_batches(lengths, config.d_model, config.vocab_size, seed, device)
+    paths = H.head_paths(cfg.label_smoothing, cfg.speed.ce_chunk_tokens, liger,
+                         torch.float32 if device.type == "cuda" else torch.float64)
+    result = H.compare_heads(weight, batches, paths, autocast=lambda: precision.autocast(device.type), repeats=3)
+    result.update(arch=arch, width=config.d_model, vocab=config.vocab_size, device=device.type,
+                  precision=precision.name, chunk_rows=cfg.speed.ce_chunk_tokens, label_smoothing=cfg.label_smoothing,
+                  liger="ran" if liger else "skipped: needs a CUDA GPU and liger-kernel")
+    print(f"fused-vs-chunked: {len(batches)} batches of {result['shapes'][0][0]} rows ({', '.join(map(str, result['rows']))} "
+          f"real), width {config.d_model}, vocabulary {config.vocab_size}, {precision.name}; liger {result['liger']}",
+          flush=True)
+    for pair, d in result["differences"].items():
+        print(f"fused-vs-chunked: {pair}: loss {d['loss_abs']:.2e} (rel {d['loss_rel']:.2e}), grad hidden max "
+              f"{d['grad_hidden_max_abs']:.2e} (rel {d['grad_hidden_max_rel']:.2e}), grad weight max "
+              f"{d['grad_weight_max_abs']:.2e} (rel {d['grad_weight_max_rel']:.2e})", flush=True)
+    for name, t in result["per_path"].items():
+        peak = "" if t["peak_gib"] is None else f", peak {t['peak_gib']:.2f} GiB above the inputs"
+        print(f"fused-vs-chunked: {name}: {t['mean_ms']:.1f} ms forward + backward{peak}", flush=True)
+    for name, why in result["skipped"].items():
+        print(f"fused-vs-chunked: {name}: skipped: {why}", flush=True)
+    return result
+
+
 def fit16_verdict(bench: dict, arch: str, length: int) -> dict:
     """scripts/gpu_fit16.sh's verdict from a bench results JSON: per rtx4080s-16g variant the measured
     peak reserved / allocated memory next to the estimate (mt_nllb.memory) and fits_15gib. For the
@@ -449,10 +496,11 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model-config", default="nllb-600m", help="shipped architecture: nllb-600m | tiny")
     p.add_argument("--only", default="users-trainer,ours,rtx4080s-16g",
-                   help=f"comma list of: users-trainer, fast-vs-eager, {', '.join(VARIANTS)}")
+                   help=f"comma list of: {', '.join(STAGES)}, {', '.join(VARIANTS)}")
     p.add_argument("--compare-steps", type=int, default=20, help="optimizer steps of the fast-vs-eager stage")
     p.add_argument("--compare-fast-arm", default="ours-nodropout",
                    help="the fast side of fast-vs-eager (a variant with dropout off)")
+    p.add_argument("--head-batches", type=int, default=3, help="batches of the fused-vs-chunked stage")
     p.add_argument("--pairs", type=int, default=20000)
     p.add_argument("--warmup-steps", type=int, default=3)
     p.add_argument("--timed-steps", type=int, default=10)
@@ -471,23 +519,25 @@ def main(argv=None) -> int:
     from .model import load_arch_config
 
     names = [n.strip() for n in args.only.split(",") if n.strip()]
-    unknown = [n for n in names if n not in ("users-trainer", "fast-vs-eager") and n not in VARIANTS]
+    unknown = [n for n in names if n not in STAGES and n not in VARIANTS]
     if unknown:
-        p.error(f"unknown bench variant(s) {unknown}; choose from users-trainer, fast-vs-eager, {', '.join(VARIANTS)}")
+        p.error(f"unknown bench variant(s) {unknown}; choose from {', '.join(STAGES)}, {', '.join(VARIANTS)}")
     print(device_banner(), flush=True)
     config = load_arch_config(args.model_config)
     tp = synthetic_pairs(args.pairs, config.vocab_size, seed=0, fixed_length=args.fixed_length)
     print(f"synthetic pairs: {len(tp)}, mean real tokens/pair {np.diff(tp.src_offsets).mean() + np.diff(tp.tgt_offsets).mean():.1f}",
           flush=True)
-    results, errors, comparison = [], {}, None
+    results, errors, comparisons = [], {}, {"fast_vs_eager": None, "fused_vs_chunked": None}
     for name in names:
         _release_gpu()  # a failed variant's blocks must not count in the next one's peak reserved
         t0 = time.perf_counter()
         try:
-            if name == "fast-vs-eager":
-                comparison = fast_vs_eager(args.model_config, tp, args.compare_steps, args.compare_fast_arm)
+            if name in ("fast-vs-eager", "fused-vs-chunked"):
+                comparisons[name.replace("-", "_")] = (
+                    fast_vs_eager(args.model_config, tp, args.compare_steps, args.compare_fast_arm)
+                    if name == "fast-vs-eager" else fused_vs_chunked(args.model_config, args.head_batches))
                 if args.out:
-                    _write(args.out, results, errors, comparison)
+                    _write(args.out, results, errors, comparisons)
                 continue
             if name == "users-trainer":
                 res = bench_users(load_arch_config(args.model_config), tp, steps=args.users_timed_steps,
@@ -512,7 +562,7 @@ def main(argv=None) -> int:
                 torch.cuda.set_per_process_memory_fraction(1.0)
                 torch.cuda.empty_cache()
         if args.out:
-            _write(args.out, results, errors, comparison)
+            _write(args.out, results, errors, comparisons)
     if results:
         base = "users-trainer" if any(r.name == "users-trainer" for r in results) else results[0].name
         print(compare(results, baseline=base))
@@ -530,10 +580,11 @@ def _release_gpu():
         torch.cuda.empty_cache()
 
 
-def _write(path, results, errors, comparison=None):
+def _write(path, results, errors, comparisons):
+    """``comparisons``: the fast_vs_eager and fused_vs_chunked stages' results (None where not run)."""
     from dataclasses import asdict
 
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
-        json.dump({"results": [asdict(r) for r in results], "errors": errors, "fast_vs_eager": comparison,
+        json.dump({"results": [asdict(r) for r in results], "errors": errors, **comparisons,
                    "env": {k: os.environ.get(k) for k in ("PYTORCH_CUDA_ALLOC_CONF",)}}, f, indent=1, default=str)

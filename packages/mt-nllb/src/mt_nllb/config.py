@@ -109,11 +109,21 @@ class SpeedConfig(CoreSpeedConfig):
     """Chunked linear + label-smoothed cross-entropy: never materializes full fp32 logits."""
     ce_chunk_tokens: int = 2048
     """Rows of the LM head per chunk: the chunk's fp32 logits take rows x vocab x 4 bytes (1 GiB at 1024)."""
+    liger_ce: bool = False
+    """The LM head's loss by liger-kernel's fused linear + label-smoothed cross-entropy (Triton, CUDA
+    only; pip install 'mt-nllb[gpu]') in place of the chunked path (speed.chunked_ce); same value,
+    in chunks of at most ce_chunk_tokens rows where liger's sizing allows. Where it may help: a step
+    that runs without CUDA graphs anyway (several processes, fp16 loss scaling, 8-bit optimizer
+    states), if its kernel beats the chunk math (`mt-nllb bench --only fused-vs-chunked` compares
+    them; not yet measured on a GPU). It turns CUDA graphs off (auto resolves to off, true is
+    refused): its forward reads the count of real tokens back to the host on every call, which a
+    captured graph cannot do."""
     compile_layers: Switch = False
     """torch.compile each encoder and decoder layer (dynamic lengths: one compilation per layer kind,
     shared by its 12 layers) to fuse the autocast casts, layer norms, dropout and residual adds.
-    Experimental: not yet with CUDA graphs (their capture failed on an H200; BENCHMARKS.md run 4),
-    so it needs speed.cuda_graphs=false."""
+    auto: on where the step is captured as CUDA graphs (the layers are compiled in the warm-up run,
+    before the capture). The h100-80g profile sets true: 1,174 instead of 1,052 samples/s on an H200
+    (BENCHMARKS.md, run 5); without graphs the compiled layers are host-bound."""
     compile_loss: Switch = "auto"
     """torch.compile the per-chunk loss/gradient math (two fused kernels instead of ~10 passes over
     the chunk's fp32 logits). auto: on with CUDA and the fast path, where the shapes are few; eagerly
@@ -122,13 +132,14 @@ class SpeedConfig(CoreSpeedConfig):
     """The compiled layers and chunk math: true compiles once with every size symbolic (rows, lengths,
     width, vocabulary); false compiles the first shape as it is and makes symbolic only the sizes
     that then change (lengths, rows), so the width (1024) and the vocabulary stay constants in the
-    kernels' index math, for one more compilation each. Not yet measured on a GPU."""
+    kernels' index math, for one more compilation each. The h100-80g profile sets false: 67.9 instead of
+    71.1 ms a step on an H200 (BENCHMARKS.md, run 7)."""
     embedding_row_grads: Switch = "auto"
     """The encoder's and decoder's token lookups add their gradient rows into the shared embedding
     (and LM head) weight's gradient in place, instead of two dense 256k x 1024 gradients that autograd
     zero-fills and then sums with the head's (~4 GB of memory traffic a step). auto: on in one
     process; off under several, where DistributedDataParallel's hook could reduce that gradient before
-    the rows arrive (true is refused there)."""
+    the rows arrive (true is refused there). 72.9 -> 71.1 ms a step on an H200 (BENCHMARKS.md, run 7)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing. Not needed at batch 96 / 256 tokens with chunked CE."""
     params_dtype: Literal["fp32", "bf16"] = "fp32"
@@ -195,6 +206,10 @@ class TrainConfig:
         if self.speed.group_by == "each_side" and LengthBuckets.parse(self.speed.length_buckets, self.data.max_length) is None:
             raise ConfigError("config key 'speed.group_by': each_side groups rows by speed.length_buckets, which is "
                               "off; set speed.length_buckets (multiple:16, say) or speed.group_by=longest")
+        if self.speed.liger_ce and self.speed.cuda_graphs is True:
+            raise ConfigError("config key 'speed.cuda_graphs': true cannot capture speed.liger_ce's loss (liger-kernel "
+                              "reads the count of real tokens back to the host on every call); set "
+                              "speed.cuda_graphs=auto or false, or speed.liger_ce=false")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.data.caps and len(self.data.caps) != len(self.data.train):

@@ -179,11 +179,10 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
         return dh, dw, None, None, None, None, None
 
 
-def chunked_smoothed_ce(hidden, weight, labels, epsilon: float = 0.1, chunk_rows: int = 2048,
-                        fixed_shapes: bool = False):
-    """hidden (B, T, D) decoder output, weight (V, D) LM head, labels (B, T) with -100 for padding.
-    Returns (mean loss over real tokens, number of real tokens as a tensor). ``fixed_shapes``: all
-    B*T rows enter (padding masked), so shapes depend on (B, T) alone and nothing syncs the host."""
+def head_rows(hidden, labels, fixed_shapes: bool = False):
+    """(rows of hidden (N, D), their labels (N,), number of real tokens as a tensor) that enter the
+    LM head's loss. Eager, the real rows only; ``fixed_shapes``: all B*T rows, padded ones zeroed, so
+    shapes depend on (B, T) alone and nothing syncs the host."""
     mask = labels.ne(IGNORE_INDEX)
     if fixed_shapes:
         # Padded rows zeroed too: their zero gradient times a non-finite hidden state would still
@@ -192,7 +191,15 @@ def chunked_smoothed_ce(hidden, weight, labels, epsilon: float = 0.1, chunk_rows
         y = labels.reshape(-1)
     else:
         h, y = hidden[mask], labels[mask]
-    count = mask.sum()
+    return h, y, mask.sum()
+
+
+def chunked_smoothed_ce(hidden, weight, labels, epsilon: float = 0.1, chunk_rows: int = 2048,
+                        fixed_shapes: bool = False):
+    """hidden (B, T, D) decoder output, weight (V, D) LM head, labels (B, T) with -100 for padding.
+    Returns (mean loss over real tokens, number of real tokens as a tensor). ``fixed_shapes``: see
+    head_rows."""
+    h, y, count = head_rows(hidden, labels, fixed_shapes)
     denominator = count.clamp(min=1).to(torch.float32)
     loss = _ChunkedLinearSmoothedCE.apply(h, weight, y, float(epsilon), int(chunk_rows), denominator, fixed_shapes)
     return loss, count
@@ -213,15 +220,18 @@ def full_logits_smoothed_ce(logits, labels, epsilon: float = 0.1):
 
 
 def seq2seq_loss(model, batch, epsilon: float, chunked: bool = True, chunk_rows: int = 2048,
-                 fixed_shapes: bool = False):
+                 fixed_shapes: bool = False, head_loss=None):
     """(loss, real target tokens) of an M2M100ForConditionalGeneration on a batch with input_ids,
-    attention_mask, decoder_input_ids, labels. The body runs once; the head is ours. ``fixed_shapes``:
-    see chunked_smoothed_ce (the unchunked form is shape-fixed already)."""
+    attention_mask, decoder_input_ids, labels. The body runs once; the head is ours, or ``head_loss``
+    with chunked_smoothed_ce's signature (fused_ce.liger_smoothed_ce under speed.liger_ce).
+    ``fixed_shapes``: see head_rows (the unchunked form is shape-fixed already)."""
     core = getattr(model, "_orig_mod", model)
     outputs = core.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                          decoder_input_ids=batch["decoder_input_ids"], use_cache=False)
     hidden = outputs.last_hidden_state
     head = core.lm_head.weight
+    if head_loss is not None:
+        return head_loss(hidden, head, batch["labels"], epsilon, chunk_rows, fixed_shapes)
     if chunked:
         return chunked_smoothed_ce(hidden, head, batch["labels"], epsilon, chunk_rows, fixed_shapes)
     return full_logits_smoothed_ce(torch.nn.functional.linear(hidden, head.to(hidden.dtype)), batch["labels"], epsilon)

@@ -7,8 +7,8 @@ N GPUs:           accelerate launch --num_processes N -m mt_nllb train --profile
 CPU (smoke):      mt-nllb train --profile cpu-debug --run-dir runs/debug
 Resume:           the same command plus --resume (latest checkpoint) or --resume PATH
 
-setup: config -> precision -> data (cached by fingerprint) -> fast path (core's speed: CUDA graphs
-       over length-bucketed, row-filled batches; the line "speed: ..." says what runs) -> model, moved
+setup: config -> precision -> fast path (core's speed: CUDA graphs over length-bucketed, row-filled
+       batches; the line "speed: ..." says what runs) -> data (cached by fingerprint) -> model, moved
        to its device -> batches -> optimizer (fused on CUDA; the line "optimizer: ..." says which) /
        scheduler (the build_* functions below; `mt-nllb bench` times the same ones)
 train: core's loop (trainstack.loop.fit): our loss_fn, evaluation by BLEU at the eval cadence
@@ -143,16 +143,24 @@ def resume_target(resume: str | None, run_dir: Path) -> bool | Path:
 
 def resolve_train_speed(cfg: TrainConfig, device, precision, world_size: int = 1):
     """Core's fast path for this run (trainstack.speed.Speed): CUDA graphs and length buckets on one
-    CUDA process unless the config turns them off; eager on CPU and under DDP."""
+    CUDA process unless the config turns them off; eager on CPU and under DDP. speed.liger_ce: checked
+    usable here (liger-kernel installed, a CUDA device), and graphs off (its loss cannot be captured)."""
     from trainstack.speed import resolve_speed
 
+    from . import fused_ce
+
+    if cfg.speed.liger_ce:
+        fused_ce.check_usable(device)
     return resolve_speed(cfg.speed, device, use_grad_scaler=precision.use_grad_scaler, world_size=world_size,
-                         max_len=cfg.data.max_length)
+                         max_len=cfg.data.max_length,
+                         graph_blockers=[fused_ce.GRAPH_BLOCKER] if cfg.speed.liger_ce else [])
 
 
 def compile_loss_chunks(cfg: TrainConfig, speed) -> bool:
     """speed.compile_loss resolved: auto compiles the head's chunk math where the fast path keeps the
-    shapes few."""
+    shapes few. Under speed.liger_ce no chunk math of ours runs."""
+    if cfg.speed.liger_ce:
+        return False
     return speed.fast if cfg.speed.compile_loss == "auto" else bool(cfg.speed.compile_loss)
 
 
@@ -260,25 +268,31 @@ def make_loss_fn(cfg: TrainConfig, speed=None):
     """core's loss_fn(model, batch) -> (label-smoothed CE, real target tokens). On the fast path the
     head keeps every row (padding masked): fixed shapes, nothing read back to the host."""
     from . import loss as loss_mod
+    from .fused_ce import liger_smoothed_ce
 
     fixed_shapes = speed is not None and speed.fast
+    head_loss = liger_smoothed_ce if cfg.speed.liger_ce else None
 
     def loss_fn(model, batch):
         device = next(model.parameters()).device
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         return loss_mod.seq2seq_loss(model, batch, cfg.label_smoothing, chunked=cfg.speed.chunked_ce,
-                                     chunk_rows=cfg.speed.ce_chunk_tokens, fixed_shapes=fixed_shapes)
+                                     chunk_rows=cfg.speed.ce_chunk_tokens, fixed_shapes=fixed_shapes,
+                                     head_loss=head_loss)
 
     return loss_fn
 
 
 def describe_loss(cfg: TrainConfig, speed) -> str:
     """The start-up line naming the loss path that runs."""
+    rows = "every row, padding masked (fixed shapes)" if speed.fast else "real tokens only"
+    if cfg.speed.liger_ce:
+        return (f"loss: label-smoothed CE ({cfg.label_smoothing}), liger-kernel's fused linear CE in chunks of up "
+                f"to {cfg.speed.ce_chunk_tokens} rows, {rows}")
     if not cfg.speed.chunked_ce:
         return f"loss: label-smoothed CE ({cfg.label_smoothing}) over full logits"
     math = "compiled" if compile_loss_chunks(cfg, speed) else "eager"
     layers = ", layers compiled" if compile_layers_on(cfg, speed) else ""
-    rows = "every row, padding masked (fixed shapes)" if speed.fast else "real tokens only"
     return (f"loss: label-smoothed CE ({cfg.label_smoothing}), LM head in chunks of {cfg.speed.ce_chunk_tokens} "
             f"rows, {rows}, chunk math {math}{layers}")
 
@@ -318,12 +332,13 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     apply_precision(precision)
     print(f"precision: {precision.name} ({precision.reason})")
     print(format_config(cfg))
-    plan = read_data(cfg, run_dir)
-    tokenizer = plan.tokenizer
-
     # One process, or one of N under `accelerate launch`; its device is the one fit's accelerator uses.
+    # The speed settings are resolved before the data is read: a kernel that cannot run here
+    # (speed.liger_ce without liger-kernel or CUDA) stops the run before minutes of reading.
     state = PartialState()
     speed = resolve_train_speed(cfg, state.device, precision, world_size=state.num_processes)
+    plan = read_data(cfg, run_dir)
+    tokenizer = plan.tokenizer
     model = build_training_model(cfg, tokenizer, state.device, speed, world_size=state.num_processes)
 
     make_run_dir(run_dir, "--run-dir")

@@ -10,6 +10,7 @@ process, and no GradScaler (fp16 loss scaling reads the gradients' finiteness ba
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -89,7 +90,10 @@ class SpeedError(ValueError):
 
 
 def resolve_speed(cfg: SpeedConfig | None, device, *, use_grad_scaler: bool = False, world_size: int = 1,
-                  max_len: int | None = None) -> Speed:
+                  max_len: int | None = None, graph_blockers: Sequence[str] = ()) -> Speed:
+    """``graph_blockers``: what in the task's own step cannot be captured (a kernel that reads a value
+    back to the host, say), one short phrase each. With cuda_graphs auto they turn graphs off and the
+    reason line names them; with cuda_graphs true they are an error, as the built-in blockers are."""
     cfg = cfg or SpeedConfig()
     device = torch.device(device)
     cuda = device.type == "cuda"
@@ -100,6 +104,7 @@ def resolve_speed(cfg: SpeedConfig | None, device, *, use_grad_scaler: bool = Fa
         blockers.append("no CUDA device")
     if use_grad_scaler:
         blockers.append("fp16 loss scaling")
+    blockers.extend(graph_blockers)
     if cfg.cuda_graphs is True and blockers:
         raise SpeedError(f"speed.cuda_graphs=true cannot work here ({'; '.join(blockers)}): "
                          "use speed.cuda_graphs=auto or false")
