@@ -119,8 +119,18 @@ def test_captured_and_compiled_steps_equal_the_eager_step():
     torch.backends.cuda.matmul.allow_tf32 = True
 
 
+def test_a_host_batch_reaches_the_device_through_pinned_memory():
+    from trainstack.speed.step import _to_device
+
+    host = torch.arange(12).reshape(3, 4)
+    on_device = _to_device(host, torch.device("cuda"))
+    assert on_device.is_cuda and torch.equal(on_device.cpu(), host)
+    assert not host.is_pinned()  # the caller's tensor is left as it was; a pinned copy travelled
+
+
 if __name__ == "__main__":
     test_detect_and_precision_on_gpu()
     test_fused_adamw_bench_and_memory()
     test_captured_and_compiled_steps_equal_the_eager_step()
+    test_a_host_batch_reaches_the_device_through_pinned_memory()
     print("GPU checks passed")

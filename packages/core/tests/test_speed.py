@@ -588,3 +588,13 @@ def test_fit_logs_the_time_to_the_first_step_from_its_clock_start(tmp_path, caps
     assert 100.0 <= first < 160.0 and all(r["first_step_seconds"] == first for r in steps)
     assert all(r["compile_cache"] == "unused" for r in steps)
     assert capsys.readouterr().out.count(f"first optimizer step after {first:.1f} s") == 1
+
+
+def test_host_batches_bound_for_cuda_are_pinned_before_the_copy():
+    """A copy from pageable memory would make the host wait for the previous step on the device."""
+    from trainstack.speed.step import needs_pinning
+
+    host = torch.zeros(4, dtype=torch.long)
+    assert needs_pinning(host, torch.device("cuda"))
+    assert not needs_pinning(host, torch.device("cpu"))  # a CPU run copies nothing
+    assert not needs_pinning(torch.zeros(4, device="meta"), torch.device("cuda"))  # not in host memory

@@ -74,8 +74,10 @@ def time_steps(step_fn: Callable[[], object], *, warmup_steps: int, timed_steps:
         reset_peak_memory()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        t0 = time.perf_counter()
         for _ in range(timed_steps):
             step_fn()
+        host_seconds = time.perf_counter() - t0
         end.record()
         end.synchronize()
         seconds = start.elapsed_time(end) / 1000.0
@@ -83,7 +85,7 @@ def time_steps(step_fn: Callable[[], object], *, warmup_steps: int, timed_steps:
         t0 = time.perf_counter()
         for _ in range(timed_steps):
             step_fn()
-        seconds = time.perf_counter() - t0
+        seconds = host_seconds = time.perf_counter() - t0
     tokens = sum(_count(real_tokens_per_step, i) for i in range(timed_steps))
     samples = sum(_count(samples_per_step, i) for i in range(timed_steps))
     tokens_per_s = tokens / seconds if seconds > 0 else 0.0
@@ -96,7 +98,9 @@ def time_steps(step_fn: Callable[[], object], *, warmup_steps: int, timed_steps:
         peak_memory_gib=gpu_peak_gib() if on_gpu else None,
         extra={"device": gpu.name if gpu else "cpu", "timer": "cuda_events" if on_gpu else "host",
                "warmup_steps": warmup_steps, "ms_per_step": 1000.0 * seconds / timed_steps,
-               "rss_gib": round(rss_gib(), 3)},
+               # The host's time to issue the steps: close to ms_per_step, the host sets the pace (it
+               # is slow or waits on the device); well below, the device does.
+               "host_ms_per_step": 1000.0 * host_seconds / timed_steps, "rss_gib": round(rss_gib(), 3)},
     )
 
 
@@ -208,6 +212,8 @@ class FitStep:
         self.real_tokens: list = []
         self.samples: list[int] = []
         self.losses: list = []
+        self.batch_seconds: list[float] = []
+        """Host seconds per call spent getting (collating) and counting its batches."""
         self.model.train()
 
     def _next_batch(self):
@@ -246,10 +252,13 @@ class FitStep:
     def __call__(self) -> None:
         accum = self.config.grad_accum_steps
         tokens, samples, loss_sum = 0, 0, 0.0
+        batch_seconds = 0.0
         for k in range(accum):
+            t0 = time.perf_counter()
             batch = self._next_batch()
             if self.count_batch is not None:
                 n_tokens, n_samples = self.count_batch(batch)
+            batch_seconds += time.perf_counter() - t0
             loss, real = self._micro(batch, last=k == accum - 1)
             loss_sum = loss_sum + loss.detach()
             if self.count_batch is None:
@@ -266,6 +275,7 @@ class FitStep:
         self.real_tokens.append(tokens)
         self.samples.append(samples)
         self.losses.append(loss_sum / accum)
+        self.batch_seconds.append(batch_seconds)
 
     def real_tokens_of(self, step: int) -> int:
         """The real tokens of call ``step`` (0-based), read on the host."""

@@ -153,6 +153,7 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
                      ce_chunk=cfg.speed.ce_chunk_tokens, optim=cfg.optim.name, optimizer=describe_optimizer(opt),
                      precision=precision.name, memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt,
                      speed=speed.reason, loss=T.describe_loss(cfg, speed), **step.stats,
+                     batch_host_ms_per_step=round(1000.0 * float(np.mean(step.batch_seconds[warmup:])), 3),
                      fast_path_events_in_timed_steps=step.events_in_timed_steps)
     model = opt = step = None  # free the GPU before the next variant
     if device.type == "cuda":
@@ -552,7 +553,8 @@ def main(argv=None) -> int:
             results.append(res)
             print(f"bench {name}: {res.samples_per_s:,.1f} samples/s, {res.tokens_per_s:,.0f} tokens/s, "
                   f"mfu {res.mfu if res.mfu is None else round(res.mfu, 4)}, peak reserved "
-                  f"{res.extra.get('peak_reserved_gib')} GiB ({time.perf_counter() - t0:.0f} s)", flush=True)
+                  f"{res.extra.get('peak_reserved_gib')} GiB{_host_time(res.extra)} ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
         except Exception as e:  # one failed variant (OOM under the 16 GB cap) must not lose the others
             errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
             print(f"bench {name}: failed: {errors[name]}", flush=True)
@@ -567,6 +569,14 @@ def main(argv=None) -> int:
         base = "users-trainer" if any(r.name == "users-trainer" for r in results) else results[0].name
         print(compare(results, baseline=base))
     return 0 if not errors else 1
+
+
+def _host_time(extra: dict) -> str:
+    """', X ms/step (host Y, of which batches Z)' for an arm of ours: whether the host sets the pace."""
+    if "host_ms_per_step" not in extra:
+        return ""
+    return (f", {extra['ms_per_step']:.2f} ms/step (host {extra['host_ms_per_step']:.2f}, of which batches "
+            f"{extra.get('batch_host_ms_per_step')})")
 
 
 def _release_gpu():
