@@ -423,6 +423,7 @@ def fused_vs_chunked(arch: str, head_batches: int, seed: int = 0) -> dict:
 
     from . import fused_ce
     from . import head_compare as H
+    from . import loss as loss_mod
     from .model import load_arch_config
 
     cfg, config = variant_config("ours", arch), load_arch_config(arch)
@@ -431,6 +432,9 @@ def fused_vs_chunked(arch: str, head_batches: int, seed: int = 0) -> dict:
     precision = resolve_precision(cfg.precision)
     lengths = [synthetic_lengths(cfg.speed.batch_size, seed=seed + 1 + i)[:, 1] for i in range(head_batches)]
     weight, batches = H.head_batches(lengths, config.d_model, config.vocab_size, seed, device)
+    # The chunk math eager, as on the path that liger's loss takes (no graphs, real rows only); set
+    # here, since an earlier stage in this process may have left it compiled.
+    loss_mod.configure(compile_loss=False)
     paths = H.head_paths(cfg.label_smoothing, cfg.speed.ce_chunk_tokens, liger,
                          torch.float32 if device.type == "cuda" else torch.float64)
     result = H.compare_heads(weight, batches, paths, autocast=lambda: precision.autocast(device.type), repeats=3)

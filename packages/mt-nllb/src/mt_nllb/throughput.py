@@ -1,6 +1,6 @@
 """Samples/s per GPU profile: measured where measured, otherwise estimated from a measurement.
 
-h100-80g is measured: one H200, BENCHMARKS.md run 6 (1,232.6 samples/s, 22.2% MFU; an H100 SXM has
+h100-80g is measured: one H200, BENCHMARKS.md run 7 (1,416.4 samples/s, 25.5% MFU; an H100 SXM has
 the same dense bf16 peak). The other cards are estimated from run 3 (990.2 samples/s at 16.6% MFU on
 the same lognormal(38) length mix), the fast path they run (CUDA graphs, eager layers; run 5 adds
 compiled layers and side-grouped batches, which only h100-80g ships): its FLOPs per sentence pair and
@@ -14,9 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MEASURED_GPU = "NVIDIA H200"
-# One H200, `mt-nllb bench`, 2026-12-01 (BENCHMARKS.md run 6), the h100-80g profile as shipped.
+# One H200, `mt-nllb bench`, 2026-12-02 (BENCHMARKS.md run 7), the h100-80g profile as shipped.
 MEASURED_PROFILE = "h100-80g"
-MEASURED_SAMPLES_PER_S = 1232.6
+MEASURED_SAMPLES_PER_S = 1416.4
 # One H200, 2026-11-30 (BENCHMARKS.md run 3): the fast path without compiled layers.
 BASIS_SAMPLES_PER_S = 990.2
 BASIS_MFU = 0.166
