@@ -120,10 +120,10 @@ def test_captured_and_compiled_steps_equal_the_eager_step():
 
 
 def test_a_host_batch_reaches_the_device_through_pinned_memory():
-    from trainstack.speed.step import _to_device
+    from trainstack.speed import to_device
 
     host = torch.arange(12).reshape(3, 4)
-    on_device = _to_device(host, torch.device("cuda"))
+    on_device = to_device(host, "cuda")
     assert on_device.is_cuda and torch.equal(on_device.cpu(), host)
     assert not host.is_pinned()  # the caller's tensor is left as it was; a pinned copy travelled
 

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from trainstack.speed import to_device
 
 from chat_pretrain.config import TrainConfig
 from chat_pretrain.data import (
@@ -57,7 +58,7 @@ def make_loss_fn():
     is the unpadded batch's."""
     def loss_fn(model, batch):
         device = next(iter(model.parameters())).device if not hasattr(model, "device") else model.device
-        b = {k: batch[k].to(device, non_blocking=True) for k in ("input_ids", "attention_mask", "labels")}
+        b = {k: to_device(batch[k], device) for k in ("input_ids", "attention_mask", "labels")}  # pinned: no host wait
         # use_cache=False: training needs no KV cache, and building one (transformers 5.17's T5 decoder
         # makes a DynamicCache when the config's use_cache is on) breaks the compiled graph in three.
         out = model(**b, use_cache=False)

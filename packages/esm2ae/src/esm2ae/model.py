@@ -167,7 +167,10 @@ class PackedBatch:
     labels: torch.Tensor | None = None   # (T,) long, -100 where no loss
 
     def to(self, device, non_blocking=True) -> PackedBatch:
-        mv = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        from trainstack.speed import to_device  # pinned on the way to CUDA: the host need not wait
+
+        move = to_device if non_blocking else (lambda t, d: t.to(d))
+        mv = lambda t: None if t is None else move(t, device)  # noqa: E731
         return PackedBatch(mv(self.input_ids), mv(self.position_ids), mv(self.seq_ids), mv(self.cu_seqlens),
                            self.max_seqlen, self.num_seqs, mv(self.labels))
 

@@ -267,6 +267,8 @@ def build_optimizer_and_scheduler(cfg: TrainConfig, model, total_steps: int):
 def make_loss_fn(cfg: TrainConfig, speed=None):
     """core's loss_fn(model, batch) -> (label-smoothed CE, real target tokens). On the fast path the
     head keeps every row (padding masked): fixed shapes, nothing read back to the host."""
+    from trainstack.speed import to_device
+
     from . import loss as loss_mod
     from .fused_ce import liger_smoothed_ce
 
@@ -275,7 +277,7 @@ def make_loss_fn(cfg: TrainConfig, speed=None):
 
     def loss_fn(model, batch):
         device = next(model.parameters()).device
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = {k: to_device(v, device) for k, v in batch.items()}  # pinned: the host need not wait
         return loss_mod.seq2seq_loss(model, batch, cfg.label_smoothing, chunked=cfg.speed.chunked_ce,
                                      chunk_rows=cfg.speed.ce_chunk_tokens, fixed_shapes=fixed_shapes,
                                      head_loss=head_loss)

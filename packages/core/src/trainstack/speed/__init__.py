@@ -29,10 +29,11 @@ from .step import (
     compile_for,
     eager_optimizer_state,
     one_graph_for_all_sizes,
+    to_device,
 )
 
 __all__ = ["BatchShapes", "CudaGraphs", "LengthBuckets", "Speed", "SpeedConfig", "SpeedError", "StepStats", "TrainStep",
            "allow_compilations", "cache_root", "compile_cache_use", "compile_for", "compiled_graphs",
            "describe_first_step", "eager_optimizer_state", "enable_compile_cache", "first_step_report",
-           "one_graph_for_all_sizes", "process_start_clock", "resolve_speed"]
+           "one_graph_for_all_sizes", "process_start_clock", "resolve_speed", "to_device"]
 

@@ -208,7 +208,7 @@ class TrainStep:
         # The captured step reads from device buffers; a host-to-device copy inside a capture is not allowed.
         if self._device is None:
             self._device = next(self.model.parameters()).device
-        return {k: _to_device(v, self._device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return {k: to_device(v, self._device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
     def _forward_backward(self, batch):
         with self.autocast():
@@ -497,15 +497,20 @@ def _compile_due(error: BaseException) -> str | None:
 
 def needs_pinning(tensor: torch.Tensor, device: torch.device) -> bool:
     """Whether a host tensor bound for ``device`` must be pinned first for its copy to be asynchronous.
-    A copy from pageable host memory makes the host wait until the device has run everything queued
-    before it (the previous step), so the device then idles while the host prepares the next batch:
-    on an H200 the host spent 65 of a 68.5 ms step so (mt-nllb BENCHMARKS.md, run 7)."""
+    Before a copy from pageable host memory CUDA synchronizes the stream, so the host waits until the
+    device has run everything queued (the previous step) and the device then idles while the host
+    prepares the next batch: on an H200 the host spent 65 of a 68.5 ms step so (mt-nllb
+    BENCHMARKS.md, run 7)."""
     return device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned()
 
 
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def to_device(tensor: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """``tensor.to(device, non_blocking=True)`` that does not make the host wait for the device: a host
+    tensor bound for CUDA travels through pinned memory (torch's caching host allocator keeps the pinned
+    copy until the transfer is done). A tensor already on ``device`` is returned as it is."""
+    device = torch.device(device)
     if needs_pinning(tensor, device):
-        tensor = tensor.pin_memory()  # page-locked memory from torch's caching host allocator: reused, not freed
+        tensor = tensor.pin_memory()
     return tensor.to(device, non_blocking=True)
 
 
