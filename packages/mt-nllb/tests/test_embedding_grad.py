@@ -70,6 +70,8 @@ def test_auto_is_on_for_one_process_and_true_is_refused_under_several():
 
     cfg = TrainConfig()
     assert embedding_row_grads_on(cfg, 1) and not embedding_row_grads_on(cfg, 2)
+    whole_step_compiled = type("Speed", (), {"compile": True})()
+    assert not embedding_row_grads_on(cfg, 1, whole_step_compiled)
     cfg.speed.embedding_row_grads = True
     with pytest.raises(ConfigError, match="speed.embedding_row_grads"):
         embedding_row_grads_on(cfg, 2)

@@ -138,7 +138,7 @@ class SpeedConfig(CoreSpeedConfig):
     """The encoder's and decoder's token lookups add their gradient rows into the shared embedding
     (and LM head) weight's gradient in place, instead of two dense 256k x 1024 gradients that autograd
     zero-fills and then sums with the head's (~4 GB of memory traffic a step). auto: on in one
-    process; off under several, where DistributedDataParallel's hook could reduce that gradient before
+    process unless speed.compile compiles the whole step; off under several, where DistributedDataParallel's hook could reduce that gradient before
     the rows arrive (true is refused there). 72.9 -> 71.1 ms a step on an H200 (BENCHMARKS.md, run 7)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing. Not needed at batch 96 / 256 tokens with chunked CE."""

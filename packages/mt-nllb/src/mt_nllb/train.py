@@ -187,7 +187,7 @@ def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None, world_
     if cfg.speed.params_dtype == "bf16":
         model.to(torch.bfloat16)
     model.to(device)
-    if embedding_row_grads_on(cfg, world_size):
+    if embedding_row_grads_on(cfg, world_size, speed):
         add_embedding_rows_to_grad(model)
     loss_mod.configure(compile_loss_chunks(cfg, speed) if speed is not None else cfg.speed.compile_loss is True,
                        dynamic=cfg.speed.symbolic_widths)
@@ -196,14 +196,18 @@ def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None, world_
     return model
 
 
-def embedding_row_grads_on(cfg: TrainConfig, world_size: int) -> bool:
-    """speed.embedding_row_grads resolved for a run of ``world_size`` processes."""
+def embedding_row_grads_on(cfg: TrainConfig, world_size: int, speed=None) -> bool:
+    """speed.embedding_row_grads resolved for a run of ``world_size`` processes. auto is off where the
+    whole step is compiled (speed.compile): its backward writes .grad itself, which Dynamo would have
+    to trace through."""
     from trainstack.config import ConfigError
 
     if cfg.speed.embedding_row_grads is True and world_size > 1:
         raise ConfigError(f"config key 'speed.embedding_row_grads': true needs one process, this run has {world_size} "
                           "(DistributedDataParallel could reduce the gradient before the rows arrive); set it to auto")
-    return world_size == 1 if cfg.speed.embedding_row_grads == "auto" else bool(cfg.speed.embedding_row_grads)
+    if cfg.speed.embedding_row_grads == "auto":
+        return world_size == 1 and not (speed is not None and speed.compile)
+    return bool(cfg.speed.embedding_row_grads)
 
 
 def compile_layers_on(cfg: TrainConfig, speed) -> bool:
