@@ -68,3 +68,16 @@ def test_batches_grouped_by_each_side_learn_alike_on_both_paths(tmp_path, capsys
     assert main(["train", "--run-dir", str(off), *COMMON, cache, group, "speed.length_buckets=off"]) == 2
     assert "'speed.group_by': each_side groups rows by speed.length_buckets, which is off" in capsys.readouterr().err
     assert not off.exists()  # refused before anything is written
+
+
+def test_gathered_head_rows_learn_what_the_eager_path_learns(tmp_path, capsys):
+    """speed.head_row_multiple: the fast path's head runs over the real target tokens the collate
+    gathered (padded to a multiple of 8 rows with ignored ones) instead of every position; the logged
+    losses equal the eager run's."""
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    assert main(["train", "--run-dir", str(tmp_path / "eager"), *COMMON, cache, "speed.head_row_multiple=8"]) == 0
+    assert "real tokens only, chunk math eager" in capsys.readouterr().out  # eager: no gather, real rows
+    assert main(["train", "--run-dir", str(tmp_path / "fast"), *COMMON, cache, "speed.head_row_multiple=8",
+                 "speed.compile=true", "speed.compile_backend=aot_eager"]) == 0
+    assert "real tokens gathered, padded to a multiple of 8 rows (fixed shapes)" in "".join(capsys.readouterr())
+    assert _losses(tmp_path / "fast") == pytest.approx(_losses(tmp_path / "eager"), abs=1e-5)

@@ -111,6 +111,53 @@ def test_fixed_shapes_loss_and_gradients_match_float64_reference(compiled, symbo
     assert hidden.grad[2].abs().max() == 0  # the filler row gets no gradient
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_gathered_head_rows_match_float64_reference(compiled):
+    """speed.head_row_multiple: the head runs over the collate's gathered real positions, padded with
+    an ignored position (repeated): loss and gradients still equal the float64 reference over real
+    tokens, and the padded positions get no gradient."""
+    import numpy as np
+    from mt_nllb.data import head_gather
+
+    g = torch.Generator().manual_seed(6)
+    n, d, v, eps = 10, 8, 40, 0.1
+    hidden = torch.randn(3, n, d, generator=g, requires_grad=True)
+    weight = torch.randn(v, d, generator=g, requires_grad=True)
+    labels = torch.randint(0, v, (3, n), generator=g)
+    labels[0, 6:] = -100
+    labels[2, :] = -100
+    positions, head_labels = head_gather(labels.numpy(), 8)
+    assert len(positions) == 16 and (head_labels != -100).all()  # 16 real tokens, a multiple of 8
+    positions, head_labels = head_gather(labels.numpy(), 12)
+    assert len(positions) == 24 and (head_labels[16:] == -100).all()
+    gather = (torch.from_numpy(positions), torch.from_numpy(np.ascontiguousarray(head_labels)))
+    L.configure(compiled, dynamic=False)
+    try:
+        loss, count = L.chunked_smoothed_ce(hidden, weight, labels, eps, chunk_rows=7, fixed_shapes=True,
+                                            gather=gather)
+        loss.backward()
+    finally:
+        L.configure(False)
+    assert int(count) == int((labels != -100).sum()) == 16
+    _assert_matches_float64_reference(loss, hidden, weight, labels, eps)
+    assert hidden.grad[labels == -100].abs().max() == 0
+
+
+def test_head_gather_pads_with_an_ignored_position_and_never_past_the_batch():
+    from mt_nllb.data import head_gather
+
+    labels = torch.full((2, 4), -100)
+    labels[0, :3] = torch.tensor([5, 6, 7])
+    labels[1, :2] = torch.tensor([8, 9])
+    positions, y = head_gather(labels.numpy(), 4)
+    assert positions.tolist() == [0, 1, 2, 4, 5, 3, 3, 3] and y.tolist() == [5, 6, 7, 8, 9, -100, -100, -100]
+    full = torch.arange(8).reshape(2, 4)  # every position real: no room to pad, none needed
+    positions, y = head_gather(full.numpy(), 5)
+    assert positions.tolist() == list(range(8)) and y.tolist() == list(range(8))
+    positions, y = head_gather(torch.full((1, 3), -100).numpy(), 2)  # no real token: one ignored row
+    assert len(positions) == 2 and (y == -100).all()
+
+
 def test_fixed_shapes_ignore_non_finite_padded_rows():
     """torch.where, not a multiply by the mask: a padded row whose hidden state is not finite adds
     nothing to the loss or the gradients (NaN * 0 would still be NaN)."""

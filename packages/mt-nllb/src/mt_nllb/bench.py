@@ -345,6 +345,11 @@ VARIANTS = {
     "ours-micro-graphs": Variant("h100-80g", ("speed.whole_step_graphs=false",)),
     "ours-dense-embedding-grads": Variant("h100-80g", ("speed.embedding_row_grads=false",)),
     "ours-chunk2048": Variant("h100-80g", ("speed.ce_chunk_tokens=2048",)),
+    # Finer buckets (less padding, twice the shapes) and one CE chunk for nearly every batch.
+    "ours-buckets8": Variant("h100-80g", ("speed.length_buckets=multiple:8",)),
+    "ours-chunk16384": Variant("h100-80g", ("speed.ce_chunk_tokens=16384",)),
+    # The head over every target position, padding masked (before speed.head_row_multiple).
+    "ours-every-head-row": Variant("h100-80g", ("speed.head_row_multiple=0",)),
     # liger-kernel's fused linear CE (pip install 'mt-nllb[gpu]'), which turns CUDA graphs off; its fair
     # comparison is the same profile without graphs (ours-eager-compile-loss: that with the chunk math compiled).
     "ours-liger": Variant("h100-80g", ("speed.liger_ce=true",)),

@@ -109,6 +109,13 @@ class SpeedConfig(CoreSpeedConfig):
     """Chunked linear + label-smoothed cross-entropy: never materializes full fp32 logits."""
     ce_chunk_tokens: int = 2048
     """Rows of the LM head per chunk: the chunk's fp32 logits take rows x vocab x 4 bytes (1 GiB at 1024)."""
+    head_row_multiple: int = 0
+    """On the fast path (padded shapes), the LM head runs over the batch's real target tokens only,
+    gathered on the device by positions the collate computed on the host and padded with ignored rows
+    to a multiple of this many rows, so a captured step still sees few shapes (the gather length is
+    part of the shape). 0: the head runs over every target position, padding masked. The head is a
+    quarter of the step and ~21% of its rows were padding in the bench's length mix; the h100-80g
+    profile sets 256 (BENCHMARKS.md, run 8)."""
     liger_ce: bool = False
     """The LM head's loss by liger-kernel's fused linear + label-smoothed cross-entropy (Triton, CUDA
     only; pip install 'mt-nllb[gpu]') in place of the chunked path (speed.chunked_ce); same value,
@@ -190,7 +197,7 @@ class TrainConfig:
         check_limits(self, {
             "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup_ratio": ">= 0",
             "speed.max_tokens_per_batch": ">= 1", "speed.max_batch_size": ">= 0", "speed.batch_size": ">= 0",
-            "speed.ce_chunk_tokens": ">= 1", "data.validation_rows": ">= 0", "data.min_chars": ">= 0",
+            "speed.ce_chunk_tokens": ">= 1", "speed.head_row_multiple": ">= 0", "data.validation_rows": ">= 0", "data.min_chars": ">= 0",
             "data.max_length": ">= 3",  # language code, one token, </s>
             "eval.num_beams": ">= 1", "eval.max_new_tokens": ">= 1", "eval.batch_size": ">= 1",
             "eval.max_rows": ">= 0", "epochs": ">= 1", "max_steps": ">= 0", "grad_accum_steps": ">= 1",

@@ -387,13 +387,15 @@ def fingerprint(data_cfg, tokenizer_spec: str, src_lang: str, tgt_lang: str) -> 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int, buckets=None, rows: int = 0):
+def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int, buckets=None, rows: int = 0,
+            head_row_multiple: int = 0):
     """input_ids/attention_mask (source), decoder_input_ids (shifted labels), labels (-100 on pad).
 
     For the fast path (a compiled or captured step sees a few shapes): ``buckets`` (core's
     LengthBuckets) pads each side to its bucket, and ``rows`` fills a short batch with filler rows. A
     filler row attends to one pad token (a fully masked attention row would give NaN) and all its
-    labels are ignored: no loss, zero gradient, the mean over real tokens unchanged."""
+    labels are ignored: no loss, zero gradient, the mean over real tokens unchanged.
+    ``head_row_multiple``: also head_positions / head_labels (head_gather), the rows the LM head runs over."""
     import torch
 
     n = len(indices)
@@ -414,8 +416,27 @@ def collate(tp: TokenizedPairs, indices, pad_id: int, decoder_start_id: int, buc
         attention[row, :len(s)] = 1
         labels[row, :len(t)] = t
         dec[row, 1:len(t)] = t[:-1]
-    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
-            "decoder_input_ids": torch.from_numpy(dec), "labels": torch.from_numpy(labels)}
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention),
+             "decoder_input_ids": torch.from_numpy(dec), "labels": torch.from_numpy(labels)}
+    if head_row_multiple:
+        positions, head_labels = head_gather(labels, head_row_multiple)
+        batch.update(head_positions=torch.from_numpy(positions), head_labels=torch.from_numpy(head_labels))
+    return batch
+
+
+def head_gather(labels: np.ndarray, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positions, their labels): the flat positions of ``labels``' real tokens, in order, padded to a
+    multiple of ``multiple`` (never past every position) with a position whose label is ignored, so
+    the padded rows add no loss and no gradient. The head then runs over these rows instead of every
+    padded position: a shape of its own that depends on the real token count, in steps of ``multiple``."""
+    flat = labels.reshape(-1)
+    real = np.flatnonzero(flat != -100)
+    size = min(max(-(-len(real) // multiple), 1) * multiple, len(flat))
+    positions = np.empty(size, dtype=np.int64)
+    positions[:len(real)] = real
+    if size > len(real):  # then some position is padding
+        positions[len(real):] = np.flatnonzero(flat == -100)[0]
+    return positions, flat[positions]
 
 
 def side_grouped_batches(side_lengths, buckets, max_tokens: int, seed: int, epoch: int, max_batch_size: int = 0,
@@ -451,12 +472,14 @@ class TranslationBatches:
 
     def __init__(self, tp: TokenizedPairs, *, max_tokens: int, pad_id: int, decoder_start_id: int, seed: int = 0,
                  max_batch_size: int = 0, fixed_batch_size: int = 0, rank: int = 0, world_size: int = 1,
-                 buckets=None, group_buckets=None):
+                 buckets=None, group_buckets=None, head_row_multiple: int = 0):
         """``buckets`` (core's LengthBuckets, the fast path): both sides padded to a bucket, and with a
-        ``fixed_batch_size`` every batch filled to that many rows, so the step sees few shapes.
+        ``fixed_batch_size`` every batch filled to that many rows, so the step sees few shapes; with a
+        ``head_row_multiple`` each batch also says which rows the LM head runs over (collate).
         ``group_buckets``: rows grouped by both sides' buckets (side_grouped_batches) instead of sorted
         by their longest side; the same batches whether or not ``buckets`` pads them."""
         self.rank, self.world_size, self.buckets, self.group_buckets = rank, world_size, buckets, group_buckets
+        self.head_row_multiple = head_row_multiple if buckets is not None else 0
         self.tp, self.max_tokens, self.pad_id, self.decoder_start_id = tp, max_tokens, pad_id, decoder_start_id
         self.seed, self.max_batch_size, self.fixed_batch_size = seed, max_batch_size, fixed_batch_size
         self.lengths = tp.lengths()
@@ -496,7 +519,8 @@ class TranslationBatches:
             indices = batches[self.position]
             self.position += 1
             yield collate(self.tp, indices, self.pad_id, self.decoder_start_id, self.buckets,
-                          rows=self.fixed_batch_size if self.buckets is not None else 0)
+                          rows=self.fixed_batch_size if self.buckets is not None else 0,
+                          head_row_multiple=self.head_row_multiple)
         self.position = 0
 
     def state_dict(self) -> dict:

@@ -179,10 +179,16 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
         return dh, dw, None, None, None, None, None
 
 
-def head_rows(hidden, labels, fixed_shapes: bool = False):
+def head_rows(hidden, labels, fixed_shapes: bool = False, gather=None):
     """(rows of hidden (N, D), their labels (N,), number of real tokens as a tensor) that enter the
     LM head's loss. Eager, the real rows only; ``fixed_shapes``: all B*T rows, padded ones zeroed, so
-    shapes depend on (B, T) alone and nothing syncs the host."""
+    shapes depend on (B, T) alone and nothing syncs the host; ``gather`` (fixed shapes too): the
+    batch's (head_positions, head_labels) from the collate, the real rows padded to a fixed count."""
+    if gather is not None:
+        positions, y = gather
+        mask = y.ne(IGNORE_INDEX)
+        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        return torch.where(mask.reshape(-1, 1), h, 0.0), y, mask.sum()  # zeroed: see below
     mask = labels.ne(IGNORE_INDEX)
     if fixed_shapes:
         # Padded rows zeroed too: their zero gradient times a non-finite hidden state would still
@@ -195,13 +201,14 @@ def head_rows(hidden, labels, fixed_shapes: bool = False):
 
 
 def chunked_smoothed_ce(hidden, weight, labels, epsilon: float = 0.1, chunk_rows: int = 2048,
-                        fixed_shapes: bool = False):
+                        fixed_shapes: bool = False, gather=None):
     """hidden (B, T, D) decoder output, weight (V, D) LM head, labels (B, T) with -100 for padding.
-    Returns (mean loss over real tokens, number of real tokens as a tensor). ``fixed_shapes``: see
-    head_rows."""
-    h, y, count = head_rows(hidden, labels, fixed_shapes)
+    Returns (mean loss over real tokens, number of real tokens as a tensor). ``fixed_shapes`` and
+    ``gather``: see head_rows."""
+    h, y, count = head_rows(hidden, labels, fixed_shapes, gather)
     denominator = count.clamp(min=1).to(torch.float32)
-    loss = _ChunkedLinearSmoothedCE.apply(h, weight, y, float(epsilon), int(chunk_rows), denominator, fixed_shapes)
+    masked = fixed_shapes or gather is not None
+    loss = _ChunkedLinearSmoothedCE.apply(h, weight, y, float(epsilon), int(chunk_rows), denominator, masked)
     return loss, count
 
 
@@ -233,5 +240,6 @@ def seq2seq_loss(model, batch, epsilon: float, chunked: bool = True, chunk_rows:
     if head_loss is not None:
         return head_loss(hidden, head, batch["labels"], epsilon, chunk_rows, fixed_shapes)
     if chunked:
-        return chunked_smoothed_ce(hidden, head, batch["labels"], epsilon, chunk_rows, fixed_shapes)
+        gather = (batch["head_positions"], batch["head_labels"]) if "head_positions" in batch else None
+        return chunked_smoothed_ce(hidden, head, batch["labels"], epsilon, chunk_rows, fixed_shapes, gather)
     return full_logits_smoothed_ce(torch.nn.functional.linear(hidden, head.to(hidden.dtype)), batch["labels"], epsilon)

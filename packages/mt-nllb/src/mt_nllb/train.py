@@ -248,7 +248,8 @@ def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0,
     return TranslationBatches(train_tp, max_tokens=cfg.speed.max_tokens_per_batch, pad_id=model_config.pad_token_id,
                               decoder_start_id=model_config.decoder_start_token_id, seed=cfg.seed,
                               max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size,
-                              rank=rank, world_size=world_size, buckets=buckets, group_buckets=group_buckets)
+                              rank=rank, world_size=world_size, buckets=buckets, group_buckets=group_buckets,
+                              head_row_multiple=cfg.speed.head_row_multiple if not cfg.speed.liger_ce else 0)
 
 
 def total_optimizer_steps(cfg: TrainConfig, batches) -> int:
@@ -291,7 +292,11 @@ def make_loss_fn(cfg: TrainConfig, speed=None):
 
 def describe_loss(cfg: TrainConfig, speed) -> str:
     """The start-up line naming the loss path that runs."""
-    rows = "every row, padding masked (fixed shapes)" if speed.fast else "real tokens only"
+    rows = "real tokens only"
+    if speed.fast and cfg.speed.head_row_multiple and not cfg.speed.liger_ce:
+        rows = f"real tokens gathered, padded to a multiple of {cfg.speed.head_row_multiple} rows (fixed shapes)"
+    elif speed.fast:
+        rows = "every row, padding masked (fixed shapes)"
     if cfg.speed.liger_ce:
         return (f"loss: label-smoothed CE ({cfg.label_smoothing}), liger-kernel's fused linear CE in chunks of up "
                 f"to {cfg.speed.ce_chunk_tokens} rows, {rows}")
