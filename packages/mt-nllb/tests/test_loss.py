@@ -158,6 +158,41 @@ def test_head_gather_pads_with_an_ignored_position_and_never_past_the_batch():
     assert len(positions) == 2 and (y == -100).all()
 
 
+def test_under_autocast_the_head_weight_is_cast_once_and_never_copied_in_fp32():
+    """The aligned copy of the head's weight is made in autocast's dtype, once per call: an fp32 copy
+    (the decoder's output is fp32 under autocast) meant a full-size device copy and then a cast before
+    each chunk's matmuls (autocast caches casts of parameters only). Counted with a dispatch mode over
+    every op whose output is weight-sized (without gradients: the weight's gradient is weight-sized
+    too); the loss is unchanged against the reference."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    g = torch.Generator().manual_seed(8)
+    v, d = 300, 16
+    hidden = torch.randn(2, 9, d, generator=g)
+    weight = torch.randn(v, d, generator=g)
+    labels = torch.randint(0, v, (2, 9), generator=g)
+    big = v * d
+
+    class WeightSized(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.made = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.numel() >= big and func.__name__.split(".")[0] in (
+                    "copy_", "_to_copy", "clone"):
+                self.made.append((func.__name__.split(".")[0], out.dtype))
+            return out
+
+    with torch.autocast("cpu", dtype=torch.bfloat16), WeightSized() as mode:
+        loss, _ = L.chunked_smoothed_ce(hidden, weight, labels, 0.1, chunk_rows=6)
+    assert mode.made == [("copy_", torch.bfloat16)]  # one cast into the aligned bf16 buffer, nothing else
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference, _ = L.full_logits_smoothed_ce(hidden @ weight.to(torch.bfloat16).t().float(), labels, 0.1)
+    assert loss.item() == pytest.approx(reference.item(), rel=2e-2)
+
+
 def test_fixed_shapes_ignore_non_finite_padded_rows():
     """torch.where, not a multiply by the mask: a padded row whose hidden state is not finite adds
     nothing to the loss or the gradients (NaN * 0 would still be NaN)."""

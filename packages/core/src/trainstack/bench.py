@@ -98,8 +98,10 @@ def time_steps(step_fn: Callable[[], object], *, warmup_steps: int, timed_steps:
         peak_memory_gib=gpu_peak_gib() if on_gpu else None,
         extra={"device": gpu.name if gpu else "cpu", "timer": "cuda_events" if on_gpu else "host",
                "warmup_steps": warmup_steps, "ms_per_step": 1000.0 * seconds / timed_steps,
-               # The host's time to issue the steps: close to ms_per_step, the host sets the pace (it
-               # is slow or waits on the device); well below, the device does.
+               # The host's time to issue the steps: well below ms_per_step, the device sets the
+               # pace. Close to it, the host is slow or waits on the device, or (CUDA graphs) a large
+               # graph's launch returns only as the device drains its full launch queue, which is
+               # the device setting the pace again: a profile's host events tell which.
                "host_ms_per_step": 1000.0 * host_seconds / timed_steps, "rss_gib": round(rss_gib(), 3)},
     )
 

@@ -124,13 +124,22 @@ def _chunk_fn(with_grad: bool):
     return _CHUNK_FNS[1] if with_grad else _CHUNK_FNS[0]
 
 
+def _compute_dtype(weight) -> torch.dtype:
+    """The dtype the head's matmuls run in: autocast's where it is on. The aligned copy of the weight
+    is made in it once per call; an fp32 copy (the decoder's output is fp32 under autocast) cost a
+    1 GB device copy and then a cast of it before each of the chunk's matmuls, since autocast caches
+    casts of parameters only."""
+    device = weight.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
 class _ChunkedLinearSmoothedCE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, labels, epsilon: float, chunk_rows: int, denominator, masked: bool):
         n, _ = hidden.shape
         vocab = weight.shape[0]
-        w = hidden.new_empty((aligned_rows(vocab), weight.shape[1]))
-        w[:vocab] = weight  # cast to the compute dtype and aligned (zero rows; masked in the chunk math)
+        w = weight.new_empty((aligned_rows(vocab), weight.shape[1]), dtype=_compute_dtype(weight))
+        w[:vocab] = weight  # cast to the compute dtype once, and aligned (zero rows; masked in the chunk math)
         w[vocab:] = 0
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # Eagerly the gradients accumulate in place (one fp32 weight-gradient buffer); a compiled step

@@ -498,9 +498,9 @@ def _compile_due(error: BaseException) -> str | None:
 def needs_pinning(tensor: torch.Tensor, device: torch.device) -> bool:
     """Whether a host tensor bound for ``device`` must be pinned first for its copy to be asynchronous.
     Before a copy from pageable host memory CUDA synchronizes the stream, so the host waits until the
-    device has run everything queued (the previous step) and the device then idles while the host
-    prepares the next batch: on an H200 the host spent 65 of a 68.5 ms step so (mt-nllb
-    BENCHMARKS.md, run 7)."""
+    device has run everything queued (the previous step) before it can queue the next one. (On an
+    H200 pinning cut mt-nllb's batch time from 5.9 to 1.7 ms a step, not the step: that step's
+    whole-step graph kept the device busy anyway; mt-nllb BENCHMARKS.md, run 8.)"""
     return device.type == "cuda" and tensor.device.type == "cpu" and not tensor.is_pinned()
 
 
