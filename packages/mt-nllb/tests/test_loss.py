@@ -37,12 +37,18 @@ def test_loss_matches_hf_label_smoother(model, chunk_rows):
     assert abs(ours.item() - hf.item()) < 1e-5  # in fact equal up to fp32 rounding
 
 
-def test_loss_and_gradients_match_float64_reference():
-    g = torch.Generator().manual_seed(1)
-    n, d, v, eps = 11, 8, 50, 0.1
-    hidden = torch.randn(2, n, d, generator=g, requires_grad=True)
+def _head_inputs(seed, rows, n, d, v):
+    """Random decoder outputs (rows, n, d) and head weight (v, d), both requiring gradients, and
+    labels (rows, n)."""
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(rows, n, d, generator=g, requires_grad=True)
     weight = torch.randn(v, d, generator=g, requires_grad=True)
-    labels = torch.randint(0, v, (2, n), generator=g)
+    return hidden, weight, torch.randint(0, v, (rows, n), generator=g)
+
+
+def test_loss_and_gradients_match_float64_reference():
+    n, d, v, eps = 11, 8, 50, 0.1
+    hidden, weight, labels = _head_inputs(1, 2, n, d, v)
     labels[0, 7:] = -100
     loss, _ = L.chunked_smoothed_ce(hidden, weight, labels, eps, chunk_rows=3)
     loss.backward()
@@ -93,11 +99,8 @@ def test_fixed_shapes_loss_and_gradients_match_float64_reference(compiled, symbo
     """The fast path's head keeps every row and masks padding (a captured graph cannot pick rows):
     loss and gradients equal the float64 reference over real tokens, eager and compiled (every size
     symbolic, or the vocabulary a constant: speed.symbolic_widths)."""
-    g = torch.Generator().manual_seed(2)
     n, d, v, eps = 10, 8, 40, 0.1
-    hidden = torch.randn(3, n, d, generator=g, requires_grad=True)
-    weight = torch.randn(v, d, generator=g, requires_grad=True)
-    labels = torch.randint(0, v, (3, n), generator=g)
+    hidden, weight, labels = _head_inputs(2, 3, n, d, v)
     labels[0, 6:] = -100
     labels[2, :] = -100  # a filler row: no label at all
     L.configure(compiled, dynamic=symbolic)
@@ -119,11 +122,8 @@ def test_gathered_head_rows_match_float64_reference(compiled):
     import numpy as np
     from mt_nllb.data import head_gather
 
-    g = torch.Generator().manual_seed(6)
     n, d, v, eps = 10, 8, 40, 0.1
-    hidden = torch.randn(3, n, d, generator=g, requires_grad=True)
-    weight = torch.randn(v, d, generator=g, requires_grad=True)
-    labels = torch.randint(0, v, (3, n), generator=g)
+    hidden, weight, labels = _head_inputs(6, 3, n, d, v)
     labels[0, 6:] = -100
     labels[2, :] = -100
     positions, head_labels = head_gather(labels.numpy(), 8)

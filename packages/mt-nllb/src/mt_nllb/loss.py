@@ -126,9 +126,9 @@ def _chunk_fn(with_grad: bool):
 
 def _compute_dtype(weight) -> torch.dtype:
     """The dtype the head's matmuls run in: autocast's where it is on. The aligned copy of the weight
-    is made in it once per call; an fp32 copy (the decoder's output is fp32 under autocast) cost a
-    1 GB device copy and then a cast of it before each of the chunk's matmuls, since autocast caches
-    casts of parameters only."""
+    is made in it once per call; an fp32 copy (the decoder's output is fp32 under autocast) was then
+    cast again before each of the chunk's matmuls (autocast caches casts of parameters only), and held
+    2.5 GiB more at the peak on an H200 (BENCHMARKS.md, run 8)."""
     device = weight.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 

@@ -1,6 +1,6 @@
 """Samples/s per GPU profile: measured where measured, otherwise estimated from a measurement.
 
-h100-80g is measured: one H200, BENCHMARKS.md run 8 (1,486.3 samples/s, 26.7% MFU; an H100 SXM has
+h100-80g is measured: one H200, BENCHMARKS.md run 8 (1,483.7 samples/s on the final code, 26.7% MFU; an H100 SXM has
 the same dense bf16 peak). The other cards are estimated from run 3 (990.2 samples/s at 16.6% MFU on
 the same lognormal(38) length mix), the fast path they run (CUDA graphs, eager layers; run 5 adds
 compiled layers and side-grouped batches, which only h100-80g ships): its FLOPs per sentence pair and
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 MEASURED_GPU = "NVIDIA H200"
 # One H200, `mt-nllb bench`, 2026-12-02 (BENCHMARKS.md run 8), the h100-80g profile as shipped.
 MEASURED_PROFILE = "h100-80g"
-MEASURED_SAMPLES_PER_S = 1486.3
+MEASURED_SAMPLES_PER_S = 1483.7
 MEASURED_RUN = 8
 # One H200, 2026-11-30 (BENCHMARKS.md run 3): the fast path without compiled layers.
 BASIS_SAMPLES_PER_S = 990.2
