@@ -65,3 +65,28 @@ def test_profile_of_a_cpu_step_adds_up():
     assert "not a GPU profile" in table.format()
     with pytest.raises(ValueError, match="steps must be >= 1"):
         profile_steps(step, steps=0)
+
+
+def test_host_time_in_cuda_calls_is_listed_apart_from_the_kernels():
+    """Host-side CUDA calls (a graph launch that waited for room in the GPU's queue, a synchronize)
+    are reported per step, most first, and never counted as kernel time."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+    from trainstack.profiling import kernel_profile
+
+    def event(key, device, self_cpu=0.0, self_device=0.0):
+        return SimpleNamespace(key=key, device_type=device, count=1, self_cpu_time_total=self_cpu,
+                               self_device_time_total=self_device)
+
+    events = [event("Command Buffer Full", DeviceType.CPU, self_cpu=74_000.0),
+              event("cudaGraphLaunch", DeviceType.CPU, self_cpu=9_000.0),
+              event("cudnnConvolutionForward", DeviceType.CPU, self_cpu=50.0),
+              event("aten::copy_", DeviceType.CPU, self_cpu=500.0),
+              event("nvjet_sm90_tst_128x192", DeviceType.CUDA, self_device=60_000.0)]
+    prof = SimpleNamespace(key_averages=lambda: events)
+    table = kernel_profile(prof, steps=2, wall_seconds=0.14, cuda=True)
+    assert [r.name for r in table.rows] == ["nvjet_sm90_tst_128x192"]
+    assert list(table.host_calls) == ["Command Buffer Full", "cudaGraphLaunch"]
+    assert "host, in CUDA calls (ms/step): Command Buffer Full 37.00, cudaGraphLaunch 4.50" in table.format()
+    assert table.as_dict()["host_ms_per_step_in_cuda_calls"] == {"Command Buffer Full": 37.0, "cudaGraphLaunch": 4.5}

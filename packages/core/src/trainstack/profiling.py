@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -80,6 +80,11 @@ class KernelProfile:
     """Host time of the profiled steps, profiler overhead included."""
     rows: list[KernelRow]
     """Most time first."""
+    host_calls: dict[str, float] = field(default_factory=dict)
+    """Host seconds (summed over the steps) in CUDA runtime calls and the profiler's driver events
+    ("Command Buffer Full": a launch waited for room in the GPU's queue), most first. Where the host
+    waits: a synchronize or a copy from pageable memory means the host holds the GPU back; a full
+    command buffer means the GPU sets the pace."""
 
     @property
     def total_seconds(self) -> float:
@@ -101,6 +106,9 @@ class KernelProfile:
                  f"{'category':<14} {'ms/step':>9} {'share':>6}"]
         for category, seconds in sorted(self.by_category().items(), key=lambda kv: -kv[1]):
             lines.append(f"{category:<14} {1000 * seconds / self.steps:>9.2f} {seconds / total:>6.1%}")
+        if self.host_calls:
+            lines.append("host, in CUDA calls (ms/step): " + ", ".join(
+                f"{name} {1000 * seconds / self.steps:.2f}" for name, seconds in list(self.host_calls.items())[:5]))
         lines.append(f"top {min(top, len(self.rows))} of {len(self.rows)}:")
         lines.append(f"{'ms/step':>9} {'share':>6} {'calls':>6}  {'category':<14} name")
         for r in self.rows[:top]:
@@ -115,7 +123,8 @@ class KernelProfile:
                 "busy_ms_per_step": per_step(self.total_seconds),
                 "ms_per_step_by_category": {k: per_step(v) for k, v in self.by_category().items()},
                 "top": [{"name": r.name, "category": r.category, "calls": r.calls, "ms_per_step": per_step(r.seconds)}
-                        for r in self.rows[:top]]}
+                        for r in self.rows[:top]],
+                "host_ms_per_step_in_cuda_calls": {k: per_step(v) for k, v in self.host_calls.items()}}
 
 
 def profile_steps(step_fn: Callable[[], object], *, steps: int = 3, trace_path=None) -> KernelProfile:
@@ -146,8 +155,10 @@ def kernel_profile(prof, *, steps: int, wall_seconds: float, cuda: bool) -> Kern
     that run the profiler themselves, as a Trainer callback does)."""
     from torch.autograd import DeviceType
 
-    rows = []
+    rows, host_calls = [], {}
     for evt in prof.key_averages():
+        if evt.device_type == DeviceType.CPU and _is_host_cuda_call(evt.key) and evt.self_cpu_time_total > 0:
+            host_calls[evt.key] = evt.self_cpu_time_total / 1e6
         if cuda:
             if evt.device_type != DeviceType.CUDA:
                 continue
@@ -160,4 +171,11 @@ def kernel_profile(prof, *, steps: int, wall_seconds: float, cuda: bool) -> Kern
         if us > 0:
             rows.append(KernelRow(evt.key, kernel_category(evt.key), int(evt.count), us / 1e6))
     rows.sort(key=lambda r: -r.seconds)
-    return KernelProfile("cuda" if cuda else "cpu", steps, wall_seconds, rows)
+    host_calls = dict(sorted(host_calls.items(), key=lambda kv: -kv[1]))
+    return KernelProfile("cuda" if cuda else "cpu", steps, wall_seconds, rows, host_calls)
+
+
+def _is_host_cuda_call(name: str) -> bool:
+    """A CUDA runtime call (cudaGraphLaunch, cudaStreamSynchronize, ...) or the profiler's event for a
+    launch that waited for room in the GPU's queue, as torch.profiler names them on the host."""
+    return name.startswith(("cuda", "cu")) and not name.startswith("cudnn") or name == "Command Buffer Full"
