@@ -178,4 +178,4 @@ def kernel_profile(prof, *, steps: int, wall_seconds: float, cuda: bool) -> Kern
 def _is_host_cuda_call(name: str) -> bool:
     """A CUDA runtime call (cudaGraphLaunch, cudaStreamSynchronize, ...) or the profiler's event for a
     launch that waited for room in the GPU's queue, as torch.profiler names them on the host."""
-    return name.startswith(("cuda", "cu")) and not name.startswith("cudnn") or name == "Command Buffer Full"
+    return name == "Command Buffer Full" or (name.startswith("cu") and not name.startswith("cudnn"))

@@ -145,8 +145,9 @@ class SpeedConfig(CoreSpeedConfig):
     """The encoder's and decoder's token lookups add their gradient rows into the shared embedding
     (and LM head) weight's gradient in place, instead of two dense 256k x 1024 gradients that autograd
     zero-fills and then sums with the head's (~4 GB of memory traffic a step). auto: on in one
-    process unless speed.compile compiles the whole step; off under several, where DistributedDataParallel's hook could reduce that gradient before
-    the rows arrive (true is refused there). 72.9 -> 71.1 ms a step on an H200 (BENCHMARKS.md, run 7)."""
+    process unless speed.compile compiles the whole step; off under several, where
+    DistributedDataParallel's hook could reduce that gradient before the rows arrive (true is refused
+    there). 72.9 -> 71.1 ms a step on an H200 (BENCHMARKS.md, run 7)."""
     gradient_checkpointing: bool = False
     """Non-reentrant activation checkpointing. Not needed at batch 96 / 256 tokens with chunked CE."""
     params_dtype: Literal["fp32", "bf16"] = "fp32"
@@ -197,7 +198,8 @@ class TrainConfig:
         check_limits(self, {
             "optim.lr": "> 0", "optim.weight_decay": ">= 0", "optim.warmup_ratio": ">= 0",
             "speed.max_tokens_per_batch": ">= 1", "speed.max_batch_size": ">= 0", "speed.batch_size": ">= 0",
-            "speed.ce_chunk_tokens": ">= 1", "speed.head_row_multiple": ">= 0", "data.validation_rows": ">= 0", "data.min_chars": ">= 0",
+            "speed.ce_chunk_tokens": ">= 1", "speed.head_row_multiple": ">= 0", "data.validation_rows": ">= 0",
+            "data.min_chars": ">= 0",
             "data.max_length": ">= 3",  # language code, one token, </s>
             "eval.num_beams": ">= 1", "eval.max_new_tokens": ">= 1", "eval.batch_size": ">= 1",
             "eval.max_rows": ">= 0", "epochs": ">= 1", "max_steps": ">= 0", "grad_accum_steps": ">= 1",

@@ -1,7 +1,7 @@
 """Samples/s per GPU profile: measured where measured, otherwise estimated from a measurement.
 
-h100-80g is measured: one H200, BENCHMARKS.md run 8 (1,483.7 samples/s on the final code, 26.7% MFU; an H100 SXM has
-the same dense bf16 peak). The other cards are estimated from run 3 (990.2 samples/s at 16.6% MFU on
+h100-80g is measured: one H200, BENCHMARKS.md run 8 (1,483.7 samples/s on the final code, 26.7% MFU;
+an H100 SXM has the same dense bf16 peak). The other cards are estimated from run 3 (990.2 samples/s at 16.6% MFU on
 the same lognormal(38) length mix), the fast path they run (CUDA graphs, eager layers; run 5 adds
 compiled layers and side-grouped batches, which only h100-80g ships): its FLOPs per sentence pair and
 MFU put on the profile's GPU's dense bf16 (fp16 on Volta) peak. Activation checkpointing recomputes

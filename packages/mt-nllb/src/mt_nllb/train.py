@@ -249,7 +249,13 @@ def build_train_batches(cfg: TrainConfig, train_tp, model_config, rank: int = 0,
                               decoder_start_id=model_config.decoder_start_token_id, seed=cfg.seed,
                               max_batch_size=cfg.speed.max_batch_size, fixed_batch_size=cfg.speed.batch_size,
                               rank=rank, world_size=world_size, buckets=buckets, group_buckets=group_buckets,
-                              head_row_multiple=cfg.speed.head_row_multiple if not cfg.speed.liger_ce else 0)
+                              head_row_multiple=head_row_multiple(cfg))
+
+
+def head_row_multiple(cfg: TrainConfig) -> int:
+    """speed.head_row_multiple as the fast path's batches use it: 0 under speed.liger_ce, whose loss
+    takes the real rows itself."""
+    return 0 if cfg.speed.liger_ce else cfg.speed.head_row_multiple
 
 
 def total_optimizer_steps(cfg: TrainConfig, batches) -> int:
@@ -293,8 +299,8 @@ def make_loss_fn(cfg: TrainConfig, speed=None):
 def describe_loss(cfg: TrainConfig, speed) -> str:
     """The start-up line naming the loss path that runs."""
     rows = "real tokens only"
-    if speed.fast and cfg.speed.head_row_multiple and not cfg.speed.liger_ce:
-        rows = f"real tokens gathered, padded to a multiple of {cfg.speed.head_row_multiple} rows (fixed shapes)"
+    if speed.fast and head_row_multiple(cfg):
+        rows = f"real tokens gathered, padded to a multiple of {head_row_multiple(cfg)} rows (fixed shapes)"
     elif speed.fast:
         rows = "every row, padding masked (fixed shapes)"
     if cfg.speed.liger_ce:
