@@ -193,3 +193,32 @@ def test_liger_matches_the_chunked_path_on_a_gpu(fixed_shapes, monkeypatch):
         assert ca == cb and a == pytest.approx(b, rel=1e-5)
         torch.testing.assert_close(ha, hb, rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(wa, wb, rtol=1e-4, atol=1e-6)
+
+
+# speed.triton_ce: the chunk math by ce_kernel's Triton kernel.
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal needs a machine without a CUDA device "
+                                                     "(test_triton_ce_true_without_triton_is_refused checks it anywhere)")
+def test_triton_ce_true_without_cuda_is_one_line_before_the_data_is_read(tmp_path, capsys):
+    line = _refused(tmp_path, capsys, "speed.triton_ce=true", f"data.train=[{tmp_path / 'absent.tsv'}]")
+    assert "config key 'speed.triton_ce'" in line and "this run's device is cpu" in line
+
+
+def test_triton_ce_true_without_triton_is_refused(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real_find_spec(name, *a))
+    cfg = load_config(TrainConfig, {}, ["speed.triton_ce=true"])
+    with pytest.raises(ConfigError, match="speed.triton_ce.*Triton is not installed"):
+        T.resolve_train_speed(cfg, torch.device("cuda"), FP32)  # reads the device type only: no GPU needed
+    assert not T.triton_ce_on(load_config(TrainConfig, {}, []), torch.device("cuda"))  # auto: off, silently
+
+
+def test_triton_ce_auto_is_off_on_cpu_and_under_liger():
+    cfg = load_config(TrainConfig, {}, [])
+    assert not T.triton_ce_on(cfg, torch.device("cpu"))
+    speed = T.resolve_train_speed(cfg, torch.device("cpu"), FP32)
+    assert "Triton" not in T.describe_loss(cfg, speed, torch.device("cpu"))
+    liger = load_config(TrainConfig, {}, ["speed.liger_ce=true", "speed.triton_ce=true"])
+    assert not T.triton_ce_on(liger, torch.device("cuda"))  # liger's loss runs no chunk math of ours

@@ -103,7 +103,7 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
     precision = resolve_precision(cfg.precision)
     apply_precision(precision)
     speed = T.resolve_train_speed(cfg, device, precision, world_size=state.num_processes)
-    print(f"bench {name}: {speed.reason}; {T.describe_loss(cfg, speed)}", flush=True)
+    print(f"bench {name}: {speed.reason}; {T.describe_loss(cfg, speed, device)}", flush=True)
     model = T.build_training_model(cfg, tokenizer, device, speed, world_size=state.num_processes)
     batches = T.build_train_batches(cfg, tp, model.config, rank=state.process_index, world_size=state.num_processes,
                                     speed=speed)
@@ -152,7 +152,7 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
                      compile_loss=cfg.speed.compile_loss, chunked_ce=cfg.speed.chunked_ce,
                      ce_chunk=cfg.speed.ce_chunk_tokens, optim=cfg.optim.name, optimizer=describe_optimizer(opt),
                      precision=precision.name, memory_cap_gib=memory_cap_gib, flops_per_real_token=fpt,
-                     speed=speed.reason, loss=T.describe_loss(cfg, speed), **step.stats,
+                     speed=speed.reason, loss=T.describe_loss(cfg, speed, device), **step.stats,
                      batch_host_ms_per_step=round(1000.0 * float(np.mean(step.batch_seconds[warmup:])), 3),
                      fast_path_events_in_timed_steps=step.events_in_timed_steps)
     model = opt = step = None  # free the GPU before the next variant
@@ -348,6 +348,9 @@ VARIANTS = {
     # Finer buckets (less padding, twice the shapes) and one CE chunk for nearly every batch.
     "ours-buckets8": Variant("h100-80g", ("speed.length_buckets=multiple:8",)),
     "ours-chunk16384": Variant("h100-80g", ("speed.ce_chunk_tokens=16384",)),
+    # The chunk math by torch ops compiled (before speed.triton_ce), and 128-row head multiples.
+    "ours-torch-chunk-math": Variant("h100-80g", ("speed.triton_ce=false",)),
+    "ours-head-rows128": Variant("h100-80g", ("speed.head_row_multiple=128",)),
     # The head over every target position, padding masked (before speed.head_row_multiple).
     "ours-every-head-row": Variant("h100-80g", ("speed.head_row_multiple=0",)),
     # liger-kernel's fused linear CE (pip install 'mt-nllb[gpu]'), which turns CUDA graphs off; its fair
@@ -394,12 +397,13 @@ def variant_config(name: str, arch: str):
 
 
 def eager_twin(cfg):
-    """``cfg`` with the fast path off (no graphs, nothing compiled), the same batches: the reference
-    that a fast arm's losses are compared with."""
+    """``cfg`` with the fast path off (no graphs, nothing compiled, the chunk math by torch ops), the
+    same batches: the reference that a fast arm's losses are compared with."""
     import copy
 
     twin = copy.deepcopy(cfg)
     twin.speed.cuda_graphs = twin.speed.compile = twin.speed.compile_loss = twin.speed.compile_layers = False
+    twin.speed.triton_ce = False  # the chunk math by torch ops: the kernel is checked, not trusted
     return twin
 
 
@@ -429,6 +433,7 @@ def fused_vs_chunked(arch: str, head_batches: int, seed: int = 0) -> dict:
     from . import fused_ce
     from . import head_compare as H
     from . import loss as loss_mod
+    from . import train as T
     from .model import load_arch_config
 
     cfg, config = variant_config("ours", arch), load_arch_config(arch)
@@ -437,12 +442,13 @@ def fused_vs_chunked(arch: str, head_batches: int, seed: int = 0) -> dict:
     precision = resolve_precision(cfg.precision)
     lengths = [synthetic_lengths(cfg.speed.batch_size, seed=seed + 1 + i)[:, 1] for i in range(head_batches)]
     weight, batches = H.head_batches(lengths, config.d_model, config.vocab_size, seed, device)
-    # The chunk math eager, as on the path that liger's loss takes (no graphs, real rows only); set
-    # here, since an earlier stage in this process may have left it compiled.
-    loss_mod.configure(compile_loss=False)
+    # The chunk math eager, as on the path that liger's loss takes (no graphs, real rows only), and on
+    # CUDA by the Triton kernel too (the paths set it: an earlier stage may have left it compiled).
+    triton_kernel = T.triton_ce_on(cfg, device)
     paths = H.head_paths(cfg.label_smoothing, cfg.speed.ce_chunk_tokens, liger,
-                         torch.float32 if device.type == "cuda" else torch.float64)
+                         torch.float32 if device.type == "cuda" else torch.float64, triton_kernel=triton_kernel)
     result = H.compare_heads(weight, batches, paths, autocast=lambda: precision.autocast(device.type), repeats=3)
+    loss_mod.configure(compile_loss=False)
     result.update(arch=arch, width=config.d_model, vocab=config.vocab_size, device=device.type,
                   precision=precision.name, chunk_rows=cfg.speed.ce_chunk_tokens, label_smoothing=cfg.label_smoothing,
                   liger="ran" if liger else "skipped: needs a CUDA GPU and liger-kernel")

@@ -125,6 +125,12 @@ class SpeedConfig(CoreSpeedConfig):
     them; not yet measured on a GPU). It turns CUDA graphs off (auto resolves to off, true is
     refused): its forward reads the count of real tokens back to the host on every call, which a
     captured graph cannot do."""
+    triton_ce: Switch = "auto"
+    """The chunked head's per-chunk loss and gradient by this package's Triton kernel (ce_kernel.py:
+    one program per row, the gradient written over the chunk's logits) instead of torch ops, compiled
+    or not (speed.compile_loss). auto: on with a CUDA device of compute capability 8.0 or newer and
+    Triton importable (it comes with PyTorch's CUDA builds); older GPUs are untried. On an H200 the
+    h100-80g step takes 61.6 instead of 63.7 ms (1,558 vs 1,508 samples/s; BENCHMARKS.md, run 9)."""
     compile_layers: Switch = False
     """torch.compile each encoder and decoder layer (dynamic lengths: one compilation per layer kind,
     shared by its 12 layers) to fuse the autocast casts, layer norms, dropout and residual adds.

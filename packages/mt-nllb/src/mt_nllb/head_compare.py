@@ -1,5 +1,6 @@
-"""The LM head's loss three ways on the same inputs: liger-kernel's fused linear CE (speed.liger_ce),
-our chunked path (speed.chunked_ce) and the unfused reference (full logits, loss.full_logits_smoothed_ce).
+"""The LM head's loss several ways on the same inputs: liger-kernel's fused linear CE (speed.liger_ce),
+our chunked path (speed.chunked_ce) with its chunk math by torch ops and by the Triton kernel
+(speed.triton_ce), and the unfused reference (full logits, loss.full_logits_smoothed_ce).
 
     mt-nllb bench --only fused-vs-chunked --head-batches 3       # one CUDA GPU, liger-kernel installed
 
@@ -19,6 +20,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from . import loss as loss_mod
 from .loss import IGNORE_INDEX, chunked_smoothed_ce, full_logits_smoothed_ce
 
 HeadLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple]
@@ -43,14 +45,27 @@ def head_batches(target_lengths: list, width: int, vocab: int, seed: int, device
     return weight, batches
 
 
-def head_paths(epsilon: float, chunk_rows: int, liger: bool, reference_dtype: torch.dtype) -> dict[str, HeadLoss]:
-    """The paths compared, by name; "reference" last, the one the others are measured against."""
+def _chunked(epsilon: float, chunk_rows: int, triton_kernel: bool) -> HeadLoss:
+    """The chunked path with its chunk math eager (torch ops) or by the Triton kernel, chosen at each
+    call: the choice is global to loss.py, and two such paths take turns."""
+    def run(h, w, y):
+        loss_mod.configure(compile_loss=False, triton_kernel=triton_kernel)
+        return chunked_smoothed_ce(h, w, y, epsilon, chunk_rows)
+    return run
+
+
+def head_paths(epsilon: float, chunk_rows: int, liger: bool, reference_dtype: torch.dtype,
+               triton_kernel: bool = False) -> dict[str, HeadLoss]:
+    """The paths compared, by name; "reference" last, the one the others are measured against.
+    ``triton_kernel``: also the chunked path with speed.triton_ce's kernel ("chunked-triton")."""
     paths: dict[str, HeadLoss] = {}
     if liger:
         from .fused_ce import liger_smoothed_ce
 
         paths["liger"] = lambda h, w, y: liger_smoothed_ce(h, w, y, epsilon, chunk_rows)
-    paths["chunked"] = lambda h, w, y: chunked_smoothed_ce(h, w, y, epsilon, chunk_rows)
+    if triton_kernel:
+        paths["chunked-triton"] = _chunked(epsilon, chunk_rows, True)
+    paths["chunked"] = _chunked(epsilon, chunk_rows, False)
 
     def reference(h, w, y):
         with torch.autocast(h.device.type, enabled=False):

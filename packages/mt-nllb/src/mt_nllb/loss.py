@@ -98,29 +98,42 @@ def _accumulate_weight_grad(grad_w, g, h, shape):
 
 
 _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
-"""(loss, loss-and-gradient) per chunk; configure(compile_loss=True) swaps in compiled ones."""
+"""(loss, loss-and-gradient) per chunk; configure(compile_loss=True) swaps in compiled ones, and
+configure(triton_kernel=True) the Triton kernel for the second."""
 _COMPILED: dict[bool, tuple] = {}
 
 
-def configure(compile_loss: bool, dynamic: bool = True) -> None:
+def configure(compile_loss: bool, dynamic: bool = True, triton_kernel: bool = False) -> None:
     """Choose the per-chunk math once, before any step: a choice made inside a traced step would be
     a guard that changes, and recompile it. ``dynamic`` (speed.symbolic_widths): True compiles once
     with every size symbolic; False compiles the first chunk as it is and then makes symbolic only the
-    sizes that change (the row count), so the vocabulary stays a constant in the kernels' index math."""
+    sizes that change (the row count), so the vocabulary stays a constant in the kernels' index math.
+    ``triton_kernel`` (speed.triton_ce, CUDA): loss and gradient by ce_kernel, the gradient written
+    over the chunk's logits; the loss alone (evaluation) stays as compile_loss chose."""
     global _CHUNK_FNS
     if not compile_loss:
-        _CHUNK_FNS = (_chunk_loss, _chunk_loss_and_grad_inplace)
-        return
-    if dynamic not in _COMPILED:
-        from trainstack.speed import one_graph_for_all_sizes
+        fns = (_chunk_loss, _chunk_loss_and_grad_inplace)
+    else:
+        if dynamic not in _COMPILED:
+            from trainstack.speed import one_graph_for_all_sizes
 
-        one_graph_for_all_sizes()
-        mode = True if dynamic else None  # None: Dynamo's automatic dynamic shapes
-        _COMPILED[dynamic] = (torch.compile(_chunk_loss, dynamic=mode), torch.compile(_chunk_loss_and_grad, dynamic=mode))
-    _CHUNK_FNS = _COMPILED[dynamic]
+            one_graph_for_all_sizes()
+            mode = True if dynamic else None  # None: Dynamo's automatic dynamic shapes
+            _COMPILED[dynamic] = (torch.compile(_chunk_loss, dynamic=mode),
+                                  torch.compile(_chunk_loss_and_grad, dynamic=mode))
+        fns = _COMPILED[dynamic]
+    if triton_kernel:
+        from .ce_kernel import chunk_loss_and_grad_
+
+        fns = (fns[0], chunk_loss_and_grad_)
+    _CHUNK_FNS = fns
 
 
-def _chunk_fn(with_grad: bool):
+def _chunk_fn(with_grad: bool, tracing: bool = False):
+    """The chosen chunk math. ``tracing`` (a whole step under torch.compile) takes the torch ops,
+    which Dynamo folds into the step's graph, instead of a kernel writing over its input."""
+    if with_grad and tracing:
+        return _chunk_loss_and_grad
     return _CHUNK_FNS[1] if with_grad else _CHUNK_FNS[0]
 
 
@@ -155,7 +168,7 @@ class _ChunkedLinearSmoothedCE(torch.autograd.Function):
             y = labels[start:start + chunk_rows].unsqueeze(1)
             if need_h or need_w:
                 # The bf16 logits are passed, not kept: the chunk's only fp32 copy lives inside.
-                chunk_loss, g = _chunk_fn(True)(h @ w.t(), y, epsilon, masked, vocab)
+                chunk_loss, g = _chunk_fn(True, tracing)(h @ w.t(), y, epsilon, masked, vocab)
                 if need_h and tracing:
                     grad_h_chunks.append(g @ w)
                 elif need_h:

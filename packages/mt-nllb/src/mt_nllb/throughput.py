@@ -1,6 +1,6 @@
 """Samples/s per GPU profile: measured where measured, otherwise estimated from a measurement.
 
-h100-80g is measured: one H200, BENCHMARKS.md run 8 (1,483.7 samples/s on the final code, 26.7% MFU;
+h100-80g is measured: one H200, BENCHMARKS.md run 9 (1,557.8 samples/s, 28.0% MFU;
 an H100 SXM has the same dense bf16 peak). The other cards are estimated from run 3 (990.2 samples/s at 16.6% MFU on
 the same lognormal(38) length mix), the fast path they run (CUDA graphs, eager layers; run 5 adds
 compiled layers and side-grouped batches, which only h100-80g ships): its FLOPs per sentence pair and
@@ -14,10 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MEASURED_GPU = "NVIDIA H200"
-# One H200, `mt-nllb bench`, 2026-12-02 (BENCHMARKS.md run 8), the h100-80g profile as shipped.
+# One H200, `mt-nllb bench`, 2026-12-02 (BENCHMARKS.md run 9), the h100-80g profile as shipped.
 MEASURED_PROFILE = "h100-80g"
-MEASURED_SAMPLES_PER_S = 1483.7
-MEASURED_RUN = 8
+MEASURED_SAMPLES_PER_S = 1557.8
+MEASURED_RUN = 9
 # One H200, 2026-11-30 (BENCHMARKS.md run 3): the fast path without compiled layers.
 BASIS_SAMPLES_PER_S = 990.2
 BASIS_MFU = 0.166

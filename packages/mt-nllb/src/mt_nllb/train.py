@@ -143,14 +143,17 @@ def resume_target(resume: str | None, run_dir: Path) -> bool | Path:
 
 def resolve_train_speed(cfg: TrainConfig, device, precision, world_size: int = 1):
     """Core's fast path for this run (trainstack.speed.Speed): CUDA graphs and length buckets on one
-    CUDA process unless the config turns them off; eager on CPU and under DDP. speed.liger_ce: checked
-    usable here (liger-kernel installed, a CUDA device), and graphs off (its loss cannot be captured)."""
+    CUDA process unless the config turns them off; eager on CPU and under DDP. speed.liger_ce and
+    speed.triton_ce=true: checked usable here (their library, a CUDA device); liger's loss turns graphs
+    off (it cannot be captured)."""
     from trainstack.speed import resolve_speed
 
     from . import fused_ce
 
     if cfg.speed.liger_ce:
         fused_ce.check_usable(device)
+    if cfg.speed.triton_ce is True:
+        triton_ce_on(cfg, device)  # where it cannot run: the one-line error, before the data is read
     return resolve_speed(cfg.speed, device, use_grad_scaler=precision.use_grad_scaler, world_size=world_size,
                          max_len=cfg.data.max_length,
                          graph_blockers=[fused_ce.GRAPH_BLOCKER] if cfg.speed.liger_ce else [])
@@ -162,6 +165,32 @@ def compile_loss_chunks(cfg: TrainConfig, speed) -> bool:
     if cfg.speed.liger_ce:
         return False
     return speed.fast if cfg.speed.compile_loss == "auto" else bool(cfg.speed.compile_loss)
+
+
+def triton_ce_on(cfg: TrainConfig, device) -> bool:
+    """speed.triton_ce resolved for ``device``: auto where it can run and was measured (CUDA, compute
+    capability >= 8.0, Triton importable); true where it cannot run is a one-line ConfigError. Never
+    under speed.liger_ce or speed.chunked_ce=false (no chunk math of ours runs)."""
+    import importlib.util
+
+    import torch
+    from trainstack.config import ConfigError
+
+    if cfg.speed.liger_ce or not cfg.speed.chunked_ce or cfg.speed.triton_ce is False:
+        return False
+    device = torch.device(device)
+    if device.type != "cuda":
+        why = f"this run's device is {device.type}"
+    elif importlib.util.find_spec("triton") is None:
+        why = "Triton is not installed (it comes with PyTorch's CUDA builds)"
+    elif cfg.speed.triton_ce == "auto" and torch.cuda.get_device_capability(device) < (8, 0):
+        return False
+    else:
+        return True
+    if cfg.speed.triton_ce == "auto":
+        return False
+    raise ConfigError(f"config key 'speed.triton_ce': the Triton cross-entropy kernel needs a CUDA device and Triton, "
+                      f"and {why}: set speed.triton_ce=auto or false")
 
 
 def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None, world_size: int = 1):
@@ -190,7 +219,7 @@ def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None, world_
     if embedding_row_grads_on(cfg, world_size, speed):
         add_embedding_rows_to_grad(model)
     loss_mod.configure(compile_loss_chunks(cfg, speed) if speed is not None else cfg.speed.compile_loss is True,
-                       dynamic=cfg.speed.symbolic_widths)
+                       dynamic=cfg.speed.symbolic_widths, triton_kernel=triton_ce_on(cfg, device))
     if speed is not None and compile_layers_on(cfg, speed):
         compile_layers(model, speed.compile_backend, dynamic=cfg.speed.symbolic_widths)
     return model
@@ -296,8 +325,8 @@ def make_loss_fn(cfg: TrainConfig, speed=None):
     return loss_fn
 
 
-def describe_loss(cfg: TrainConfig, speed) -> str:
-    """The start-up line naming the loss path that runs."""
+def describe_loss(cfg: TrainConfig, speed, device="cpu") -> str:
+    """The start-up line naming the loss path that runs on ``device``."""
     rows = "real tokens only"
     if speed.fast and head_row_multiple(cfg):
         rows = f"real tokens gathered, padded to a multiple of {head_row_multiple(cfg)} rows (fixed shapes)"
@@ -309,6 +338,8 @@ def describe_loss(cfg: TrainConfig, speed) -> str:
     if not cfg.speed.chunked_ce:
         return f"loss: label-smoothed CE ({cfg.label_smoothing}) over full logits"
     math = "compiled" if compile_loss_chunks(cfg, speed) else "eager"
+    if triton_ce_on(cfg, device):
+        math = f"by the Triton kernel (the loss alone {math})"
     layers = ", layers compiled" if compile_layers_on(cfg, speed) else ""
     return (f"loss: label-smoothed CE ({cfg.label_smoothing}), LM head in chunks of {cfg.speed.ce_chunk_tokens} "
             f"rows, {rows}, chunk math {math}{layers}")
@@ -373,7 +404,7 @@ def run(cfg: TrainConfig, run_dir: Path, resume=None, progress: bool = True) -> 
     total_steps = total_optimizer_steps(cfg, batches)
     optimizer, scheduler = build_optimizer_and_scheduler(cfg, model, total_steps)
     loss_fn = make_loss_fn(cfg, speed)
-    print(describe_loss(cfg, speed))
+    print(describe_loss(cfg, speed, state.device))
 
     val_pairs = list(zip(val_tp.src_text, val_tp.tgt_text, strict=True))
     if cfg.eval.max_rows:
