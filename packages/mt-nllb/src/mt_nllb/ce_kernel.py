@@ -16,8 +16,17 @@ zero gradient.
 from __future__ import annotations
 
 import torch
-import triton
-import triton.language as tl
+
+try:
+    import triton
+    import triton.language as tl
+except ModuleNotFoundError:  # PyTorch's CPU builds come without Triton; speed.triton_ce is off there
+    triton = tl = None
+
+    def _jit(fn):
+        return fn  # never launched: the module imports, the kernel needs Triton
+else:
+    _jit = triton.jit
 
 BLOCK_COLUMNS = 4096
 """Columns per loop iteration, with 8 warps: with 2,048 x 4 the fastest of the settings that
@@ -26,7 +35,7 @@ rows of 256,256 columns (BENCHMARKS.md, run 9)."""
 NUM_WARPS = 8
 
 
-@triton.jit
+@_jit
 def _smoothed_ce_rows(logits_ptr, labels_ptr, losses_ptr, row_stride, vocab, n_cols, epsilon,
                       ignore_index, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
