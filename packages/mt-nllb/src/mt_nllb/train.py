@@ -180,17 +180,15 @@ def triton_ce_on(cfg: TrainConfig, device) -> bool:
         return False
     device = torch.device(device)
     if device.type != "cuda":
-        why = f"this run's device is {device.type}"
+        missing = f"this run's device is {device.type}"
     elif importlib.util.find_spec("triton") is None:
-        why = "Triton is not installed (it comes with PyTorch's CUDA builds)"
-    elif cfg.speed.triton_ce == "auto" and torch.cuda.get_device_capability(device) < (8, 0):
-        return False
+        missing = "Triton is not installed (it comes with PyTorch's CUDA builds)"
     else:
-        return True
-    if cfg.speed.triton_ce == "auto":
-        return False
-    raise ConfigError(f"config key 'speed.triton_ce': the Triton cross-entropy kernel needs a CUDA device and Triton, "
-                      f"and {why}: set speed.triton_ce=auto or false")
+        return cfg.speed.triton_ce is True or torch.cuda.get_device_capability(device) >= (8, 0)
+    if cfg.speed.triton_ce is True:
+        raise ConfigError(f"config key 'speed.triton_ce': the Triton cross-entropy kernel needs a CUDA device and "
+                          f"Triton, and {missing}: set speed.triton_ce=auto or false")
+    return False
 
 
 def build_training_model(cfg: TrainConfig, tokenizer, device, speed=None, world_size: int = 1):
