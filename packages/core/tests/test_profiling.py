@@ -75,18 +75,26 @@ def test_host_time_in_cuda_calls_is_listed_apart_from_the_kernels():
     from torch.autograd import DeviceType
     from trainstack.profiling import kernel_profile
 
-    def event(key, device, self_cpu=0.0, self_device=0.0):
+    def event(key, device, self_cpu=0.0, self_device=0.0, annotation=False):
         return SimpleNamespace(key=key, device_type=device, count=1, self_cpu_time_total=self_cpu,
-                               self_device_time_total=self_device)
+                               self_device_time_total=self_device, is_user_annotation=annotation)
 
     events = [event("Command Buffer Full", DeviceType.CPU, self_cpu=74_000.0),
               event("cudaGraphLaunch", DeviceType.CPU, self_cpu=9_000.0),
               event("cudnnConvolutionForward", DeviceType.CPU, self_cpu=50.0),
               event("aten::copy_", DeviceType.CPU, self_cpu=500.0),
-              event("nvjet_sm90_tst_128x192", DeviceType.CUDA, self_device=60_000.0)]
+              event("nvjet_sm90_tst_128x192", DeviceType.CUDA, self_device=60_000.0),
+              # the optimizer's record_function range: on the host, and spanning its kernels on the GPU
+              event("Optimizer.step#AdamW.step", DeviceType.CPU, self_cpu=300.0),
+              event("Optimizer.step#AdamW.step", DeviceType.CUDA, self_device=5_000.0, annotation=True),
+              event("multi_tensor_apply_kernel", DeviceType.CUDA, self_device=4_900.0),
+              # Inductor names its host range after the Triton kernel it launches: the kernel still counts
+              event("triton_poi_fused_gelu_4", DeviceType.CPU, self_cpu=20.0),
+              event("triton_poi_fused_gelu_4", DeviceType.CUDA, self_device=3_000.0)]
     prof = SimpleNamespace(key_averages=lambda: events)
     table = kernel_profile(prof, steps=2, wall_seconds=0.14, cuda=True)
-    assert [r.name for r in table.rows] == ["nvjet_sm90_tst_128x192"]
+    assert [r.name for r in table.rows] == ["nvjet_sm90_tst_128x192", "multi_tensor_apply_kernel",
+                                            "triton_poi_fused_gelu_4"]
     assert list(table.host_calls) == ["Command Buffer Full", "cudaGraphLaunch"]
     assert "host, in CUDA calls (ms/step): Command Buffer Full 37.00, cudaGraphLaunch 4.50" in table.format()
     assert table.as_dict()["host_ms_per_step_in_cuda_calls"] == {"Command Buffer Full": 37.0, "cudaGraphLaunch": 4.5}

@@ -80,12 +80,15 @@ def test_bench_ours_and_train_go_through_the_same_builders(tmp_path, monkeypatch
 
 
 def test_bench_ours_runs_the_bench_config_on_cpu():
+    """--accum 2: each timed optimizer step is two packed micro-batches, their real tokens all counted."""
     cfg = bench_config("esm2_tiny", max_tokens=1024, attention="sdpa", compile=False, precision="fp32",
-                       overrides=["data.max_length=128"])
-    assert cfg.task == "mlm" and not cfg.model.pretrained and cfg.batch.grad_accum_steps() == 1
+                       overrides=["data.max_length=128"], accum=2)
+    assert cfg.task == "mlm" and not cfg.model.pretrained and cfg.batch.grad_accum_steps() == 2
     res = bench_ours(cfg, random_proteins(lognormal_lengths(64, seed=1, median=60, high=128), seed=1), steps=2,
                      warmup=1)
-    assert res.steps == 2 and res.real_tokens > 0 and res.samples > 0
+    assert res.steps == 2 and res.samples > 0 and res.extra["grad_accum"] == 2
+    assert 1024 < res.real_tokens <= 2 * 2 * 1024   # more than one micro-batch's slots a step
+    assert 0 <= res.extra["padding_fraction"] < 0.5
     assert res.extra["optimizer"] == "torch.optim.AdamW for-loop (parameters on cpu)"
     # time to the first step counts the model build: more than the first step alone, less than the whole arm
     assert 0 < res.extra["first_step_seconds"] < res.extra["wall_incl_compile_s"]
@@ -107,3 +110,18 @@ def test_ours_profile_groups_the_step_by_kernel_category():
     assert sum(spent.values()) == pytest.approx(table.total_seconds)
     text = table.format()
     assert "not a GPU profile" in text and "aten::mm" in text
+
+
+def test_fast_vs_eager_trains_both_paths_from_the_same_weights_on_cpu():
+    """The bench's fast-vs-eager arm: the compiled layer (aot_eager: Inductor's graphs, traced on a CPU)
+    and the eager path give the same losses over the same batches; a difference would show."""
+    from esm2ae.bench import fast_vs_eager
+
+    cfg = bench_config("esm2_tiny", max_tokens=1024, precision="fp32",
+                       overrides=["data.max_length=128", "model.compile_backend=aot_eager"])
+    result = fast_vs_eager(cfg, random_proteins(lognormal_lengths(64, seed=1, median=60, high=128), seed=1), steps=3)
+    assert result["fast"] == "sdpa, compiled" and result["eager"] == "sdpa"
+    assert len(result["fast_losses"]) == len(result["eager_losses"]) == 3
+    assert result["fast_losses"] == pytest.approx(result["eager_losses"], rel=1e-5)
+    assert result["max_abs_loss_diff"] < 1e-4
+    assert len(set(result["fast_losses"])) == 3   # the weights move: the steps are not one loss three times

@@ -133,6 +133,8 @@ def test_flash_kernels_are_never_picked_automatically_below_sm80(monkeypatch):
             pick(requested, "cpu")
         assert pick(requested, "cuda", (9, 0)) == requested
     monkeypatch.setattr(M, "HAS_FLASH_ATTN", False)
+    assert pick("auto", "cuda", (9, 0)) == "varlen"   # torch's own flash varlen kernel
+    monkeypatch.setattr(M, "HAS_TORCH_VARLEN", False)
     assert pick("auto", "cuda", (9, 0)) == "flex"
     # the model asks the device it runs on
     monkeypatch.setattr(M, "HAS_FLASH_ATTN", True)

@@ -160,7 +160,9 @@ def kernel_profile(prof, *, steps: int, wall_seconds: float, cuda: bool) -> Kern
         if evt.device_type == DeviceType.CPU and _is_host_cuda_call(evt.key) and evt.self_cpu_time_total > 0:
             host_calls[evt.key] = evt.self_cpu_time_total / 1e6
         if cuda:
-            if evt.device_type != DeviceType.CUDA:
+            # a user annotation (the optimizer's "Optimizer.step#AdamW.step" range) also shows on the GPU's
+            # timeline, spanning kernels already counted: not a kernel of its own (torch's own tables skip it too)
+            if evt.device_type != DeviceType.CUDA or getattr(evt, "is_user_annotation", False):
                 continue
             us = getattr(evt, "self_device_time_total", None)
             us = evt.self_cuda_time_total if us is None else us

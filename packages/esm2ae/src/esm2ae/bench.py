@@ -5,12 +5,22 @@
     esm2ae bench --sizes esm2_t33_650M --skip-baseline --max-tokens 32768     # a larger micro-batch
     esm2ae bench --sizes esm2_t33_650M --skip-baseline --attention varlen     # torch's varlen kernel
     esm2ae bench --sizes esm2_t33_650M --skip-baseline --profile              # + kernel time by category
+    esm2ae bench --sizes esm2_t33_650M --accum 8    # 8 micro-batches per optimizer step, both arms
 
 Each "ours" result carries ``first_step_seconds`` (from the start of the arm, model building,
 compilation and the first step included) and whether the compile cache was cold or warm.
 ``--profile`` adds the "ours-profile" arm: the same step, warmed up, then 3 steps under
 torch.profiler, printed as kernel time per category (matmul, attention forward/backward, norms,
 elementwise, optimizer, ...) and the top kernels (trainstack.profiling); the table goes into --out too.
+
+``--compare-steps N`` adds "fast-vs-eager" (not timed): ours and the eager path (SDPA, nothing compiled) from
+the same weights over the same batches for N optimizer steps, and the largest loss difference.
+
+``--accum N`` gives both arms N micro-batches per optimizer step (HF Trainer's
+gradient_accumulation_steps; our tokens_per_step = N x --max-tokens), as training does: the paper's ~2M
+tokens per step are many micro-batches (the h100-80g profile: 64 of 32,768 tokens; the users' 3080
+recipe: 195 of 20 sequences), so the optimizer's share of a step is small there; at --accum 1 both arms
+pay one optimizer step per micro-batch. Steps and warm-up steps count optimizer steps.
 
 Lengths (tokens, with <cls>/<eos>) are drawn from a lognormal with median 350 and sigma 0.7,
 clipped to [16, 512]; residues are random. Ours is `esm2ae train` on those proteins (bench_config:
@@ -69,16 +79,16 @@ def flops_per_token(config, lengths) -> float:
 
 
 def bench_config(size: str, max_tokens: int = 16384, attention: str = "auto", compile: bool = True,
-                 precision: str = "auto", checkpointing: bool = False, overrides=()):
+                 precision: str = "auto", checkpointing: bool = False, overrides=(), accum: int = 1):
     """The esm2ae train config the "ours" arm runs: the paper's defaults (Config), ESM-2 ``size`` from
-    random init, MLM, one packed micro-batch of ``max_tokens`` per optimizer step (the timed unit),
+    random init, MLM, ``accum`` packed micro-batches of ``max_tokens`` per optimizer step (the timed unit),
     no checkpoints. ``overrides``: more dotted keys, as on the `esm2ae train` command line."""
     from trainstack.config import load_config
 
     from esm2ae.config import Config
 
     return load_config(Config, {}, [f"model.name={size}", "model.pretrained=false", "task=mlm",
-                                    f"batch.max_tokens_per_batch={max_tokens}", f"batch.tokens_per_step={max_tokens}",
+                                    f"batch.max_tokens_per_batch={max_tokens}", f"batch.tokens_per_step={max_tokens * accum}",
                                     f"model.attention={attention}", f"model.compile={str(compile).lower()}",
                                     f"precision={precision}", f"model.gradient_checkpointing={str(checkpointing).lower()}",
                                     "save_checkpoints=false", *overrides])
@@ -144,9 +154,34 @@ def profile_ours(cfg, proteins: list[str], warmup: int, steps: int = 3):
     return profile_steps(step, steps=steps)
 
 
+def fast_vs_eager(cfg, proteins: list[str], steps: int = 10) -> dict:
+    """Learning stays correct on the fast path: ``cfg``'s step (the "ours" arm) and the eager path
+    (SDPA with a dense document mask, nothing compiled) from the same initial weights over the same
+    batches, ``steps`` optimizer steps each; every step's mean micro-batch loss and the largest differences."""
+    from dataclasses import replace
+
+    eager_cfg = replace(cfg, model=replace(cfg.model, attention="sdpa", compile=False))
+    runs, backends = {}, {}
+    for name, arm_cfg in (("fast", cfg), ("eager", eager_cfg)):
+        step, model, _, _, device, _ = _ours_step(arm_cfg, proteins)
+        for _ in range(steps):
+            step()
+        runs[name] = [float(x) for x in step.losses]
+        backends[name] = f"{model.backbone.backend(device.type)}{', compiled' if model.backbone.compile else ''}"
+        del step, model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    fast, eager = runs["fast"], runs["eager"]
+    abs_diff = max(abs(a - b) for a, b in zip(fast, eager, strict=True))
+    rel_diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(fast, eager, strict=True))
+    return {"name": "fast-vs-eager", "steps": steps, "fast": backends["fast"], "eager": backends["eager"],
+            "fast_losses": fast, "eager_losses": eager, "max_abs_loss_diff": abs_diff, "max_rel_loss_diff": rel_diff}
+
+
 def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int = 20,
-                     precision: str = "auto"):
-    """The users' way: HF Trainer, SDPA, DataCollatorForLanguageModeling padding to the batch max."""
+                     precision: str = "auto", accum: int = 1):
+    """The users' way: HF Trainer, SDPA, DataCollatorForLanguageModeling padding to the batch max,
+    ``accum`` batches per optimizer step."""
     from trainstack.bench import BenchResult
     from trainstack.hardware import detect_hardware
     from trainstack.metrics import peak_bf16_flops
@@ -190,13 +225,14 @@ def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int =
 
     args = TrainingArguments(
         output_dir=f"{tmp}/out", per_device_train_batch_size=batch_size, max_steps=warmup + steps,
+        gradient_accumulation_steps=accum,
         learning_rate=4e-4, weight_decay=0.01, adam_beta2=0.98, warmup_steps=2, bf16=prec.name == "bf16",
         fp16=prec.name == "fp16", logging_steps=10_000, save_strategy="no", report_to="none",
         dataloader_num_workers=0, seed=0)
     trainer = Trainer(model=model, args=args, train_dataset=data, data_collator=collate, callbacks=[Clock()])
     trainer.train()
     seconds = marks["t1"] - marks["t0"]
-    timed = seen[warmup: warmup + steps]
+    timed = seen[warmup * accum: (warmup + steps) * accum]   # the timed optimizer steps' batches, in order
     real_tokens = sum(t for t, _ in timed)
     samples = sum(s for _, s in timed)
     fpt = flops_per_token(cfg, [len(s) for s in seqs])
@@ -206,7 +242,8 @@ def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int =
                       samples=samples, tokens_per_s=tps, samples_per_s=samples / seconds,
                       mfu=(tps * fpt / peak) if peak else None,
                       peak_memory_gib=torch.cuda.max_memory_allocated() / 2**30,
-                      extra={"batch_size": batch_size, "precision": prec.name, "params": count_params(model)})
+                      extra={"batch_size": batch_size, "grad_accum": accum, "precision": prec.name,
+                             "params": count_params(model)})
     del trainer, model
     torch.cuda.empty_cache()
     return res
@@ -214,7 +251,8 @@ def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int =
 
 def run_bench(sizes: list[str], steps: int = 20, warmup: int = 5, max_tokens: int = 16384,
               baseline_batch: int = 20, attention: str = "auto", compile: bool = True,
-              skip_baseline: bool = False, out: str | None = None, profile: bool = False) -> list[dict]:
+              skip_baseline: bool = False, out: str | None = None, profile: bool = False,
+              accum: int = 1, compare_steps: int = 0) -> list[dict]:
     from dataclasses import asdict
 
     from trainstack.bench import compare, device_banner
@@ -231,9 +269,9 @@ def run_bench(sizes: list[str], steps: int = 20, warmup: int = 5, max_tokens: in
     for size in sizes:
         results = []
         if not skip_baseline:
-            results.append(bench_hf_trainer(size, seqs, steps, warmup, baseline_batch))
+            results.append(bench_hf_trainer(size, seqs, steps, warmup, baseline_batch, accum=accum))
             print(json.dumps({"size": size, **asdict(results[-1])}), flush=True)
-        cfg = bench_config(size, max_tokens, attention, compile)
+        cfg = bench_config(size, max_tokens, attention, compile, accum=accum)
         print(format_config(cfg), flush=True)
         results.append(bench_ours(cfg, proteins, steps, warmup))
         print(json.dumps({"size": size, **asdict(results[-1])}), flush=True)
@@ -243,6 +281,13 @@ def run_bench(sizes: list[str], steps: int = 20, warmup: int = 5, max_tokens: in
         if not skip_baseline:
             print(f"## {size}\n" + compare(results, baseline="hf-trainer-sdpa-padded"), flush=True)
         records.extend({"size": size, **asdict(r)} for r in results)
+        if compare_steps:
+            # at --accum 1: the comparison is about the step's arithmetic, not the accumulation
+            comparison = fast_vs_eager(bench_config(size, max_tokens, attention, compile), proteins, compare_steps)
+            print(f"{size} fast-vs-eager ({comparison['fast']} vs {comparison['eager']}): {compare_steps} steps, largest "
+                  f"loss difference {comparison['max_abs_loss_diff']:.2e} ({comparison['max_rel_loss_diff']:.2%})",
+                  flush=True)
+            records.append({"size": size, **comparison})
         if profile:
             table = profile_ours(cfg, proteins, warmup)
             print(f"## {size} ours-profile\n{table.format()}", flush=True)

@@ -72,7 +72,8 @@ def cmd_bench(args, overrides) -> None:
 
     run_bench(args.sizes.split(","), steps=args.steps, warmup=args.warmup, max_tokens=args.max_tokens,
               baseline_batch=args.baseline_batch, attention=args.attention,
-              compile=not args.no_compile, skip_baseline=args.skip_baseline, out=args.out, profile=args.profile)
+              compile=not args.no_compile, skip_baseline=args.skip_baseline, out=args.out, profile=args.profile,
+              accum=args.accum, compare_steps=args.compare_steps)
 
 
 def _declare() -> None:
@@ -96,7 +97,11 @@ def _declare() -> None:
     b.add_argument("--warmup", type=int, default=5)
     b.add_argument("--max-tokens", type=int, default=16384)
     b.add_argument("--baseline-batch", type=int, default=20)
+    b.add_argument("--accum", type=int, default=1,
+                   help="micro-batches per optimizer step, both arms (training accumulates to ~2M tokens)")
     b.add_argument("--attention", default="auto")
+    b.add_argument("--compare-steps", type=int, default=0,
+                   help="also train ours and the eager path N steps from the same weights and compare the losses")
     b.add_argument("--no-compile", action="store_true")
     b.add_argument("--skip-baseline", action="store_true")
     b.add_argument("--profile", action="store_true",

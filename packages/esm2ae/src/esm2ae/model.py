@@ -8,8 +8,10 @@ Attention backends, chosen once (``pick_attention_backend``):
 - ``flash``: flash-attn varlen kernels when the optional extra is installed (``HAS_FLASH_ATTN``);
   compute capability 8.0 or newer;
 - ``varlen``: PyTorch's own flash varlen kernel (``torch.nn.attention.varlen``, torch >= 2.10:
-  ``HAS_TORCH_VARLEN``); compute capability 8.0 or newer, bf16/fp16; never picked by ``auto`` until measured;
-- ``flex``: torch FlexAttention with a document mask (compiled on CUDA);
+  ``HAS_TORCH_VARLEN``); compute capability 8.0 or newer, bf16/fp16; ``auto``'s choice without
+  flash-attn (on an H200, ESM-2 650M: 4% more tokens/s than FlexAttention, and no FlexAttention
+  kernels to compile on a cold start: BENCHMARKS.md);
+- ``flex``: torch FlexAttention with a document mask (compiled on CUDA; ``auto`` on torch without varlen);
 - ``sdpa``: PyTorch SDPA with a dense block-diagonal mask (CPU, tests, GPUs older than sm_80; O(T^2)
   memory for the mask).
 
@@ -99,12 +101,13 @@ def esm2_config(name: str, **overrides):
     return EsmConfig(**kw)
 
 
-def load_esm(name_or_path: str, pretrained: bool = True, attn_implementation: str = "sdpa"):
+def load_esm(name_or_path: str, pretrained: bool = True, attn_implementation: str = "sdpa", device=None):
     """``(EsmForMaskedLM, source)``. A local HF directory is loaded as it is ("local"). Otherwise
     ``pretrained`` loads the published weights ("hub": a hub id, or an ESM-2 size for
     facebook/<size>_UR50D) and a failure is a one-line ``ConfigError`` naming the model: never a
     silent random start. Random init ("random") only when ``pretrained`` is false, from the built-in
-    config of an ESM-2 size."""
+    config of an ESM-2 size, made on ``device`` (a GPU draws 650M random weights in well under a
+    second; a CPU takes seconds, which a run's cold start would pay)."""
     from trainstack.config import ConfigError
     from transformers import EsmForMaskedLM
 
@@ -122,7 +125,8 @@ def load_esm(name_or_path: str, pretrained: bool = True, attn_implementation: st
                               f"size ({', '.join(ESM2_SIZES)}) or a local HF directory")
         config = esm2_config(name_or_path)
         config._attn_implementation = attn_implementation
-        return EsmForMaskedLM(config), "random"
+        with torch.device(device or "cpu"):
+            return EsmForMaskedLM(config), "random"
     if key == "esm2_tiny":
         raise ConfigError("model.name=esm2_tiny has no published weights (a size for tests); set "
                           "model.pretrained=false to train it from random init")
@@ -216,8 +220,9 @@ def pack_sequences(token_lists: list[list[int]], labels: list[list[int]] | None 
 
 def pick_attention_backend(requested: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
     """The attention backend for ``requested`` on a device (``capability``: the CUDA compute capability).
-    auto: flash-attn on sm_80+ when installed, else FlexAttention; SDPA below sm_80 (flash kernels do
-    not run there, and FlexAttention's Triton kernels need more shared memory than Turing has) and on CPU."""
+    auto on sm_80+: flash-attn when installed, else torch's varlen kernel, else FlexAttention; SDPA below
+    sm_80 (flash kernels do not run there, and FlexAttention's Triton kernels need more shared memory than
+    Turing has) and on CPU."""
     if requested not in ATTENTION_BACKENDS:
         raise ValueError(f"model.attention={requested}; allowed: {', '.join(ATTENTION_BACKENDS)}")
     if requested == "flash" and not HAS_FLASH_ATTN:
@@ -236,7 +241,9 @@ def pick_attention_backend(requested: str, device_type: str, capability: tuple[i
         return "sdpa"
     if not flash_capable:
         return "sdpa"
-    return "flash" if HAS_FLASH_ATTN else "flex"
+    if HAS_FLASH_ATTN:
+        return "flash"
+    return "varlen" if HAS_TORCH_VARLEN else "flex"
 
 
 def document_block_mask(seq_ids: torch.Tensor):
@@ -298,12 +305,14 @@ def attention_inputs(h, cos, sin, num_heads: int, p: tuple):
     T, d = h.shape
     D = d // num_heads
     x = F.layer_norm(h, (d,), ln1_w, ln1_b, eps)
-    q = F.linear(x, wq, bq).view(T, num_heads, D) * D ** -0.5
-    k = F.linear(x, wk, bk).view(T, num_heads, D)
-    v = F.linear(x, wv, bv).view(T, num_heads, D)
+    # one matmul for q, k and v (their weights side by side): one larger GEMM instead of three, and
+    # in backward one input gradient instead of three summed
+    qkv = F.linear(x, torch.cat((wq, wk, wv)), torch.cat((bq, bk, bv))).view(T, 3, num_heads, D)
+    q, k, v = qkv.unbind(1)
+    q = q * D ** -0.5
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
-    return q, k, v
+    return q, k, v.contiguous()   # the attention kernels take (T, H, D) rows of their own
 
 
 def attention_output(h, a, p: tuple):

@@ -227,7 +227,7 @@ def build_training_model(cfg: Config, device: torch.device, rank: int = 0):
     from trainstack.speed import enable_compile_cache
 
     torch.manual_seed(cfg.seed + rank)
-    hf, source = load_esm(cfg.model.name, cfg.model.pretrained)
+    hf, source = load_esm(cfg.model.name, cfg.model.pretrained, device=device)
     model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
     model.backbone.compile = compiles(cfg, device)
     model.backbone.compile_backend = cfg.model.compile_backend
