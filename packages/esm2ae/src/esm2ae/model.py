@@ -312,7 +312,7 @@ def attention_inputs(h, cos, sin, num_heads: int, p: tuple):
     q = q * D ** -0.5
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
-    return q, k, v.contiguous()   # the attention kernels take (T, H, D) rows of their own
+    return q, k, v
 
 
 def attention_output(h, a, p: tuple):
