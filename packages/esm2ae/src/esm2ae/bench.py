@@ -24,7 +24,7 @@ pay one optimizer step per micro-batch. Steps and warm-up steps count optimizer 
 
 Lengths (tokens, with <cls>/<eos>) are drawn from a lognormal with median 350 and sigma 0.7,
 clipped to [16, 512]; residues are random. Ours is `esm2ae train` on those proteins (bench_config:
-the paper's defaults, random init, one micro-batch of --max-tokens per optimizer step), built by
+the paper's defaults, random init, --accum micro-batches of --max-tokens per optimizer step), built by
 train.py's functions and stepped by core's FitStep, so masking and packing run inside the timed steps
 as they do in training. Real tokens exclude padding; MFU counts
 6N + attention FLOPs per real token (N = non-embedding weights plus the LM head).

@@ -9,7 +9,7 @@ Attention backends, chosen once (``pick_attention_backend``):
   compute capability 8.0 or newer;
 - ``varlen``: PyTorch's own flash varlen kernel (``torch.nn.attention.varlen``, torch >= 2.10:
   ``HAS_TORCH_VARLEN``); compute capability 8.0 or newer, bf16/fp16; ``auto``'s choice without
-  flash-attn (on an H200, ESM-2 650M: 4% more tokens/s than FlexAttention, and no FlexAttention
+  flash-attn (on an H200, ESM-2 650M: 5.7% more tokens/s than FlexAttention, and no FlexAttention
   kernels to compile on a cold start: BENCHMARKS.md);
 - ``flex``: torch FlexAttention with a document mask (compiled on CUDA; ``auto`` on torch without varlen);
 - ``sdpa``: PyTorch SDPA with a dense block-diagonal mask (CPU, tests, GPUs older than sm_80; O(T^2)
