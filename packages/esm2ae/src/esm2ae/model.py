@@ -312,7 +312,9 @@ def attention_inputs(h, cos, sin, num_heads: int, p: tuple):
     q = q * D ** -0.5
     q = q * cos + _rotate_half(q) * sin
     k = k * cos + _rotate_half(k) * sin
-    return q, k, v
+    # v copied out of the q/k/v block: the kernel saves v for backward, and a view would keep the whole
+    # block alive per layer (on an H200, 650M at 32,768 tokens: 5.2 GiB more peak memory, no speed gained)
+    return q, k, v.contiguous()
 
 
 def attention_output(h, a, p: tuple):
