@@ -160,6 +160,7 @@ def test_tools_requirements_pin_ruff_and_carry_the_release_tools():
     lines = [line.split("#")[0].strip() for line in (ROOT / "tools" / "requirements.txt").read_text().splitlines()]
     names = {line.split(";")[0].split("=")[0].split(">")[0].strip() for line in lines if line}
     assert {"build", "twine", "hatchling", "packaging", "tomli"} <= names
+    assert "pytest-xdist" in names, "the README's test command (-n 2) needs pytest-xdist from the set-up"
     assert any(line.startswith("ruff==") for line in lines), "ruff must be pinned (ruff==X.Y.Z) so lint is reproducible"
     assert any(line.startswith("tomli") and "python_version < \"3.11\"" in line for line in lines)
     assert shutil.which("ruff") or importlib.util.find_spec("ruff"), "ruff not installed: run tools/setup_dev.py"

@@ -4,7 +4,8 @@
     python tools/setup_dev.py --dry-run  # print the pip commands only
 
 Also installs tools/requirements.txt: the build backend, build and twine (release checks), uv (the
-install-alone tests' fresh venvs) and ruff at the version CI pins.
+install-alone tests' fresh venvs), ruff at the version CI pins and pytest-xdist (the README's test
+command runs two workers).
 
 Torch is special: a torch that is already installed is kept (a CUDA build on a GPU machine stays).
 Without one, on a machine with no NVIDIA GPU we install the CPU build `torch==2.13.0` (point pip at
