@@ -34,13 +34,12 @@ want small && run bench-t5-small-zero2 320 $B --model t5-small --deepspeed zero2
 # fp16 vs bf16: weights scaled (initializer_factor=32) so activations pass fp16's 65504 as in pretrained T5
 want diverge && run fp16-vs-bf16 150 $B --model t5-small --deepspeed zero2 --batch_size 8 --users_fp16 --steps 30 --warmup 2 --config_overrides initializer_factor=32.0 --learning_rate 1e-4 --out "$OUT_DIR/diverge" --timeout_s 70
 # users' command 2: t5-large, ZeRO-2, batch 4, no fp16 (fp32)
-# (ours-trainer-buckets: ours with the Trainer's "auto" gradient buckets, to isolate that setting)
-want large && run bench-t5-large-zero2 400 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --sides users,ours,plain --profile_steps 3 --out "$OUT_DIR/large" --timeout_s 120
-want buckets && run bench-t5-large-zero2-buckets 200 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 5 --sides ours-trainer-buckets --out "$OUT_DIR/buckets" --timeout_s 120
-# --torch_compile (opt-in): users vs ours vs ours compiled (warm-up 8: compiling happens there)
-want compiled && run bench-t5-large-zero2-compiled 480 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 8 --sides users,ours,ours-compiled --profile_steps 3 --out "$OUT_DIR/compiled" --timeout_s 170
-# --torch_compile (opt-in) vs ours at equal weights and batches (dropout off): losses step by step
-want compare && run compiled-vs-eager 300 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 6 --warmup 4 --sides ours-compiled,ours --config_overrides dropout_rate=0.0 --out "$OUT_DIR/compare" --timeout_s 140
+# (ours compiles its T5 blocks on a GPU: warm-up 8 steps, compiling happens there; ours-eager is ours with
+# --torch_compile False; plain is ours without DeepSpeed)
+want large && run bench-t5-large-zero2 560 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 8 --sides users,ours,ours-eager,plain --profile_steps 3 --out "$OUT_DIR/large" --timeout_s 170
+want buckets && run bench-t5-large-zero2-buckets 200 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 20 --warmup 8 --sides ours-trainer-buckets --out "$OUT_DIR/buckets" --timeout_s 170
+# ours (compiled) vs ours-eager at equal weights and batches (dropout off): losses step by step
+want compare && run compiled-vs-eager 300 $B --model t5-large --deepspeed zero2 --batch_size 4 --steps 6 --warmup 4 --sides ours,ours-eager --config_overrides dropout_rate=0.0 --out "$OUT_DIR/compare" --timeout_s 140
 # users' command 3: t5-3b, ZeRO-3, batch 1, --fp16 (ours: bf16)
 want 3b && run bench-t5-3b-zero3 200 $B --model t5-3b --deepspeed zero3 --batch_size 1 --users_fp16 --steps 8 --warmup 3 --sides ours --out "$OUT_DIR/3b" --timeout_s 190
 # ours may spend the memory it saves on a bigger batch (same DeepSpeed config)

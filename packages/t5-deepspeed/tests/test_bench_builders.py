@@ -62,3 +62,10 @@ def test_bench_ours_is_the_train_entry_point_with_the_train_settings(tmp_path, m
     assert {k: v for k, v in benched.training.items() if k not in BOOKKEEPING_TRAINING} == \
         {k: v for k, v in trained.training.items() if k not in BOOKKEEPING_TRAINING}
     assert benched.extra.bench_json and benched.training["max_steps"] == 4  # warmup + timed steps
+
+
+def test_compiled_and_eager_losses_are_compared_only_without_dropout():
+    compiled, eager = {1: 10.75, 2: 9.5, 3: 9.0}, {1: 10.75, 2: 9.25, 3: 9.0}
+    line = B.compiled_vs_eager(compiled, eager, dropout_off=True)
+    assert "largest loss difference 2.50e-01 at step 2" in line and "over 3 steps" in line
+    assert "not compared" in B.compiled_vs_eager(compiled, eager, dropout_off=False)

@@ -1,7 +1,7 @@
 """What `ours` changes for speed under DeepSpeed, and the bench's tools to see where a step goes.
 
-Gradient buckets sized for a few reductions a step, the bf16 inf/NaN scan skipped, --torch_compile
-(opt-in) losses equal to eager, the FLOPs behind the MFU figure, and --profile_steps' tables.
+Gradient buckets sized for a few reductions a step, the bf16 inf/NaN scan skipped, compiled training
+(on by default on a GPU) and its losses equal to eager, the FLOPs behind the MFU figure, and --profile_steps' tables.
 """
 
 import json
@@ -123,6 +123,47 @@ def test_compiled_training_logs_the_eager_losses(cli, data_dir, tmp_path):
     assert losses["compiled"] == pytest.approx(losses["eager"], abs=1e-5)
 
 
+def _hardware(capability=(9, 0)):
+    from trainstack.hardware import GPUInfo, Hardware
+
+    gpus = (GPUInfo("test GPU", capability, 80.0),) if capability else ()
+    return Hardware(gpus=gpus, cpu_count=8, ram_gib=64.0)
+
+
+def test_ours_compiles_training_by_default_on_a_gpu_only(monkeypatch):
+    import torch.utils._triton
+    from t5_deepspeed.train import compiles_by_default
+
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: True)
+    train = {"do_train": True}
+    assert compiles_by_default(train, "ours", _hardware(), _zero2())
+    assert compiles_by_default(train, "ours", _hardware(), None)  # plain, without DeepSpeed
+    assert not compiles_by_default(train, "users", _hardware(), _zero2())  # their flags, as typed
+    assert not compiles_by_default(train, "ours", _hardware(capability=None), _zero2())  # CPU
+    assert not compiles_by_default(train, "ours", _hardware((6, 1)), _zero2())  # below Triton's sm_70
+    assert not compiles_by_default({"do_train": False}, "ours", _hardware(), _zero2())  # eval/predict only
+    assert not compiles_by_default({"do_train": True, "gradient_checkpointing": True}, "ours", _hardware(), None)
+    zero3, _ = load_ds_config("zero3", "bf16")
+    assert not compiles_by_default(train, "ours", _hardware(), zero3)
+    monkeypatch.setattr(torch.utils._triton, "has_triton", lambda: False)
+    assert not compiles_by_default(train, "ours", _hardware(), _zero2())
+
+
+def test_torch_compile_false_wins_over_the_default(monkeypatch, tmp_path):
+    from t5_deepspeed.train import DYNAMIC_SHAPES_ENV, REGIONAL_COMPILE_ENV, choose_compile
+
+    monkeypatch.setenv("TRAINSTACK_CACHE_DIR", str(tmp_path))
+    for name in (REGIONAL_COMPILE_ENV, DYNAMIC_SHAPES_ENV, "TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
+        monkeypatch.delenv(name, raising=False)  # choose_compile sets them; restored after the test
+    off = {"torch_compile": False}
+    assert choose_compile(off, {"torch_compile"}, by_default=True) is None
+    assert off["torch_compile"] is False
+    assert choose_compile({}, set(), by_default=False) is None
+    on = {}
+    line = choose_compile(on, set(), by_default=True)
+    assert on["torch_compile"] is True and "on by default" in line and str(tmp_path) in line
+
+
 def test_model_flops_count_each_linear_once_per_token_it_sees():
     from t5_deepspeed.flops import model_flops
     from t5_deepspeed.model_size import count_params
@@ -162,21 +203,24 @@ def test_bench_profile_steps_write_where_the_time_went(tmp_path):
 
 def test_plan_states_step_time_and_when_plain_is_faster(capsys):
     from t5_deepspeed.cli import main
-    from t5_deepspeed.plan import HOST_MS_PER_LAYER, ZERO_MS_PER_TENSOR
+    from t5_deepspeed.plan import HOST_MS_PER_LAYER, HOST_MS_PER_STEP, ZERO_MS_PER_TENSOR
 
     assert main(["plan", "--model", "t5-large", "--gpu", "h100-80g", "--batch_size", "4", "--tokens", "74",
                  "--json"]) == 0
     # the last line: DeepSpeed may print a line of its own when first imported
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     step = {r["setup"]: r["step_ms"] for r in out["rows"]}
-    # 48 T5 layers, 509 parameter tensors; a batch this small is bound by the host, not the GPU's FLOPs
-    assert step["plain"] == pytest.approx(48 * HOST_MS_PER_LAYER)
-    assert step["zero2"] == pytest.approx(48 * HOST_MS_PER_LAYER + 509 * ZERO_MS_PER_TENSOR["zero2"])
+    # 48 T5 layers, 509 parameter tensors; a batch this small is bound by the host, not the GPU's FLOPs;
+    # plain and ZeRO-2 run compiled blocks on this GPU, ZeRO-3 eager ones
+    compiled = HOST_MS_PER_STEP + 48 * HOST_MS_PER_LAYER["compiled"]
+    assert step["plain"] == pytest.approx(compiled)
+    assert step["zero2"] == pytest.approx(compiled + 509 * ZERO_MS_PER_TENSOR["zero2"])
+    assert step["zero3"] == pytest.approx(HOST_MS_PER_STEP + 48 * HOST_MS_PER_LAYER["eager"] + 509 * ZERO_MS_PER_TENSOR["zero3"])
     assert step["plain"] < step["zero2"] < step["zero3"] and step["zero2-offload"] is None
     assert main(["plan", "--model", "t5-large", "--gpu", "h100-80g", "--batch_size", "4", "--tokens", "74"]) == 0
-    assert "a plain step is faster (~240 ms; ~342 ms under zero2" in capsys.readouterr().out
+    assert "a plain step is faster (~87 ms; ~125 ms under zero2" in capsys.readouterr().out
     # a big enough batch is bound by the GPU instead: the FLOPs term takes over
     assert main(["plan", "--model", "t5-large", "--gpu", "h100-80g", "--batch_size", "512", "--tokens", "256",
                  "--json"]) == 0
     big = {r["setup"]: r["step_ms"] for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["rows"]}
-    assert big["plain"] > 48 * HOST_MS_PER_LAYER
+    assert big["plain"] > HOST_MS_PER_STEP + 48 * HOST_MS_PER_LAYER["compiled"]

@@ -9,12 +9,14 @@ estimate_zero{2,3}_model_states_mem_needs_all_cold), fed with the parameter coun
 built on the meta device: no GPU and no weights needed. Activations are not in those numbers, so a
 setup is only recommended when its model states leave `--activation_headroom` of the GPU free.
 
-The expected step time (`--batch_size` rows of `--tokens` source+target tokens) is the larger of
-what the host needs to launch an eager step and what the GPU needs for its FLOPs, plus what ZeRO
-adds per parameter tensor. The constants were measured on one H200 host (BENCHMARKS.md,
-2026-12-01): eager T5 steps at the users' batch sizes are bound by the host, ~5 ms per T5 layer
-whatever the width; ZeRO-2 adds ~0.2 ms and ZeRO-3 ~1.5 ms per parameter tensor (bookkeeping,
-norms, gathers). Another host's CPU scales the first two; offload (CPU Adam, PCIe) is not estimated.
+The expected step time of `train`'s defaults (`--batch_size` rows of `--tokens` source+target
+tokens) is the larger of what the host needs to launch a step and what the GPU needs for its FLOPs,
+plus what ZeRO adds per parameter tensor. The constants were fitted to one H200 host's measurements
+(BENCHMARKS.md, 2026-12-03): T5 steps at the users' batch sizes are bound by the host, ~8.6 ms a step
+plus ~1.6 ms per T5 layer with compiled blocks (plain and ZeRO-2 on a GPU, the default) or ~2.6 ms
+eager (ZeRO-3), whatever the width; ZeRO-2 adds ~0.075 ms and ZeRO-3 ~1.2 ms per parameter tensor
+(bookkeeping, norms, gathers). Host CPUs differ: the 2026-12-01 host took about 1.5-2x as long for
+the same eager steps. Offload (CPU Adam, PCIe) is not estimated.
 """
 
 from __future__ import annotations
@@ -32,9 +34,12 @@ GIB = 2**30
 ORDER = ["plain", "zero2", "zero3", "zero2-offload", "zero3-offload"]
 
 
-# Measured on one H200 host (BENCHMARKS.md, 2026-12-01); see the module docstring.
-HOST_MS_PER_LAYER = 5.0
-ZERO_MS_PER_TENSOR = {"plain": 0.0, "zero2": 0.2, "zero3": 1.5}
+# Fitted to one H200 host (BENCHMARKS.md, 2026-12-03); see the module docstring.
+HOST_MS_PER_STEP = 8.6
+HOST_MS_PER_LAYER = {"compiled": 1.64, "eager": 2.64}
+ZERO_MS_PER_TENSOR = {"plain": 0.0, "zero2": 0.075, "zero3": 1.18}
+COMPILED_SETUPS = ("plain", "zero2")
+"""where `train` compiles T5's blocks by default on a GPU (not under ZeRO-3)"""
 GPU_FLOPS_EFFICIENCY = 0.35  # of the dense bf16 peak, for the GPU-bound side of a large batch
 
 
@@ -49,11 +54,14 @@ class PlanRow:
     """expected milliseconds per optimizer step; None where not estimated (offload)"""
 
 
-def step_ms(setup: str, shape: ModelShape, tokens_per_step: int, gpu_peak_flops: float | None) -> float | None:
-    """Expected milliseconds per optimizer step on one GPU (see the module docstring); None for offload."""
+def step_ms(setup: str, shape: ModelShape, tokens_per_step: int, gpu_peak_flops: float | None,
+            can_compile: bool = True) -> float | None:
+    """Expected milliseconds per optimizer step on one GPU (see the module docstring); None for offload.
+    `can_compile`: whether the GPU runs compiled blocks (Triton: sm_70+)."""
     if setup not in ZERO_MS_PER_TENSOR:
         return None
-    host = HOST_MS_PER_LAYER * shape.layers
+    blocks = "compiled" if can_compile and setup in COMPILED_SETUPS else "eager"
+    host = HOST_MS_PER_STEP + HOST_MS_PER_LAYER[blocks] * shape.layers
     gpu = 6 * shape.params * tokens_per_step / (GPU_FLOPS_EFFICIENCY * gpu_peak_flops) * 1000 if gpu_peak_flops else 0.0
     return max(host, gpu) + ZERO_MS_PER_TENSOR[setup] * shape.tensors
 
@@ -129,8 +137,9 @@ def main(argv=None) -> int:
     total, largest = shape.params, shape.largest_module_params
     rows, pick = make_plan(total, largest, gpu_gib, hw.ram_gib, num_gpus, a.activation_headroom)
     peak = peak_bf16_flops(hw.gpu)
+    can_compile = hw.gpu is not None and tuple(hw.gpu.capability) >= (7, 0)
     for r in rows:
-        r.step_ms = step_ms(r.setup, shape, a.batch_size * a.tokens, peak)
+        r.step_ms = step_ms(r.setup, shape, a.batch_size * a.tokens, peak, can_compile)
     if a.json:
         print(json.dumps({"model": source, "params": total, "largest_layer_params": largest, "gpu_gib": gpu_gib,
                           "ram_gib": hw.ram_gib, "num_gpus": num_gpus, "batch_size": a.batch_size,

@@ -5,7 +5,7 @@ N optimizer steps after the warm-up run under torch.profiler (GPU kernels and CP
     summary.json   wall ms per step, GPU kernel ms per step (busy time), the share the GPU was busy,
                    kernel ms per step by category (core's trainstack.profiling)
     kernels.txt    kernel time by category, then the top kernels (CPU operators without a GPU)
-    host.txt       Python functions by cumulative time (cProfile)
+    host.txt       Python functions by cumulative time, then by their own time (cProfile)
 A step whose GPU is busy for a small share of its wall time is bound by the host: the host table
 says which code holds it.
 """
@@ -66,7 +66,9 @@ class StepProfileCallback(TrainerCallback):
         table = kernel_profile(self.profiler, steps=self.steps, wall_seconds=wall_s, cuda=on_gpu)
         (self.out_dir / "kernels.txt").write_text(table.format(top=40) + "\n")
         text = io.StringIO()
-        pstats.Stats(self.host, stream=text).sort_stats("cumulative").print_stats(45)
+        stats = pstats.Stats(self.host, stream=text)
+        stats.sort_stats("cumulative").print_stats(45)
+        stats.sort_stats("tottime").print_stats(30)  # where the host itself spends the time
         (self.out_dir / "host.txt").write_text(text.getvalue())
         grouped = table.as_dict()
         summary = {"steps": self.steps, "wall_ms_per_step": round(grouped["wall_ms_per_step"], 2)}

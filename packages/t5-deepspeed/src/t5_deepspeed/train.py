@@ -199,8 +199,28 @@ REGIONAL_COMPILE_ENV = "ACCELERATE_DYNAMO_USE_REGIONAL_COMPILATION"
 DYNAMIC_SHAPES_ENV = "ACCELERATE_DYNAMO_USE_DYNAMIC"
 
 
-def choose_compile(training: dict, given: set) -> str | None:
-    """--torch_compile as asked, set up so that T5's repeated blocks share compiled code; the log line.
+def compiles_by_default(training: dict, recipe: str, hw, ds_cfg: dict | None) -> bool:
+    """Whether `ours` compiles training when --torch_compile is not given: on a CUDA GPU that Triton
+    supports (sm_70+), for a training run without gradient checkpointing and not under ZeRO-3 (blocks
+    whose weights ZeRO-3 gathers on entry, and recomputation under regional compilation, are not
+    measured). An eager t5-large step is bound by Python launching kernels, ~5 ms of host time per T5
+    layer (BENCHMARKS.md); a compiled block launches a few fused kernels."""
+    if recipe != "ours" or not hw.has_gpu or not training.get("do_train") or training.get("gradient_checkpointing"):
+        return False
+    if ds_cfg is not None and zero_stage(ds_cfg) == 3:
+        return False
+    if tuple(hw.gpu.capability) < (7, 0):
+        return False
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return has_triton()
+
+
+def choose_compile(training: dict, given: set, *, by_default: bool = False) -> str | None:
+    """Compile training as asked (--torch_compile, or `by_default` when not given), set up so that T5's
+    repeated blocks share compiled code; the log line, or None when training runs eager.
 
     accelerate's regional compilation compiles each block on its own. Measured on t5-large, the
     blocks then recompiled one after another until Dynamo's recompile limit (8) sent them back to eager
@@ -208,22 +228,30 @@ def choose_compile(training: dict, given: set) -> str | None:
     training does not need, guarded on each layer's own cache entry (the training forward runs with
     use_cache off, see run), and each new length recompiled (shapes are marked dynamic from the start).
     What is left is four graphs: the first block of each stack (which makes the position bias) and
-    the rest. Not on by default: not yet measured faster on a GPU.
+    the rest. Compiled code is kept on disk (core's compile cache): a second run loads it.
     """
     asked = given & {"torch_compile", "torch_compile_backend", "torch_compile_mode"}
-    if not asked or not (training.get("torch_compile") or training.get("torch_compile_backend")
-                         or training.get("torch_compile_mode")):
+    if asked:
+        if not (training.get("torch_compile") or training.get("torch_compile_backend")
+                or training.get("torch_compile_mode")):
+            return None
+        why = "as asked (--torch_compile)"
+    elif by_default:
+        training["torch_compile"] = True
+        why = "on by default for training on this GPU (--torch_compile False runs eager)"
+    else:
         return None
     os.environ.setdefault(REGIONAL_COMPILE_ENV, "1")
     os.environ.setdefault(DYNAMIC_SHAPES_ENV, "1")
     import torch._dynamo
-    from trainstack.speed import one_graph_for_all_sizes
+    from trainstack.speed import enable_compile_cache, one_graph_for_all_sizes
 
+    cache = enable_compile_cache()
     one_graph_for_all_sizes()  # no recompile when a batch's tokens cross an Inductor fusion threshold
     # two stacks x (first block, the rest), with room for a guard we have not seen
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 16)
-    return ("compile: as asked (--torch_compile): T5 blocks compiled regionally with dynamic lengths; training "
-            "runs without the decoder's KV cache; eval/predict eager")
+    return (f"compile: {why}: T5 blocks compiled regionally with dynamic lengths; training runs without the "
+            f"decoder's KV cache; eval/predict eager; compile cache {cache}")
 
 
 def set_use_cache(model, value: bool) -> bool:
@@ -336,7 +364,8 @@ def run(parsed: ParsedArgs) -> dict:
                  f"; changed {'; '.join(changes)}" if changes else "")
         training["deepspeed"] = ds_cfg
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))
-    compile_line = choose_compile(training, parsed.given)
+    compile_line = choose_compile(training, parsed.given,
+                                  by_default=compiles_by_default(training, extra.recipe, hw, ds_cfg))
     if compile_line:
         log.info(compile_line)
 
