@@ -105,7 +105,10 @@ def test_compiled_training_logs_the_eager_losses(cli, data_dir, tmp_path):
               "--do_train", "--max_steps", "4", "--per_device_train_batch_size", "4", "--save_strategy", "no",
               "--logging_steps", "1", "--report_to", "none"]
     losses = {}
-    for name, extra in (("eager", []), ("compiled", ["--torch_compile_backend", "aot_eager"])):
+    # the compiled run then evaluates with generate (eager, with the KV cache back on the decoder only)
+    generate = ["--validation_file", data_dir / "en-ro.test.jsonl", "--do_eval", "--predict_with_generate",
+                "--val_max_target_length", "8"]
+    for name, extra in (("eager", []), ("compiled", ["--torch_compile_backend", "aot_eager", *generate])):
         out = tmp_path / name
         r = cli([*common, "--output_dir", out, *extra])
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -119,6 +122,7 @@ def test_compiled_training_logs_the_eager_losses(cli, data_dir, tmp_path):
             assert graphs, r.stdout[-2000:]  # it did compile, then went eager for predict
             assert int(graphs.group(1)) <= 6
             assert json.loads((out / "config.json").read_text())["use_cache"] is True  # saved for inference
+            assert "eval_bleu" in json.loads((out / "all_results.json").read_text())
     assert len(losses["eager"]) == 4
     assert losses["compiled"] == pytest.approx(losses["eager"], abs=1e-5)
 

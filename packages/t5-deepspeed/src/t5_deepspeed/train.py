@@ -254,14 +254,21 @@ def choose_compile(training: dict, given: set, *, by_default: bool = False) -> s
             f"decoder's KV cache; eval/predict eager; compile cache {cache}")
 
 
-def set_use_cache(model, value: bool) -> bool:
-    """Set use_cache on the model's config and on its stacks' own copies (T5's decoder reads its copy);
-    return the model's previous value. The training forward needs no KV cache, and compiled blocks
-    would guard on its per-layer state."""
-    previous = model.config.use_cache
-    for config in {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "use_cache")}.values():
-        config.use_cache = value
+def turn_off_use_cache(model) -> dict:
+    """use_cache off on the model's config and on its stacks' own copies (T5's decoder reads its copy);
+    returns each config's previous value, for restore_use_cache. The training forward needs no KV cache,
+    and compiled blocks would guard on its per-layer state. The encoder's copy has its own value (off:
+    T5 refuses use_cache on a stack that is not a decoder), so each is restored to what it was."""
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "use_cache")}
+    previous = {key: (config, config.use_cache) for key, config in configs.items()}
+    for config in configs.values():
+        config.use_cache = False
     return previous
+
+
+def restore_use_cache(previous: dict) -> None:
+    for config, value in previous.values():
+        config.use_cache = value
 
 
 def run_eager_from_here(model) -> int:
@@ -444,7 +451,7 @@ def run(parsed: ParsedArgs) -> dict:
     log.info("parameters: %.1fM", n_params / 1e6)
     if training.get("gradient_checkpointing"):
         model.config.use_cache = False
-    inference_use_cache = set_use_cache(model, False) if compile_line else None
+    inference_use_cache = turn_off_use_cache(model) if compile_line else None
 
     # 8. tokenize (pairs were read and checked in step 3)
     prefix = data_args.source_prefix
@@ -554,7 +561,7 @@ def run(parsed: ParsedArgs) -> dict:
         with stop_flag, loading:
             train_result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
         if inference_use_cache is not None:
-            set_use_cache(model, inference_use_cache)
+            restore_use_cache(inference_use_cache)
         if save_on_signal.stopped_by is not None:
             log.warning("stopped by %s after step %d: saved %s; continue with the same command plus "
                         "--resume_from_checkpoint latest", signal.Signals(save_on_signal.stopped_by).name,
