@@ -54,6 +54,20 @@ if want z3e2e; then
   run zero3-reload 60 python3 -c "from transformers import T5ForConditionalGeneration as T; m=T.from_pretrained('/tmp/z3e2e'); print('reloaded without DeepSpeed:', sum(p.numel() for p in m.parameters()), 'params', next(m.parameters()).dtype)"
   cp /tmp/z3e2e/predict_results.json "$OUT_DIR/zero3-e2e-predict_results.json" 2>/dev/null
 fi
+# ZeRO-2 end to end with the defaults (T5 blocks compiled for training): train with a checkpoint at
+# step 10, evaluate and predict with generate (eager), then resume from the newest checkpoint to step 30
+if want z2e2e; then
+  D=packages/t5-deepspeed/src/t5_deepspeed/data
+  Z2=(python3 -m t5_deepspeed --deepspeed zero2 --config_name t5-small --train_file $D/en-ro.train.jsonl
+      --validation_file $D/en-ro.test.jsonl --test_file $D/en-ro.test.jsonl --source_lang en --target_lang ro
+      --do_train --do_eval --predict_with_generate --per_device_train_batch_size 8 --save_steps 10
+      --val_max_target_length 16 --output_dir /tmp/z2e2e)
+  rm -rf /tmp/z2e2e
+  run zero2-e2e 150 "${Z2[@]}" --do_predict --max_steps 20
+  run zero2-resume 150 "${Z2[@]}" --max_steps 30 --resume_from_checkpoint latest
+  grep -h -E "compile:|resuming|eval_bleu |predict_bleu |train_loss|Error" "$OUT_DIR"/zero2-e2e.txt "$OUT_DIR"/zero2-resume.txt
+  ls /tmp/z2e2e
+fi
 rm -f "$OUT_DIR"/*/bench.train.jsonl
 find "$OUT_DIR" -name summary.json | sort | while read -r f; do echo "$f: $(tr -d '\n ' < "$f")"; done
 echo done
