@@ -203,8 +203,9 @@ def compiles_by_default(training: dict, recipe: str, hw, ds_cfg: dict | None) ->
     """Whether `ours` compiles training when --torch_compile is not given: on a CUDA GPU that Triton
     supports (sm_70+), for a training run without gradient checkpointing and not under ZeRO-3 (blocks
     whose weights ZeRO-3 gathers on entry, and recomputation under regional compilation, are not
-    measured). An eager t5-large step is bound by Python launching kernels, ~5 ms of host time per T5
-    layer (BENCHMARKS.md); a compiled block launches a few fused kernels."""
+    measured). An eager T5 step at the users' batch sizes is bound by Python launching kernels; a
+    compiled block launches a few fused ones (one H200, t5-large ZeRO-2 batch 4: 174 -> 125 ms a step,
+    equal losses; BENCHMARKS.md)."""
     if recipe != "ours" or not hw.has_gpu or not training.get("do_train") or training.get("gradient_checkpointing"):
         return False
     if ds_cfg is not None and zero_stage(ds_cfg) == 3:
