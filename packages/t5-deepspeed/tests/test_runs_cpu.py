@@ -182,3 +182,41 @@ def test_real_launchers(launcher, data_dir, tmp_path):
     assert f"launcher: {launcher}" in r.stdout + r.stderr
     assert json.loads((out / "ds_config.resolved.json").read_text())["zero_optimization"]["stage"] == 2
     assert (out / "model.safetensors").is_file()
+
+
+def test_two_ranks_compiled_train_the_eager_losses_and_predict_each_row_once(data_dir, tmp_path):
+    """ZeRO-2 on 2 ranks (torchrun, gloo): compiled blocks (aot_eager on CPU; on a GPU the default)
+    train the same losses as eager with dropout off, then predict with generate eager, each test row once."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from .conftest import cli_env
+
+    def free_port():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    losses = {}
+    for name, extra in (("eager", []), ("compiled", ["--torch_compile_backend", "aot_eager"])):
+        out = tmp_path / name
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+               "-m", "t5_deepspeed", "--deepspeed", "zero2", "--config_name", "tiny-t5",
+               "--config_overrides", "dropout_rate=0.0", "--train_file", str(data_dir / "en-ro.train.jsonl"),
+               "--test_file", str(data_dir / "en-ro.test.jsonl"), "--source_lang", "en", "--target_lang", "ro",
+               "--do_train", "--do_predict", "--predict_with_generate", "--per_device_train_batch_size", "4",
+               "--max_steps", "4", "--logging_steps", "1", "--save_strategy", "no", "--val_max_target_length", "8",
+               "--output_dir", str(out), *extra]
+        env = {**cli_env(), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=os.getcwd())
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert "launcher: torchrun | rank 1 of 2" in r.stdout + r.stderr
+        if name == "compiled":
+            assert "modules ran compiled" in r.stdout + r.stderr
+        losses[name] = [row["loss"] for row in map(json.loads, (out / "log.jsonl").read_text().splitlines())
+                        if "loss" in row]
+        assert len((out / "predictions.jsonl").read_text().splitlines()) == 8
+    assert len(losses["eager"]) == 4
+    assert losses["compiled"] == pytest.approx(losses["eager"], abs=1e-5)
