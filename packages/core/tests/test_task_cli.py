@@ -52,6 +52,8 @@ def toy(tmp_path):
             raise RuntimeError("a bug in the run")
         if cfg.data == "ctrl-c":
             raise KeyboardInterrupt
+        if cfg.data == "no-gpu":
+            raise SystemExit("toy needs a CUDA GPU")
         return 130 if cfg.data == "stopped" else 0
 
     def evaluate(args, overrides):
@@ -150,6 +152,12 @@ def test_interrupted_is_130_and_a_crash_is_not_hidden(toy, capsys):
     assert "toy: interrupted" in capsys.readouterr().err
     with pytest.raises(RuntimeError, match="a bug in the run"):  # a run's failure: traceback, exit 1
         cli.main(["train", "--profile", "cpu", "data=crash"])
+
+
+def test_a_handlers_exit_with_a_message_keeps_the_message(toy, capsys):
+    cli, _, _ = toy
+    assert cli.main(["train", "--profile", "cpu", "data=no-gpu"]) == 2
+    assert _one_line(capsys.readouterr().err) == "toy: error: toy needs a CUDA GPU"
 
 
 def test_command_and_flag_aliases(toy):

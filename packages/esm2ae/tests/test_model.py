@@ -112,3 +112,32 @@ def test_esm2ae_frozen_backbone_gets_no_grad():
     out["ae_loss"].backward()
     assert all(p.grad is None for p in m.backbone.parameters())
     assert m.ae.encoder[0].weight.grad is not None
+
+
+def test_residual_stream_dtype_under_autocast(monkeypatch):
+    """model.residual_dtype: fp32 keeps HF's fp32 residual stream under bf16 autocast; autocast carries
+    it in bf16 between layers. Both stay near a float64 reference (bf16 rounding, not a different model)."""
+    import esm2ae.model as M
+
+    torch.manual_seed(0)
+    hf = EsmForMaskedLM(esm2_config("esm2_tiny")).eval()
+    seqs, _, _ = _batch([7, 12, 5, 9])
+    b = pack_sequences(seqs, total_len=40)
+    with torch.no_grad():
+        ref = PackedEsm(EsmForMaskedLM(esm2_config("esm2_tiny")).double().eval(), "sdpa")
+        ref.hf.load_state_dict({k: v.double() for k, v in hf.state_dict().items()})
+        want = ref.hidden_states(b).float()
+    seen = []
+    layer = M.esm_layer
+    monkeypatch.setattr(M, "esm_layer", lambda h, *a: (seen.append(h.dtype), layer(h, *a))[1])
+    got = {}
+    for residual in ("fp32", "autocast"):
+        m = PackedEsm(hf, "sdpa")
+        m.residual_dtype = residual
+        seen.clear()
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            got[residual] = m.hidden_states(b).float()
+        n_layers = hf.config.num_hidden_layers
+        assert seen == [torch.float32 if residual == "fp32" else torch.bfloat16] * n_layers
+        torch.testing.assert_close(got[residual], want, atol=0.1, rtol=0.05)
+    assert not torch.equal(got["fp32"], got["autocast"])  # the option does change the arithmetic

@@ -190,7 +190,13 @@ class TaskCLI:
         try:
             return self._main(list(sys.argv[1:] if argv is None else argv))
         except SystemExit as e:
-            return e.code if isinstance(e.code, int) else (EXIT_OK if e.code is None else EXIT_USAGE)
+            if isinstance(e.code, int):
+                return e.code
+            if e.code is None:
+                return EXIT_OK
+            # SystemExit("why"): Python would print the text; returning the code must not lose it
+            print(f"{self.prog}: error: {e.code}", file=sys.stderr)
+            return EXIT_USAGE
 
     def _main(self, argv: list[str]) -> int:
         self.profiles_command()

@@ -32,6 +32,11 @@ class ModelConfig:
     """inductor generates fused kernels (CUDA); aot_eager and eager trace the same graphs without generating
     code: for finding a compile problem, and for CPU tests of the compiled path."""
     gradient_checkpointing: bool = False
+    residual_dtype: Literal["fp32", "autocast"] = "fp32"
+    """The dtype of the residual stream between layers under mixed precision. fp32: as HF's ESM-2 runs
+    under autocast (fp32 embeddings, fp32 sums). autocast: the autocast dtype (bf16), as Megatron-style
+    trainers (BioNeMo's ESM-2) keep it: the residual adds and LayerNorm inputs move half the bytes. A
+    precision choice; with fp32 weights and no autocast (CPU) both are fp32."""
 
 
 @dataclass

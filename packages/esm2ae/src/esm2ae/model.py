@@ -373,6 +373,8 @@ class PackedEsm(nn.Module):
         self.compile = compile
         self.compile_backend = compile_backend
         self.gradient_checkpointing = False
+        self.residual_dtype = "fp32"
+        """"autocast": the residual stream in autocast's dtype (see esm2ae.config.ModelConfig)"""
         # HF's contact-prediction head is not part of MLM training; frozen so DDP does not wait
         # for gradients that never come
         contact = getattr(hf_model.esm, "contact_head", None)
@@ -401,6 +403,8 @@ class PackedEsm(nn.Module):
         freqs = batch.position_ids[:, None].float() * inv_freq.float()[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
         dtype = torch.get_autocast_dtype(h.device.type) if torch.is_autocast_enabled(h.device.type) else h.dtype
+        if self.residual_dtype == "autocast":
+            h = h.to(dtype)
         cos, sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
         backend = self.backend(ids.device.type)
         attn_arg = prepare_attention(backend, batch)

@@ -234,6 +234,7 @@ def build_training_model(cfg: Config, device: torch.device, rank: int = 0):
     if model.backbone.compile:
         enable_compile_cache()
     model.backbone.gradient_checkpointing = cfg.model.gradient_checkpointing
+    model.backbone.residual_dtype = cfg.model.residual_dtype
     model.train()
     return model, _trainable(model, cfg.task), source
 
