@@ -69,3 +69,5 @@ def test_compiled_and_eager_losses_are_compared_only_without_dropout():
     line = B.compiled_vs_eager(compiled, eager, dropout_off=True)
     assert "largest loss difference 2.50e-01 at step 2" in line and "over 3 steps" in line
     assert "not compared" in B.compiled_vs_eager(compiled, eager, dropout_off=False)
+    assert B.dropout_off("dropout_rate=0.0") and B.dropout_off("num_layers=4, dropout_rate=0")
+    assert not B.dropout_off(None) and not B.dropout_off("dropout_rate=0.1") and not B.dropout_off("initializer_factor=32.0")

@@ -74,6 +74,15 @@ def side_command(side: str, a, data: Path, out: Path) -> list[str]:
     return launch + args
 
 
+def dropout_off(config_overrides: str | None) -> bool:
+    """Whether --config_overrides (transformers' "key=value,key=value") sets dropout_rate to 0."""
+    pairs = dict(item.split("=", 1) for item in (config_overrides or "").replace(" ", "").split(",") if "=" in item)
+    try:
+        return float(pairs.get("dropout_rate", "nan")) == 0.0
+    except ValueError:
+        return False
+
+
 def compiled_vs_eager(compiled: dict, eager: dict, dropout_off: bool) -> str:
     """One line: the largest per-step loss difference between the compiled and the eager run (equal
     weights and batches; dropout draws differ between compiled and eager code, so only without it)."""
@@ -159,7 +168,6 @@ def main(argv=None) -> int:
     losses = {side: dict(json.loads((out / f"{side}.json").read_text())["losses"]) for side in ("ours", "ours-eager")
               if any(r.name == side for r in results)}
     if len(losses) == 2:
-        dropout_off = "dropout_rate=0.0" in (a.config_overrides or "").replace(" ", "")
-        print(compiled_vs_eager(losses["ours"], losses["ours-eager"], dropout_off))
+        print(compiled_vs_eager(losses["ours"], losses["ours-eager"], dropout_off(a.config_overrides)))
     (out / "bench_results.json").write_text(json.dumps([r.__dict__ for r in results], indent=1, default=str))
     return 0 if results else 1

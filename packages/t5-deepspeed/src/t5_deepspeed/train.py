@@ -255,20 +255,20 @@ def choose_compile(training: dict, given: set, *, by_default: bool = False) -> s
             f"decoder's KV cache; eval/predict eager; compile cache {cache}")
 
 
-def turn_off_use_cache(model) -> dict:
+def turn_off_use_cache(model) -> list:
     """use_cache off on the model's config and on its stacks' own copies (T5's decoder reads its copy);
     returns each config's previous value, for restore_use_cache. The training forward needs no KV cache,
     and compiled blocks would guard on its per-layer state. The encoder's copy has its own value (off:
     T5 refuses use_cache on a stack that is not a decoder), so each is restored to what it was."""
     configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "use_cache")}
-    previous = {key: (config, config.use_cache) for key, config in configs.items()}
+    previous = [(config, config.use_cache) for config in configs.values()]
     for config in configs.values():
         config.use_cache = False
     return previous
 
 
-def restore_use_cache(previous: dict) -> None:
-    for config, value in previous.values():
+def restore_use_cache(previous: list) -> None:
+    for config, value in previous:
         config.use_cache = value
 
 
