@@ -467,7 +467,8 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         meter.update(int(tokens), int(samples))
         rates = meter.summary()
         record = {"step": step, "epoch": round(epoch_pos, 4), "loss": last_loss,
-                  "lr": optimizer.param_groups[0]["lr"],
+                  # a tensor on the device where the optimizer step is a replayed CUDA graph
+                  "lr": float(optimizer.param_groups[0]["lr"]),
                   "grad_norm": None if grad_norm is None else float(grad_norm),
                   "tokens_per_s": rates["tokens_per_s"], "samples_per_s": rates["samples_per_s"],
                   "mfu": rates["mfu"], **memory_report().as_dict()}
