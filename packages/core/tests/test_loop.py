@@ -82,20 +82,27 @@ def test_log_fields_eval_best_and_cadence(tmp_path):
     assert any((tmp_path / "tb").iterdir())
 
 
-def test_a_learning_rate_held_as_a_tensor_is_logged_as_a_number(tmp_path):
+def test_a_learning_rate_held_as_a_tensor_is_logged_saved_and_resumed(tmp_path):
     # The fast path's replayed optimizer step keeps each group's lr as a device tensor (the scheduler
-    # fills it in place); the run log and TensorBoard must still get a number. On an H200 the first
-    # log line of `chat-pretrain train` raised "Object of type Tensor is not JSON serializable".
-    torch.manual_seed(0)
-    model = _toy.Toy()
-    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3), foreach=False)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
-    cfg = LoopConfig(epochs=1, max_steps=3, log_every_steps=1, tensorboard=True)
-    fit(model=model, optimizer=opt, scheduler=sched, train_batches=_toy.make_batches("tokens"), loss_fn=_toy.loss_fn,
-        config=cfg, run_dir=tmp_path, precision=resolve_precision("fp32"), progress=False)
-    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)  # still the tensor the step reads
+    # fills it in place); the run log and TensorBoard must still get a number, and a checkpoint must
+    # save and resume it. On an H200 the first log line of `chat-pretrain train` raised "Object of
+    # type Tensor is not JSON serializable".
+    def run(max_steps, resume):
+        torch.manual_seed(0)
+        model = _toy.Toy()
+        opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(1e-3), foreach=False)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 ** s)
+        cfg = LoopConfig(epochs=1, max_steps=max_steps, log_every_steps=1, save_every_steps=2, tensorboard=True)
+        fit(model=model, optimizer=opt, scheduler=sched, train_batches=_toy.make_batches("tokens"),
+            loss_fn=_toy.loss_fn, config=cfg, run_dir=tmp_path, precision=resolve_precision("fp32"), progress=False,
+            resume=resume)
+        assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)  # still the tensor the step reads
+
+    run(2, resume=False)
+    run(4, resume=True)
     rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert [r["lr"] for r in rows] == pytest.approx([5e-4, 2.5e-4, 1.25e-4])
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["lr"] for r in rows] == pytest.approx([1e-3 * 0.5 ** s for s in (1, 2, 3, 4)])
 
 
 def test_grad_accum_matches_big_batch(tmp_path):
