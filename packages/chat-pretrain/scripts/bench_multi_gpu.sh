@@ -11,8 +11,8 @@
 # OURS_OVERRIDES: config overrides for ours on both GPU counts, e.g. "speed.cuda_graphs=true" (CUDA
 # graphs under DDP too: gradients all-reduced after the captured backward; without it, 2 GPUs run
 # DDP's compiled step while 1 GPU replays graphs).
-# Each ours run compiles its step (about 3 minutes cold on an H200; later runs on the same host load
-# it from the compile cache). To split the work over shorter calls: ARMS (default "ours users-sdpa"),
+# Each ours run compiles its step (with h100-80g two graphs, 194 s + 128 s cold on an H200; later runs
+# on the same host load them from the compile cache: about a minute). To split the work over shorter calls: ARMS (default "ours users-sdpa"),
 # GPU_COUNTS (default "1 2"), STAGES (default "scaling train"); the summary reads whatever JSON files
 # OUT_DIR holds. WARMUP: quiet steps before timing (default 15).
 set -euo pipefail

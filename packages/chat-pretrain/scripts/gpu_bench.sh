@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One GPU, one command: every bench arm (the users' loop with eager attention and with SDPA, ours as
 # shipped, ours eager) plus the fast-vs-eager loss comparison, same model, data and precision. Takes
-# 10-15 minutes on an H200 with a cold compile cache: ours compiles its step once (about 3 minutes),
-# then captures each batch shape while it warms up; fast-vs-eager compiles again, from the cache.
+# about 15 minutes on an H200 with a cold compile cache: ours compiles its step (on an H200 with the
+# h100-80g profile two graphs, 194 s and 128 s), then captures each batch shape while it warms up;
+# fast-vs-eager compiles again, from the cache (about a minute).
 # ARMS splits the run, e.g. ARMS=users-eager,users-sdpa,ours then ARMS=ours-eager,fast-vs-eager
 # (bench.json then holds the last run's arms; bench-ARM.json files keep every arm).
 # From the repository root, nothing installed:

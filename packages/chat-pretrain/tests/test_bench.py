@@ -78,10 +78,10 @@ def test_one_micro_arm_keeps_the_tokens_per_optimizer_step(tmp_path):
 
     from chat_pretrain.bench import arm_config
 
-    args = SimpleNamespace(profile="h100-80g", users_profile="large", data=str(tmp_path / "d.parquet"),
+    args = SimpleNamespace(profile="large", users_profile="large", data=str(tmp_path / "d.parquet"),
                            tokenizer=str(tmp_path))
     ours, one = arm_config(args, [], "ours"), arm_config(args, [], "ours-one-micro")
-    assert (ours.data.batch_size, ours.grad_accum_steps) == (96, 2) and (one.data.batch_size, one.grad_accum_steps) == (192, 1)
+    assert (ours.data.batch_size, ours.grad_accum_steps) == (32, 2) and (one.data.batch_size, one.grad_accum_steps) == (64, 1)
     assert one.data.max_seq_len == ours.data.max_seq_len and one.optim == ours.optim
     users = arm_config(args, [], "users-eager")
     assert (users.data.batch_size, users.grad_accum_steps) == (32, 2)
