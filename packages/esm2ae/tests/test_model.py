@@ -141,3 +141,25 @@ def test_residual_stream_dtype_under_autocast(monkeypatch):
         assert seen == [torch.float32 if residual == "fp32" else torch.bfloat16] * n_layers
         torch.testing.assert_close(got[residual], want, atol=0.1, rtol=0.05)
     assert not torch.equal(got["fp32"], got["autocast"])  # the option does change the arithmetic
+
+
+def test_compile_mode_reaches_inductor_and_not_the_tracing_backends(monkeypatch):
+    """model.compile_mode is Inductor's mode for the three layer graphs; aot_eager and eager take no
+    mode. The train builder carries the key from the config to the model."""
+    import esm2ae.model as M
+    from esm2ae.bench import bench_config
+    from esm2ae.train import build_training_model
+
+    calls = []
+    monkeypatch.setattr(M.torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    M.compiled_esm_layer.cache_clear()
+    try:
+        M.compiled_esm_layer("inductor", "max-autotune-no-cudagraphs")
+        M.compiled_esm_layer("aot_eager", "max-autotune-no-cudagraphs")
+    finally:
+        M.compiled_esm_layer.cache_clear()
+    assert [c["mode"] for c in calls] == ["max-autotune-no-cudagraphs"] * 3 + [None] * 3
+    assert all(c["dynamic"] is False for c in calls)
+    cfg = bench_config("esm2_tiny", overrides=["model.compile_mode=max-autotune-no-cudagraphs"])
+    model, _, _ = build_training_model(cfg, torch.device("cpu"))
+    assert model.backbone.compile_mode == "max-autotune-no-cudagraphs"

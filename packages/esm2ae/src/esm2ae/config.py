@@ -31,6 +31,10 @@ class ModelConfig:
     compile_backend: Literal["inductor", "aot_eager", "eager"] = "inductor"
     """inductor generates fused kernels (CUDA); aot_eager and eager trace the same graphs without generating
     code: for finding a compile problem, and for CPU tests of the compiled path."""
+    compile_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
+    """Inductor's mode for the layer. max-autotune-no-cudagraphs: each matmul timed against Triton
+    templates on this GPU, which can take the bias and GELU into the matmul's epilogue (less memory
+    traffic); costs minutes of autotuning on the first run (kept in the compile cache)."""
     gradient_checkpointing: bool = False
     residual_dtype: Literal["fp32", "autocast"] = "fp32"
     """The dtype of the residual stream between layers under mixed precision. fp32: as HF's ESM-2 runs

@@ -335,14 +335,16 @@ def esm_layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
 
 
 @functools.cache
-def compiled_esm_layer(compile_backend: str = "inductor"):
+def compiled_esm_layer(compile_backend: str = "inductor", mode: str = "default"):
     """The layer function compiled once per process (and backend), shared by every layer and model.
     flex and sdpa: the whole layer, attention included, one graph. flash and varlen: the two parts
     around the attention call, each one graph, with attention run as it is in between (its sequence
-    boundaries change in number from batch to batch, which would recompile a graph holding them)."""
-    whole = torch.compile(esm_layer, dynamic=False, backend=compile_backend)
-    before = torch.compile(attention_inputs, dynamic=False, backend=compile_backend)
-    after = torch.compile(attention_output, dynamic=False, backend=compile_backend)
+    boundaries change in number from batch to batch, which would recompile a graph holding them).
+    ``mode``: Inductor's (model.compile_mode); the tracing backends have none."""
+    options = {"dynamic": False, "backend": compile_backend, "mode": mode if compile_backend == "inductor" else None}
+    whole = torch.compile(esm_layer, **options)
+    before = torch.compile(attention_inputs, **options)
+    after = torch.compile(attention_output, **options)
 
     def layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
         if backend in ("flex", "sdpa"):
@@ -372,6 +374,7 @@ class PackedEsm(nn.Module):
         self.attention_request = attention
         self.compile = compile
         self.compile_backend = compile_backend
+        self.compile_mode = "default"
         self.gradient_checkpointing = False
         self.residual_dtype = "fp32"
         """"autocast": the residual stream in autocast's dtype (see esm2ae.config.ModelConfig)"""
@@ -408,7 +411,7 @@ class PackedEsm(nn.Module):
         cos, sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
         backend = self.backend(ids.device.type)
         attn_arg = prepare_attention(backend, batch)
-        fn = compiled_esm_layer(self.compile_backend) if self.compile else esm_layer
+        fn = compiled_esm_layer(self.compile_backend, self.compile_mode) if self.compile else esm_layer
         H = self.config.num_attention_heads
         for layer in esm.encoder.layer:
             args = (h, cos, sin, backend, attn_arg, H, layer_params(layer))

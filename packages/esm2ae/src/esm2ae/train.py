@@ -231,6 +231,7 @@ def build_training_model(cfg: Config, device: torch.device, rank: int = 0):
     model = Esm2AE(hf, cfg.ae.widths, cfg.ae.pooling, cfg.model.attention).to(device)
     model.backbone.compile = compiles(cfg, device)
     model.backbone.compile_backend = cfg.model.compile_backend
+    model.backbone.compile_mode = cfg.model.compile_mode
     if model.backbone.compile:
         enable_compile_cache()
     model.backbone.gradient_checkpointing = cfg.model.gradient_checkpointing
@@ -372,7 +373,8 @@ def train(cfg: Config, resume: str | None = None) -> dict:
               f"attention {model.backbone.backend(device.type)}, task {cfg.task}")
         if model.backbone.compile:
             print(f"compile: the layer function, one graph for all {model.backbone.config.num_hidden_layers} layers "
-                  f"({cfg.model.compile_backend}); compile cache {enable_compile_cache()}")
+                  f"({cfg.model.compile_backend}{'' if cfg.model.compile_mode == 'default' else ', ' + cfg.model.compile_mode}); "
+                  f"compile cache {enable_compile_cache()}")
 
     max_steps, accum = schedule_steps(cfg, world)
     optimizer, scheduler = build_optimizer_and_scheduler(cfg, trainable, max_steps)
