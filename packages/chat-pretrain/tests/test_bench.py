@@ -118,3 +118,29 @@ def test_warm_up_waits_for_shapes_compilations_and_captures_to_stop():
     assert run([(True, 1, 0)], 1, 10) == 2
     calls = []
     assert _warm_up(lambda: calls.append(1), None, 2, 10) == 2 == len(calls)  # eager: --warmup steps
+
+
+def test_memory_cap_needs_cuda_and_reaches_every_arms_process(tmp_path, chatlm_dir, capsys, monkeypatch):
+    """--memory-cap-gib (a smaller card on a larger GPU): on a CPU one line, exit 2, nothing run; with a
+    GPU each arm's own process gets the cap."""
+    import subprocess
+    from types import SimpleNamespace
+
+    import chat_pretrain.bench as B
+
+    data = make_parquet(tmp_path / "b.parquet", 20, median_chars=8)
+    argv = ["bench", "--tokenizer", str(chatlm_dir), "--data", str(data), "--profile", "cpu-tiny",
+            "--users-profile", "cpu-tiny", "--arms", "users-eager,ours", "--json-out", str(tmp_path / "b.json")]
+    monkeypatch.setattr(B.torch.cuda, "is_available", lambda: False)
+    assert main([*argv, "--memory-cap-gib", "15.5"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--memory-cap-gib" in err and "CUDA" in err
+    assert not (tmp_path / "b.json").exists()
+
+    commands = []
+    monkeypatch.setattr(B.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("trainstack.bench.device_banner", lambda: "a GPU")
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: commands.append(cmd) or SimpleNamespace(returncode=1))
+    assert main([*argv, "--memory-cap-gib", "15.5"]) == 1  # every (stubbed) arm failed
+    assert [c[c.index("--arm") + 1] for c in commands] == ["users-eager", "ours"]
+    assert all(c[c.index("--memory-cap-gib") + 1] == "15.5" for c in commands)

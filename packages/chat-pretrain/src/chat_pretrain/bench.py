@@ -220,6 +220,7 @@ def run_arm(arm: str, args, cfg) -> dict:
 
     from chat_pretrain.model import count_params, flops_per_token
 
+    cap_cuda_memory(args.memory_cap_gib)
     precision, accelerator = _setup(cfg)
     fast_step = None
     if arm in USERS_ARMS:
@@ -255,7 +256,8 @@ def run_arm(arm: str, args, cfg) -> dict:
                         params=count_params(unwrapped), precision=precision.name,
                         attn=getattr(unwrapped, "_orig_mod", unwrapped).config._attn_implementation,
                         grad_accum=cfg.grad_accum_steps, batch_size=cfg.data.batch_size, max_seq_len=cfg.data.max_seq_len,
-                        users_pad=args.users_pad if arm in USERS_ARMS else None)
+                        users_pad=args.users_pad if arm in USERS_ARMS else None, memory_cap_gib=args.memory_cap_gib,
+                        peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None)
     if fast_step is not None:
         # shapes first seen, compiled or captured while timed: each slowed the timed steps
         late = [b - a for a, b in zip(events_before, _fast_path_events(fast_step), strict=True)]
@@ -263,6 +265,14 @@ def run_arm(arm: str, args, cfg) -> dict:
                             new_shapes_in_timed_steps=late[0], compilations_in_timed_steps=late[1],
                             captures_in_timed_steps=late[2])
     return out if accelerator.is_main_process else {}
+
+
+def cap_cuda_memory(gib: float | None) -> None:
+    """Let this process's CUDA caching allocator reserve at most ``gib`` GiB, as on a card that size
+    (the CUDA context itself is not counted: keep ~0.5 GiB below the card's size)."""
+    if gib:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total))
 
 
 def _print_profile(step, warmup: int) -> None:
@@ -286,6 +296,7 @@ def fast_vs_eager(args, overrides) -> dict:
     optimizer step's mean micro-batch loss, and the largest differences. On CPU ours is eager too
     unless the overrides force compilation (speed.compile=true speed.compile_backend=aot_eager)."""
     runs, lines = {}, {}
+    cap_cuda_memory(args.memory_cap_gib)
     for arm in ("ours", "ours-eager"):
         cfg = arm_config(args, [*overrides, *NO_DROPOUT], arm)
         precision, accelerator = _setup(cfg)
@@ -334,6 +345,11 @@ def run_bench(args, overrides) -> int:
         from trainstack.config import ConfigError
 
         raise ConfigError(f"bench --arms: unknown arm(s) {', '.join(unknown)}; choose from {', '.join((*ARMS, COMPARE))}")
+    if args.memory_cap_gib is not None and not (args.memory_cap_gib > 0 and torch.cuda.is_available()):
+        from trainstack.config import ConfigError
+
+        raise ConfigError(f"bench --memory-cap-gib {args.memory_cap_gib}: caps CUDA memory, so it needs a CUDA GPU "
+                          "and a size above 0 (drop it on a CPU)")
     for arm in arms:  # a bad profile or key: ConfigError, exit 2, before anything runs
         arm_config(args, overrides, arm)
     if args.arm:
@@ -355,6 +371,8 @@ def run_bench(args, overrides) -> int:
                "--users-profile", args.users_profile, "--steps", str(args.steps), "--warmup", str(args.warmup),
                "--max-warmup", str(args.max_warmup), "--compare-steps", str(args.compare_steps),
                "--users-pad", args.users_pad, *overrides]
+        if args.memory_cap_gib:
+            cmd += ["--memory-cap-gib", str(args.memory_cap_gib)]
         # One arm failing (out of memory, say) must not lose the others' figures.
         code = subprocess.run(cmd, env=dict(os.environ)).returncode
         if code != 0 or not target.is_file():

@@ -183,6 +183,9 @@ def _declare() -> None:
     p.add_argument("--json-out", default=None,
                    help="results JSON (with --arms, also one file per arm beside it: NAME-ARM.json)")
     p.add_argument("--torch-profile", action="store_true", help="print a torch.profiler table of 3 steps first")
+    p.add_argument("--memory-cap-gib", type=float, default=None, metavar="GIB",
+                   help="cap each arm's CUDA memory at GIB (a smaller card on a larger GPU): an arm that does not "
+                        "fit fails out of memory; each arm records its peak reserved memory")
     cli.add_command("tokenizer", _tokenizer_main, help="check (the Metaspace defect) or train a tokenizer", raw=True)
     cli.add_command("make-data", _make_data_main, help="synthetic prompt/response parquet", raw=True)
 
