@@ -8,13 +8,14 @@
 # Prints tokens/s on 1 and 2 GPUs per arm and the scaling efficiency = tps(2) / (2 * tps(1)).
 # Weak scaling: each process keeps its per-GPU batch: ours the profile PROFILE (default auto: what train
 # picks on this GPU, fast path included), the users' loop their `large` config (32 x 192, accum 2).
-# OURS_OVERRIDES: config overrides for ours on both GPU counts, e.g. "speed.cuda_graphs=true" (CUDA
-# graphs under DDP too: gradients all-reduced after the captured backward; without it, 2 GPUs run
-# DDP's compiled step while 1 GPU replays graphs).
+# OURS_OVERRIDES: config overrides for ours on both GPU counts. The arm ours-ddp-graphs is ours with
+# speed.cuda_graphs=true: CUDA graphs under DDP too, gradients all-reduced after the captured backward
+# (ours on 2 GPUs runs DDP's compiled step while 1 GPU replays graphs), e.g.
+#   ARMS="ours ours-ddp-graphs users-sdpa" GPU_COUNTS=2 ... (after the 1-GPU ours run)
 # Each ours run compiles its step (with h100-80g two graphs, 194 s + 128 s cold on an H200; later runs
-# on the same host load them from the compile cache: about a minute). To split the work over shorter calls: ARMS (default "ours users-sdpa"),
-# GPU_COUNTS (default "1 2"), STAGES (default "scaling train"); the summary reads whatever JSON files
-# OUT_DIR holds. WARMUP: quiet steps before timing (default 15).
+# on the same host load them from the compile cache: about a minute). To split the work over shorter
+# calls: ARMS (default "ours users-sdpa"), GPU_COUNTS (default "1 2"), STAGES (default "scaling train");
+# the summary reads whatever ARM-N.json files OUT_DIR holds. WARMUP: quiet steps before timing (default 15).
 set -euo pipefail
 ROWS=${1:-1000000}
 STEPS=${2:-30}
@@ -41,21 +42,25 @@ for ARM in ${ARMS:-ours users-sdpa}; do
 done
 fi
 python3 - "$OUT_DIR" <<'PY'
-import json, sys
+import json, re, sys
 from pathlib import Path
 out = Path(sys.argv[1])
-r = {(a, n): json.loads((out / f"{a}-{n}.json").read_text()) for a in ("ours", "users-sdpa") for n in (1, 2)
-     if (out / f"{a}-{n}.json").exists()}
-print(f"{'arm':<10} {'GPUs':>4} {'tokens/s':>12} {'MFU':>7} {'peak VRAM GiB':>14} {'peak RSS GiB':>13}")
+# ARM-N.json for every arm and GPU count run into OUT_DIR (this call's or an earlier one's)
+r = {(m[1], int(m[2])): json.loads(f.read_text()) for f in sorted(out.glob("*.json"))
+     if (m := re.fullmatch(r"(.+)-(\d+)\.json", f.name)) and not m[1].startswith("train")}
+print(f"{'arm':<16} {'GPUs':>4} {'tokens/s':>12} {'MFU':>7} {'peak VRAM GiB':>14} {'peak RSS GiB':>13}")
 for (a, n), x in sorted(r.items()):
     mfu = f"{x['mfu']:.1%}" if x.get("mfu") else "-"
-    print(f"{a:<10} {n:>4} {x['tokens_per_s']:>12,.0f} {mfu:>7} {x['peak_memory_gib'] or 0:>14.2f} "
+    print(f"{a:<16} {n:>4} {x['tokens_per_s']:>12,.0f} {mfu:>7} {x['peak_memory_gib'] or 0:>14.2f} "
           f"{x['extra']['peak_host_rss_gib']:>13.2f}")
-for a in ("ours", "users-sdpa"):
-    if (a, 1) in r and (a, 2) in r:
-        print(f"scaling efficiency {a}: {r[(a, 2)]['tokens_per_s'] / (2 * r[(a, 1)]['tokens_per_s']):.1%}")
-if ("ours", 2) in r and ("users-sdpa", 2) in r:
-    print(f"ours vs users on 2 GPUs: {r[('ours', 2)]['tokens_per_s'] / r[('users-sdpa', 2)]['tokens_per_s']:.2f}x")
+for (a, n), x in sorted(r.items()):
+    # ours-ddp-graphs on one GPU is ours: its 2-GPU figure scales against ours on one
+    base = r.get((a, 1)) or (r.get(("ours", 1)) if a.startswith("ours") else None)
+    if n > 1 and base:
+        print(f"scaling efficiency {a} on {n} GPUs: {x['tokens_per_s'] / (n * base['tokens_per_s']):.1%}")
+for a in sorted({a for a, _ in r if a.startswith("ours")}):
+    if (a, 2) in r and ("users-sdpa", 2) in r:
+        print(f"{a} vs users on 2 GPUs: {r[(a, 2)]['tokens_per_s'] / r[('users-sdpa', 2)]['tokens_per_s']:.2f}x")
 print(json.dumps({f"{a}-{n}": {"tokens_per_s": x["tokens_per_s"], "mfu": x["mfu"]} for (a, n), x in r.items()}))
 PY
 

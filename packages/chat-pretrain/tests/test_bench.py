@@ -1,6 +1,7 @@
 """`chat-pretrain bench` on CPU: every arm runs through the real entry point, each in its own process, and
 one run reports comparable figures, the ratios and the fast-vs-eager losses."""
 
+import dataclasses
 import json
 
 import pytest
@@ -71,9 +72,10 @@ def test_bench_arm_names_unknown_and_earlier(tmp_path, chatlm_dir, capsys):
     assert json.loads(out.read_text())["name"] == "users-eager"
 
 
-def test_one_micro_arm_keeps_the_tokens_per_optimizer_step(tmp_path):
+def test_arm_variants_change_one_part_of_ours(tmp_path):
     """ours-one-micro: the profile's micro-batches of one optimizer step as one (a larger batch per
-    kernel, one graph replay per step), the same token budget per step; the users' arms as they are."""
+    kernel, one graph replay per step), the same token budget per step; ours-ddp-graphs: CUDA graphs
+    asked for (what differs under DDP); the users' arms as they are."""
     from types import SimpleNamespace
 
     from chat_pretrain.bench import arm_config
@@ -85,6 +87,10 @@ def test_one_micro_arm_keeps_the_tokens_per_optimizer_step(tmp_path):
     assert one.data.max_seq_len == ours.data.max_seq_len and one.optim == ours.optim
     users = arm_config(args, [], "users-eager")
     assert (users.data.batch_size, users.grad_accum_steps) == (32, 2)
+    # ours-ddp-graphs: ours with the captured step asked for (under DDP: instead of DDP's compiled step)
+    ddp_graphs = arm_config(args, [], "ours-ddp-graphs")
+    assert ddp_graphs.speed.cuda_graphs is True and ours.speed.cuda_graphs == "auto"
+    assert dataclasses.replace(ddp_graphs.speed, cuda_graphs="auto") == ours.speed and ddp_graphs.data == ours.data
 
 
 def test_warm_up_waits_for_shapes_compilations_and_captures_to_stop():

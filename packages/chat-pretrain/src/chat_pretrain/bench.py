@@ -29,7 +29,9 @@ GPU memory and host RSS are its own, one after the other on the same GPU, and on
 - not run by default, one part of ours changed each: ours-graphs-only (speed.compile=false: the eager
   step captured), ours-compile-only (speed.cuda_graphs=false), ours-static (speed.compile_dynamic=false:
   one compilation per shape), ours-eager-attn (model.attn_implementation=eager), ours-one-micro (the
-  profile's batch_size x grad_accum_steps as one micro-batch: the same tokens per optimizer step).
+  profile's batch_size x grad_accum_steps as one micro-batch: the same tokens per optimizer step),
+  ours-ddp-graphs (speed.cuda_graphs=true: under a launcher with several GPUs the captured steps, the
+  gradients all-reduced between backward and update, instead of DDP's compiled step; on one GPU, ours).
 
 All arms use the same T5 (same seed), tokenizer, token-level truncation and precision. Tokens are real
 (non-pad, non-filler) prompt + response tokens; MFU counts the model FLOPs of those tokens only.
@@ -58,6 +60,7 @@ OURS_ARMS = {
     "ours-compile-only": ("speed.cuda_graphs=false",),
     "ours-static": ("speed.compile_dynamic=false",),
     "ours-eager-attn": ("model.attn_implementation=eager",),
+    "ours-ddp-graphs": ("speed.cuda_graphs=true",),
     "ours-one-micro": (),  # the profile's whole optimizer step in one micro-batch (arm_config)
 }
 ARMS = (*USERS_ARMS, *OURS_ARMS)

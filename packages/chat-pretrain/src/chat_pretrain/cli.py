@@ -169,7 +169,7 @@ def _declare() -> None:
                    help="the config the users' loop runs (default large: their large config)")
     p.add_argument("--arms", default="users-eager,users-sdpa,ours,ours-eager,fast-vs-eager",
                    help="arms to run, each in its own process, in this order; also ours-graphs-only, "
-                        "ours-compile-only, ours-static, ours-eager-attn (chat_pretrain/bench.py)")
+                        "ours-compile-only, ours-static, ours-eager-attn, ours-one-micro, ours-ddp-graphs (chat_pretrain/bench.py)")
     p.add_argument("--arm", default=None, metavar="ARM",
                    help="run this one arm (of --arms' choices) in this process; under a launcher, one arm on N GPUs")
     p.add_argument("--steps", type=int, default=20, help="timed optimizer steps")
