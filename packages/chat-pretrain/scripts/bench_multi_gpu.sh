@@ -4,7 +4,8 @@
 # gathered across ranks, one checkpoint). Run from the repository root on a host with 2+ GPUs:
 #   TOK=path/to/chatlm-tokenizer bash packages/chat-pretrain/scripts/bench_multi_gpu.sh [ROWS] [STEPS] [OUT_DIR]
 # e.g. TOK=path/to/chatlm-tokenizer bash packages/chat-pretrain/scripts/bench_multi_gpu.sh 1000000 30 results/
-# TOK is a tokenizer.json or its directory; JSON results and logs go to OUT_DIR (default chat-pretrain-multi-gpu).
+# TOK is a tokenizer.json or its directory (unset: a stand-in with the ChatLM vocabulary's size is written
+# to OUT_DIR/stand-in-tokenizer); JSON results and logs go to OUT_DIR (default chat-pretrain-multi-gpu).
 # Prints tokens/s on 1 and 2 GPUs per arm and the scaling efficiency = tps(2) / (2 * tps(1)).
 # Weak scaling: each process keeps its per-GPU batch: ours the profile PROFILE (default auto: what train
 # picks on this GPU, fast path included), the users' loop their `large` config (32 x 192, accum 2).
@@ -23,7 +24,10 @@ OUT_DIR=${3:-chat-pretrain-multi-gpu}
 mkdir -p "$OUT_DIR"
 export PYTHONPATH="packages/core/src:packages/chat-pretrain/src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
-[ -n "${TOK:-}" ] || { echo "error: set TOK to the tokenizer (tokenizer.json or its directory)"; exit 2; }
+if [ -z "${TOK:-}" ]; then  # the stand-in (same vocabulary size, one token per generated character)
+  TOK=$OUT_DIR/stand-in-tokenizer
+  python3 "$(dirname "$0")/stand_in_tokenizer.py" "$TOK"
+fi
 DATA=${TMPDIR:-/tmp}/chat-pretrain-bench.parquet  # large and regenerable: kept out of OUT_DIR
 [ -f "$DATA" ] || python3 -m chat_pretrain make-data "$DATA" --rows "$ROWS"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true

@@ -35,21 +35,7 @@ DATA=$WORK/bench-$ROWS.parquet
 [ -f "$DATA" ] || python3 -m chat_pretrain make-data "$DATA" --rows "$ROWS" --median-chars 60 > /dev/null
 if [ -z "${TOK:-}" ]; then
   TOK=$OUT_DIR/stand-in-tokenizer
-  python3 - "$TOK" <<'PY' | tee -a "$OUT_DIR/bench.log"
-import sys
-from pathlib import Path
-from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-# The generated text is random characters of the CJK block's first 3000 code points: one token each,
-# as with the ChatLM tokenizer, and its vocabulary size, so the model is the 0.2B T5 it trains.
-vocab = {t: i for i, t in enumerate(["[PAD]", "[EOS]", "[UNK]", "[BOS]"])}
-vocab.update({chr(c): len(vocab) + i for i, c in enumerate(range(0x4E00, 0x4E00 + 3000))})
-vocab.update({f"[unused{i}]": i for i in range(len(vocab), 29298)})
-tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
-Path(sys.argv[1]).mkdir(parents=True, exist_ok=True)
-tok.save(f"{sys.argv[1]}/tokenizer.json")
-print(f"TOK not set: stand-in tokenizer, {len(vocab)} tokens, one per character -> {sys.argv[1]}")
-PY
+  python3 "$(dirname "$0")/stand_in_tokenizer.py" "$TOK" | tee -a "$OUT_DIR/bench.log"
 fi
 
 # Every arm in its own process, one after the other on this GPU; bench.json is rewritten after each,

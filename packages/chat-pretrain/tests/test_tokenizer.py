@@ -61,3 +61,24 @@ def test_train_bpe_and_unigram_from_parquet(tmp_path):
         assert tok.decode_batch([ids])[0].replace(" ", "") == rows[7].replace(" ", "")
     tok = train_tokenizer([tmp_path / "t.parquet"], 280, "bpe", max_texts=20)
     assert tok.get_vocab_size() <= 280
+
+
+def test_the_benchmarks_stand_in_tokenizer_has_the_chatlm_size_and_one_token_per_generated_character(tmp_path):
+    """scripts/stand_in_tokenizer.py (the GPU bench scripts' tokenizer when TOK is unset): the ChatLM
+    vocabulary's size, so the model is the 0.2B T5, and one token per character of make-data's text."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+    from chat_pretrain.synth import make_parquet
+    from chat_pretrain.tokenizer import load_tokenizer
+
+    script = Path(__file__).parents[1] / "scripts" / "stand_in_tokenizer.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path / "tok")], check=True, capture_output=True)
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.vocab_size == 29298 and tok.pad_id == 0 and tok.eos_id == 1
+    rows = pq.read_table(make_parquet(tmp_path / "d.parquet", 20, median_chars=12)).to_pylist()
+    for text in (r["prompt"] for r in rows):
+        ids = tok.tokenizer.encode(text).ids
+        assert len(ids) == len(text) and tok.unk_id not in ids
