@@ -90,3 +90,27 @@ def test_tied_weights_resume(tmp_path):
     again, how = build_model(str(path), 300, 0, 1)  # the checkpoint as a model directory
     assert "loaded" in how and again.lm_head.weight is again.shared.weight
     assert torch.equal(again.shared.weight, model.shared.weight)
+
+
+def test_a_new_models_embedding_rows_are_aligned_and_the_extra_rows_never_generated():
+    """Random init: the embedding has a multiple of 128 rows (T5's own practice: 32,128 rows for
+    32,100 tokens), so the output matmuls are aligned; ids past the tokenizer's are suppressed in
+    generation, and a tokenizer already aligned gets no extra rows."""
+    from chat_pretrain.model import embedding_rows
+
+    assert (embedding_rows(29298), embedding_rows(4000), embedding_rows(256)) == (29312, 4096, 256)
+    torch.manual_seed(0)
+    model, _ = build_model("tiny", 4000, 0, 1, "sdpa", dropout_rate=0.0)
+    assert model.config.vocab_size == model.shared.weight.shape[0] == 4096
+    assert model.generation_config.suppress_tokens == list(range(4000, 4096))
+    ids = torch.randint(2, 4000, (4, 9))
+    with torch.no_grad():
+        # the extra rows made the likeliest (20x the mean row of what it generates): without the
+        # suppression most generated ids would be extra rows; with it, none
+        first = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
+        model.lm_head.weight[4000:] = model.lm_head.weight[first[:, 1:]].mean((0, 1)) * 20
+        out = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
+        model.generation_config.suppress_tokens = None
+        unsuppressed = model.generate(input_ids=ids, max_new_tokens=12, do_sample=False)
+    assert int(out.max()) < 4000 and (unsuppressed >= 4000).float().mean() > 0.5
+    assert build_model("tiny", 256, 0, 1, "sdpa")[0].generation_config.suppress_tokens is None
