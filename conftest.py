@@ -16,9 +16,14 @@ def _reset_global_torch_state():
 
     dtype = torch.get_default_dtype()
     threads = torch.get_num_threads()
+    # apply_precision for a (simulated) GPU with TF32 sets "high", which on a CPU with bf16 instructions
+    # lets oneDNN run fp32 matmuls in bf16: a later test's greedy decoding of an untrained model changed
+    matmul_precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision(matmul_precision)
+    torch.backends.cudnn.allow_tf32 = cudnn_tf32
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 
