@@ -26,3 +26,19 @@ def test_cleanup_policy_off_by_default_and_every_n(monkeypatch):
     policy = CleanupPolicy(every_steps=3)
     ran = [s for s in range(10) if policy.maybe_cleanup(s)]
     assert ran == [3, 6, 9] and len(collected) == 3
+
+
+def test_cap_cuda_memory_is_a_fraction_of_the_device_and_none_lifts_it(monkeypatch):
+    """The cap as set_per_process_memory_fraction: GiB over the device's total, at most the whole device."""
+    from types import SimpleNamespace
+
+    import torch
+    from trainstack.memory import GIB, cap_cuda_memory
+
+    set_to = []
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: SimpleNamespace(total_memory=80 * GIB))
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: set_to.append((f, d)))
+    cap_cuda_memory(15.5)
+    cap_cuda_memory(200)
+    cap_cuda_memory(None)
+    assert set_to == [(15.5 / 80, 0), (1.0, 0), (1.0, 0)]

@@ -50,6 +50,7 @@ import time
 from pathlib import Path
 
 import torch
+from trainstack.memory import cap_cuda_memory, gpu_peak_reserved_gib
 
 USERS_ARMS = {"users-eager": "eager", "users-sdpa": "sdpa"}
 OURS_ARMS = {
@@ -223,7 +224,8 @@ def run_arm(arm: str, args, cfg) -> dict:
 
     from chat_pretrain.model import count_params, flops_per_token
 
-    cap_cuda_memory(args.memory_cap_gib)
+    if args.memory_cap_gib:
+        cap_cuda_memory(args.memory_cap_gib)
     precision, accelerator = _setup(cfg)
     fast_step = None
     if arm in USERS_ARMS:
@@ -260,7 +262,7 @@ def run_arm(arm: str, args, cfg) -> dict:
                         attn=getattr(unwrapped, "_orig_mod", unwrapped).config._attn_implementation,
                         grad_accum=cfg.grad_accum_steps, batch_size=cfg.data.batch_size, max_seq_len=cfg.data.max_seq_len,
                         users_pad=args.users_pad if arm in USERS_ARMS else None, memory_cap_gib=args.memory_cap_gib,
-                        peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None)
+                        peak_reserved_gib=gpu_peak_reserved_gib())
     if fast_step is not None:
         # shapes first seen, compiled or captured while timed: each slowed the timed steps
         late = [b - a for a, b in zip(events_before, _fast_path_events(fast_step), strict=True)]
@@ -268,14 +270,6 @@ def run_arm(arm: str, args, cfg) -> dict:
                             new_shapes_in_timed_steps=late[0], compilations_in_timed_steps=late[1],
                             captures_in_timed_steps=late[2])
     return out if accelerator.is_main_process else {}
-
-
-def cap_cuda_memory(gib: float | None) -> None:
-    """Let this process's CUDA caching allocator reserve at most ``gib`` GiB, as on a card that size
-    (the CUDA context itself is not counted: keep ~0.5 GiB below the card's size)."""
-    if gib:
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, gib * 2**30 / total))
 
 
 def _print_profile(step, warmup: int) -> None:
@@ -299,7 +293,8 @@ def fast_vs_eager(args, overrides) -> dict:
     optimizer step's mean micro-batch loss, and the largest differences. On CPU ours is eager too
     unless the overrides force compilation (speed.compile=true speed.compile_backend=aot_eager)."""
     runs, lines = {}, {}
-    cap_cuda_memory(args.memory_cap_gib)
+    if args.memory_cap_gib:
+        cap_cuda_memory(args.memory_cap_gib)
     for arm in ("ours", "ours-eager"):
         cfg = arm_config(args, [*overrides, *NO_DROPOUT], arm)
         precision, accelerator = _setup(cfg)

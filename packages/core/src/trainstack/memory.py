@@ -59,6 +59,18 @@ def gpu_peak_gib(device=None) -> float | None:
     return torch.cuda.max_memory_allocated(device) / GIB if _cuda_in_use() else None
 
 
+def gpu_peak_reserved_gib(device=None) -> float | None:
+    """Peak memory the caching allocator held since the last reset (what a card must have), or None."""
+    return torch.cuda.max_memory_reserved(device) / GIB if _cuda_in_use() else None
+
+
+def cap_cuda_memory(gib: float | None, device=0) -> None:
+    """Let this process's caching allocator reserve at most ``gib`` GiB of ``device``, as on a card that
+    size (the CUDA context is not counted: stay ~0.5 GiB below the card); None or 0 lifts the cap."""
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, gib * GIB / total) if gib else 1.0, device)
+
+
 def reset_peak_memory(device=None) -> None:
     if _cuda_in_use():
         torch.cuda.reset_peak_memory_stats(device)

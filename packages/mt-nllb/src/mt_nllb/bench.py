@@ -98,8 +98,9 @@ def bench_ours(name, cfg, tp, *, steps, warmup, memory_cap_gib=None, profile=Fal
     state = PartialState()
     device = state.device
     if memory_cap_gib and device.type == "cuda":
-        total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, memory_cap_gib * 2**30 / total))
+        from trainstack.memory import cap_cuda_memory
+
+        cap_cuda_memory(memory_cap_gib)
     precision = resolve_precision(cfg.precision)
     apply_precision(precision)
     speed = T.resolve_train_speed(cfg, device, precision, world_size=state.num_processes)
