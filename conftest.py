@@ -10,20 +10,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _session_matmul_precision():
+    """The fp32 matmul settings as the session began. apply_precision for a (simulated) GPU with TF32 sets
+    "high", which on a CPU with bf16 instructions lets oneDNN run fp32 matmuls in bf16: a later test's
+    greedy decoding of an untrained model changed. Tests restore these values, not the ones they found,
+    because a module-scoped fixture that trains in-process changes them before its tests begin."""
+    import torch
+
+    return torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+
+
 @pytest.fixture(autouse=True)
-def _reset_global_torch_state():
+def _reset_global_torch_state(_session_matmul_precision):
     import torch
 
     dtype = torch.get_default_dtype()
     threads = torch.get_num_threads()
-    # apply_precision for a (simulated) GPU with TF32 sets "high", which on a CPU with bf16 instructions
-    # lets oneDNN run fp32 matmuls in bf16: a later test's greedy decoding of an untrained model changed
-    matmul_precision, cudnn_tf32 = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     yield
     torch.set_default_dtype(dtype)
     torch.set_num_threads(threads)
-    torch.set_float32_matmul_precision(matmul_precision)
-    torch.backends.cudnn.allow_tf32 = cudnn_tf32
+    torch.set_float32_matmul_precision(_session_matmul_precision[0])
+    torch.backends.cudnn.allow_tf32 = _session_matmul_precision[1]
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
 

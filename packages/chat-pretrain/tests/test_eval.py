@@ -20,6 +20,9 @@ EVAL = EvalConfig(batch_size=5, max_new_tokens=12)
 def _model(tok):
     torch.manual_seed(0)
     model, _ = build_model("tiny", tok.vocab_size, tok.pad_id, tok.eos_id, "sdpa", dropout_rate=0.0)
+    # This untrained model's likeliest token is the pad id for most prompts, which decodes to nothing: BLEU
+    # over empty hypotheses says nothing about how it is reduced. Without pad, greedy output is text.
+    model.generation_config.suppress_tokens = [*model.generation_config.suppress_tokens, tok.pad_id]
     return model.eval()
 
 
