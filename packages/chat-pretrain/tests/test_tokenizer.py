@@ -63,6 +63,16 @@ def test_train_bpe_and_unigram_from_parquet(tmp_path):
     assert tok.get_vocab_size() <= 280
 
 
+
+def test_bpe_training_gives_the_same_tokenizer_for_the_same_files(tmp_path):
+    """What the README and `--kind`'s help promise (unigram makes no such promise)."""
+    from chat_pretrain.synth import make_parquet
+
+    data = make_parquet(tmp_path / "text.parquet", 2000, seed=7)
+    first, second = (train_tokenizer([data], 2000, "bpe").to_str() for _ in range(2))
+    assert first == second
+
+
 def test_the_benchmarks_stand_in_tokenizer_has_the_chatlm_size_and_one_token_per_generated_character(tmp_path):
     """scripts/stand_in_tokenizer.py (the GPU bench scripts' tokenizer when TOK is unset): the ChatLM
     vocabulary's size, so the model is the 0.2B T5, and one token per character of make-data's text."""

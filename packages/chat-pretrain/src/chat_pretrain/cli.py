@@ -98,7 +98,8 @@ def _tokenizer_main(argv: list[str]) -> int:
     t = sub.add_parser("train", help="train a byte-level BPE or unigram tokenizer (RAM bounded by --max-texts)")
     t.add_argument("--files", nargs="+", required=True)
     t.add_argument("--vocab-size", type=int, required=True)
-    t.add_argument("--kind", choices=["bpe", "unigram"], default="bpe")
+    t.add_argument("--kind", choices=["bpe", "unigram"], default="bpe",
+                   help="bpe (default) is reproducible from the same files; unigram differs from run to run")
     t.add_argument("--columns", nargs="+", default=["prompt", "response"])
     # The trainer keeps a count per distinct pre-token (for Chinese, about one per clause), so its RAM
     # grows with the texts it sees: 1.5 GB at 50k and 2.5 GB at 200k generated ~60-character texts.
