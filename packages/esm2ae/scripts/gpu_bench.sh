@@ -2,8 +2,8 @@
 # The esm2ae measurements on one GPU, one command, about 8 minutes (ESM-2 650M):
 #   bash packages/esm2ae/scripts/gpu_bench.sh OUT_DIR                  # from the repository root, no install
 #   BUDGET_S=900 MODEL=esm2_t30_150M bash packages/esm2ae/scripts/gpu_bench.sh OUT_DIR
-#   bash packages/esm2ae/scripts/gpu_bench.sh OUT_DIR "" "model.residual_dtype=autocast" \
-#     "model.compile_mode=max-autotune-no-cudagraphs model.residual_dtype=autocast"
+#   bash packages/esm2ae/scripts/gpu_bench.sh OUT_DIR "" "model.residual_dtype=fp32" \
+#     "model.compile_mode=coordinate-descent"
 #
 # With VARIANT arguments (each a space-separated list of key=value overrides for ours; "" the defaults), only
 # (v) runs: which option pays before it becomes a default. Each variant: ours alone (the HF Trainer arm

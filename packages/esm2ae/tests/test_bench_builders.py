@@ -128,7 +128,7 @@ def test_fast_vs_eager_trains_both_paths_from_the_same_weights_on_cpu():
 
 
 def test_bench_key_value_overrides_reach_ours_and_a_bad_key_is_one_line(monkeypatch, capsys):
-    """`esm2ae bench ... model.residual_dtype=autocast` sets ours' config (what `train` would read); a key
+    """`esm2ae bench ... model.residual_dtype=fp32` sets ours' config (what `train` would read); a key
     that does not exist stops before any arm runs, with one line and exit 2."""
     import esm2ae.bench as B
 
@@ -138,7 +138,7 @@ def test_bench_key_value_overrides_reach_ours_and_a_bad_key_is_one_line(monkeypa
     seen = {}
     monkeypatch.setattr(B.torch.cuda, "is_available", lambda: False)  # stop after the config is read
     monkeypatch.setattr(B, "bench_config", lambda *a, **k: seen.update(k) or bench_config(*a, **k))
-    assert main(["bench", "--sizes", "esm2_tiny", "model.residual_dtype=autocast"]) == 2
+    assert main(["bench", "--sizes", "esm2_tiny", "model.residual_dtype=fp32"]) == 2
     assert "esm2ae: error: esm2ae bench needs a CUDA GPU" in capsys.readouterr().err
-    assert seen["overrides"] == ["model.residual_dtype=autocast"]
-    assert bench_config("esm2_tiny", overrides=seen["overrides"]).model.residual_dtype == "autocast"
+    assert seen["overrides"] == ["model.residual_dtype=fp32"]
+    assert bench_config("esm2_tiny", overrides=seen["overrides"]).model.residual_dtype == "fp32"

@@ -156,9 +156,11 @@ def test_compile_mode_reaches_inductor_and_not_the_tracing_backends(monkeypatch)
     try:
         M.compiled_esm_layer("inductor", "max-autotune-no-cudagraphs")
         M.compiled_esm_layer("aot_eager", "max-autotune-no-cudagraphs")
+        M.compiled_esm_layer("inductor", "coordinate-descent")
     finally:
         M.compiled_esm_layer.cache_clear()
-    assert [c["mode"] for c in calls] == ["max-autotune-no-cudagraphs"] * 3 + [None] * 3
+    assert [c.get("mode") for c in calls] == ["max-autotune-no-cudagraphs"] * 3 + [None] * 6
+    assert [c.get("options") for c in calls] == [None] * 6 + [{"coordinate_descent_tuning": True}] * 3
     assert all(c["dynamic"] is False for c in calls)
     cfg = bench_config("esm2_tiny", overrides=["model.compile_mode=max-autotune-no-cudagraphs"])
     model, _, _ = build_training_model(cfg, torch.device("cpu"))

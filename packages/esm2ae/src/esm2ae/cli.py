@@ -11,7 +11,7 @@
     esm2ae profiles [list] | show NAME | validate [NAME|PATH ...] | pick [--simulate MACHINE]
     esm2ae bench --sizes esm2_t33_650M,esm2_t30_150M,esm2_t12_35M
     esm2ae bench --sizes esm2_t33_650M --skip-baseline --profile           # + kernel time by category
-    esm2ae bench --sizes esm2_t33_650M --compare-steps 5 model.residual_dtype=autocast   # ours with a config key
+    esm2ae bench --sizes esm2_t33_650M --compare-steps 5 model.residual_dtype=fp32   # ours with a config key
     esm2ae --version
 
 Config overrides are dotted key=value pairs (`optim.lr=3e-4 batch.max_tokens_per_batch=8192`).
@@ -93,7 +93,7 @@ def _declare() -> None:
     v.add_argument("--data", metavar="FILE", help="FASTA or parquet of held-out sequences")
     v.add_argument("--device", default="auto")
     b = cli.add_command("bench", cmd_bench, help="HF Trainer (SDPA, padded) vs packed, one GPU; key=value "
-                        "overrides set ours' config keys (model.residual_dtype=autocast)", overrides=True)
+                        "overrides set ours' config keys (model.residual_dtype=fp32)", overrides=True)
     b.add_argument("--sizes", default="esm2_t33_650M,esm2_t30_150M,esm2_t12_35M")
     b.add_argument("--steps", type=int, default=20)
     b.add_argument("--warmup", type=int, default=5)

@@ -334,14 +334,25 @@ def esm_layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
     return attention_output(h, attend(backend, attn_arg, q, k, v), p)
 
 
+def inductor_compile_options(mode: str) -> dict:
+    """torch.compile's arguments for model.compile_mode. "coordinate-descent" is Inductor's default mode
+    with its coordinate-descent tuning: each generated (norm, GELU, rotary) kernel's block sizes timed on
+    this GPU, the matmuls left to cuBLAS (max-autotune also times Triton matmuls: many minutes for 650M)."""
+    if mode == "coordinate-descent":
+        return {"mode": None, "options": {"coordinate_descent_tuning": True}}
+    return {"mode": mode}
+
+
 @functools.cache
 def compiled_esm_layer(compile_backend: str = "inductor", mode: str = "default"):
     """The layer function compiled once per process (and backend), shared by every layer and model.
     flex and sdpa: the whole layer, attention included, one graph. flash and varlen: the two parts
     around the attention call, each one graph, with attention run as it is in between (its sequence
     boundaries change in number from batch to batch, which would recompile a graph holding them).
-    ``mode``: Inductor's (model.compile_mode); the tracing backends have none."""
-    options = {"dynamic": False, "backend": compile_backend, "mode": mode if compile_backend == "inductor" else None}
+    ``mode``: model.compile_mode, for Inductor only (the tracing backends have none)."""
+    options = {"dynamic": False, "backend": compile_backend}
+    if compile_backend == "inductor":
+        options.update(inductor_compile_options(mode))
     whole = torch.compile(esm_layer, **options)
     before = torch.compile(attention_inputs, **options)
     after = torch.compile(attention_output, **options)

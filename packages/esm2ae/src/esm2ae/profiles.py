@@ -65,16 +65,18 @@ class MemoryEstimate:
         return s
 
 
-def activation_bytes_per_token(d: int, layers: int, ffn: int, vocab: int, half: bool, checkpointing: bool) -> float:
+def activation_bytes_per_token(d: int, layers: int, ffn: int, vocab: int, half: bool, checkpointing: bool,
+                               half_residual: bool = True) -> float:
     """Saved activations per token. Per layer (Korthikanti et al. 2022, flash-style attention that
-    keeps no score matrix): residual and LayerNorm inputs in fp32, q/k/v/attention output and the
-    FFN input/GELU output in the compute dtype. With checkpointing only each layer's input stays,
-    plus one layer being recomputed."""
+    keeps no score matrix): residual and LayerNorm inputs in fp32 (in the compute dtype with
+    model.residual_dtype=autocast), q/k/v/attention output and the FFN input/GELU output in the compute
+    dtype. With checkpointing only each layer's input stays, plus one layer being recomputed."""
     b = 2 if half else 4
-    per_layer = 4 * d * 2 + b * (2 * d + 4 * d + 2 * d + 2 * ffn) + 8 * 20
+    r = b if half_residual else 4
+    per_layer = r * d * 2 + b * (2 * d + 4 * d + 2 * d + 2 * ffn) + 8 * 20
     head = 4 * d * 3 + 4 * vocab * 3     # LM head, logits and their grad in fp32
     if checkpointing:
-        return layers * 4 * d + per_layer + head
+        return layers * r * d + per_layer + head
     return layers * per_layer + head
 
 
@@ -106,7 +108,8 @@ def estimate_memory(cfg: Config, precision_name: str, world_size: int = 1) -> Me
         if cfg.task == "ae":     # frozen backbone: no grads or Adam state for it
             trainable = n - (L * (4 * d * d + 2 * d * f + 9 * d + f) + V * d + d * d + 3 * d + V)
             grads, optimizer = 4 * trainable, 8 * trainable
-    per_token = activation_bytes_per_token(d, L, f, V, half, cfg.model.gradient_checkpointing)
+    per_token = activation_bytes_per_token(d, L, f, V, half, cfg.model.gradient_checkpointing,
+                                           half_residual=cfg.model.residual_dtype == "autocast")
     if cfg.task == "ae":
         per_token = 4 * d * 2      # no backward through the backbone
     acts = per_token * cfg.batch.max_tokens_per_batch
