@@ -2,11 +2,13 @@
 runs) and time per layer call (forward + backward), at the bench's length distribution and ESM-2 650M's
 heads. A candidate kernel is tried here before it goes near the model: "cudnn" (cuDNN's fused attention
 over the packed rows through ``torch.ops.aten._cudnn_attention_forward`` with sequence offsets, as
-PyTorch's nested-tensor SDPA calls it) failed here on torch 2.11 (BENCHMARKS.md).
+PyTorch's nested-tensor SDPA calls it) failed here on torch 2.11 (BENCHMARKS.md); "fa4" (FlashAttention-4's
+varlen kernels, model.attention=fa4, needs flash-attn-4 installed) compiles its kernels at the first call.
 
     PYTHONPATH=packages/core/src:packages/esm2ae/src python3 packages/esm2ae/scripts/attention_kernels.py [TOKENS] [BACKENDS]
 
-TOKENS: packed tokens per micro-batch (default 32768); BACKENDS: comma-separated (default varlen,cudnn).
+TOKENS: packed tokens per micro-batch (default 32768); BACKENDS: comma-separated (default varlen,cudnn;
+any of esm2ae's model.attention values that take sequence boundaries: flash, fa4, varlen).
 Each batch packs other proteins (other sequence counts and longest lengths), as training does, so a
 backend that builds a plan per shape pays for it in "first_call_ms". One JSON line per backend."""
 import json

@@ -85,6 +85,12 @@ def reference_varlen(q, k, v, cu_q, cu_k, max_q, max_k, *, scale):
     return torch.cat(parts)
 
 
+def reference_fa4(q, k, v, *, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale):
+    """flash-attn-4's flash_attn_varlen_func contract as esm2ae calls it: keywords in, (out, lse) out."""
+    out = reference_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale=softmax_scale)
+    return out, None
+
+
 def _loss_and_grads(model, batch):
     model.zero_grad(set_to_none=True)
     loss_sum, n, _ = model(batch)
@@ -92,15 +98,16 @@ def _loss_and_grads(model, batch):
     return loss_sum.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("backend,graphs", [("sdpa", 1), ("varlen", 2)])
+@pytest.mark.parametrize("backend,graphs", [("sdpa", 1), ("varlen", 2), ("fa4", 2)])
 def test_one_compiled_graph_serves_every_layer_and_batch(monkeypatch, backend, graphs):
     """Compiled once: the first batch compiles (one graph for the whole layer; two around a varlen kernel),
     the other layers and the later batches, with other numbers of sequences, reuse it; losses and
     gradients equal the eager SDPA path's (float64)."""
     from torch._dynamo.utils import counters
 
-    if backend == "varlen":  # the kernel itself needs an sm_80 GPU: its contract, from SDPA, stands in on a CPU
+    if backend != "sdpa":  # the kernels need an sm_80+ GPU: their contracts, from SDPA, stand in on a CPU
         monkeypatch.setattr(M, "varlen_kernel", lambda: reference_varlen)
+        monkeypatch.setattr(M, "fa4_kernel", lambda: reference_fa4)
         monkeypatch.setattr(M, "pick_attention_backend", lambda requested, device_type, capability=None: requested)
     hf = _tiny_hf()
     eager = PackedEsm(hf, "sdpa")
@@ -140,6 +147,39 @@ def test_flash_kernels_are_never_picked_automatically_below_sm80(monkeypatch):
     monkeypatch.setattr(M, "HAS_FLASH_ATTN", True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     assert PackedEsm(_tiny_hf(1)).backend("cuda") == "sdpa"
+
+
+def test_fa4_only_when_asked_for_installed_and_on_sm80(monkeypatch):
+    pick = M.pick_attention_backend
+    monkeypatch.setattr(M, "HAS_FLASH_ATTN4", False)
+    with pytest.raises(ValueError, match=r"^model.attention=fa4 needs FlashAttention-4: pip install 'esm2ae\[fa4\]'"):
+        pick("fa4", "cuda", (9, 0))
+    monkeypatch.setattr(M, "HAS_FLASH_ATTN4", True)
+    monkeypatch.setattr(M, "HAS_FLASH_ATTN", False)
+    assert pick("fa4", "cuda", (9, 0)) == "fa4"
+    assert pick("auto", "cuda", (9, 0)) != "fa4"     # auto's choices are the measured ones
+    with pytest.raises(ValueError, match="attention=fa4 runs on CUDA GPUs of compute capability 8.0"):
+        pick("fa4", "cuda", (7, 5))
+
+
+def test_flash_attn_2_and_4_are_told_apart_without_importing_them(monkeypatch, tmp_path):
+    """flash-attn-4 installs a ``flash_attn`` package holding only ``flash_attn.cute``: it is not flash-attn
+    2 (whose ``flash_attn_2_cuda`` extension auto would pick), and it is found without an import."""
+    import importlib
+    import sys
+
+    fa4_site = tmp_path / "fa4"
+    (fa4_site / "flash_attn" / "cute").mkdir(parents=True)
+    (fa4_site / "flash_attn" / "cute" / "interface.py").write_text("raise RuntimeError('imported')\n")
+    fa2_site = tmp_path / "fa2"
+    (fa2_site / "flash_attn").mkdir(parents=True)
+    (fa2_site / "flash_attn" / "__init__.py").write_text("raise RuntimeError('imported')\n")
+    for site, expected in ((fa4_site, True), (fa2_site, False)):
+        monkeypatch.setattr(sys, "path", [str(site), *sys.path])
+        importlib.invalidate_caches()
+        assert M._has_flash_attn4() is expected
+        assert importlib.util.find_spec("flash_attn_2_cuda") is None
+        assert "flash_attn" not in sys.modules
 
 
 def test_varlen_without_torch_support_is_one_line(monkeypatch):

@@ -5,8 +5,11 @@ stay ``save_pretrained``-compatible) but runs every micro-batch as one flat row 
 per-sequence rotary positions and block-diagonal attention, so no padding is computed.
 Attention backends, chosen once (``pick_attention_backend``):
 
-- ``flash``: flash-attn varlen kernels when the optional extra is installed (``HAS_FLASH_ATTN``);
+- ``flash``: flash-attn 2's varlen kernels when the optional extra is installed (``HAS_FLASH_ATTN``);
   compute capability 8.0 or newer;
+- ``fa4``: FlashAttention-4's varlen kernels (the flash-attn-4 package, CuTe DSL, compiled at their first
+  call; Hopper and Blackwell kernels of their own) when installed (``HAS_FLASH_ATTN4``); never ``auto``'s
+  choice until measured;
 - ``varlen``: PyTorch's own flash varlen kernel (``torch.nn.attention.varlen``, torch >= 2.10:
   ``HAS_TORCH_VARLEN``); compute capability 8.0 or newer, bf16/fp16; ``auto``'s choice without
   flash-attn (on an H200, ESM-2 650M: 5.7% more tokens/s than FlexAttention, and no FlexAttention
@@ -36,7 +39,19 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn") is not None
+# flash-attn 2's CUDA extension: flash-attn-4 installs a ``flash_attn`` package too (only ``flash_attn.cute``)
+HAS_FLASH_ATTN = importlib.util.find_spec("flash_attn_2_cuda") is not None
+
+
+def _has_flash_attn4() -> bool:
+    """Whether flash-attn-4's ``flash_attn.cute`` is installed, found without importing ``flash_attn``
+    (flash-attn 2's package imports its CUDA extension)."""
+    spec = importlib.util.find_spec("flash_attn")
+    return spec is not None and any((Path(p) / "cute" / "interface.py").is_file()
+                                    for p in spec.submodule_search_locations or ())
+
+
+HAS_FLASH_ATTN4 = _has_flash_attn4()
 
 
 def _has_torch_varlen() -> bool:
@@ -49,8 +64,8 @@ def _has_torch_varlen() -> bool:
 
 
 HAS_TORCH_VARLEN = _has_torch_varlen()
-ATTENTION_BACKENDS = ("auto", "flash", "varlen", "flex", "sdpa")
-VARLEN_MIN_CAPABILITY = (8, 0)   # flash kernels (flash-attn 2, torch's varlen): Ampere and newer
+ATTENTION_BACKENDS = ("auto", "flash", "fa4", "varlen", "flex", "sdpa")
+VARLEN_MIN_CAPABILITY = (8, 0)   # flash kernels (flash-attn 2 and 4, torch's varlen): Ampere and newer
 
 # The ESM-2 family (Lin et al. 2023); written here so random init needs no hub access.
 ESM2_SIZES: dict[str, dict] = {
@@ -227,11 +242,14 @@ def pick_attention_backend(requested: str, device_type: str, capability: tuple[i
         raise ValueError(f"model.attention={requested}; allowed: {', '.join(ATTENTION_BACKENDS)}")
     if requested == "flash" and not HAS_FLASH_ATTN:
         raise ValueError("model.attention=flash needs the optional extra: pip install 'esm2ae[flash]'")
+    if requested == "fa4" and not HAS_FLASH_ATTN4:
+        raise ValueError("model.attention=fa4 needs FlashAttention-4: pip install 'esm2ae[fa4]' "
+                         "(the flash-attn-4 package)")
     if requested == "varlen" and not HAS_TORCH_VARLEN:
         raise ValueError(f"model.attention=varlen needs torch >= 2.10 (torch.nn.attention.varlen with a scale "
                          f"argument; this is torch {torch.__version__}): use flex or sdpa")
     flash_capable = device_type == "cuda" and (capability is None or tuple(capability) >= VARLEN_MIN_CAPABILITY)
-    if requested in ("flash", "varlen") and not flash_capable:
+    if requested in ("flash", "fa4", "varlen") and not flash_capable:
         where = "a CPU" if device_type != "cuda" else f"compute capability {capability[0]}.{capability[1]}"
         raise ValueError(f"model.attention={requested} runs on CUDA GPUs of compute capability 8.0 or newer, "
                          f"not on {where}: use sdpa")
@@ -274,12 +292,24 @@ def varlen_kernel():
     return varlen_attn
 
 
+def fa4_kernel():
+    """FlashAttention-4's varlen function (a seam: CPU tests put a reference implementation here)."""
+    from flash_attn.cute.interface import flash_attn_varlen_func
+
+    return flash_attn_varlen_func
+
+
 def attend(backend: str, attn_arg, q, k, v):
     """q, k, v: (T, H, D), query pre-scaled (ESM scales before rotary) -> (T, H, D)."""
     if backend == "flash":
         from flash_attn import flash_attn_varlen_func
         cu, max_len = attn_arg
         return flash_attn_varlen_func(q, k, v, cu, cu, max_len, max_len, softmax_scale=1.0)
+    if backend == "fa4":
+        cu, max_len = attn_arg
+        out, _lse = fa4_kernel()(q, k, v, cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max_len,
+                                 max_seqlen_k=max_len, softmax_scale=1.0)
+        return out
     if backend == "varlen":
         cu, max_len = attn_arg
         return varlen_kernel()(q, k, v, cu, cu, max_len, max_len, scale=1.0)
@@ -346,7 +376,7 @@ def inductor_compile_options(mode: str) -> dict:
 @functools.cache
 def compiled_esm_layer(compile_backend: str = "inductor", mode: str = "default"):
     """The layer function compiled once per process (and backend), shared by every layer and model.
-    flex and sdpa: the whole layer, attention included, one graph. flash and varlen: the two parts
+    flex and sdpa: the whole layer, attention included, one graph. flash, fa4 and varlen: the two parts
     around the attention call, each one graph, with attention run as it is in between (its sequence
     boundaries change in number from batch to batch, which would recompile a graph holding them).
     ``mode``: model.compile_mode, for Inductor only (the tracing backends have none)."""
