@@ -586,8 +586,11 @@ def test_fit_logs_the_time_to_the_first_step_from_its_clock_start(tmp_path, caps
     assert len(steps) == 3
     first = steps[0]["first_step_seconds"]
     assert 100.0 <= first < 160.0 and all(r["first_step_seconds"] == first for r in steps)
+    before_loop = steps[0]["seconds_before_loop"]   # fit's own set-up counts, the first step does not
+    assert 100.0 <= before_loop <= first and all(r["seconds_before_loop"] == before_loop for r in steps)
     assert all(r["compile_cache"] == "unused" for r in steps)
-    assert capsys.readouterr().out.count(f"first optimizer step after {first:.1f} s") == 1
+    assert capsys.readouterr().out.count(
+        f"first optimizer step after {first:.1f} s ({before_loop:.1f} s before the training loop)") == 1
 
 
 def test_host_batches_bound_for_cuda_are_pinned_before_the_copy():

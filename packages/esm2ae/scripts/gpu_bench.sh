@@ -131,7 +131,8 @@ def first_step(run):
     for line in (out / f"coldstart-{run}.jsonl").read_text().splitlines() if (out / f"coldstart-{run}.jsonl").exists() else []:
         rec = json.loads(line)
         if "first_step_seconds" in rec:
-            return {k: rec[k] for k in ("first_step_seconds", "compile_cache", "compile_cache_hits", "compile_cache_misses")}
+            return {k: rec.get(k) for k in ("first_step_seconds", "seconds_before_loop", "compile_cache",
+                                            "compile_cache_hits", "compile_cache_misses")}
     return None
 
 

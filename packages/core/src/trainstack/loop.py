@@ -423,9 +423,9 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
 
     def note_first_step() -> None:
         stats = train_step.stats if train_step is not None else None
-        startup.update(first_step_report(clock_start, cuda=device.type == "cuda",
+        startup.update(first_step_report(clock_start, cuda=device.type == "cuda", loop_start=loop_start,
                                          seconds=stats.first_step_seconds if stats else None, cache_since=cache_before))
-        say(describe_first_step(startup, " (compilation and CUDA-graph capture included)" if stats else ""))
+        say(describe_first_step(startup, *(["compilation and CUDA-graph capture included"] if stats else [])))
 
     def take_optimizer_step(window: int) -> None:
         nonlocal step, grad_norm
@@ -520,6 +520,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
 
     model.train()
     done = max_steps is not None and step >= max_steps
+    loop_start = time.perf_counter()  # the start-up before it and the first step's compilation are told apart
     with StopFlag() as stop:
         try:
             first_epoch = True

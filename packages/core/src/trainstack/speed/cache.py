@@ -91,22 +91,31 @@ def compile_cache_use(since: dict | None = None) -> dict:
 
 
 def first_step_report(clock_start: float, *, cuda: bool, seconds: float | None = None,
-                      cache_since: dict | None = None) -> dict:
+                      cache_since: dict | None = None, loop_start: float | None = None) -> dict:
     """Call right after the first optimizer step: ``first_step_seconds`` (``seconds`` if already taken,
-    else since ``clock_start``, after one device synchronization) and the compile cache's use."""
+    else since ``clock_start``, after one device synchronization) and the compile cache's use. With
+    ``loop_start`` (when the training loop began, same clock) also ``seconds_before_loop``: the start-up
+    (imports, data, model, optimizer) apart from the first step's compilation and kernels."""
     if seconds is None:
         if cuda:
             import torch
 
             torch.cuda.synchronize()  # the step's kernels are part of the wait
         seconds = time.perf_counter() - clock_start
-    return {"first_step_seconds": round(seconds, 3), **compile_cache_use(cache_since)}
+    report = {"first_step_seconds": round(seconds, 3)}
+    if loop_start is not None:
+        report["seconds_before_loop"] = round(loop_start - clock_start, 3)
+    return {**report, **compile_cache_use(cache_since)}
 
 
-def describe_first_step(report: dict, how: str = "") -> str:
-    """One line: "first optimizer step after 84.2 s; compile cache cold (0 hits, 66 misses)"."""
+def describe_first_step(report: dict, *notes: str) -> str:
+    """One line: "first optimizer step after 84.2 s (6.1 s before the training loop); compile cache cold
+    (0 hits, 66 misses)". ``notes``: more to say in the parentheses."""
     cache = report["compile_cache"]
-    return (f"first optimizer step after {report['first_step_seconds']:.1f} s{how}"
+    if "seconds_before_loop" in report:
+        notes = (f"{report['seconds_before_loop']:.1f} s before the training loop", *notes)
+    said = f" ({'; '.join(notes)})" if notes else ""
+    return (f"first optimizer step after {report['first_step_seconds']:.1f} s{said}"
             + ("" if cache == "unused" else f"; compile cache {cache} ({report['compile_cache_hits']} hits, "
                                             f"{report['compile_cache_misses']} misses)"))
 
