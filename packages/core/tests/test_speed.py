@@ -139,10 +139,15 @@ def test_compile_cache_goes_under_trainstack_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("TRAINSTACK_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
     monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    for var in ("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"):
+        monkeypatch.setenv(var, "unset-by-test")  # restored afterwards
+        monkeypatch.delenv(var)
     assert enable_compile_cache() == tmp_path / "compile"
     import os
 
     assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "compile" / "inductor")
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED"] == "1"
+    assert os.environ["FLASH_ATTENTION_CUTE_DSL_CACHE_DIR"] == str(tmp_path / "compile" / "flash_attn_cute")
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))  # the user's choice wins
     assert enable_compile_cache() == tmp_path
 

@@ -38,7 +38,8 @@ def _inductor_default_dir() -> str:
 
 
 def enable_compile_cache() -> Path:
-    """Point Inductor and Triton at our cache (unless the user chose theirs) and switch the caches on.
+    """Point Inductor, Triton and flash-attn-4 at our cache (unless the user chose theirs) and switch the
+    caches on.
     Call before the first compiled call. Returns the directory used."""
     root = cache_root() / "compile"
     chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -47,6 +48,10 @@ def enable_compile_cache() -> Path:
     if chosen is None or os.path.abspath(chosen) == os.path.abspath(_inductor_default_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root / "inductor")
     os.environ.setdefault("TRITON_CACHE_DIR", str(root / "triton"))
+    # flash-attn-4 compiles its CuTe kernels at their first call each process; its disk cache is off unless
+    # asked for (read when flash_attn.cute is imported, which the packages do at the first attention call)
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_ENABLED", "1")
+    os.environ.setdefault("FLASH_ATTENTION_CUTE_DSL_CACHE_DIR", str(root / "flash_attn_cute"))
     try:
         import torch._functorch.config as functorch_config
         import torch._inductor.config as inductor_config
