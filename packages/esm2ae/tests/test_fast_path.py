@@ -201,6 +201,7 @@ def test_turing_profiles_pin_sdpa_fp16_with_loss_scaling_and_no_compile(name):
     hw = profile_hardware(profile)
     assert hw.gpu.capability < (8, 0)
     assert cfg.model.attention == "sdpa" and cfg.model.compile is False
+    assert cfg.model.residual_dtype == "fp32"   # what ran under the 8 GB cap; an fp16 residual did not
     precision = resolve_precision(cfg.precision, hw)
     assert precision.name == "fp16" and precision.use_grad_scaler
     # under DeepSpeed the dynamic loss scale is DeepSpeed's (loss_scale 0 = dynamic)

@@ -40,11 +40,11 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     residual_dtype: Literal["fp32", "autocast"] = "autocast"
     """The dtype of the residual stream between layers when training under mixed precision. autocast:
-    the autocast dtype (bf16), as Megatron-style trainers (BioNeMo's ESM-2) keep it and as fairseq
-    trained ESM-2 (fp16): the residual adds and LayerNorm inputs move half the bytes (650M on an H200:
-    3.3% more tokens/s, 2.6 GiB less; BENCHMARKS.md). fp32: HF's numerics under autocast (fp32
-    embeddings, fp32 sums). With fp32 weights and no autocast (CPU) both are fp32; embedding and
-    inference (`esm2ae embed`) keep fp32."""
+    the autocast dtype (bf16), as Megatron-style trainers (BioNeMo's ESM-2) keep it: the residual adds
+    and LayerNorm inputs move half the bytes (650M on an H200: 3.3% more tokens/s, 2.6 GiB less;
+    BENCHMARKS.md). fp32: HF's numerics under autocast (fp32 embeddings, fp32 sums); the Turing (fp16)
+    profiles keep it. With fp32 weights and no autocast (CPU) both are fp32; embedding and inference
+    (`esm2ae embed`) keep fp32."""
 
 
 @dataclass
