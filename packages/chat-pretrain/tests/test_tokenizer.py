@@ -63,7 +63,6 @@ def test_train_bpe_and_unigram_from_parquet(tmp_path):
     assert tok.get_vocab_size() <= 280
 
 
-
 def test_bpe_training_gives_the_same_tokenizer_for_the_same_files(tmp_path):
     """What the README and `--kind`'s help promise (unigram makes no such promise)."""
     from chat_pretrain.synth import make_parquet
