@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # DDP scaling of esm2ae on 2 GPUs (weak scaling: same per-GPU micro-batch and accumulation).
 # ESM-2 650M, packed, compiled, bf16, the h100-80g profile's settings (32,768-token micro-batches,
-# attention auto: torch's varlen kernel where torch has it).
+# attention auto: FlashAttention-4 on Hopper where installed, else torch's varlen kernel where torch has it).
 #
 #   bash packages/esm2ae/scripts/bench_ddp.sh [OUT_DIR]       # repo root, a host with >= 2 GPUs
 #   MODEL=esm2_t30_150M STEPS=40 bash packages/esm2ae/scripts/bench_ddp.sh results/

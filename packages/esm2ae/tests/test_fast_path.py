@@ -126,6 +126,7 @@ def test_one_compiled_graph_serves_every_layer_and_batch(monkeypatch, backend, g
 
 
 def test_flash_kernels_are_never_picked_automatically_below_sm80(monkeypatch):
+    monkeypatch.setattr(M, "HAS_FLASH_ATTN4", False)
     monkeypatch.setattr(M, "HAS_FLASH_ATTN", True)
     monkeypatch.setattr(M, "HAS_TORCH_VARLEN", True)
     pick = M.pick_attention_backend
@@ -149,15 +150,25 @@ def test_flash_kernels_are_never_picked_automatically_below_sm80(monkeypatch):
     assert PackedEsm(_tiny_hf(1)).backend("cuda") == "sdpa"
 
 
-def test_fa4_only_when_asked_for_installed_and_on_sm80(monkeypatch):
+def test_fa4_when_installed_on_sm80_and_auto_only_on_hopper(monkeypatch):
     pick = M.pick_attention_backend
     monkeypatch.setattr(M, "HAS_FLASH_ATTN4", False)
+    monkeypatch.setattr(M, "HAS_FLASH_ATTN", False)
+    monkeypatch.setattr(M, "HAS_TORCH_VARLEN", True)
     with pytest.raises(ValueError, match=r"^model.attention=fa4 needs FlashAttention-4: pip install 'esm2ae\[fa4\]'"):
         pick("fa4", "cuda", (9, 0))
+    assert pick("auto", "cuda", (9, 0)) == "varlen"
     monkeypatch.setattr(M, "HAS_FLASH_ATTN4", True)
-    monkeypatch.setattr(M, "HAS_FLASH_ATTN", False)
+    monkeypatch.setattr(M, "HAS_FLASH_ATTN", True)
     assert pick("fa4", "cuda", (9, 0)) == "fa4"
-    assert pick("auto", "cuda", (9, 0)) != "fa4"     # auto's choices are the measured ones
+    assert pick("fa4", "cuda", (8, 0)) == "fa4"
+    # auto's choices are the measured ones: FlashAttention-4 on Hopper (before flash-attn 2), not elsewhere
+    assert pick("auto", "cuda", (9, 0)) == "fa4"
+    assert pick("auto", "cuda", (8, 0)) == "flash"
+    assert pick("auto", "cuda", (10, 0)) == "flash"
+    assert pick("auto", "cuda", None) == "flash"      # capability unknown: not a guess at Hopper
+    monkeypatch.setattr(M, "HAS_FLASH_ATTN", False)
+    assert pick("auto", "cuda", (8, 6)) == "varlen"
     with pytest.raises(ValueError, match="attention=fa4 runs on CUDA GPUs of compute capability 8.0"):
         pick("fa4", "cuda", (7, 5))
 

@@ -20,10 +20,10 @@ class ModelConfig:
     run with one line, never a random start. False: random init (the paper trains from scratch). A
     local HF directory is always loaded."""
     attention: Literal["auto", "flash", "fa4", "varlen", "flex", "sdpa"] = "auto"
-    """auto on GPUs of compute capability 8.0+: flash-attn 2's varlen kernel if installed, else PyTorch's
-    own (varlen, torch >= 2.10), else FlexAttention; SDPA (dense block mask) below sm_80 and on CPU.
-    fa4: FlashAttention-4's varlen kernels (`pip install 'esm2ae[fa4]'`), only when asked for. flash,
-    fa4 and varlen fail at start-up where they cannot run."""
+    """auto on GPUs of compute capability 8.0+: FlashAttention-4 on Hopper if installed (`pip install
+    'esm2ae[fa4]'`), else flash-attn 2's varlen kernel if installed, else PyTorch's own (varlen, torch >=
+    2.10), else FlexAttention; SDPA (dense block mask) below sm_80 and on CPU. flash, fa4 and varlen
+    fail at start-up where they cannot run."""
     compile: bool = True
     """torch.compile the layer function: one graph shared by every layer, compiled once, and kept in the
     compile cache on disk (TRAINSTACK_CACHE_DIR, default ~/.cache/trainstack) so a second run starts warm.

@@ -8,12 +8,13 @@ Attention backends, chosen once (``pick_attention_backend``):
 - ``flash``: flash-attn 2's varlen kernels when the optional extra is installed (``HAS_FLASH_ATTN``);
   compute capability 8.0 or newer;
 - ``fa4``: FlashAttention-4's varlen kernels (the flash-attn-4 package, CuTe DSL, compiled at their first
-  call; Hopper and Blackwell kernels of their own) when installed (``HAS_FLASH_ATTN4``); never ``auto``'s
-  choice until measured;
+  call and kept in the compile cache; Hopper and Blackwell kernels of their own) when installed
+  (``HAS_FLASH_ATTN4``); ``auto``'s choice on Hopper, where it was measured (H200, ESM-2 650M: 3.5% more
+  tokens/s than torch's varlen kernel, a FlashAttention-2 kernel; BENCHMARKS.md);
 - ``varlen``: PyTorch's own flash varlen kernel (``torch.nn.attention.varlen``, torch >= 2.10:
-  ``HAS_TORCH_VARLEN``); compute capability 8.0 or newer, bf16/fp16; ``auto``'s choice without
-  flash-attn (on an H200, ESM-2 650M: 5.7% more tokens/s than FlexAttention, and no FlexAttention
-  kernels to compile on a cold start: BENCHMARKS.md);
+  ``HAS_TORCH_VARLEN``); compute capability 8.0 or newer, bf16/fp16; ``auto``'s choice where neither
+  flash-attn package is picked (on an H200, ESM-2 650M: 5.7% more tokens/s than FlexAttention, and no
+  FlexAttention kernels to compile on a cold start: BENCHMARKS.md);
 - ``flex``: torch FlexAttention with a document mask (compiled on CUDA; ``auto`` on torch without varlen);
 - ``sdpa``: PyTorch SDPA with a dense block-diagonal mask (CPU, tests, GPUs older than sm_80; O(T^2)
   memory for the mask).
@@ -66,6 +67,7 @@ def _has_torch_varlen() -> bool:
 HAS_TORCH_VARLEN = _has_torch_varlen()
 ATTENTION_BACKENDS = ("auto", "flash", "fa4", "varlen", "flex", "sdpa")
 VARLEN_MIN_CAPABILITY = (8, 0)   # flash kernels (flash-attn 2 and 4, torch's varlen): Ampere and newer
+FA4_AUTO_CAPABILITY_MAJOR = 9      # Hopper: where auto's pick of FlashAttention-4 was measured
 
 # The ESM-2 family (Lin et al. 2023); written here so random init needs no hub access.
 ESM2_SIZES: dict[str, dict] = {
@@ -235,7 +237,8 @@ def pack_sequences(token_lists: list[list[int]], labels: list[list[int]] | None 
 
 def pick_attention_backend(requested: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
     """The attention backend for ``requested`` on a device (``capability``: the CUDA compute capability).
-    auto on sm_80+: flash-attn when installed, else torch's varlen kernel, else FlexAttention; SDPA below
+    auto on sm_80+: FlashAttention-4 on Hopper when installed, else flash-attn 2 when installed, else torch's
+    varlen kernel, else FlexAttention; SDPA below
     sm_80 (flash kernels do not run there, and FlexAttention's Triton kernels need more shared memory than
     Turing has) and on CPU."""
     if requested not in ATTENTION_BACKENDS:
@@ -259,6 +262,8 @@ def pick_attention_backend(requested: str, device_type: str, capability: tuple[i
         return "sdpa"
     if not flash_capable:
         return "sdpa"
+    if HAS_FLASH_ATTN4 and capability is not None and capability[0] == FA4_AUTO_CAPABILITY_MAJOR:
+        return "fa4"
     if HAS_FLASH_ATTN:
         return "flash"
     return "varlen" if HAS_TORCH_VARLEN else "flex"
