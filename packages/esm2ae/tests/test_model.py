@@ -1,4 +1,6 @@
 """Packed forward vs HF's padded forward (float64, independent reference), pooling, sizes."""
+import dataclasses
+
 import pytest
 import torch
 from esm2ae.model import (
@@ -70,6 +72,39 @@ def test_loss_counts_only_labelled_positions():
     b = pack_sequences(seqs, labels, total_len=20)
     loss_sum, n, correct = PackedEsm(hf, "sdpa")(b)
     assert int(n) == 1 and 0 <= int(correct) <= 1 and loss_sum.item() > 0
+
+
+def test_lm_head_on_the_masked_tokens_only_scores_and_trains_as_on_all_tokens():
+    """The head runs on the labelled positions only (found on the host when packing): the same loss,
+    counts and gradients as the head over every token with the unlabelled ones ignored."""
+    torch.manual_seed(3)
+    hf = EsmForMaskedLM(esm2_config("esm2_tiny")).double()
+    seqs, _, _ = _batch([9, 14, 6], seed=4, masks=())
+    g = torch.Generator().manual_seed(5)
+    labels = [[t if torch.rand((), generator=g) < 0.3 else -100 for t in s] for s in seqs]
+    b = pack_sequences(seqs, labels, total_len=40)
+    assert b.label_positions.tolist() == (b.labels != -100).nonzero().squeeze(1).tolist()
+    m = PackedEsm(hf, "sdpa")
+
+    def scores_and_grads(run):
+        hf.zero_grad()
+        loss_sum, n, correct = run()
+        loss_sum.backward()
+        return loss_sum.detach(), int(n), int(correct), [p.grad.clone() for p in hf.parameters() if p.grad is not None]
+
+    def whole_head():
+        logits = m.logits(m.hidden_states(b)).float()
+        valid = b.labels != -100
+        return (torch.nn.functional.cross_entropy(logits, b.labels, ignore_index=-100, reduction="sum"),
+                valid.sum(), ((logits.argmax(-1) == b.labels) & valid).sum())
+
+    ref = scores_and_grads(whole_head)
+    for batch in (b, dataclasses.replace(b, label_positions=None)):   # positions given, or found here
+        got = scores_and_grads(lambda batch=batch: m(batch))
+        torch.testing.assert_close(got[0], ref[0].float())
+        assert got[1:3] == ref[1:3] and got[1] == sum(t != -100 for row in labels for t in row)
+        for a, r in zip(got[3], ref[3], strict=True):
+            torch.testing.assert_close(a, r)
 
 
 def test_mean_pool_matches_manual_and_cls():

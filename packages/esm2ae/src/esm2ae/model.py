@@ -186,6 +186,7 @@ class PackedBatch:
     max_seqlen: int
     num_seqs: int                # B (real sequences)
     labels: torch.Tensor | None = None   # (T,) long, -100 where no loss
+    label_positions: torch.Tensor | None = None   # (M,) long: where labels are not -100, found on the host
 
     def to(self, device, non_blocking=True) -> PackedBatch:
         from trainstack.speed import to_device  # pinned on the way to CUDA: the host need not wait
@@ -193,7 +194,7 @@ class PackedBatch:
         move = to_device if non_blocking else (lambda t, d: t.to(d))
         mv = lambda t: None if t is None else move(t, device)  # noqa: E731
         return PackedBatch(mv(self.input_ids), mv(self.position_ids), mv(self.seq_ids), mv(self.cu_seqlens),
-                           self.max_seqlen, self.num_seqs, mv(self.labels))
+                           self.max_seqlen, self.num_seqs, mv(self.labels), mv(self.label_positions))
 
     def __len__(self) -> int:   # samples, for the loop's per-step counts
         return self.num_seqs
@@ -229,8 +230,12 @@ def pack_sequences(token_lists: list[list[int]], labels: list[list[int]] | None 
     for n in lengths:
         cu.append(cu[-1] + n)
     cu.append(total)
+    if labels is None:
+        lab, lab_pos = None, None
+    else:
+        lab_pos = (lab != -100).nonzero().squeeze(1)
     return PackedBatch(ids, pos, seg, torch.tensor(cu, dtype=torch.int32),
-                       max(lengths + [fill]), len(lengths), lab if labels is not None else None)
+                       max(lengths + [fill]), len(lengths), lab, lab_pos)
 
 
 # --------------------------------------------------------------------------------- attention
@@ -470,16 +475,22 @@ class PackedEsm(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.hf.lm_head(hidden)
 
+    def masked_lm_scores(self, hidden: torch.Tensor, batch: PackedBatch):
+        """(sum of masked-token CE, number of masked tokens, number correct) as tensors, the LM head run on
+        the masked tokens only (~15%): its dense layer, GELU and LayerNorm work per token, and the other
+        tokens' logits would go unused. The positions come with the batch, found on the host, since a
+        ``nonzero()`` here would wait for the GPU."""
+        where = batch.label_positions
+        if where is None:
+            where = (batch.labels != -100).nonzero().squeeze(1)
+        labels = batch.labels.index_select(0, where)
+        logits = self.logits(hidden.index_select(0, where)).float()
+        loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+        return loss_sum, (batch.labels != -100).sum(), (logits.argmax(-1) == labels).sum()
+
     def forward(self, batch: PackedBatch):
         """Returns (sum of masked-token CE, number of masked tokens, number correct) as tensors."""
-        hidden = self.hidden_states(batch)
-        logits = self.logits(hidden).float()
-        labels = batch.labels
-        loss_sum = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
-        valid = labels != -100
-        n = valid.sum()
-        correct = ((logits.argmax(-1) == labels) & valid).sum()
-        return loss_sum, n, correct
+        return self.masked_lm_scores(self.hidden_states(batch), batch)
 
 
 # ----------------------------------------------------------------------------------- pooling
@@ -542,12 +553,8 @@ class Esm2AE(nn.Module):
         with ctx:
             hidden = self.backbone.hidden_states(batch)
             if mlm and not freeze_backbone:
-                logits = self.backbone.logits(hidden).float()
-                labels = batch.labels
-                valid = labels != -100
-                out["mlm_loss_sum"] = F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
-                out["mlm_tokens"] = valid.sum()
-                out["mlm_correct"] = ((logits.argmax(-1) == labels) & valid).sum()
+                out["mlm_loss_sum"], out["mlm_tokens"], out["mlm_correct"] = \
+                    self.backbone.masked_lm_scores(hidden, batch)
         if ae:
             emb = pool(hidden, batch, self.pooling)
             if freeze_backbone:
