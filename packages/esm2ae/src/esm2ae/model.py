@@ -243,9 +243,8 @@ def pack_sequences(token_lists: list[list[int]], labels: list[list[int]] | None 
 def pick_attention_backend(requested: str, device_type: str, capability: tuple[int, int] | None = None) -> str:
     """The attention backend for ``requested`` on a device (``capability``: the CUDA compute capability).
     auto on sm_80+: FlashAttention-4 on Hopper when installed, else flash-attn 2 when installed, else torch's
-    varlen kernel, else FlexAttention; SDPA below
-    sm_80 (flash kernels do not run there, and FlexAttention's Triton kernels need more shared memory than
-    Turing has) and on CPU."""
+    varlen kernel, else FlexAttention; SDPA below sm_80 (flash kernels do not run there, and FlexAttention's
+    Triton kernels need more shared memory than Turing has) and on CPU."""
     if requested not in ATTENTION_BACKENDS:
         raise ValueError(f"model.attention={requested}; allowed: {', '.join(ATTENTION_BACKENDS)}")
     if requested == "flash" and not HAS_FLASH_ATTN:
