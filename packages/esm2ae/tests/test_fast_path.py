@@ -21,14 +21,14 @@ from .test_train import TINY
 def _fresh_compile_state(monkeypatch, tmp_path):
     # each test counts its own graphs; enable_compile_cache writes these variables: restored afterwards
     torch._dynamo.reset()
-    M.compiled_esm_layer.cache_clear()
+    M.compiled_esm_layers.cache_clear()
     monkeypatch.setenv("TRAINSTACK_CACHE_DIR", str(tmp_path / "cache"))
     for var in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):
         monkeypatch.setenv(var, "unset-by-test")
         monkeypatch.delenv(var)
     yield
     torch._dynamo.reset()
-    M.compiled_esm_layer.cache_clear()
+    M.compiled_esm_layers.cache_clear()
 
 
 def _losses(run_dir):
@@ -98,9 +98,10 @@ def _loss_and_grads(model, batch):
     return loss_sum.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("backend,graphs", [("sdpa", 1), ("varlen", 2), ("fa4", 2)])
+@pytest.mark.parametrize("backend,graphs", [("sdpa", 1), ("varlen", 3), ("fa4", 3)])
 def test_one_compiled_graph_serves_every_layer_and_batch(monkeypatch, backend, graphs):
-    """Compiled once: the first batch compiles (one graph for the whole layer; two around a varlen kernel),
+    """Compiled once: the first batch compiles (one graph for the whole layer; around a varlen kernel three:
+    the first layer before attention, a layer after attention with the next one before it, the last after),
     the other layers and the later batches, with other numbers of sequences, reuse it; losses and
     gradients equal the eager SDPA path's (float64)."""
     from torch._dynamo.utils import counters
@@ -123,6 +124,28 @@ def test_one_compiled_graph_serves_every_layer_and_batch(monkeypatch, backend, g
         for name in ref_grads:
             torch.testing.assert_close(got_grads[name], ref_grads[name], rtol=1e-9, atol=1e-10, msg=name)
     assert new_graphs == [graphs, 0, 0]
+
+
+@pytest.mark.parametrize("backend", ["sdpa", "varlen"])
+def test_compiled_layers_under_gradient_checkpointing_have_the_eager_gradients(monkeypatch, backend):
+    """With gradient checkpointing the compiled layers run (and are recomputed) one layer at a time, not
+    chained from one attention call to the next: losses and gradients still equal the eager path's."""
+    monkeypatch.setattr(M, "varlen_kernel", lambda: reference_varlen)
+    monkeypatch.setattr(M, "pick_attention_backend", lambda requested, device_type, capability=None: requested)
+    hf = _tiny_hf()
+    eager = PackedEsm(hf, "sdpa")
+    compiled = PackedEsm(hf, backend, compile=True, compile_backend="aot_eager")
+    compiled.gradient_checkpointing = True
+    chained = []
+    monkeypatch.setattr(M.CompiledLayers, "stack", lambda *a: chained.append(a) or pytest.fail("chained"))
+    for batch in _batches()[:2]:
+        got_loss, got_grads = _loss_and_grads(compiled, batch)
+        ref_loss, ref_grads = _loss_and_grads(eager, batch)
+        torch.testing.assert_close(got_loss, ref_loss, rtol=1e-10, atol=1e-10)
+        assert got_grads.keys() == ref_grads.keys()
+        for name in ref_grads:
+            torch.testing.assert_close(got_grads[name], ref_grads[name], rtol=1e-9, atol=1e-10, msg=name)
+    assert not chained
 
 
 def test_flash_kernels_are_never_picked_automatically_below_sm80(monkeypatch):

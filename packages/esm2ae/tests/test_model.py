@@ -179,7 +179,7 @@ def test_residual_stream_dtype_under_autocast(monkeypatch):
 
 
 def test_compile_mode_reaches_inductor_and_not_the_tracing_backends(monkeypatch):
-    """model.compile_mode is Inductor's mode for the three layer graphs; aot_eager and eager take no
+    """model.compile_mode is Inductor's mode for the four layer functions; aot_eager and eager take no
     mode. The train builder carries the key from the config to the model."""
     import esm2ae.model as M
     from esm2ae.bench import bench_config
@@ -187,15 +187,15 @@ def test_compile_mode_reaches_inductor_and_not_the_tracing_backends(monkeypatch)
 
     calls = []
     monkeypatch.setattr(M.torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
-    M.compiled_esm_layer.cache_clear()
+    M.compiled_esm_layers.cache_clear()
     try:
-        M.compiled_esm_layer("inductor", "max-autotune-no-cudagraphs")
-        M.compiled_esm_layer("aot_eager", "max-autotune-no-cudagraphs")
-        M.compiled_esm_layer("inductor", "coordinate-descent")
+        M.compiled_esm_layers("inductor", "max-autotune-no-cudagraphs")
+        M.compiled_esm_layers("aot_eager", "max-autotune-no-cudagraphs")
+        M.compiled_esm_layers("inductor", "coordinate-descent")
     finally:
-        M.compiled_esm_layer.cache_clear()
-    assert [c.get("mode") for c in calls] == ["max-autotune-no-cudagraphs"] * 3 + [None] * 6
-    assert [c.get("options") for c in calls] == [None] * 6 + [{"coordinate_descent_tuning": True}] * 3
+        M.compiled_esm_layers.cache_clear()
+    assert [c.get("mode") for c in calls] == ["max-autotune-no-cudagraphs"] * 4 + [None] * 8
+    assert [c.get("options") for c in calls] == [None] * 8 + [{"coordinate_descent_tuning": True}] * 4
     assert all(c["dynamic"] is False for c in calls)
     cfg = bench_config("esm2_tiny", overrides=["model.compile_mode=max-autotune-no-cudagraphs"])
     model, _, _ = build_training_model(cfg, torch.device("cpu"))

@@ -21,9 +21,10 @@ Attention backends, chosen once (``pick_attention_backend``):
 
 Compiled (``PackedEsm.compile``), one layer function serves every layer: its weights come in as
 tensors, so all layers share one graph (regional compilation: one compile, not one per layer). The
-varlen kernels take per-batch sequence boundaries (their count varies), so with ``flash`` and
-``varlen`` the layer is compiled in two parts around an eager attention call and the compiled parts
-see only fixed shapes.
+varlen kernels take per-batch sequence boundaries (their count varies), so with ``flash``, ``fa4`` and
+``varlen`` attention is called between compiled graphs, which see only fixed shapes: the first layer up
+to attention, one layer after attention with the next one up to it (serving every layer boundary), and
+the last layer after attention (``CompiledLayers``).
 """
 
 from __future__ import annotations
@@ -373,6 +374,14 @@ def esm_layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
     return attention_output(h, attend(backend, attn_arg, q, k, v), p)
 
 
+def attention_output_then_inputs(h, a, cos, sin, num_heads: int, p: tuple, p_next: tuple):
+    """One layer's part after attention and the next layer's part before it, as one function: the
+    residual stream between them is used inside it twice (the next LayerNorm, the next residual), so
+    compiled its two gradients are summed inside the compiled backward, not by a separate kernel."""
+    h = attention_output(h, a, p)
+    return (h, *attention_inputs(h, cos, sin, num_heads, p_next))
+
+
 def inductor_compile_options(mode: str) -> dict:
     """torch.compile's arguments for model.compile_mode. "coordinate-descent" is Inductor's default mode
     with its coordinate-descent tuning: each generated (norm, GELU, rotary) kernel's block sizes timed on
@@ -382,27 +391,49 @@ def inductor_compile_options(mode: str) -> dict:
     return {"mode": mode}
 
 
+SPLIT_BACKENDS = ("flash", "fa4", "varlen")   # attention called between compiled graphs, not inside one
+
+
+@dataclass(frozen=True)
+class CompiledLayers:
+    """The compiled layer functions (``compiled_esm_layers``). flex and sdpa: ``whole``, the layer with its
+    attention, one graph. flash, fa4 and varlen: attention runs as it is between graphs (its sequence
+    boundaries change in number from batch to batch, which would recompile a graph holding them):
+    ``before`` (the first layer up to attention), ``between`` (a layer after attention and the next one up
+    to it) and ``after`` (the last layer after attention), each one graph serving every layer."""
+    whole: object
+    before: object
+    between: object
+    after: object
+
+    def layer(self, h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
+        """One layer on its own (gradient checkpointing recomputes layer by layer)."""
+        if backend not in SPLIT_BACKENDS:
+            return self.whole(h, cos, sin, backend, attn_arg, num_heads, p)
+        q, k, v = self.before(h, cos, sin, num_heads, p)
+        return self.after(h, attend(backend, attn_arg, q, k, v), p)
+
+    def stack(self, h, cos, sin, backend: str, attn_arg, num_heads: int, params: list[tuple]):
+        """Every layer in turn: a split backend chains ``between`` from one attention call to the next."""
+        if backend not in SPLIT_BACKENDS:
+            for p in params:
+                h = self.whole(h, cos, sin, backend, attn_arg, num_heads, p)
+            return h
+        q, k, v = self.before(h, cos, sin, num_heads, params[0])
+        for p, p_next in zip(params, params[1:], strict=False):
+            h, q, k, v = self.between(h, attend(backend, attn_arg, q, k, v), cos, sin, num_heads, p, p_next)
+        return self.after(h, attend(backend, attn_arg, q, k, v), params[-1])
+
+
 @functools.cache
-def compiled_esm_layer(compile_backend: str = "inductor", mode: str = "default"):
-    """The layer function compiled once per process (and backend), shared by every layer and model.
-    flex and sdpa: the whole layer, attention included, one graph. flash, fa4 and varlen: the two parts
-    around the attention call, each one graph, with attention run as it is in between (its sequence
-    boundaries change in number from batch to batch, which would recompile a graph holding them).
+def compiled_esm_layers(compile_backend: str = "inductor", mode: str = "default") -> CompiledLayers:
+    """The layer functions compiled once per process (and backend), shared by every layer and model.
     ``mode``: model.compile_mode, for Inductor only (the tracing backends have none)."""
     options = {"dynamic": False, "backend": compile_backend}
     if compile_backend == "inductor":
         options.update(inductor_compile_options(mode))
-    whole = torch.compile(esm_layer, **options)
-    before = torch.compile(attention_inputs, **options)
-    after = torch.compile(attention_output, **options)
-
-    def layer(h, cos, sin, backend: str, attn_arg, num_heads: int, p: tuple):
-        if backend in ("flex", "sdpa"):
-            return whole(h, cos, sin, backend, attn_arg, num_heads, p)
-        q, k, v = before(h, cos, sin, num_heads, p)
-        return after(h, attend(backend, attn_arg, q, k, v), p)
-
-    return layer
+    return CompiledLayers(*(torch.compile(fn, **options) for fn in
+                            (esm_layer, attention_inputs, attention_output_then_inputs, attention_output)))
 
 
 def layer_params(layer) -> tuple:
@@ -461,14 +492,17 @@ class PackedEsm(nn.Module):
         cos, sin = emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
         backend = self.backend(ids.device.type)
         attn_arg = prepare_attention(backend, batch)
-        fn = compiled_esm_layer(self.compile_backend, self.compile_mode) if self.compile else esm_layer
         H = self.config.num_attention_heads
-        for layer in esm.encoder.layer:
-            args = (h, cos, sin, backend, attn_arg, H, layer_params(layer))
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                h = torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False)
-            else:
-                h = fn(*args)
+        params = [layer_params(layer) for layer in esm.encoder.layer]
+        checkpointing = self.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        compiled = compiled_esm_layers(self.compile_backend, self.compile_mode) if self.compile else None
+        if compiled is not None and not checkpointing:
+            h = compiled.stack(h, cos, sin, backend, attn_arg, H, params)
+        else:
+            fn = compiled.layer if compiled is not None else esm_layer
+            for p in params:
+                args = (h, cos, sin, backend, attn_arg, H, p)
+                h = torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False) if checkpointing else fn(*args)
         return esm.encoder.emb_layer_norm_after(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,7 @@ from trainstack.loop import check_run_dir, clear_run_outputs
 
 from esm2ae.config import Config, deepspeed_json
 from esm2ae.data import PackedMLMBatches, check_parquet_source, read_sequences, split_windows, train_val_split
-from esm2ae.model import Esm2AE, esm_flops_per_token, load_esm
+from esm2ae.model import SPLIT_BACKENDS, Esm2AE, esm_flops_per_token, load_esm
 
 SAMPLE_FASTA = Path(__file__).parent / "data" / "sample_proteins.fasta"
 RESUME_HINT = "the same esm2ae train command plus --resume auto"
@@ -369,10 +369,12 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         save_config(cfg, run_dir)
     n_params = sum(p.numel() for p in model.backbone.hf.parameters())
     if rank == 0:
+        backend = model.backbone.backend(device.type)
         print(f"model: {cfg.model.name} ({source} weights, {n_params / 1e6:.1f}M params), "
-              f"attention {model.backbone.backend(device.type)}, task {cfg.task}")
+              f"attention {backend}, task {cfg.task}")
         if model.backbone.compile:
-            print(f"compile: the layer function, one graph for all {model.backbone.config.num_hidden_layers} layers "
+            graphs = "three graphs around the attention calls" if backend in SPLIT_BACKENDS else "one graph"
+            print(f"compile: the layer function, {graphs} for all {model.backbone.config.num_hidden_layers} layers "
                   f"({cfg.model.compile_backend}{'' if cfg.model.compile_mode == 'default' else ', ' + cfg.model.compile_mode}); "
                   f"compile cache {enable_compile_cache()}")
 
