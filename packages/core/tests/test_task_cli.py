@@ -218,3 +218,24 @@ def test_default_command_and_raw_commands(tmp_path, capsys):
     cli.add_command("train", bad, help="train", raw=True)
     assert cli.main(["--x"]) == 2
     assert _one_line(capsys.readouterr().err) == "raw: error: --source_lang is required"
+
+
+@pytest.mark.parametrize("outcome", ["returns", "raises"])
+def test_a_command_ends_the_process_group_its_run_made(tmp_path, outcome):
+    """A run's process group is destroyed when the command returns, whatever the outcome, so the
+    interpreter's exit does not tear gloo down under a finished rank."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+
+    def run(argv):
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+        assert dist.is_initialized()
+        if outcome == "raises":
+            raise ConfigError("bad key")
+
+    cli = TaskCLI("ranks", version="0.1")
+    cli.add_command("train", run, help="train", raw=True)
+    assert cli.main(["train"]) == (0 if outcome == "returns" else 2)
+    assert not dist.is_initialized()

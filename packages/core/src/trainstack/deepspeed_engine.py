@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 
 from .checkpoint import CheckpointError
@@ -82,16 +83,15 @@ def deepspeed_accelerator(ds_config: dict, precision):
 
 def destroy_process_group() -> None:
     """Destroy the process group and DeepSpeed's cached clone of it, so that a later DeepSpeed run in this
-    process builds new ones: for tests and notebooks that run several jobs in one process (a CLI run
-    keeps its group until it exits)."""
+    process builds new ones (a task CLI command does this when it returns; tests and notebooks that run
+    several jobs in one process call it between them)."""
     import torch
 
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()
-    with contextlib.suppress(ImportError):
-        import deepspeed.utils.groups
-
-        deepspeed.utils.groups._WORLD_GROUP = None
+    groups = sys.modules.get("deepspeed.utils.groups")   # never imported: nothing cached
+    if groups is not None:
+        groups._WORLD_GROUP = None
 
 
 def check_engine_state(checkpoint, *, deepspeed: bool) -> None:

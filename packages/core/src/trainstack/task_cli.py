@@ -54,6 +54,18 @@ CORE_USAGE_ERRORS = (
 Handler = Callable[[argparse.Namespace, list], "int | None"]
 
 
+def end_process_group() -> None:
+    """Destroy the process group a run created, if any, before the interpreter exits: left to the exit,
+    gloo's threads are torn down in no particular order and a rank can abort ("terminate called without
+    an active exception") after its run succeeded, failing the job. Without torch loaded: nothing."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return
+    from trainstack.deepspeed_engine import destroy_process_group
+
+    destroy_process_group()
+
+
 def import_attr(spec):
     """``"package.module:name"`` -> the object; anything else is returned as it is."""
     if not isinstance(spec, str):
@@ -197,6 +209,9 @@ class TaskCLI:
             # SystemExit("why"): Python would print the text; returning the code must not lose it
             print(f"{self.prog}: error: {e.code}", file=sys.stderr)
             return EXIT_USAGE
+        finally:
+            end_process_group()
+
 
     def _main(self, argv: list[str]) -> int:
         self.profiles_command()
