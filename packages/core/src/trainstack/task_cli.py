@@ -212,7 +212,6 @@ class TaskCLI:
         finally:
             end_process_group()
 
-
     def _main(self, argv: list[str]) -> int:
         self.profiles_command()
         if not argv:

@@ -373,7 +373,9 @@ def train(cfg: Config, resume: str | None = None) -> dict:
         print(f"model: {cfg.model.name} ({source} weights, {n_params / 1e6:.1f}M params), "
               f"attention {backend}, task {cfg.task}")
         if model.backbone.compile:
-            graphs = "three graphs around the attention calls" if backend in SPLIT_BACKENDS else "one graph"
+            graphs = ("one graph" if backend not in SPLIT_BACKENDS else
+                      "two graphs around the attention call" if cfg.model.gradient_checkpointing else
+                      "three graphs around the attention calls")
             print(f"compile: the layer function, {graphs} for all {model.backbone.config.num_hidden_layers} layers "
                   f"({cfg.model.compile_backend}{'' if cfg.model.compile_mode == 'default' else ', ' + cfg.model.compile_mode}); "
                   f"compile cache {enable_compile_cache()}")
