@@ -108,7 +108,7 @@ def test_two_gloo_processes_on_the_fast_path(tmp_path, chatlm_dir):
     import subprocess
     import sys
 
-    from trainstack.testing import free_port
+    from trainstack.testing import failed_run_text, free_port
 
     train = make_parquet(tmp_path / "train.parquet", 150, median_chars=10, row_group_rows=50, task="copy")
     valid = make_parquet(tmp_path / "valid.parquet", 7, median_chars=10, seed=9, task="copy")
@@ -120,7 +120,7 @@ def test_two_gloo_processes_on_the_fast_path(tmp_path, chatlm_dir):
            "log_every_steps=1", "eval.max_new_tokens=4", BUCKETS, *FAST]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failed_run_text(proc.stdout, proc.stderr)
     assert "padded to their bucket and filled to the shape's rows (fast path)" in proc.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["speed"].startswith("speed: compile on, dynamic shapes, CUDA graphs off")

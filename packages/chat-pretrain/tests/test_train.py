@@ -8,6 +8,7 @@ import chat_pretrain.train as train_mod
 import pytest
 from chat_pretrain.cli import main
 from chat_pretrain.synth import make_parquet
+from trainstack.testing import failed_run_text
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_two_gloo_processes_train_an_epoch_in_step(tmp_path, chatlm_dir):
            "log_every_steps=1", "eval.max_new_tokens=4"]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, failed_run_text(proc.stdout, proc.stderr)
     assert "processes: 2" in proc.stdout
     assert "distributed: collective timeout 1800 s; " in proc.stdout  # the users' NCCL settings, said once
     summary = json.loads((run / "summary.json").read_text())

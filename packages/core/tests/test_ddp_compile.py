@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from trainstack.testing import free_port
+from trainstack.testing import failed_run_text, free_port
 
 
 def test_a_ddp_model_split_at_its_buckets_compiles_once_for_every_shape():
@@ -17,7 +17,7 @@ def test_a_ddp_model_split_at_its_buckets_compiles_once_for_every_shape():
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(free_port()), str(script)]
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, failed_run_text(proc.stdout or '', proc.stderr)
     (line,) = [x for x in proc.stdout.splitlines() if x.startswith("{")]
     seen = json.loads(line)
     assert seen["dynamo_graphs"] == 1 and seen["recompiles"] == 0

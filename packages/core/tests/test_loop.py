@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from trainstack.testing import failed_run_text
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _toy  # noqa: E402
@@ -201,7 +202,7 @@ def test_one_rank_signalled_all_ranks_stop_together_and_resume_their_own_rows(tm
     assert [s["consumed"] for s in extra["data_per_rank"]] == [32, 32]
 
     second = _torchrun(script, tmp_path, 1, 0)
-    assert second.returncode == 0, second.stderr[-3000:]
+    assert second.returncode == 0, failed_run_text(second.stdout or '', second.stderr)
     for rank in (0, 1):
         before = json.loads((tmp_path / f"seen-{rank}-0.json").read_text())["seen"]
         after = json.loads((tmp_path / f"seen-{rank}-1.json").read_text())["seen"]
@@ -216,7 +217,7 @@ def test_a_checkpoint_refused_on_one_rank_is_refused_on_every_rank(tmp_path):
     # no launcher ends them). Here torchrun would end rank 0 anyway, so rank 0's own message is the proof.
     script = Path(__file__).parent / "_toy_ranks.py"
     first = _torchrun(script, tmp_path, 0, 0, "differs-on-rank-1")  # a fresh run saves rank 0's fingerprint
-    assert first.returncode == 0, first.stderr[-3000:]
+    assert first.returncode == 0, failed_run_text(first.stdout or '', first.stderr)
     resumed = _torchrun(script, tmp_path, 1, 0, "differs-on-rank-1")
     assert resumed.returncode != 0
     for rank in (0, 1):

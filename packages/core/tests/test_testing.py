@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from trainstack.testing import NodesFailed, read_rank_records, run_local_nodes
+from trainstack.testing import NodesFailed, failed_run_text, read_rank_records, run_local_nodes
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
@@ -30,3 +30,19 @@ def test_two_local_nodes_form_one_world_and_a_failure_is_raised_with_the_logs(tm
 
     with pytest.raises(NodesFailed, match=r"exited \[1, 1\]"):
         run_local_nodes([str(script), str(tmp_path), "1"], tmp_path, env={"OMP_NUM_THREADS": "1"})
+
+
+def test_a_failed_runs_text_keeps_the_aborted_process_stacks_past_a_long_tail():
+    """A process that aborts with faulthandler on prints its stacks; a launcher's traceback after them
+    (longer than the tail kept) would hide them: the text keeps them."""
+    import subprocess
+    import sys
+
+    aborting = "import os\ndef where_it_was():\n    os.abort()\nwhere_it_was()\n"
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", aborting], capture_output=True, text=True)
+    assert r.returncode != 0
+    launcher_traceback = "ChildFailedError\n" * 400
+    text = failed_run_text(r.stdout, r.stderr + launcher_traceback)
+    assert "where the aborted process was" in text and "where_it_was" in text
+    assert "where_it_was" not in (r.stderr + launcher_traceback)[-3000:]
+    assert failed_run_text("out", "plain error") == "outplain error"

@@ -6,6 +6,7 @@ import pyarrow.parquet as pq
 import pytest
 from esm2ae.cli import main
 from esm2ae.train import SAMPLE_FASTA
+from trainstack.testing import failed_run_text
 
 TINY = ["model.name=esm2_tiny", "data.max_length=128", "batch.max_tokens_per_batch=1024",
         "batch.tokens_per_step=1024", "optim.lr=3e-3", "optim.warmup_steps=3", "log_every_steps=5",
@@ -324,7 +325,7 @@ def test_ddp_two_cpu_processes_cross_epochs(tmp_path):
            "-m", "esm2ae", "train", "--profile", "cpu-debug", *TINY, "batch.tokens_per_step=6144",
            "max_steps=8", "log_every_steps=1", "eval_every_steps=4", "save_every_steps=3", f"run_dir={run}"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, failed_run_text(p.stdout or '', p.stderr)
     steps = [(r["step"], r["epoch"]) for r in _log(run) if "loss" in r]
     assert [s for s, _ in steps] == list(range(1, 9))
     assert [e for s, e in steps if e == int(e)] == [1.0, 2.0, 3.0, 4.0]     # a step at every epoch end

@@ -188,16 +188,12 @@ def test_two_ranks_compiled_train_the_eager_losses_and_predict_each_row_once(dat
     """ZeRO-2 on 2 ranks (torchrun, gloo): compiled blocks (aot_eager on CPU; on a GPU the default)
     train the same losses as eager with dropout off, then predict with generate eager, each test row once."""
     import os
-    import socket
     import subprocess
     import sys
 
-    from .conftest import cli_env
+    from trainstack.testing import failed_run_text, free_port
 
-    def free_port():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
+    from .conftest import cli_env
 
     losses = {}
     for name, extra in (("eager", []), ("compiled", ["--torch_compile_backend", "aot_eager"])):
@@ -211,7 +207,7 @@ def test_two_ranks_compiled_train_the_eager_losses_and_predict_each_row_once(dat
                "--output_dir", str(out), *extra]
         env = {**cli_env(), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
         r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=os.getcwd())
-        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        assert r.returncode == 0, failed_run_text(r.stdout, r.stderr)
         assert "launcher: torchrun | rank 1 of 2" in r.stdout + r.stderr
         if name == "compiled":
             assert "modules ran compiled" in r.stdout + r.stderr

@@ -27,6 +27,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def failed_run_text(stdout: str, stderr: str, chars: int = 3000) -> str:
+    """What a failed multi-process run printed, for an assertion message: the tails of its stdout and
+    stderr and, where a process aborted with faulthandler on (``PYTHONFAULTHANDLER=1``, as CI sets it),
+    that process's thread stacks, which the launcher's own traceback would push out of the tail."""
+    text = stdout[-chars:] + stderr[-chars:]
+    aborted = stderr.find("Fatal Python error")
+    if aborted >= 0:
+        text += "\n--- where the aborted process was:\n" + stderr[aborted:aborted + chars]
+    return text
+
+
 def run_local_nodes(args: list[str], log_dir, *, nodes: int = 2, procs_per_node: int = 1, timeout: float = 120,
                     env: dict | None = None) -> list[Path]:
     """Run ``torchrun --nnodes NODES --nproc_per_node PROCS --rdzv_backend c10d ... ARGS`` once per node
@@ -58,7 +69,7 @@ def run_local_nodes(args: list[str], log_dir, *, nodes: int = 2, procs_per_node:
                 agent.wait()
     codes = [agent.returncode for agent in agents]
     if codes != [0] * nodes:
-        tails = "\n".join(f"--- node {i} (exit {c}):\n{log.read_text()[-2500:]}"
+        tails = "\n".join(f"--- node {i} (exit {c}):\n{failed_run_text('', log.read_text(), 2500)}"
                           for i, (c, log) in enumerate(zip(codes, logs, strict=True)))
         raise NodesFailed(f"local nodes exited {codes} (negative: killed after {timeout} s or by a signal)\n{tails}")
     return logs
