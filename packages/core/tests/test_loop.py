@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import os
 import signal
@@ -189,6 +190,28 @@ def _torchrun(script, *args, timeout=180):
            "--master_port", str(port), str(script), *map(str, args)]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+SAVE_AND_RESUME_THEN_REPORT_DEEPSPEED = """
+import sys
+sys.path.insert(0, sys.argv[2])
+import _toy
+_toy.run(sys.argv[1], 2, 4)
+_toy.run(sys.argv[1], 4, 4, resume=True)
+print("deepspeed imported" if "deepspeed" in sys.modules else "deepspeed not imported")
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
+                    reason="DeepSpeed is not installed: the test is that a run without it never imports it")
+def test_a_run_without_deepspeed_saves_and_resumes_without_importing_it(tmp_path):
+    """accelerate's unwrap_model imports DeepSpeed whenever it is installed; checkpoints do not use it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", SAVE_AND_RESUME_THEN_REPORT_DEEPSPEED, str(tmp_path / "run"),
+                        str(Path(__file__).parent)], env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, failed_run_text(r.stdout, r.stderr)
+    assert (tmp_path / "run" / "checkpoints" / "step-4").is_dir()
+    assert r.stdout.strip().splitlines()[-1] == "deepspeed not imported"
 
 
 def test_one_rank_signalled_all_ranks_stop_together_and_resume_their_own_rows(tmp_path):

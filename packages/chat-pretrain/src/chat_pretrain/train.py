@@ -239,7 +239,7 @@ def build_loop_config(cfg: TrainConfig):
 
 def run(job: Job):
     from accelerate import Accelerator
-    from trainstack.checkpoint import files_fingerprint
+    from trainstack.checkpoint import bare_model, files_fingerprint
     from trainstack.config import format_config, make_run_dir, save_config
     from trainstack.distributed import process_group_defaults
     from trainstack.hardware import detect_hardware
@@ -308,7 +308,7 @@ def run(job: Job):
 
     def save_model_fn(directory):
         # A checkpoint is also a usable HF model directory (save_pretrained + tokenizer).
-        m = accelerator.unwrap_model(model)
+        m = bare_model(model)
         m.save_pretrained(directory, safe_serialization=True)
         tok.tokenizer.save(str(Path(directory) / "tokenizer.json"))
 

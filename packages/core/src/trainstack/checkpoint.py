@@ -93,7 +93,7 @@ def restore_rng_state(state: dict) -> None:
 def model_fingerprint(model: torch.nn.Module) -> str:
     """Parameter and buffer names with their shapes, hashed: equal iff the checkpoint fits the model."""
     h = hashlib.sha256()
-    for name, t in _unwrap(model).state_dict().items():
+    for name, t in bare_model(model).state_dict().items():
         h.update(f"{name}:{tuple(t.shape)};".encode())
     return h.hexdigest()[:16]
 
@@ -151,8 +151,12 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def _unwrap(model):
-    # accelerate/DDP wrappers keep the real module in .module; compiled models in ._orig_mod
+def bare_model(model):
+    """The module inside DDP, FSDP, DeepSpeed and torch.compile wrappers (they keep it in ``.module`` and
+    ``._orig_mod``). What a checkpoint saves and loads. Unlike ``accelerator.unwrap_model`` it imports
+    nothing: accelerate imports DeepSpeed there whenever it is installed, to test for its engine, and a
+    run without DeepSpeed paid for that at its first checkpoint (seconds on rank 0 while the other ranks
+    waited, and DeepSpeed's accelerator line in the run's output)."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
@@ -397,7 +401,7 @@ class CheckpointManager:
             tmp.mkdir()
             if shared_save_fn is not None:
                 shared_save_fn(tmp)
-            torch.save(_unwrap(model).state_dict(), tmp / "model.pt")
+            torch.save(bare_model(model).state_dict(), tmp / "model.pt")
             _reached("tmp_files")
             if optimizer is not None:
                 torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -474,7 +478,7 @@ class CheckpointManager:
         if manifest is None:
             raise CheckpointError(f"{path}: not a complete checkpoint (no valid {MANIFEST}: a save that crashed, "
                                   f"or written by an older trainstack-core); resume from a complete one")
-        load_model_state(_unwrap(model), _safe_load(path / "model.pt", map_location), where=path / "model.pt")
+        load_model_state(bare_model(model), _safe_load(path / "model.pt", map_location), where=path / "model.pt")
         for obj, name in ((optimizer, "optimizer.pt"), (scheduler, "scheduler.pt"), (scaler, "scaler.pt")):
             if obj is not None and (path / name).exists():
                 try:

@@ -18,6 +18,7 @@ import torch
 from .checkpoint import (
     CheckpointError,
     CheckpointManager,
+    bare_model,
     capture_rng_state,
     check_fingerprint,
     checkpoint_dirs,
@@ -314,7 +315,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
         print(speed.reason)
     last_ckpt: Path | None = None
     if resume_path is not None:
-        extra = ckpts.load(resume_path, model=accelerator.unwrap_model(model),
+        extra = ckpts.load(resume_path, model=bare_model(model),
                            optimizer=None if deepspeed else optimizer, scheduler=scheduler, scaler=scaler)
         if deepspeed:
             load_engine_state(model, resume_path)
@@ -386,7 +387,7 @@ def fit(*, model, optimizer, scheduler, train_batches: Batches, loss_fn, config:
             save_engine_state(model, directory, accelerator)
 
         if main:
-            ckpts.save(step, model=accelerator.unwrap_model(model), optimizer=None if deepspeed else optimizer,
+            ckpts.save(step, model=bare_model(model), optimizer=None if deepspeed else optimizer,
                        scheduler=scheduler, scaler=scaler, metrics=metrics,
                        extra={"step": step, "epoch": epoch, "best_metric": best,
                               "data": data_states[0], "data_per_rank": data_states},
