@@ -32,14 +32,17 @@ def test_two_local_nodes_form_one_world_and_a_failure_is_raised_with_the_logs(tm
         run_local_nodes([str(script), str(tmp_path), "1"], tmp_path, env={"OMP_NUM_THREADS": "1"})
 
 
-def test_a_failed_runs_text_keeps_the_aborted_process_stacks_past_a_long_tail():
+def test_a_failed_runs_text_keeps_the_aborted_process_stacks_past_a_long_tail(tmp_path):
     """A process that aborts with faulthandler on prints its stacks; a launcher's traceback after them
     (longer than the tail kept) would hide them: the text keeps them."""
     import subprocess
     import sys
 
-    aborting = "import os\ndef where_it_was():\n    os.abort()\nwhere_it_was()\n"
-    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", aborting], capture_output=True, text=True)
+    # no core file, wherever core dumps are on
+    aborting = ("import os, resource\nresource.setrlimit(resource.RLIMIT_CORE, (0, 0))\n"
+                "def where_it_was():\n    os.abort()\nwhere_it_was()\n")
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-c", aborting], capture_output=True, text=True,
+                       cwd=tmp_path)
     assert r.returncode != 0
     launcher_traceback = "ChildFailedError\n" * 400
     text = failed_run_text(r.stdout, r.stderr + launcher_traceback)
