@@ -192,10 +192,12 @@ def test_compile_mode_reaches_inductor_and_not_the_tracing_backends(monkeypatch)
         M.compiled_esm_layers("inductor", "max-autotune-no-cudagraphs")
         M.compiled_esm_layers("aot_eager", "max-autotune-no-cudagraphs")
         M.compiled_esm_layers("inductor", "coordinate-descent")
+        M.compiled_esm_layers("inductor", "autotune-pointwise")
     finally:
         M.compiled_esm_layers.cache_clear()
-    assert [c.get("mode") for c in calls] == ["max-autotune-no-cudagraphs"] * 4 + [None] * 8
-    assert [c.get("options") for c in calls] == [None] * 8 + [{"coordinate_descent_tuning": True}] * 4
+    assert [c.get("mode") for c in calls] == ["max-autotune-no-cudagraphs"] * 4 + [None] * 12
+    assert [c.get("options") for c in calls] == ([None] * 8 + [{"coordinate_descent_tuning": True}] * 4
+                                                 + [{"max_autotune_pointwise": True}] * 4)
     assert all(c["dynamic"] is False for c in calls)
     cfg = bench_config("esm2_tiny", overrides=["model.compile_mode=max-autotune-no-cudagraphs"])
     model, _, _ = build_training_model(cfg, torch.device("cpu"))

@@ -2,7 +2,7 @@
 import pytest
 import yaml
 from esm2ae.cli import main
-from esm2ae.profiles import estimate_memory, shipped_profiles, validate_profile
+from esm2ae.profiles import activation_bytes_per_token, estimate_memory, shipped_profiles, validate_profile
 
 NAMES = ["rtx2080s-8g", "2x-rtx2080s-8g", "rtx3080-10g", "a100-40g", "h100-80g", "cpu-debug"]
 
@@ -86,13 +86,21 @@ def test_rejects_bad_deepspeed_and_tokens_arithmetic(tmp_path):
 @pytest.mark.parametrize("residual,tokens,measured_gib", [
     ("fp32", 16384, 31.1),      # H100, 2026-11-22
     ("fp32", 32768, 56.3),      # H200, 2026-12-02
-    ("autocast", 32768, 53.7),  # H200, 2026-12-03
+    ("autocast", 32768, 52.9),  # H200, 2026-12-03, the MLM head on the masked tokens only (run K)
+    ("autocast", 65536, 94.7),  # the same run
 ])
 def test_memory_estimate_is_in_the_measured_range(residual, tokens, measured_gib):
-    # peaks measured (BENCHMARKS.md): 650M, bf16, fused AdamW, the given micro-batch and residual dtype
+    # peaks measured (BENCHMARKS.md): 650M, bf16, fused AdamW, the given micro-batch and residual dtype;
+    # the first two with the LM head over every token (an over-estimate now, still inside the range)
     from esm2ae.config import Config
     from trainstack.config import load_config
     cfg = load_config(Config, {"precision": "bf16", "batch": {"max_tokens_per_batch": tokens},
                                "model": {"residual_dtype": residual}})
     est = estimate_memory(cfg, "bf16")
     assert measured_gib <= est.total_gib <= measured_gib * 1.35
+
+
+def test_the_lm_head_counts_for_the_masked_tokens_only():
+    every = activation_bytes_per_token(1280, 33, 5120, 33, half=True, checkpointing=False)
+    masked = activation_bytes_per_token(1280, 33, 5120, 33, half=True, checkpointing=False, masked_fraction=0.15)
+    assert every - masked == pytest.approx(0.85 * (4 * 1280 * 3 + 4 * 33 * 3))

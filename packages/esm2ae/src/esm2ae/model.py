@@ -383,11 +383,13 @@ def attention_output_then_inputs(h, a, cos, sin, num_heads: int, p: tuple, p_nex
 
 
 def inductor_compile_options(mode: str) -> dict:
-    """torch.compile's arguments for model.compile_mode. "coordinate-descent" is Inductor's default mode
-    with its coordinate-descent tuning: each generated (norm, GELU, rotary) kernel's block sizes timed on
-    this GPU, the matmuls left to cuBLAS (max-autotune also times Triton matmuls: many minutes for 650M)."""
-    if mode == "coordinate-descent":
-        return {"mode": None, "options": {"coordinate_descent_tuning": True}}
+    """torch.compile's arguments for model.compile_mode. "autotune-pointwise" and "coordinate-descent" are
+    Inductor's default mode with its generated (norm, GELU, rotary) kernels' block sizes timed on this GPU,
+    more candidates or a search; the matmuls stay cuBLAS's (max-autotune also times Triton matmuls: many
+    minutes for 650M)."""
+    tuning = {"autotune-pointwise": "max_autotune_pointwise", "coordinate-descent": "coordinate_descent_tuning"}
+    if mode in tuning:
+        return {"mode": None, "options": {tuning[mode]: True}}
     return {"mode": mode}
 
 

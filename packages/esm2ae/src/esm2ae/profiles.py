@@ -66,15 +66,16 @@ class MemoryEstimate:
 
 
 def activation_bytes_per_token(d: int, layers: int, ffn: int, vocab: int, half: bool, checkpointing: bool,
-                               half_residual: bool = True) -> float:
+                               half_residual: bool = True, masked_fraction: float = 1.0) -> float:
     """Saved activations per token. Per layer (Korthikanti et al. 2022, flash-style attention that
     keeps no score matrix): residual and LayerNorm inputs in fp32 (in the compute dtype with
     model.residual_dtype=autocast), q/k/v/attention output and the FFN input/GELU output in the compute
-    dtype. With checkpointing only each layer's input stays, plus one layer being recomputed."""
+    dtype. With checkpointing only each layer's input stays, plus one layer being recomputed. The LM
+    head runs on the masked tokens only (``masked_fraction`` of them)."""
     b = 2 if half else 4
     r = b if half_residual else 4
     per_layer = r * d * 2 + b * (2 * d + 4 * d + 2 * d + 2 * ffn) + 8 * 20
-    head = 4 * d * 3 + 4 * vocab * 3     # LM head, logits and their grad in fp32
+    head = (4 * d * 3 + 4 * vocab * 3) * masked_fraction    # LM head, logits and their grad in fp32
     if checkpointing:
         return layers * r * d + per_layer + head
     return layers * per_layer + head
@@ -109,7 +110,8 @@ def estimate_memory(cfg: Config, precision_name: str, world_size: int = 1) -> Me
             trainable = n - (L * (4 * d * d + 2 * d * f + 9 * d + f) + V * d + d * d + 3 * d + V)
             grads, optimizer = 4 * trainable, 8 * trainable
     per_token = activation_bytes_per_token(d, L, f, V, half, cfg.model.gradient_checkpointing,
-                                           half_residual=cfg.model.residual_dtype == "autocast")
+                                           half_residual=cfg.model.residual_dtype == "autocast",
+                                           masked_fraction=cfg.data.mask_prob)
     if cfg.task == "ae":
         per_token = 4 * d * 2      # no backward through the backbone
     acts = per_token * cfg.batch.max_tokens_per_batch
