@@ -4,6 +4,10 @@
 #   BUDGET_S=900 MODEL=esm2_t30_150M bash packages/esm2ae/scripts/gpu_bench.sh OUT_DIR
 #   bash packages/esm2ae/scripts/gpu_bench.sh OUT_DIR "" "model.residual_dtype=fp32" \
 #     "model.compile_mode=coordinate-descent"
+#   OVERRIDES="model.compile_mode=autotune-pointwise" bash packages/esm2ae/scripts/gpu_bench.sh OUT_DIR
+#
+# OVERRIDES (key=value, space-separated): for ours in (c), (a), (b) and (d): an option's cold and warm
+# start and its ratio to the HF Trainer, before it becomes a default.
 #
 # With VARIANT arguments (each a space-separated list of key=value overrides for ours; "" the defaults), only
 # (v) runs: which option pays before it becomes a default. Each variant: ours alone (the HF Trainer arm
@@ -29,6 +33,7 @@ MODEL=${MODEL:-esm2_t33_650M}
 STEPS=${STEPS:-4}
 WARMUP=${WARMUP:-2}
 ACCUM=${ACCUM:-8}
+OVERRIDES=${OVERRIDES:-}
 SECONDS=0
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
@@ -40,6 +45,7 @@ rm -rf "$TRAINSTACK_CACHE_DIR"
 RUN_TMP=$(mktemp -d)   # the train runs' checkpoints and exports (GBs for 650M) stay out of OUT_DIR
 trap 'rm -rf "$RUN_TMP" "$TRAINSTACK_CACHE_DIR"' EXIT
 : > "$OUT_DIR/parts.txt"
+[ -n "$OVERRIDES" ] && echo "overrides for ours: $OVERRIDES" >> "$OUT_DIR/parts.txt"
 
 run_part() {  # NAME CAP_S COMMAND...: run under min(CAP_S, budget left), record the exit code and seconds
   local name=$1 cap=$2 left limit start rc
@@ -83,12 +89,13 @@ variant_parts() {  # (v)
 }
 
 standard_parts() {
+  # shellcheck disable=SC2086  # OVERRIDES is a list of key=value overrides, split on purpose
   # (c) cold, then warm
   for RUN in cold warm; do
     run_part "coldstart-$RUN" $([ "$RUN" = cold ] && echo 200 || echo 90) \
       python3 -m esm2ae train --profile h100-80g "model.name=$MODEL" "data.train=$RUN_TMP/proteins.fasta" \
       data.val_fraction=0 batch.tokens_per_step=32768 max_steps=3 \
-      log_every_steps=1 eval_every_steps=0 save_checkpoints=false "run_dir=$RUN_TMP/$RUN" \
+      log_every_steps=1 eval_every_steps=0 save_checkpoints=false "run_dir=$RUN_TMP/$RUN" $OVERRIDES \
       > "$OUT_DIR/coldstart-$RUN.log" 2>&1
     grep -E "first optimizer step|^compile:|^model:|Error|error:" "$OUT_DIR/coldstart-$RUN.log" | tail -5
     cp "$RUN_TMP/$RUN/log.jsonl" "$OUT_DIR/coldstart-$RUN.jsonl" 2>/dev/null
@@ -98,12 +105,12 @@ standard_parts() {
 
   # (a) + (b)
   run_part bench 240 python3 -m esm2ae bench --sizes "$MODEL" --steps "$STEPS" --warmup "$WARMUP" --accum "$ACCUM" \
-    --max-tokens 32768 --compare-steps 5 --profile --out "$OUT_DIR/bench.json" > "$OUT_DIR/bench.log" 2>&1
+    --max-tokens 32768 --compare-steps 5 --profile --out "$OUT_DIR/bench.json" $OVERRIDES > "$OUT_DIR/bench.log" 2>&1
   grep -v -i "warn" "$OUT_DIR/bench.log" | grep -E -A 30 "^## |fast-vs-eager" | head -90
 
   # (d)
   run_part bench-64k 120 python3 -m esm2ae bench --sizes "$MODEL" --skip-baseline --steps "$STEPS" --warmup "$WARMUP" \
-    --accum $((ACCUM / 2)) --max-tokens 65536 --out "$OUT_DIR/bench-64k.json" > "$OUT_DIR/bench-64k.log" 2>&1
+    --accum $((ACCUM / 2)) --max-tokens 65536 --out "$OUT_DIR/bench-64k.json" $OVERRIDES > "$OUT_DIR/bench-64k.log" 2>&1
   grep -E "first optimizer step|tokens_per_s" "$OUT_DIR/bench-64k.log" | cut -c1-400
 
   # (e)
