@@ -88,8 +88,8 @@ variant_parts() {  # (v)
   done
 }
 
+# shellcheck disable=SC2086  # OVERRIDES is a list of key=value overrides, split on purpose
 standard_parts() {
-  # shellcheck disable=SC2086  # OVERRIDES is a list of key=value overrides, split on purpose
   # (c) cold, then warm
   for RUN in cold warm; do
     run_part "coldstart-$RUN" $([ "$RUN" = cold ] && echo 200 || echo 90) \
