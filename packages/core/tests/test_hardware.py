@@ -40,11 +40,13 @@ def test_detect_hardware_on_this_machine():
 
 
 def test_simulated_machines():
-    assert set(SIMULATED) == {"rtx2080s-8g", "rtx4080s-16g", "rtx3080-10g", "a100-40g", "h100-80g", "2x-rtx2080s-8g", "cpu"}
+    assert set(SIMULATED) == {"rtx2080s-8g", "rtx4080s-16g", "rtx3080-10g", "a100-40g", "h100-80g", "h200-141g",
+                              "2x-rtx2080s-8g", "cpu"}
     assert simulated_hardware("rtx2080s-8g").gpu.capability == (7, 5)
     assert simulated_hardware("rtx4080s-16g").gpu.capability == (8, 9)
     assert simulated_hardware("rtx3080-10g").gpu.capability == (8, 6)
     assert simulated_hardware("h100-80g").gpu.memory_gib > 78
+    assert simulated_hardware("h200-141g").gpu.memory_gib > 139   # what torch reports for an H200
     assert len(simulated_hardware("2x-rtx2080s-8g").gpus) == 2
     assert not simulated_hardware("cpu").has_gpu and simulated_hardware("cpu").gpu is None
     with pytest.raises(KeyError, match="known: rtx2080s-8g"):

@@ -142,3 +142,27 @@ def test_bench_key_value_overrides_reach_ours_and_a_bad_key_is_one_line(monkeypa
     assert "esm2ae: error: esm2ae bench needs a CUDA GPU" in capsys.readouterr().err
     assert seen["overrides"] == ["model.residual_dtype=fp32"]
     assert bench_config("esm2_tiny", overrides=seen["overrides"]).model.residual_dtype == "fp32"
+
+
+def test_fast_vs_eager_compares_at_most_32k_token_micro_batches(monkeypatch):
+    """At the h200-141g profile's 65,536-token micro-batches the bench times ours at that size, while the
+    fast-vs-eager comparison (whose eager reference holds a tokens x tokens mask) runs at 32,768; smaller
+    micro-batches are compared as they are timed."""
+    import esm2ae.bench as B
+
+    timed, compared = [], []
+    monkeypatch.setattr(B.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr("trainstack.bench.device_banner", lambda: "")
+    monkeypatch.setattr(B, "lognormal_lengths", lambda n, seed=0: lognormal_lengths(8, seed))
+    monkeypatch.setattr(B, "bench_ours", lambda cfg, *a: timed.append(cfg.batch.max_tokens_per_batch) or _Result())
+    monkeypatch.setattr(B, "fast_vs_eager", lambda cfg, proteins, steps: compared.append(cfg.batch.max_tokens_per_batch)
+                        or {"name": "fast-vs-eager", "fast": "", "eager": "", "max_abs_loss_diff": 0.0,
+                            "max_rel_loss_diff": 0.0})
+    for tokens in (65536, 16384):
+        B.run_bench(["esm2_tiny"], max_tokens=tokens, skip_baseline=True, compare_steps=1)
+    assert timed == [65536, 16384] and compared == [32768, 16384]
+
+
+@dataclasses.dataclass
+class _Result:
+    extra: dict = dataclasses.field(default_factory=lambda: {"first_step_seconds": 0.0, "compile_cache": "unused"})

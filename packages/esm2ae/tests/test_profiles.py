@@ -4,7 +4,7 @@ import yaml
 from esm2ae.cli import main
 from esm2ae.profiles import activation_bytes_per_token, estimate_memory, shipped_profiles, validate_profile
 
-NAMES = ["rtx2080s-8g", "2x-rtx2080s-8g", "rtx3080-10g", "a100-40g", "h100-80g", "cpu-debug"]
+NAMES = ["rtx2080s-8g", "2x-rtx2080s-8g", "rtx3080-10g", "a100-40g", "h100-80g", "h200-141g", "cpu-debug"]
 
 
 def test_all_expected_profiles_ship():
@@ -31,6 +31,8 @@ def test_cli_validate_all_and_list_show_pick(capsys):
     assert capsys.readouterr().out.strip() == "rtx3080-10g"
     assert main(["profiles", "pick", "--simulate", "h100-80g"]) == 0
     assert capsys.readouterr().out.strip() == "h100-80g"
+    assert main(["profiles", "pick", "--simulate", "h200-141g"]) == 0   # both H100 and H200 profiles fit
+    assert capsys.readouterr().out.strip() == "h200-141g"
     # a GPU that fits no GPU profile: auto names the closest one instead of falling back to the CPU
     assert main(["profiles", "pick", "--simulate", "rtx4080s-16g"]) == 0  # 16 GB sm_89: rtx3080-10g fits
     assert capsys.readouterr().out.strip() == "rtx3080-10g"

@@ -95,6 +95,7 @@ SIMULATED: dict[str, Hardware] = {
     "rtx3080-10g": Hardware((GPUInfo("NVIDIA GeForce RTX 3080", (8, 6), 9.77),), 12, 31.3),
     "a100-40g": Hardware((GPUInfo("NVIDIA A100-SXM4-40GB", (8, 0), 39.4),), 32, 251.0),
     "h100-80g": Hardware((GPUInfo("NVIDIA H100 80GB HBM3", (9, 0), 79.1),), 26, 251.0),
+    "h200-141g": Hardware((GPUInfo("NVIDIA H200", (9, 0), 139.8),), 16, 125.0),
     "2x-rtx2080s-8g": Hardware((_RTX2080S, _RTX2080S), cpu_count=12, ram_gib=62.7),
     "cpu": Hardware((), cpu_count=2, ram_gib=7.8),
 }

@@ -32,15 +32,16 @@ class ModelConfig:
     """inductor generates fused kernels (CUDA); aot_eager and eager trace the same graphs without generating
     code: for finding a compile problem, and for CPU tests of the compiled path."""
     compile_mode: Literal["default", "autotune-pointwise", "coordinate-descent",
-                          "max-autotune-no-cudagraphs"] = "default"
-    """Inductor's mode for the layer. autotune-pointwise: the default mode with more block sizes timed for
-    each generated (norm, GELU, rotary) kernel on its first call, the choice kept in the compile cache
-    (650M on an H200: 1.7% more tokens/s; the first step 1.6 s later cold, and a warm start of 21.8 s
-    measured once against 15.8-18.6 s with default, so not the default). coordinate-descent: each such
-    kernel's block sizes searched further (also 1.7%, the first step after 169 s instead of 27 cold: for
-    long runs). max-autotune-no-cudagraphs: also each matmul timed against Triton templates, which could
-    take the bias and GELU into its epilogue; on an H200 cuBLAS won every matmul of 650M by 6-22% and
-    autotuning passed 5 minutes."""
+                          "max-autotune-no-cudagraphs"] = "autotune-pointwise"
+    """Inductor's mode for the layer. autotune-pointwise: Inductor's default mode with more block sizes
+    timed for each generated (norm, GELU, rotary) kernel on its first call, the choice kept in the compile
+    cache (650M on an H200, against default on the same machine: 1.4% more tokens/s at 65,536-token
+    micro-batches, 1.7% at 32,768; warm start 10.7-12.0 s, cold 34-53 s; BENCHMARKS.md). default: the
+    block sizes from Inductor's heuristics, no timing. coordinate-descent: each such kernel's block sizes
+    searched further (also 1.7% at 32,768 tokens, the first step after 169 s instead of 27 cold; at 65,536
+    over 190 s: for long runs). max-autotune-no-cudagraphs: also each matmul timed against Triton templates,
+    which could take the bias and GELU into its epilogue; on an H200 cuBLAS won every matmul of 650M by
+    6-22% and autotuning passed 5 minutes."""
     gradient_checkpointing: bool = False
     residual_dtype: Literal["fp32", "autocast"] = "autocast"
     """The dtype of the residual stream between layers when training under mixed precision. autocast:

@@ -376,8 +376,10 @@ def train(cfg: Config, resume: str | None = None) -> dict:
             graphs = ("one graph" if backend not in SPLIT_BACKENDS else
                       "two graphs around the attention call" if cfg.model.gradient_checkpointing else
                       "three graphs around the attention calls")
+            # the mode is Inductor's; the tracing backends generate no kernels to tune
+            mode = f", {cfg.model.compile_mode}" if cfg.model.compile_backend == "inductor" else ""
             print(f"compile: the layer function, {graphs} for all {model.backbone.config.num_hidden_layers} layers "
-                  f"({cfg.model.compile_backend}{'' if cfg.model.compile_mode == 'default' else ', ' + cfg.model.compile_mode}); "
+                  f"({cfg.model.compile_backend}{mode}); "
                   f"compile cache {enable_compile_cache()}")
 
     max_steps, accum = schedule_steps(cfg, world)
