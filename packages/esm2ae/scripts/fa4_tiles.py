@@ -9,8 +9,9 @@ lines before it stand). On an H200 none beat FA4's own choice (BENCHMARKS.md, 20
 
     PYTHONPATH=packages/core/src:packages/esm2ae/src python3 packages/esm2ae/scripts/fa4_tiles.py [TOKENS] [BUDGET_S]
 
-TOKENS: packed tokens per micro-batch (default 32768, as attention_kernels.py); BUDGET_S (default 240): seconds for the whole sweep, about half each for forward and backward (each new
-configuration compiles first, seconds each). One JSON line per configuration: its fields, ms per call
+TOKENS: packed tokens per micro-batch (default 32768, as attention_kernels.py); BUDGET_S (default 240):
+seconds for the whole sweep, about half each for forward and backward (each new configuration compiles
+first, seconds each). One JSON line per configuration: its fields, ms per call
 (mean over the packed batches), the speed-up over FA4's choice and the largest difference from its outputs
 (forward: out; backward: dq, dk, dv); the last line names the fastest of each."""
 import json

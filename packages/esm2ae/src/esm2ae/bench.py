@@ -182,7 +182,8 @@ def fast_vs_eager(cfg, proteins: list[str], steps: int = 10) -> dict:
     abs_diff = max(abs(a - b) for a, b in zip(fast, eager, strict=True))
     rel_diff = max(abs(a - b) / max(abs(b), 1e-12) for a, b in zip(fast, eager, strict=True))
     return {"name": "fast-vs-eager", "steps": steps, "fast": backends["fast"], "eager": backends["eager"],
-            "micro_batch_tokens": cfg.batch.max_tokens_per_batch, "fast_losses": fast, "eager_losses": eager, "max_abs_loss_diff": abs_diff, "max_rel_loss_diff": rel_diff}
+            "micro_batch_tokens": cfg.batch.max_tokens_per_batch, "fast_losses": fast, "eager_losses": eager,
+            "max_abs_loss_diff": abs_diff, "max_rel_loss_diff": rel_diff}
 
 
 def bench_hf_trainer(size: str, seqs, steps: int, warmup: int, batch_size: int = 20,
